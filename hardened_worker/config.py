@@ -154,8 +154,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("READY_TIMEOUT", parse_duration, "", "30s",
             "Longest an old worker keeps serving while waiting for its successors to become ready "
             "on reload; empty means 80% of --graceful-timeout."),
-    Setting("ROLLING", parse_bool, "false", "true",
-            "On HUP, retire old workers one at a time as each successor becomes ready."),
     # Forwarded headers
     Setting("FORWARDED", _choice("x-forwarded", "forwarded", "off"), "x-forwarded", "forwarded",
             "Which header family carries the client address from trusted proxies "

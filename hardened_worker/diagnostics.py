@@ -1,0 +1,137 @@
+"""Where a worker is stuck, and why it exited.
+
+Three tools, each for a different kind of hang:
+
+* :class:`StallWatchdog`, a daemon thread that notices the event loop has not ticked for longer
+  than a threshold and logs, once per stall, the main thread's stack and the request it is
+  serving. Python threads get the GIL back every ``sys.getswitchinterval()`` even from busy
+  Python code, and at once from ``time.sleep`` or blocking I/O.
+* :func:`arm_abort_dump`: gunicorn's master sends SIGABRT on ``--timeout``. A Python-level
+  handler cannot run while the loop is blocked inside a C call, but faulthandler's C handler
+  can: it writes every thread's stack to the error log before the Python handler runs.
+* startup stacks: the worker's startup alarm hands the stuck frame to :func:`format_stack`.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import io
+import logging
+import signal
+import sys
+import threading
+import time
+import traceback
+from types import FrameType
+from typing import Any, Callable, Optional
+
+# Innermost frames only: the gunicorn and asyncio frames above them are the same in every dump.
+STACK_LIMIT = 20
+
+EXIT_REASONS = (
+    "shutdown",  # SIGTERM from the master or an operator (TTOU, stop, reload)
+    "reload",  # retired on HUP once its successors were ready
+    "quick-stop",  # SIGINT / SIGQUIT
+    "max-requests",  # gunicorn's --max-requests
+    "memory",  # HARDENED_MEMORY_LIMIT
+    "timeout",  # SIGABRT from the master's --timeout
+    "startup-failed",  # app import or lifespan startup failed
+    "startup-timeout",  # HARDENED_STARTUP_TIMEOUT passed
+    "parent-died",  # the master is gone
+    "crash",  # an unexpected exception
+)
+
+
+def format_stack(frame: Optional[FrameType]) -> str:
+    """A frame's stack, most recent call last, as traceback prints it."""
+    if frame is None:
+        return "  (no Python frame)\n"
+    return "".join(traceback.format_stack(frame, limit=STACK_LIMIT))
+
+
+def request_in(frame: Optional[FrameType]) -> Optional[str]:
+    """``"GET /path"`` of the ASGI request whose code this stack runs, if any.
+
+    Walking the frames for an ASGI ``scope`` local costs nothing per request, unlike recording
+    each request as it starts.
+    """
+    while frame is not None:
+        scope = frame.f_locals.get("scope")
+        if isinstance(scope, dict) and scope.get("type") in ("http", "websocket"):
+            return f"{scope.get('method', 'WEBSOCKET')} {scope.get('path', '?')}"
+        frame = frame.f_back
+    return None
+
+
+def main_thread_frame() -> Optional[FrameType]:
+    ident = threading.main_thread().ident
+    return sys._current_frames().get(ident) if ident is not None else None
+
+
+class StallWatchdog:
+    """Warn when the loop has not called :meth:`tick` for ``threshold`` seconds.
+
+    ``tick`` is a single attribute store, called from the server's 100 ms tick, so the cost on
+    the loop is nil; the thread wakes every ``threshold / 2``.
+    """
+
+    def __init__(self, threshold: float, log: logging.Logger | Any, pid: int) -> None:
+        self.threshold = threshold
+        self.log = log
+        self.pid = pid
+        self.last_tick = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hardened-stall-watchdog", daemon=True)
+
+    def start(self) -> None:
+        if self.threshold > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def tick(self) -> None:
+        self.last_tick = time.monotonic()
+
+    def _run(self) -> None:
+        warned_for = 0.0
+        while not self._stop.wait(self.threshold / 2):
+            last = self.last_tick
+            blocked = time.monotonic() - last
+            if blocked < self.threshold or warned_for == last:
+                continue
+            warned_for = last  # one warning per stall
+            frame = main_thread_frame()
+            self.log.warning(
+                "hardened_worker: worker %s event loop blocked for %.1f s (threshold %.1f s) "
+                "serving %s; stack:\n%s",
+                self.pid, blocked, self.threshold, request_in(frame) or "no request",
+                format_stack(frame).rstrip(),
+            )
+
+
+def error_log_stream(log: Any) -> Any:
+    """The file gunicorn's error log writes to (stderr when it is ``-``)."""
+    for handler in getattr(getattr(log, "error_log", None), "handlers", []):
+        stream = getattr(handler, "stream", None)
+        try:
+            if stream is not None:
+                stream.fileno()
+                return stream
+        except (OSError, ValueError, io.UnsupportedOperation):
+            continue
+    return sys.stderr
+
+
+def arm_abort_dump(log: Any, on_abort: Callable[[int, Optional[FrameType]], None]) -> None:
+    """On SIGABRT: every thread's stack from C first, then ``on_abort`` when Python runs again.
+
+    faulthandler handles SIGABRT only through ``enable()`` (with the other fatal signals, which is
+    welcome: a segfault in a C extension gets a stack too). Its handler writes the stacks
+    ("Fatal Python error: Aborted"), restores the handler installed before it, the Python one set
+    here, and re-raises the signal, so ``on_abort`` runs as soon as the main thread gets the GIL.
+    """
+    signal.signal(signal.SIGABRT, on_abort)
+    stream = error_log_stream(log)
+    stream.flush()
+    faulthandler.enable(file=stream, all_threads=True)

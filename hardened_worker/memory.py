@@ -1,0 +1,343 @@
+"""Memory-ceiling recycling: the policy (pure) and two tiny ``/proc`` readers.
+
+The rule, as the README states it:
+
+* **Soft limit** (``HARDENED_MEMORY_LIMIT``), lowered per worker by a random fraction of up to
+  ``HARDENED_MEMORY_JITTER`` so workers that grow alike do not all pass it together. A worker at
+  or above its soft limit drains and is replaced, but **one at a time**: while another worker is
+  recycling for memory it waits its turn.
+* **Minimum lifetime** (``HARDENED_MEMORY_MIN_LIFETIME``): a worker younger than this never
+  recycles for the soft limit, so an app whose baseline is above the limit cannot loop through
+  restarts; the worker logs one warning instead.
+* **Hard limit** (``HARDENED_MEMORY_HARD_LIMIT``, default soft + 25%): at or above it a worker
+  recycles at once, whatever its age and however many others are recycling, because the hard limit
+  is the peak bound the operator sizes the container by.
+* **Never without a replacement**: when no ready replacement can come (say the master is shutting
+  down or new workers fail to boot), nothing recycles, not even past the hard limit; the worker
+  logs instead, since taking capacity to zero is worse than running big.
+
+"Memory" is ``HARDENED_MEMORY_MEASURE``: ``uss`` (private pages: what the worker would give back
+by exiting), ``pss`` or ``rss``. RSS counts copy-on-write pages still shared with the master
+(``preload_app``), which is why RSS-based killers recycle the wrong workers.
+
+Nothing here imports gunicorn or uvicorn; every time is a parameter, so the policy is tested
+without sleeping.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from hardened_worker.config import ConfigError
+
+MEASURES = ("uss", "pss", "rss")
+HARD_LIMIT_FACTOR = 1.25  # default hard limit = soft limit + 25%
+READ_SHARE = 0.02  # most of a worker's time memory reads may take (see MemoryWatch)
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class MemoryReader:
+    """Reads this process's memory from ``/proc/self`` at a few microseconds a call.
+
+    Create it in the worker, after fork: ``/proc/self`` is resolved when the file is opened, so a
+    reader opened in the master would report the master's figures forever. The files stay open
+    and are read with ``os.pread`` from offset 0 (about 2 us for statm against 17 us for
+    open/read/close).
+
+    Raises OSError when ``/proc/self/statm`` cannot be opened (not Linux): memory limits cannot
+    work there. When ``/proc/self/smaps_rollup`` is missing (kernel before 4.14) ``uss``/``pss``
+    fall back to RSS, an over-estimate, so a worker recycles early rather than late;
+    ``exact`` is then False so the caller can log that once.
+    """
+
+    def __init__(self, measure: str) -> None:
+        if measure not in MEASURES:
+            raise ValueError(f"measure must be one of {'|'.join(MEASURES)}, not {measure!r}")
+        self.measure = measure
+        # os.open fds are non-inheritable (PEP 446): an exec'd child does not keep them.
+        self._statm = os.open("/proc/self/statm", os.O_RDONLY)
+        self._smaps: int | None = None
+        self.exact = True
+        if measure != "rss":
+            try:
+                self._smaps = os.open("/proc/self/smaps_rollup", os.O_RDONLY)
+            except OSError:
+                self.exact = False
+
+    def rss(self) -> int:
+        """Resident bytes (statm's second field), shared pages included."""
+        return int(os.pread(self._statm, 256, 0).split()[1]) * _PAGE_SIZE
+
+    def read(self, threshold: int) -> int:
+        """The configured measure in bytes, exact only when it matters.
+
+        USS <= PSS <= RSS, so an RSS below ``threshold`` proves the measure is below it too and
+        is returned as is (2 us); only at or above it is smaps_rollup walked (about 1 ms, it
+        walks the page tables). Pass the lowest limit the caller compares against.
+        statm's counters may lag the page tables by a few pages per thread; a worker that is
+        that close to its limit is caught at the next check.
+        """
+        rss = self.rss()
+        if self._smaps is None or rss < threshold:
+            return rss
+        try:
+            fields = _parse_rollup(_pread_all(self._smaps))
+            if self.measure == "pss":
+                return fields["Pss"]
+            return fields["Private_Clean"] + fields["Private_Dirty"]
+        except (OSError, KeyError, ValueError):
+            # A kernel with an unexpected format: stay safe (over-estimate) and say so once.
+            self._close_smaps()
+            self.exact = False
+            return rss
+
+    def close(self) -> None:
+        if self._statm >= 0:
+            os.close(self._statm)
+            self._statm = -1
+        self._close_smaps()
+
+    def _close_smaps(self) -> None:
+        if self._smaps is not None:
+            os.close(self._smaps)
+            self._smaps = None
+
+    def __enter__(self) -> MemoryReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pread_all(fd: int) -> bytes:
+    # smaps_rollup is usually under a page but may grow with new fields: read until EOF.
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 4096, offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
+
+
+def _parse_rollup(data: bytes) -> dict[str, int]:
+    """``b'Pss:  488 kB'`` lines -> ``{'Pss': 499712}`` (bytes); the header line is skipped."""
+    fields = {}
+    for line in data.decode("ascii", "replace").splitlines():
+        name, sep, rest = line.partition(":")
+        parts = rest.split()
+        if sep and len(parts) == 2 and parts[1] == "kB":
+            fields[name] = int(parts[0]) * 1024
+    return fields
+
+
+@dataclass(frozen=True)
+class MemoryLimits:
+    """Byte limits and timing, validated: ``0 < soft <= hard``, ``0 <= jitter < 1``."""
+
+    soft: int
+    hard: int
+    jitter: float = 0.05
+    min_lifetime: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.soft <= 0:
+            raise ConfigError(
+                f"hardened_worker: HARDENED_MEMORY_LIMIT={format_size(self.soft)} must be more "
+                f"than 0; use e.g. 512MiB"
+            )
+        if self.hard < self.soft:
+            raise ConfigError(
+                f"hardened_worker: HARDENED_MEMORY_HARD_LIMIT={format_size(self.hard)} is below "
+                f"HARDENED_MEMORY_LIMIT={format_size(self.soft)}; set it higher or leave it empty "
+                f"for the soft limit plus 25%"
+            )
+        if not 0 <= self.jitter < 1:
+            raise ConfigError(f"hardened_worker: memory jitter {self.jitter!r} is not in [0, 1)")
+
+    @classmethod
+    def from_settings(
+        cls,
+        memory_limit: int,
+        memory_hard_limit: int | None = None,
+        memory_jitter: float = 0.05,
+        memory_min_lifetime: float = 30.0,
+    ) -> MemoryLimits:
+        """From the parsed ``HARDENED_MEMORY_*`` values (``Settings`` attribute names)."""
+        hard = memory_hard_limit if memory_hard_limit is not None else int(memory_limit * HARD_LIMIT_FACTOR)
+        return cls(memory_limit, hard, memory_jitter, memory_min_lifetime)
+
+
+def worker_soft_limit(limits: MemoryLimits, rng_value: float) -> int:
+    """This worker's soft limit: ``soft`` lowered by ``rng_value * jitter`` (rng_value in [0, 1)).
+
+    Always within ``[soft * (1 - jitter), soft]``, hence at most ``hard`` and above 0. Only the
+    soft limit is jittered; the hard limit is the operator's peak bound and stays exact.
+    """
+    rng_value = min(max(rng_value, 0.0), 1.0)
+    return max(1, min(limits.soft, int(limits.soft * (1.0 - limits.jitter * rng_value))))
+
+
+class Decision(enum.Enum):
+    OK = "ok"  # below the soft limit
+    RECYCLE = "recycle"  # soft limit reached and it is this worker's turn
+    RECYCLE_HARD = "recycle_hard"  # hard limit reached: recycle now, any age, any turn
+    WAIT_TURN = "wait_turn"  # soft limit reached but another worker is recycling for memory
+    TOO_YOUNG = "too_young"  # soft limit reached before the minimum lifetime
+    BLOCKED_NO_REPLACEMENT = "blocked"  # a limit reached but no ready replacement can come
+
+    @property
+    def recycles(self) -> bool:
+        return self in (Decision.RECYCLE, Decision.RECYCLE_HARD)
+
+
+def decide(
+    *,
+    used: int,
+    soft: int,
+    hard: int,
+    age: float,
+    min_lifetime: float,
+    others_recycling: int,
+    replacement_possible: bool,
+) -> Decision:
+    """The rule of the module docstring. A limit counts as passed at ``used >= limit``.
+
+    ``soft`` is this worker's jittered soft limit; ``others_recycling`` counts the *other*
+    workers now recycling for memory.
+    """
+    if used < soft:
+        return Decision.OK
+    if used >= hard:
+        return Decision.RECYCLE_HARD if replacement_possible else Decision.BLOCKED_NO_REPLACEMENT
+    if age < min_lifetime:
+        return Decision.TOO_YOUNG
+    if others_recycling > 0:
+        return Decision.WAIT_TURN
+    if not replacement_possible:
+        return Decision.BLOCKED_NO_REPLACEMENT
+    return Decision.RECYCLE
+
+
+class MemoryWatch:
+    """Per-worker state: when to read memory, this worker's jittered limit, the warning flag.
+
+    ``due()`` is two compares, cheap enough to call on every request; ``check()`` reads memory
+    and decides. Under the limit a read costs 2 us; at or above it (uss/pss) it walks the page
+    tables, about 13 us per resident MiB (7 ms at 512 MiB), and a worker waiting its turn stays
+    there. So ``check()`` times each read with ``clock`` and spaces the next one to keep reads
+    under ``READ_SHARE`` of the worker's time, whatever the request rate: past the limit a 2 GiB
+    worker reads about every 1.3 s instead of every 32 requests.
+    A ``check_requests`` of 0 turns the request-count trigger off (only the interval counts).
+    """
+
+    def __init__(
+        self,
+        limits: MemoryLimits,
+        reader: MemoryReader,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        check_interval: float = 0.25,
+        check_requests: int = 32,
+        rng_value: float | None = None,
+    ) -> None:
+        self.limits = limits
+        self.reader = reader
+        self._clock = clock
+        self.check_interval = check_interval
+        self.check_requests = check_requests
+        self.soft = worker_soft_limit(limits, random.random() if rng_value is None else rng_value)
+        self.started = clock()
+        self.baseline_warning_logged = False
+        self._over_soft_young = False
+        self._next_time = self.started + check_interval
+        self._next_requests = check_requests if check_requests > 0 else sys.maxsize
+        self._earliest = self.started  # no request-triggered read before this (spacing)
+
+    def due(self, now: float, total_requests: int) -> bool:
+        return now >= self._next_time or (
+            total_requests >= self._next_requests and now >= self._earliest
+        )
+
+    def check(
+        self, now: float, total_requests: int, others_recycling: int, replacement_possible: bool
+    ) -> tuple[Decision, int]:
+        """Read memory, schedule the next check, return the decision and the bytes used."""
+        started_read = self._clock()
+        used = self.reader.read(self.soft)
+        gap = (self._clock() - started_read) / READ_SHARE
+        self._next_time = now + max(self.check_interval, gap)
+        self._earliest = now + gap
+        if self.check_requests > 0:
+            self._next_requests = total_requests + self.check_requests
+        age = now - self.started
+        if used >= self.soft and age < self.limits.min_lifetime:
+            self._over_soft_young = True
+        decision = decide(
+            used=used,
+            soft=self.soft,
+            hard=self.limits.hard,
+            age=age,
+            min_lifetime=self.limits.min_lifetime,
+            others_recycling=others_recycling,
+            replacement_possible=replacement_possible,
+        )
+        return decision, used
+
+    def baseline_warning_due(self) -> bool:
+        """True exactly once, after the first check that found the worker over its soft limit
+        younger than the minimum lifetime (the limit may be below the app's baseline)."""
+        if self._over_soft_young and not self.baseline_warning_logged:
+            self.baseline_warning_logged = True
+            return True
+        return False
+
+
+def format_size(n: float) -> str:
+    """Binary units, as ``ps`` and ``top``: ``512 B``, ``1.5 KiB``, ``131.2 MiB``, ``2.0 GiB``."""
+    if abs(n) < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if abs(n) < 1024 or unit == "TiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def format_duration(seconds: float) -> str:
+    """``12.3 s``, ``4.5 min``, ``26.0 h``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def recycle_message(
+    pid: int, used: int, limit: int, measure: str, requests: int, uptime: float, hard: bool
+) -> str:
+    """One log line, e.g. ``hardened_worker: worker 1234 recycling: memory uss 131.2 MiB over
+    limit 128.0 MiB (soft), 5120 requests served, up 12.3 s``."""
+    return (
+        f"hardened_worker: worker {pid} recycling: memory {measure} {format_size(used)} over "
+        f"limit {format_size(limit)} ({'hard' if hard else 'soft'}), {requests} requests served, "
+        f"up {format_duration(uptime)}"
+    )
+
+
+def baseline_message(pid: int, used: int, limit: int, measure: str, age: float, min_lifetime: float) -> str:
+    """The one warning of :meth:`MemoryWatch.baseline_warning_due`."""
+    return (
+        f"hardened_worker: worker {pid} memory {measure} {format_size(used)} is over the limit "
+        f"{format_size(limit)} only {format_duration(age)} after start (minimum lifetime "
+        f"{format_duration(min_lifetime)}); if that is the app's baseline, raise "
+        f"HARDENED_MEMORY_LIMIT"
+    )

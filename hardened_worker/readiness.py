@@ -1,0 +1,178 @@
+"""Which workers are ready, shared between the master and its workers.
+
+Why shared memory: gunicorn's master knows nothing of readiness, and a worker told to stop on HUP
+must know whether its successors are up. The master creates one anonymous ``MAP_SHARED`` mapping in
+``Worker.check_config`` (before the first fork), every worker inherits it, and each worker writes
+only its own slot; reads are a few ``struct.unpack_from`` calls, done on the 100 ms tick or while a
+worker waits, never per request. A file-based table in ``--worker-tmp-dir`` would work too but costs
+syscalls and leaves files behind when the master is SIGKILLed; the mapping dies with its processes.
+
+A slot holds ``pid, state, age, generation, started, changed, reason``; ``reason`` (an index
+into :data:`hardened_worker.diagnostics.EXIT_REASONS`, plus one) is how the master's
+``child_exit`` hook learns why a worker left. ``age`` is gunicorn's spawn order;
+``generation`` counts the master's configuration loads (1 at start, +1 per HUP). A slot whose pid
+no longer exists is free, so a SIGKILLed worker needs no clean-up.
+
+The decisions are pure functions of a list of :class:`Peer` so they are tested without processes.
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+import multiprocessing
+import os
+import struct
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+
+class State(enum.IntEnum):
+    FREE = 0
+    BOOTING = 1  # importing the app or running lifespan startup
+    READY = 2  # lifespan startup done and accepting
+    STOPPING = 3  # told to stop; still serving while it waits or delays, then draining
+    FAILED = 4  # could not start; about to exit
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    state: State
+    age: int
+    generation: int
+    started: float
+    changed: float
+
+
+# --- pure decisions -------------------------------------------------------------------------
+
+
+class Gate(enum.Enum):
+    RETIRE = "retire"  # no successor is coming, or enough are ready: drain now
+    WAIT = "wait"  # successors are still booting: keep serving
+    ROLLBACK = "rollback"  # every successor failed: keep serving, the stop is cancelled
+
+
+def retirement_gate(me: int, peers: Iterable[Peer]) -> Gate:
+    """Decide what a worker of age ``me`` that was sent SIGTERM does now.
+
+    "Enough" successors: every newer worker has finished booting and at least one of them is
+    ready. The old generation then leaves together, as gunicorn intends, but only once the new
+    one serves; if every successor failed, the stop is cancelled (the master stops re-sending
+    SIGTERM once the failed workers are gone, because its worker count is met again).
+
+    A worker whose newer peers are all ready or stopping (TTOU, a plain shutdown, a replacement
+    that already came up) retires at once: nobody is coming, so it must not wait.
+    """
+    newer = [p for p in peers if p.age > me]
+    if any(p.state == State.BOOTING for p in newer):
+        return Gate.WAIT
+    if any(p.state == State.READY for p in newer):
+        return Gate.RETIRE
+    if any(p.state == State.FAILED for p in newer):
+        return Gate.ROLLBACK
+    return Gate.RETIRE
+
+
+def has_older_live(me: int, peers: Iterable[Peer]) -> bool:
+    """A failed worker with an older, serving sibling must not halt the master (exit 3)."""
+    return any(p.age < me and p.state in (State.READY, State.STOPPING) for p in peers)
+
+
+# --- the shared table -----------------------------------------------------------------------
+
+_SLOT = struct.Struct("=iiqqddi")
+_HEADER = struct.Struct("=qd")  # last rejected generation, time of the last failed start
+SLOTS = 512
+
+
+class Table:
+    """Fixed-size table of worker slots in an anonymous shared mapping."""
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, _HEADER.size + SLOTS * _SLOT.size)
+        self._lock = multiprocessing.Lock()
+        self._slot: int | None = None
+
+    def _offset(self, index: int) -> int:
+        return _HEADER.size + index * _SLOT.size
+
+    def _read(self, index: int) -> Peer:
+        pid, state, age, generation, started, changed, _ = _SLOT.unpack_from(self._map, self._offset(index))
+        return Peer(pid, State(state), age, generation, started, changed)
+
+    def claim(self, age: int, generation: int) -> None:
+        """Take a slot for this process (called in the worker after fork)."""
+        now = time.time()
+        with self._lock:
+            for probe in range(SLOTS):
+                index = (age + probe) % SLOTS
+                peer = self._read(index)
+                if peer.pid == 0 or not _alive(peer.pid):
+                    _SLOT.pack_into(self._map, self._offset(index), os.getpid(), State.BOOTING,
+                                    age, generation, now, now, 0)
+                    self._slot = index
+                    return
+        # More live workers than slots: readiness degrades to "no gating" for this worker.
+
+    def set_state(self, state: State) -> None:
+        if self._slot is None:
+            return
+        offset = self._offset(self._slot)
+        pid, _, age, generation, started, _, reason = _SLOT.unpack_from(self._map, offset)
+        _SLOT.pack_into(self._map, offset, pid, state, age, generation, started, time.time(), reason)
+
+    def set_reason(self, reason: int) -> None:
+        if self._slot is not None:
+            offset = self._offset(self._slot)
+            _SLOT.pack_into(self._map, offset, *_SLOT.unpack_from(self._map, offset)[:-1], reason + 1)
+
+    def reason_of(self, pid: int) -> int | None:
+        """The exit reason a (just exited) worker recorded, read in the master."""
+        for index in range(SLOTS):
+            fields = _SLOT.unpack_from(self._map, self._offset(index))
+            if fields[0] == pid and fields[-1]:
+                return fields[-1] - 1
+        return None
+
+    def state(self) -> State | None:
+        return None if self._slot is None else self._read(self._slot).state
+
+    def peers(self) -> list[Peer]:
+        """Live workers other than this process."""
+        me = os.getpid()
+        found = []
+        for index in range(SLOTS):
+            peer = self._read(index)
+            if peer.pid and peer.pid != me and peer.state != State.FREE and _alive(peer.pid):
+                found.append(peer)
+        return found
+
+    def claim_rejection(self, generation: int) -> bool:
+        """True for exactly one caller per rejected generation, so one line says "reload rejected"."""
+        with self._lock:
+            last, failed_at = _HEADER.unpack_from(self._map, 0)
+            if generation <= last:
+                return False
+            _HEADER.pack_into(self._map, 0, generation, failed_at)
+            return True
+
+    def record_failure(self) -> float:
+        """Note a failed start; return how long ago the previous one was (inf if never)."""
+        with self._lock:
+            last, failed_at = _HEADER.unpack_from(self._map, 0)
+            now = time.time()
+            _HEADER.pack_into(self._map, 0, last, now)
+        return now - failed_at if failed_at else float("inf")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

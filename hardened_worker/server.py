@@ -1,0 +1,264 @@
+"""The uvicorn ``Server`` subclass: the one module that leans on uvicorn internals.
+
+Supported: uvicorn 0.54 (pinned ``>=0.54,<0.60`` in pyproject.toml). What it relies on, all
+exercised by the real-process tests:
+
+* ``Server.main_loop`` / ``on_tick`` (the 100 ms tick) and ``server_state.connections``/``tasks``;
+* the HTTP protocols' ``cycle``, ``scope``, ``transport``, ``timeout_keep_alive_task`` and
+  ``shutdown()`` (httptools and h11 both have them);
+* ``LifespanOn``'s ``receive``/``send``/events, subclassed for the lifespan rules below.
+
+The phases read top to bottom: ``startup`` (lifespan, then accept), ``main_loop`` (serving; the
+worker's ``tick`` decides when to stop), ``shutdown`` (the drain). Signals are the worker's business:
+``serve`` does not install uvicorn's handlers, so nothing re-raises SIGTERM at exit and a graceful
+stop ends with status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import importlib
+import logging
+import struct
+import termios
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, Optional
+
+from uvicorn.lifespan.on import LifespanOn
+from uvicorn.server import Server
+
+from hardened_worker import drain
+
+if TYPE_CHECKING:
+    from hardened_worker.worker import Worker
+
+logger = logging.getLogger("uvicorn.error")
+
+
+class HardenedLifespan(LifespanOn):
+    """``lifespan="on"`` semantics, with apps that lack lifespan support detected, not guessed.
+
+    An app that raises before it ever called ``receive()`` never looked at the lifespan protocol:
+    it does not support it (a bare ``assert scope["type"] == "http"``) and is served without it.
+    An app that raises after receiving ``lifespan.startup`` failed its startup: that is logged once
+    with the traceback and the worker does not serve.
+    """
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.received = False
+        self.unsupported = False
+        self.error: Optional[BaseException] = None
+        self.task: Optional[asyncio.Task[None]] = None
+
+    async def receive(self) -> Any:
+        self.received = True
+        return await super().receive()
+
+    async def startup(self) -> None:
+        self.logger.info("Waiting for application startup.")
+        self.task = asyncio.get_running_loop().create_task(self.main())
+        await self.receive_queue.put({"type": "lifespan.startup"})
+        await self.startup_event.wait()
+        if self.startup_failed or (self.error_occurred and not self.unsupported):
+            self.logger.error("Application startup failed.")
+            self.should_exit = True
+        else:
+            self.logger.info("Application startup complete.")
+
+    async def main(self) -> None:
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": self.config.asgi_version, "spec_version": "2.0"},
+            "state": self.state,
+        }
+        try:
+            await self.config.loaded_app(scope, self.receive, self.send)
+        except (SystemExit, KeyboardInterrupt):
+            raise  # a startup timeout or a stop signal, not an app error
+        except BaseException as exc:
+            self.error_occurred = True
+            if self.startup_failed or self.shutdown_failed:
+                return
+            if not self.received:
+                self.unsupported = True
+                self.logger.info(
+                    "ASGI lifespan not supported by the app (it raised %r before receiving "
+                    "lifespan.startup); serving without lifespan events", exc)
+            else:
+                self.error = exc
+                phase = "shutdown" if self.startup_event.is_set() else "startup"
+                self.logger.error("Exception in ASGI lifespan %s", phase, exc_info=exc)
+        finally:
+            self.startup_event.set()
+            self.shutdown_event.set()
+
+    def stack(self) -> str:
+        """Where the app's lifespan coroutine is suspended (for a startup timeout)."""
+        if self.task is None or self.task.done():
+            return ""
+        frames = self.task.get_stack()
+        return "".join(traceback.format_list(traceback.StackSummary.extract(
+            (f, f.f_lineno) for f in frames)))
+
+
+def _is_idle(conn: Any) -> bool:
+    """True when no request is in progress on an HTTP connection and none has begun arriving."""
+    if getattr(conn, "timeout_keep_alive_task", None) is not None:
+        return True  # armed when a response completed, cancelled when new bytes arrive
+    return getattr(conn, "cycle", None) is None and getattr(conn, "scope", None) is None
+
+
+def _pending_bytes(conn: Any) -> int:
+    sock = conn.transport.get_extra_info("socket")
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, AttributeError, ValueError):
+        return 1  # unknown: assume a request may be arriving and keep the connection
+    return struct.unpack("i", raw)[0]
+
+
+def _http_protocols() -> tuple[type, ...]:
+    found = []
+    for module, name in (("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol"),
+                         ("uvicorn.protocols.http.h11_impl", "H11Protocol")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except ImportError:  # httptools is optional
+            continue
+    return tuple(found)
+
+
+_HTTP_PROTOCOLS = _http_protocols()
+
+
+def _is_http(conn: Any) -> bool:
+    return isinstance(conn, _HTTP_PROTOCOLS)
+
+
+class HardenedServer(Server):
+    def __init__(self, config: Any, worker: Worker) -> None:
+        super().__init__(config)
+        self.worker = worker
+        self.lifespan: HardenedLifespan
+
+    async def serve(self, sockets: Optional[list[Any]] = None) -> None:
+        config = self.config
+        if not config.loaded:
+            config.load()
+        config.loaded_app = self.worker.wrap_app(config.loaded_app)
+        self.lifespan = HardenedLifespan(config)
+        await self.startup(sockets or [])
+        if not self.started:
+            return
+        self._tick_stall_watchdog()
+        self.worker.on_ready()
+        await self.main_loop()
+        await self.shutdown(sockets)
+
+    async def startup(self, sockets: list[Any]) -> None:  # type: ignore[override]
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            return
+        config = self.config
+        loop = asyncio.get_running_loop()
+
+        def create_protocol(_loop: Any = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=_loop)
+
+        # gunicorn's socket wrappers close their socket again after the loop did, logging EBADF:
+        # hand the loop the plain socket inside.
+        self.servers = [
+            await loop.create_server(create_protocol, sock=getattr(sock, "sock", sock), ssl=config.ssl,
+                                     backlog=config.backlog)
+            for sock in sockets
+        ]
+        self.started = True
+
+    def _tick_stall_watchdog(self) -> None:
+        # A timer of its own, not the main loop's tick, so the watchdog also covers the drain.
+        self.worker.stall.tick()
+        asyncio.get_running_loop().call_later(0.1, self._tick_stall_watchdog)
+
+    async def on_tick(self, counter: int) -> bool:
+        if await super().on_tick(counter):
+            if not self.should_exit:
+                self.worker.exit_reason = "max-requests"
+            return True
+        return self.worker.tick()
+
+    # --- the drain ------------------------------------------------------------------------
+
+    async def shutdown(self, sockets: Optional[list[Any]] = None) -> None:
+        worker = self.worker
+        plan = worker.drain_plan()
+        for server in self.servers:
+            server.close()  # closes this process's copy of the listening socket too
+        if self.force_exit:
+            self._close_all()
+        else:
+            await self._drain(plan)
+        await self._lifespan_shutdown(plan)
+
+    async def _drain(self, plan: drain.DrainPlan) -> None:
+        state = self.server_state
+        for conn in list(state.connections):
+            if not _is_http(conn):
+                conn.shutdown()  # websockets: uvicorn sends a close frame (1012) and closes
+            elif not _is_idle(conn):
+                conn.shutdown()  # the response in progress will carry Connection: close
+        idle_since: dict[Any, float] = {}
+        window = self.worker.settings.drain_idle_window
+        beat = 0.0
+        while (state.connections or state.tasks) and time.monotonic() < plan.requests_deadline:
+            now = time.monotonic()
+            if now - beat >= 1.0:
+                beat = now
+                self.worker.notify()
+            for conn in list(state.connections):
+                if not _is_http(conn) or not _is_idle(conn):
+                    idle_since.pop(conn, None)
+                    continue
+                since = idle_since.setdefault(conn, now)
+                if now - since >= window and _pending_bytes(conn) == 0:
+                    conn.transport.close()
+            await asyncio.sleep(0.05)
+        if state.connections or state.tasks:
+            self._deadline_passed(plan)
+
+    def _deadline_passed(self, plan: drain.DrainPlan) -> None:
+        in_flight = [c.scope for c in self.server_state.connections
+                     if _is_http(c) and not _is_idle(c) and isinstance(getattr(c, "scope", None), dict)]
+        self.worker.log.warning(
+            "hardened_worker: worker %s drain deadline passed; closing %d connections, in flight: %s",
+            self.worker.pid, len(self.server_state.connections),
+            drain.describe_in_flight(in_flight, time.monotonic()))
+        self._close_all()
+
+    def _close_all(self) -> None:
+        for task in self.server_state.tasks:
+            task.cancel(msg="hardened_worker: drain deadline")
+        for conn in list(self.server_state.connections):
+            conn.transport.close()
+
+    async def _lifespan_shutdown(self, plan: drain.DrainPlan) -> None:
+        async def heartbeat() -> None:
+            while True:
+                self.worker.notify()
+                await asyncio.sleep(1.0)
+
+        beating = asyncio.get_running_loop().create_task(heartbeat())
+        budget = max(plan.lifespan_deadline - time.monotonic(), 0.1)
+        if self.force_exit:
+            budget = min(budget, 1.0)
+        try:
+            await asyncio.wait_for(self.lifespan.shutdown(), budget)
+        except asyncio.TimeoutError:
+            self.worker.log.error(
+                "hardened_worker: worker %s lifespan shutdown did not finish within %.1f s",
+                self.worker.pid, budget)
+        finally:
+            beating.cancel()
