@@ -49,6 +49,20 @@ def format_stack(frame: Optional[FrameType]) -> str:
     return "".join(traceback.format_stack(frame, limit=STACK_LIMIT))
 
 
+def coroutine_stack(coro: Any) -> str:
+    """Where a suspended coroutine waits, following ``await`` down to the innermost coroutine.
+
+    ``Task.get_stack()`` gives only the outermost frame of a suspended coroutine.
+    """
+    frames = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            frames.append((frame, frame.f_lineno))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return "".join(traceback.format_list(traceback.StackSummary.extract(frames)))
+
+
 def request_in(frame: Optional[FrameType]) -> Optional[str]:
     """``"GET /path"`` of the ASGI request whose code this stack runs, if any.
 

@@ -23,13 +23,12 @@ import logging
 import struct
 import termios
 import time
-import traceback
 from typing import TYPE_CHECKING, Any, Optional
 
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import Server
 
-from hardened_worker import drain
+from hardened_worker import diagnostics, drain
 
 if TYPE_CHECKING:
     from hardened_worker.worker import Worker
@@ -95,13 +94,12 @@ class HardenedLifespan(LifespanOn):
             self.startup_event.set()
             self.shutdown_event.set()
 
-    def stack(self) -> str:
-        """Where the app's lifespan coroutine is suspended (for a startup timeout)."""
+    def suspended_stack(self) -> str:
+        """Where the app's lifespan coroutine waits, or "" if it is running or finished."""
         if self.task is None or self.task.done():
             return ""
-        frames = self.task.get_stack()
-        return "".join(traceback.format_list(traceback.StackSummary.extract(
-            (f, f.f_lineno) for f in frames)))
+        coro = self.task.get_coro()
+        return "" if getattr(coro, "cr_running", False) else diagnostics.coroutine_stack(coro)
 
 
 def _is_idle(conn: Any) -> bool:

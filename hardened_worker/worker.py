@@ -190,8 +190,9 @@ class Worker(UvicornWorker):
         in_lifespan = self.server is not None
         where = "lifespan startup" if in_lifespan else "app import"
         stack = diagnostics.format_stack(frame)
-        if in_lifespan and self.server is not None:
-            stack = self.server.lifespan.stack() or stack
+        if self.server is not None:
+            # A coroutine suspended in an await: the signal interrupted the idle loop, not the app.
+            stack = self.server.lifespan.suspended_stack() or stack
         self.log.error(
             "hardened_worker: worker %s startup timed out after %.1f s in %s; stuck at:\n%s",
             self.pid, self.settings.startup_timeout, where, stack.rstrip())

@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh Debian machine (as root): `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: demo test bench venv system-deps clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[demo]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+$(VENV)/.test-installed: $(VENV)/.installed pyproject.toml
+	$(PIP) install -q -e '.[demo,test]'
+	touch $@
+
+# wrk and nginx drive the real-load tests; installed from Debian's packages when missing.
+system-deps:
+	@command -v wrk >/dev/null 2>&1 && { command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null \
+		|| DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null; }
+
+demo: venv
+	@echo "serving examples/demo_app.py on http://$(HOST):$(PORT) (Ctrl+C stops)"
+	$(VENV)/bin/gunicorn demo_app:app --chdir examples -k hardened_worker.Worker -w 2 \
+		-b $(HOST):$(PORT) --graceful-timeout 20
+
+test: $(VENV)/.test-installed system-deps
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: $(VENV)/.test-installed system-deps
+	$(PIP) install -q -e '.[bench]'
+	$(PY) -m bench all
+
+clean:
+	rm -rf $(VENV) build *.egg-info

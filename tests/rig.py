@@ -1,0 +1,320 @@
+"""The real-process test rig: a gunicorn master, load generators, nginx.
+
+Everything here starts real processes in their own process group and tears them down by pid,
+so tests can run side by side and never leave anything behind.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = ROOT / "tests" / "apps"
+GUNICORN = [sys.executable, "-m", "gunicorn"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> object:
+    """Poll until ``predicate()`` is truthy; return its value or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def get(port: int, path: str = "/", timeout: float = 5.0, method: str = "GET",
+        headers: Optional[dict] = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+class Background:
+    """One request in a thread; ``result`` is ``(status, body)`` or the exception's name."""
+
+    def __init__(self, port: int, path: str, timeout: float = 60.0) -> None:
+        self.result: object = None
+        self._thread = threading.Thread(target=self._run, args=(port, path, timeout), daemon=True)
+        self._thread.start()
+
+    def _run(self, port: int, path: str, timeout: float) -> None:
+        try:
+            self.result = get(port, path, timeout=timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            self.result = type(exc).__name__
+
+    def join(self, timeout: float = 60.0) -> object:
+        self._thread.join(timeout)
+        return self.result
+
+
+def children(pid: int) -> list[int]:
+    """Live child pids of ``pid`` (zombies excluded)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+class Master:
+    """One gunicorn master in its own process group, its error log in a file."""
+
+    def __init__(self, tmp: Path, app: str = "testapp:app", worker: str = "hardened_worker.Worker",
+                 workers: int = 2, env: Optional[dict] = None, args: Iterable[str] = (),
+                 port: Optional[int] = None) -> None:
+        self.tmp = tmp
+        self.port = port or free_port()
+        self.log_path = tmp / f"gunicorn-{self.port}.log"
+        self.events_path = tmp / f"events-{self.port}.txt"
+        self.cmd = [
+            *GUNICORN, app, "-k", worker, "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
+            "--pythonpath", str(APPS), "--no-control-socket", "--error-logfile", str(self.log_path),
+            "--graceful-timeout", "10", *args,
+        ]
+        self.env = {**_clean_environ(), "TESTAPP_EVENTS": str(self.events_path), **(env or {})}
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, wait: bool = True, timeout: float = 30.0) -> "Master":
+        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.tmp, start_new_session=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_serving(timeout)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def wait_serving(self, timeout: float = 30.0) -> None:
+        def serving() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.output()}\n{self.log()}")
+            try:
+                return get(self.port, "/", timeout=1.0)[0] == 200
+            except OSError:
+                return False
+
+        wait_for(serving, timeout)
+
+    def workers(self) -> list[int]:
+        return children(self.pid)
+
+    def wait_workers(self, count: int, timeout: float = 30.0) -> list[int]:
+        return wait_for(lambda: (pids := self.workers()) and len(pids) == count and pids, timeout)
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        """stdout/stderr of the master, once it has exited."""
+        assert self.proc is not None and self.proc.stdout is not None
+        return self.proc.stdout.read().decode(errors="replace")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def events(self) -> list[str]:
+        try:
+            return self.events_path.read_text().split("\n")[:-1]
+        except FileNotFoundError:
+            return []
+
+    def wait_log(self, pattern: str, timeout: float = 30.0, count: int = 1) -> list[str]:
+        regex = re.compile(pattern)
+        return wait_for(lambda: len(found := regex.findall(self.log())) >= count and found, timeout)
+
+    def stop(self) -> None:
+        """Tear down: the group, then any worker that left it, by pid."""
+        if self.proc is None:
+            return
+        leftovers = self.workers() if self.proc.poll() is None else []
+        for target in [self.pid, *leftovers]:
+            try:
+                os.killpg(target, signal.SIGKILL) if target == self.pid else os.kill(target, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def _clean_environ() -> dict:
+    """The test process's environment without any HARDENED_* or FORWARDED_ALLOW_IPS of its own."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("HARDENED_", "TESTAPP_")) and k != "FORWARDED_ALLOW_IPS"}
+
+
+# --- exact per-request outcomes ---------------------------------------------------------------
+
+
+@dataclass
+class Outcomes:
+    results: list = field(default_factory=list)  # (path, status or exception name)
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(r for _, r in self.results)
+
+    @property
+    def failures(self) -> list:
+        return [(p, r) for p, r in self.results if r != 200]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+
+class Client:
+    """Keep-alive clients in threads, recording the outcome of every single request.
+
+    Half of the requests are POSTs: a proxy may retry a failed GET, never a POST, so only
+    non-idempotent requests prove that nothing was lost.
+    """
+
+    def __init__(self, port: int, paths: Iterable[str] = ("/",), concurrency: int = 8,
+                 timeout: float = 30.0) -> None:
+        self.port = port
+        self.paths = list(paths)
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.outcomes = Outcomes()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def _loop(self, index: int, count: Optional[int]) -> None:
+        conn: Optional[http.client.HTTPConnection] = None
+        sent = 0
+        while not self._stop.is_set() and (count is None or sent < count):
+            path = self.paths[(index + sent) % len(self.paths)]
+            method = "POST" if (index + sent) % 2 else "GET"
+            sent += 1
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+            try:
+                conn.request(method, path, body=b"x" * 16 if method == "POST" else None)
+                response = conn.getresponse()
+                response.read()
+                outcome: object = response.status
+                if response.will_close:
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as exc:
+                outcome = type(exc).__name__
+                conn.close()
+                conn = None
+            with self._lock:
+                self.outcomes.results.append((path, outcome))
+        if conn is not None:
+            conn.close()
+
+    def start(self, count_each: Optional[int] = None) -> "Client":
+        for index in range(self.concurrency):
+            thread = threading.Thread(target=self._loop, args=(index, count_each), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self, timeout: float = 60.0) -> Outcomes:
+        self._stop.set()
+        return self.join(timeout)
+
+    def join(self, timeout: float = 60.0) -> Outcomes:
+        for thread in self._threads:
+            thread.join(timeout)
+        return self.outcomes
+
+
+# --- wrk ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    rps: float
+    p99_ms: float
+    socket_errors: int
+    non_2xx: int
+    raw: str
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def parse_wrk(text: str) -> WrkResult:
+    requests = int(re.search(r"(\d+) requests in", text).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s|m)\b", text)
+    p99_ms = float(p99.group(1)) * _UNITS_MS[p99.group(2)] if p99 else float("nan")
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    socket_errors = sum(int(g) for g in errors.groups()) if errors else 0
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return WrkResult(requests, rps, p99_ms, socket_errors, int(non_2xx.group(1)) if non_2xx else 0, text)
+
+
+def wrk(port: int, path: str = "/", duration: float = 5.0, connections: int = 32, threads: int = 2,
+        timeout: str = "10s", script: Optional[Path] = None) -> WrkResult:
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
+           f"--timeout={timeout}", f"http://127.0.0.1:{port}{path}"]
+    if script is not None:
+        cmd[1:1] = ["-s", str(script)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed: {done.stderr}")
+    return parse_wrk(done.stdout)
+
+
+def have(program: str) -> bool:
+    return shutil.which(program) is not None or Path(f"/usr/sbin/{program}").exists()
