@@ -887,9 +887,9 @@ class ForwardedMiddleware:
         self._peer_cache = self.trusted._peer_cache
         if family == "forwarded" and (port or prefix):
             logger.warning(
-                "forwarded: %s has no effect with the Forwarded header family (RFC 7239 has "
-                "no such parameter); X-Forwarded-Port/-Prefix are read with x-forwarded only",
-                " and ".join(n for n, on in (("port", port), ("prefix", prefix)) if on),
+                "ignoring %s: X-Forwarded-Port and X-Forwarded-Prefix are only read with the "
+                "x-forwarded family, and RFC 7239 Forwarded has no such parameters",
+                " and ".join(f"{n}=True" for n, on in (("port", port), ("prefix", prefix)) if on),
             )
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:

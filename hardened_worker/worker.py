@@ -185,6 +185,8 @@ class Worker(UvicornWorker):
         self.log.info(
             "hardened_worker: worker %s exiting: reason %s, served %d requests, up %.1f s",
             self.pid, self.exit_reason, self.server.server_state.total_requests, self._uptime())
+        if self.aborted:
+            sys.exit(1)
 
     def _startup_timed_out(self, signum: int, frame: Optional[FrameType]) -> None:
         in_lifespan = self.server is not None
@@ -334,7 +336,12 @@ class Worker(UvicornWorker):
         self.log.error("hardened_worker: worker %s timed out (SIGABRT from the master) serving %s; "
                        "stacks above", self.pid, diagnostics.request_in(frame) or "no request")
         self.cfg.worker_abort(self)
-        sys.exit(1)
+        self.aborted = True
+        if self.server is not None:
+            self.server.should_exit = self.server.force_exit = True
+        # Interrupts the blocking call. Inside a request uvicorn turns it into a 500 for that request
+        # and the loop winds down through the quick stop; anywhere else it ends the process at once.
+        raise SystemExit(1)
 
 
 class _SkipPath(logging.Filter):

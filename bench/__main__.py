@@ -1,0 +1,101 @@
+"""``python -m bench <scenario> [options]``: run one scenario (or ``all``), print one JSON object on
+stdout, and write it with a machine description to ``bench/results/<name>.json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+
+from bench import bad_deploy, common, drain, hung, hup, leak, nginx, overhead
+
+SCENARIOS = [overhead, hup, bad_deploy, drain, leak, hung, nginx]
+BY_NAME = {module.NAME: module for module in SCENARIOS}
+
+
+def _classes(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in common.WORKERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"classes are among {', '.join(common.WORKERS)}")
+    # Keep the canonical order (hardened, uvicorn, asgi) whatever order was given.
+    return [n for n in common.WORKERS if n in names]
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--classes", type=_classes, default=list(common.WORKERS),
+                   help="worker classes to run, comma-separated (default: hardened,uvicorn,asgi)")
+    p.add_argument("--no-write", action="store_true", help="do not write bench/results/*.json")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = top.add_subparsers(dest="scenario", required=True, metavar="scenario")
+    for module in SCENARIOS:
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__)
+        module.add_arguments(p)
+        _add_common(p)
+    p = sub.add_parser("all", help="every scenario with its defaults (overhead also with --forwarded)")
+    p.add_argument("--skip", default="", help="scenarios to leave out, comma-separated")
+    _add_common(p)
+    return top
+
+
+def finish(result: dict, write: bool) -> dict:
+    result["machine"] = common.machine()
+    name = result.pop("result_file", result["scenario"])
+    if write:
+        result["written_to"] = str(common.write_result(name, {**result}).relative_to(common.ROOT))
+        common.log(f"wrote {result['written_to']}")
+    return result
+
+
+def defaults(module: object, classes: list[str], **overrides: object) -> argparse.Namespace:
+    """The module's own defaults, as ``python -m bench <name>`` with no options would parse them."""
+    p = argparse.ArgumentParser()
+    module.add_arguments(p)
+    args = p.parse_args([])
+    args.classes = classes
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+def run_all(args: argparse.Namespace) -> dict:
+    skip = {n.strip() for n in args.skip.split(",") if n.strip()}
+    plan = [(module, {}) for module in SCENARIOS]
+    plan.insert(1, (overhead, {"forwarded": True}))
+    results: dict = {}
+    started = time.monotonic()
+    for module, overrides in plan:
+        if module.NAME in skip:
+            continue
+        label = module.NAME + ("-forwarded" if overrides else "")
+        common.log(f"=== {label}")
+        try:
+            result = finish(module.run(defaults(module, args.classes, **overrides)), not args.no_write)
+            result.pop("machine")
+        except Exception as exc:  # one broken scenario must not lose the others' results
+            traceback.print_exc()
+            result = {"scenario": module.NAME, "error": f"{type(exc).__name__}: {exc}"}
+        results[label] = result
+    summary = {"scenario": "all", "duration_s": round(time.monotonic() - started, 1), "results": results}
+    return finish(summary, not args.no_write)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.scenario == "all":
+        result = run_all(args)
+    else:
+        result = finish(BY_NAME[args.scenario].run(args), not args.no_write)
+    json.dump(common.rounded(result), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    failed = "error" in result or any("error" in r for r in result.get("results", {}).values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

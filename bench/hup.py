@@ -1,0 +1,75 @@
+"""Reloads under load: HUP every few seconds while wrk runs, with an app whose lifespan startup
+takes 2 s, against the same master's p99 without HUPs. Counts socket errors and non-2xx exactly
+(wrk's own counters) per worker class."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+from bench import common
+from bench.common import log, rig
+
+NAME = "hup"
+HELP = "HUP every 4 s under wrk, app startup 2 s: errors and p99 vs no reloads"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duration", type=int, default=20, help="seconds of wrk with HUPs (default 20)")
+    p.add_argument("--interval", type=float, default=4.0, help="seconds between HUPs (default 4)")
+    p.add_argument("--baseline-duration", type=int, default=10,
+                   help="seconds of wrk without HUPs, for the p99 baseline (default 10)")
+    p.add_argument("--startup-delay", type=float, default=2.0, help="TESTAPP_STARTUP_DELAY (default 2)")
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2)
+
+
+def run(args: argparse.Namespace) -> dict:
+    env = {"TESTAPP_STARTUP_DELAY": f"{args.startup_delay:g}"}
+    per_class: dict = {}
+    for cls in args.classes:
+        log(f"hup: {cls}")
+        with common.master(cls, workers=args.workers, env=env) as m:
+            initial = m.workers()
+            log(f"hup: {cls} no-reload baseline {args.baseline_duration} s")
+            baseline = rig.wrk(m.port, "/", duration=args.baseline_duration, connections=args.connections)
+            log(f"hup: {cls} {args.duration} s with HUP every {args.interval:g} s")
+            with common.WrkRun(m.port, "/", duration=args.duration, connections=args.connections) as load:
+                sent = common.signal_at(m, signal.SIGHUP, common.every(args.interval, args.duration),
+                                        load.started)
+                loaded = load.result()
+            # Let the last reload finish before judging the end state.
+            try:
+                final = common.wait_started(m, args.workers, timeout=15)
+            except TimeoutError:
+                final = m.workers()
+            text = m.log()
+            per_class[cls] = {
+                "socket_errors": loaded.socket_errors,
+                "non_2xx": loaded.non_2xx,
+                "rps": loaded.rps,
+                "p99_ms": loaded.p99_ms,
+                "p99_ratio_reload_vs_no_reload": common.ratio(loaded.p99_ms, baseline.p99_ms),
+                "rps_ratio_reload_vs_no_reload": common.ratio(loaded.rps, baseline.rps),
+                "with_hups": common.wrk_summary(loaded),
+                "no_reload": common.wrk_summary(baseline),
+                "hups_sent_at_s": sent,
+                "workers_started": len(common.started_pids(m)),
+                "master_alive_at_end": common.master_alive(m),
+                "workers_at_end": len(final),
+                "initial_workers_left": len(set(initial) & set(final)),
+                "log": common.log_digest(text),
+            }
+            log(f"hup: {cls}: {loaded.socket_errors} socket errors, {loaded.non_2xx} non-2xx, "
+                f"p99 {loaded.p99_ms:.0f} ms (no reload {baseline.p99_ms:.1f} ms)")
+    headline = {cls: {k: v[k] for k in ("socket_errors", "non_2xx", "rps", "p99_ms",
+                                        "p99_ratio_reload_vs_no_reload")} for cls, v in per_class.items()}
+    return {
+        "scenario": NAME,
+        "ratios": common.ratios_vs_baseline(headline, ("rps", "p99_ms", "socket_errors")),
+        "headline": headline,
+        "per_class": per_class,
+        "config": {"workers": args.workers, "connections": args.connections, "duration_s": args.duration,
+                   "hup_interval_s": args.interval, "baseline_duration_s": args.baseline_duration,
+                   "startup_delay_s": args.startup_delay, "path": "/"},
+    }

@@ -1,0 +1,9 @@
+"""stub"""
+NAME = "nginx"
+HELP = "todo"
+
+def add_arguments(p):
+    pass
+
+def run(args):
+    raise NotImplementedError

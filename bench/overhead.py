@@ -1,0 +1,147 @@
+"""Per-request overhead: the same app under the same wrk load, worker classes alternating round by
+round (ABCABC...) so the machine's drift hits every class alike. Ratios are taken per round against
+UvicornWorker (the neighbouring run) and the median over rounds is reported."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import tempfile
+from pathlib import Path
+
+from bench import common
+from bench.common import log, rig
+
+NAME = "overhead"
+HELP = "throughput and p99 of the three workers, alternating rounds"
+
+XFF = "203.0.113.7, 10.0.0.1"
+FORWARDED_LUA = f"""\
+wrk.headers["X-Forwarded-For"] = "{XFF}"
+wrk.headers["X-Forwarded-Proto"] = "https"
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rounds", type=int, default=5, help="rounds per worker class (default 5, min 3)")
+    p.add_argument("--duration", type=int, default=6, help="whole seconds of wrk per round (default 6)")
+    p.add_argument("--warmup", type=int, default=2, help="whole seconds of warm-up per master (default 2)")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2, help="wrk threads")
+    p.add_argument("--workers", type=int, default=2, help="gunicorn workers per master")
+    p.add_argument("--path", default="/")
+    p.add_argument("--forwarded", action="store_true",
+                   help=f"every request carries X-Forwarded-For: {XFF} and X-Forwarded-Proto: https")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment for every master (repeatable), e.g. HARDENED_HEALTH_PATH=/healthz")
+    p.add_argument("--variant", help="name of the variant (default: derived from the options)")
+
+
+def parse_env(pairs: list[str]) -> dict:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--env wants KEY=VALUE, not {pair!r}")
+        env[key] = value
+    return env
+
+
+def variant_of(args: argparse.Namespace, env: dict) -> str:
+    if args.variant:
+        return args.variant
+    parts = (["forwarded"] if args.forwarded else []) + [f"{k}={v}" for k, v in env.items()]
+    return "+".join(parts) or "plain"
+
+
+def result_name(variant: str) -> str:
+    if variant == "plain":
+        return NAME
+    slug = re.sub(r"[^a-z0-9.=]+", "-", variant.lower().replace("hardened_", "")).strip("-")
+    return f"{NAME}-{slug}"
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.rounds < 3:
+        raise SystemExit("--rounds must be at least 3")
+    env = parse_env(args.env)
+    variant = variant_of(args, env)
+    classes = args.classes
+    rounds: list[dict] = []
+    app_saw: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp, contextlib.ExitStack() as stack:
+        script = common.lua_script(Path(tmp), "forwarded.lua", FORWARDED_LUA) if args.forwarded else None
+        masters = {}
+        for cls in classes:
+            log(f"overhead[{variant}]: starting {cls}")
+            masters[cls] = stack.enter_context(common.master(cls, workers=args.workers, env=env))
+        if args.forwarded:
+            # What the app sees of the client with these headers (same trusted set everywhere:
+            # gunicorn's default --forwarded-allow-ips, 127.0.0.1).
+            headers = {"X-Forwarded-For": XFF, "X-Forwarded-Proto": "https"}
+            for cls, m in masters.items():
+                status, body = rig.get(m.port, "/client", headers=headers)
+                seen = json.loads(body) if status == 200 else {}
+                client = seen.get("client") or [None]
+                app_saw[cls] = {"client": seen.get("client"), "scheme": seen.get("scheme"),
+                                "headers_applied": client[0] != "127.0.0.1" or seen.get("scheme") == "https"}
+        for cls, m in masters.items():
+            log(f"overhead[{variant}]: warm-up {cls} {args.warmup:g} s")
+            rig.wrk(m.port, args.path, duration=args.warmup, connections=args.connections,
+                    threads=args.threads, script=script)
+        for index in range(1, args.rounds + 1):
+            entry: dict = {"round": index}
+            for cls, m in masters.items():
+                result = rig.wrk(m.port, args.path, duration=args.duration, connections=args.connections,
+                                 threads=args.threads, script=script)
+                summary = common.wrk_summary(result)
+                del summary["socket_error_kinds"]
+                entry[cls] = summary
+                log(f"overhead[{variant}]: round {index} {cls}: {result.rps:.0f} req/s, "
+                    f"p99 {result.p99_ms:.1f} ms, errors {result.socket_errors}, non-2xx {result.non_2xx}")
+            if common.BASELINE in masters:
+                base = entry[common.BASELINE]
+                entry["ratios_vs_uvicorn"] = {
+                    cls: {"rps": common.ratio(entry[cls]["rps"], base["rps"]),
+                          "p99": common.ratio(entry[cls]["p99_ms"], base["p99_ms"])}
+                    for cls in classes if cls != common.BASELINE}
+            rounds.append(entry)
+        alive = {cls: common.master_alive(m) for cls, m in masters.items()}
+        logs = {cls: common.log_digest(m.log()) for cls, m in masters.items()}
+
+    ratios = {}
+    if common.BASELINE in classes:
+        for cls in classes:
+            if cls == common.BASELINE:
+                continue
+            ratios[f"{cls}/uvicorn"] = {
+                "median_rps_ratio": common.median(r["ratios_vs_uvicorn"][cls]["rps"] for r in rounds),
+                "median_p99_ratio": common.median(r["ratios_vs_uvicorn"][cls]["p99"] for r in rounds),
+            }
+    medians = {cls: {"rps": common.median(r[cls]["rps"] for r in rounds),
+                     "p99_ms": common.median(r[cls]["p99_ms"] for r in rounds),
+                     "socket_errors": sum(r[cls]["socket_errors"] for r in rounds),
+                     "non_2xx": sum(r[cls]["non_2xx"] for r in rounds)} for cls in classes}
+    result = {
+        "scenario": NAME,
+        "variant": variant,
+        "ratios": ratios,
+        "ratio_method": "per round: class / UvicornWorker of the same round; median over rounds",
+        "absolute_medians": medians,
+        "rounds": rounds,
+    }
+    if app_saw:
+        result["app_saw_with_forwarded_headers"] = app_saw
+    result.update({
+        "masters_alive_at_end": alive,
+        "logs": logs,
+        "config": {"workers": args.workers, "connections": args.connections, "wrk_threads": args.threads,
+                   "rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
+                   "path": args.path, "forwarded_headers": args.forwarded, "env": env,
+                   "order": "".join(c[0].upper() for c in classes) + " repeated",
+                   "classes": {c: common.WORKERS[c] for c in classes}},
+        "result_file": result_name(variant),
+    })
+    return result

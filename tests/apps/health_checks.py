@@ -1,0 +1,9 @@
+"""App-level health checks for HARDENED_HEALTH_CHECK."""
+
+
+def failing():
+    return False
+
+
+async def passing():
+    return True
