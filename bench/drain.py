@@ -1,9 +1,73 @@
-"""stub"""
+"""Graceful stop: SIGTERM to the master with slow requests (``/sleep?s=3``) in flight. Counts the
+requests answered 200, the time from TERM to the master's exit, its exit status, and how many
+workers ran lifespan shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from collections import Counter
+
+from bench import common
+from bench.common import log, rig
+
 NAME = "drain"
-HELP = "todo"
+HELP = "TERM with 16 slow requests in flight: completed, time to exit"
 
-def add_arguments(p):
-    pass
 
-def run(args):
-    raise NotImplementedError
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--requests", type=int, default=16, help="slow requests in flight (default 16)")
+    p.add_argument("--sleep", type=float, default=3.0, help="seconds each request sleeps (default 3)")
+    p.add_argument("--settle", type=float, default=1.0,
+                   help="seconds between sending the requests and TERM (default 1)")
+    p.add_argument("--workers", type=int, default=2)
+
+
+def run_one(cls: str, args: argparse.Namespace) -> dict:
+    with common.master(cls, workers=args.workers) as m:
+        workers = m.workers()
+        sent = time.monotonic()
+        requests = [rig.Background(m.port, f"/sleep?s={args.sleep:g}", timeout=60) for _ in range(args.requests)]
+        time.sleep(args.settle)
+        term = time.monotonic()
+        m.signal(signal.SIGTERM)
+        try:
+            status = m.wait_exit(60)
+        except Exception:
+            status = None
+        exit_s = time.monotonic() - term
+        outcomes = [r.join(60) for r in requests]
+        done = time.monotonic() - sent
+        counts = Counter(o[0] if isinstance(o, tuple) else str(o) for o in outcomes)
+        shutdowns = [line for line in m.events() if line.startswith("shutdown ")]
+        text = m.log()
+        return {
+            "completed_200": counts.get(200, 0),
+            "in_flight": args.requests,
+            "term_to_master_exit_s": exit_s if status is not None else None,
+            "master_exit_status": status,
+            "outcomes": {str(k): v for k, v in counts.items()},
+            "lifespan_shutdowns": f"{len(shutdowns)}/{len(workers)}",
+            "all_answered_after_s": done,
+            "log": common.log_digest(text),
+            "log_lines": common.grep(text, r"draining|exiting|Worker exiting|Shutting down|"
+                                           r"Waiting for|graceful|SIGKILL|exited with", limit=12),
+        }
+
+
+def run(args: argparse.Namespace) -> dict:
+    per_class = {}
+    for cls in args.classes:
+        log(f"drain: {cls}: TERM with {args.requests} x /sleep?s={args.sleep:g} in flight")
+        per_class[cls] = r = run_one(cls, args)
+        log(f"drain: {cls}: {r['completed_200']}/{args.requests} answered 200, master exited "
+            f"{r['master_exit_status']} after {r['term_to_master_exit_s']}")
+    keys = ("completed_200", "term_to_master_exit_s", "master_exit_status", "lifespan_shutdowns")
+    return {
+        "scenario": NAME,
+        "headline": {cls: {k: v[k] for k in keys} for cls, v in per_class.items()},
+        "per_class": per_class,
+        "config": {"workers": args.workers, "requests": args.requests, "sleep_s": args.sleep,
+                   "term_after_s": args.settle, "graceful_timeout_s": 10},
+    }

@@ -1,9 +1,93 @@
-"""stub"""
+"""A request that blocks the event loop (``/block?s=30``, ``time.sleep`` in the app) past
+``--timeout 5``: is the worker replaced within 20 s, and does the error log say where it was stuck
+(a stack naming testapp.py) and why ("WORKER TIMEOUT")?"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+
+from bench import common
+from bench.common import log, rig
+
 NAME = "hung"
-HELP = "todo"
+HELP = "a request blocking the loop past --timeout: replaced? stack logged?"
 
-def add_arguments(p):
-    pass
 
-def run(args):
-    raise NotImplementedError
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=int, default=5, help="gunicorn --timeout (default 5)")
+    p.add_argument("--block", type=float, default=30.0, help="seconds the request blocks (default 30)")
+    p.add_argument("--within", type=float, default=20.0, help="seconds allowed for the replacement (default 20)")
+    p.add_argument("--log-wait", type=float, default=3.0,
+                   help="seconds to wait after the replacement for the stack to reach the log (default 3)")
+    p.add_argument("--workers", type=int, default=2)
+
+
+def _stack_logged(text: str) -> bool:
+    return "testapp.py" in text and ("time.sleep" in text or "in app" in text)
+
+
+def _excerpt(text: str, limit: int = 40) -> list[str]:
+    """The log from just before the first timeout/stack/stall line on."""
+    lines = text.splitlines()
+    marker = re.compile(r"WORKER TIMEOUT|testapp\.py|blocked|stall|SIGKILL|SIGABRT|timed out")
+    for index, line in enumerate(lines):
+        if marker.search(line):
+            return [s[:300] for s in lines[max(0, index - 2): index - 2 + limit]]
+    return []
+
+
+def run_one(cls: str, args: argparse.Namespace) -> dict:
+    with common.master(cls, workers=args.workers, args=["--timeout", str(args.timeout)]) as m:
+        before = set(m.workers())
+        sent = time.monotonic()
+        blocked = rig.Background(m.port, f"/block?s={args.block:g}", timeout=args.block + 30)
+        replaced_after = None
+        while time.monotonic() - sent < args.within:
+            now = set(m.workers())
+            if before - now and len(now) >= args.workers:
+                replaced_after = time.monotonic() - sent
+                break
+            time.sleep(0.1)
+        if replaced_after is not None:
+            # The stack (if any) is written by the dying worker: give it a moment to land.
+            try:
+                rig.wait_for(lambda: _stack_logged(m.log()), args.log_wait)
+            except TimeoutError:
+                pass
+        text = m.log()
+        try:
+            serving = rig.get(m.port, "/", timeout=3)[0] == 200
+        except OSError:
+            serving = False
+        return {
+            "replaced": replaced_after is not None,
+            "replaced_after_s": replaced_after,
+            "stack_names_testapp": _stack_logged(text),
+            "worker_timeout_logged": "WORKER TIMEOUT" in text,
+            "blocked_request_outcome": (blocked.result[0] if isinstance(blocked.result, tuple)
+                                        else blocked.result or "still pending"),
+            "serving_after": serving,
+            "master_alive": common.master_alive(m),
+            "misleading_oom_message": "Perhaps out of memory" in text,
+            "log": common.log_digest(text),
+            "log_excerpt": _excerpt(text),
+        }
+
+
+def run(args: argparse.Namespace) -> dict:
+    per_class = {}
+    for cls in args.classes:
+        log(f"hung: {cls}: /block?s={args.block:g} with --timeout {args.timeout}")
+        per_class[cls] = r = run_one(cls, args)
+        log(f"hung: {cls}: replaced {r['replaced']} after {r['replaced_after_s']}, stack logged "
+            f"{r['stack_names_testapp']}, WORKER TIMEOUT logged {r['worker_timeout_logged']}")
+    keys = ("replaced", "replaced_after_s", "stack_names_testapp", "worker_timeout_logged", "serving_after")
+    return {
+        "scenario": NAME,
+        "headline": {cls: {k: v[k] for k in keys} for cls, v in per_class.items()},
+        "per_class": per_class,
+        "config": {"workers": args.workers, "timeout_s": args.timeout, "block_s": args.block,
+                   "within_s": args.within},
+    }

@@ -59,6 +59,7 @@ Headers/X-Forwarded-For. Design after uvicorn's ``middleware/proxy_headers.py``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
@@ -228,15 +229,31 @@ _SCHEMES = {
 }
 
 
+# Behind a proxy every request carries these headers, and the same few proxy and client
+# addresses recur, while ipaddress takes microseconds per address: the parsers are pure, so
+# they are memoised. Length is checked first so that no long junk value is ever cached.
+_IP_CACHE_SIZE = 4096
+
+
 def _parse_ipv4(text: str) -> ipaddress.IPv4Address | None:
-    if len(text) > 15 or _IPV4_RE.fullmatch(text) is None:
-        return None
-    return ipaddress.IPv4Address(text)
+    return None if len(text) > 15 else _parse_ipv4_cached(text)
 
 
 def _parse_ipv6(text: str) -> IPAddress | None:
     """An IPv6 address; IPv4-mapped ones come back as the IPv4 address they carry."""
-    if len(text) > _IPV6_MAX or _IPV6_RE.fullmatch(text) is None:
+    return None if len(text) > _IPV6_MAX else _parse_ipv6_cached(text)
+
+
+@functools.lru_cache(maxsize=_IP_CACHE_SIZE)
+def _parse_ipv4_cached(text: str) -> ipaddress.IPv4Address | None:
+    if _IPV4_RE.fullmatch(text) is None:
+        return None
+    return ipaddress.IPv4Address(text)
+
+
+@functools.lru_cache(maxsize=_IP_CACHE_SIZE)
+def _parse_ipv6_cached(text: str) -> IPAddress | None:
+    if _IPV6_RE.fullmatch(text) is None:
         return None
     address = ipaddress.IPv6Address(text)
     return address.ipv4_mapped or address
@@ -276,7 +293,7 @@ class TrustedProxies:
     hop).
     """
 
-    __slots__ = ("addresses", "networks", "trust_all", "trust_unix", "_peer_cache")
+    __slots__ = ("addresses", "networks", "trust_all", "trust_unix", "_peer_cache", "_hop_cache")
 
     def __init__(
         self,
@@ -306,18 +323,23 @@ class TrustedProxies:
         self.networks: tuple[IPNetwork, ...] = tuple(dict.fromkeys(nets))
         self.trust_all = trust_all
         self.trust_unix = trust_unix
-        # Peer host string -> verdict. The middleware reads it directly on its fast path.
+        # Verdicts, bounded by clearing when full (an address-churning client only costs
+        # itself the uncached lookup). The middleware reads _peer_cache on its fast path.
         self._peer_cache: dict[Any, bool] = {}
+        self._hop_cache: dict[IPAddress, bool] = {}
 
     def trusts(self, address: IPAddress) -> bool:
         """Is ``address`` (as returned by the parsers here: IPv4-mapped already unmapped) a
         trusted proxy? Exact set lookup first, networks only on a miss."""
         if address in self.addresses:
             return True
-        for network in self.networks:
-            if address in network:
-                return True
-        return False
+        verdict = self._hop_cache.get(address)
+        if verdict is None:
+            verdict = any(address in network for network in self.networks)
+            if len(self._hop_cache) >= _PEER_CACHE_SIZE:
+                self._hop_cache.clear()
+            self._hop_cache[address] = verdict
+        return verdict
 
     def trusts_peer(self, host: Any) -> bool:
         """May the socket peer ``host`` (ASGI ``scope["client"][0]``, or None) tell us anything?"""
@@ -689,7 +711,7 @@ def _parse_node(text: str) -> tuple[IPAddress | None, int] | None:
             return None
         port = parsed_port
     if match["v4"] is not None:
-        return ipaddress.IPv4Address(match["v4"]), port
+        return _parse_ipv4(match["v4"]), port
     if match["v6"] is not None:
         return _parse_ipv6(match["v6"]), port
     return None, port

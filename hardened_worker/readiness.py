@@ -25,7 +25,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 
 class State(enum.IntEnum):
@@ -52,27 +52,53 @@ class Peer:
 class Gate(enum.Enum):
     RETIRE = "retire"  # no successor is coming, or enough are ready: drain now
     WAIT = "wait"  # successors are still booting: keep serving
-    ROLLBACK = "rollback"  # every successor failed: keep serving, the stop is cancelled
+    ROLLBACK = "rollback"  # the reload that sent SIGTERM was rejected: keep serving, stop cancelled
 
 
-def retirement_gate(me: int, peers: Iterable[Peer]) -> Gate:
-    """Decide what a worker of age ``me`` that was sent SIGTERM does now.
+@dataclass(frozen=True)
+class Reloads:
+    """What the master and the newest workers wrote in the table header."""
+
+    generation: int = 1  # the master's current configuration generation (1 + HUPs)
+    rejected: int = 0  # newest generation whose workers could not start
+    rejected_at: float = 0.0  # time.time() of that rejection
+    abandoned: int = 0  # newest generation stopped while booting (shutdown during a reload)
+
+
+# A rejection this close before our SIGTERM belongs to the reload that sent it: the master forks the
+# new workers and signals the old ones in the same instant, and a broken app can fail in milliseconds;
+# and after the last failed worker exits, the master may have re-sent SIGTERM (about once a second)
+# before it reaped that worker. Failed workers refresh ``rejected_at`` as they exit.
+REJECTION_WINDOW = 2.0
+
+
+def retirement_gate(me: Peer, peers: Iterable[Peer], reloads: Reloads, stop_requested: float) -> Gate:
+    """Decide what worker ``me``, sent SIGTERM at ``stop_requested`` (time.time()), does now.
 
     "Enough" successors: every newer worker has finished booting and at least one of them is
     ready. The old generation then leaves together, as gunicorn intends, but only once the new
-    one serves; if every successor failed, the stop is cancelled (the master stops re-sending
-    SIGTERM once the failed workers are gone, because its worker count is met again).
+    one serves. If the reload that sent SIGTERM was rejected, the stop is cancelled: the master
+    stops re-sending SIGTERM once the failed workers are gone, because its worker count is met.
 
-    A worker whose newer peers are all ready or stopping (TTOU, a plain shutdown, a replacement
-    that already came up) retires at once: nobody is coming, so it must not wait.
+    A reload is pending from the moment the master's generation is newer than ours, even before
+    the new workers have claimed their slots (they are forked as we are signalled). A worker that
+    no successor can replace (TTOU, a plain shutdown, a replacement that already came up, a reload
+    abandoned by a shutdown) retires at once.
     """
-    newer = [p for p in peers if p.age > me]
+    # By generation, not age: the old generation's own younger workers are not successors.
+    newer = [p for p in peers if p.generation > me.generation]
     if any(p.state == State.BOOTING for p in newer):
         return Gate.WAIT
     if any(p.state == State.READY for p in newer):
         return Gate.RETIRE
-    if any(p.state == State.FAILED for p in newer):
+    if reloads.rejected > me.generation and (
+            any(p.state == State.FAILED for p in newer)
+            or reloads.rejected_at >= stop_requested - REJECTION_WINDOW):
         return Gate.ROLLBACK
+    settled = max(reloads.rejected, reloads.abandoned)
+    successors_seen = any(p.generation == reloads.generation for p in newer)
+    if reloads.generation > me.generation and settled < reloads.generation and not successors_seen:
+        return Gate.WAIT
     return Gate.RETIRE
 
 
@@ -84,7 +110,8 @@ def has_older_live(me: int, peers: Iterable[Peer]) -> bool:
 # --- the shared table -----------------------------------------------------------------------
 
 _SLOT = struct.Struct("=iiqqddi")
-_HEADER = struct.Struct("=qd")  # last rejected generation, time of the last failed start
+# generation, rejected generation, rejected at, abandoned generation, time of the last failed start
+_HEADER = struct.Struct("=qqdqd")
 SLOTS = 512
 
 
@@ -150,22 +177,47 @@ class Table:
                 found.append(peer)
         return found
 
-    def claim_rejection(self, generation: int) -> bool:
-        """True for exactly one caller per rejected generation, so one line says "reload rejected"."""
+    def _header(self) -> list:
+        return list(_HEADER.unpack_from(self._map, 0))
+
+    def reloads(self) -> Reloads:
+        generation, rejected, rejected_at, abandoned, _ = self._header()
+        return Reloads(generation, rejected, rejected_at, abandoned)
+
+    def set_generation(self, generation: int) -> None:
+        """Called by the master on every configuration load."""
         with self._lock:
-            last, failed_at = _HEADER.unpack_from(self._map, 0)
-            if generation <= last:
-                return False
-            _HEADER.pack_into(self._map, 0, generation, failed_at)
-            return True
+            fields = self._header()
+            fields[0] = generation
+            _HEADER.pack_into(self._map, 0, *fields)
+
+    def reject(self, generation: int) -> bool:
+        """Record a rejected generation; True for the first caller, so one line says so."""
+        with self._lock:
+            fields = self._header()
+            first = fields[1] < generation
+            fields[1], fields[2] = max(fields[1], generation), time.time()
+            _HEADER.pack_into(self._map, 0, *fields)
+        return first
+
+    def abandon(self, generation: int) -> None:
+        """A booting worker was told to stop: its generation will not come."""
+        with self._lock:
+            fields = self._header()
+            fields[3] = max(fields[3], generation)
+            _HEADER.pack_into(self._map, 0, *fields)
 
     def record_failure(self) -> float:
         """Note a failed start; return how long ago the previous one was (inf if never)."""
+        now = time.time()
         with self._lock:
-            last, failed_at = _HEADER.unpack_from(self._map, 0)
-            now = time.time()
-            _HEADER.pack_into(self._map, 0, last, now)
-        return now - failed_at if failed_at else float("inf")
+            fields = self._header()
+            previous, fields[4] = fields[4], now
+            _HEADER.pack_into(self._map, 0, *fields)
+        return now - previous if previous else float("inf")
+
+    def me(self) -> Peer | None:
+        return None if self._slot is None else self._read(self._slot)
 
 
 def _alive(pid: int) -> bool:

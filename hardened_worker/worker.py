@@ -26,6 +26,7 @@ from uvicorn._compat import asyncio_run
 from uvicorn_worker import UvicornWorker
 
 from hardened_worker import config, diagnostics, drain, readiness
+from hardened_worker import systemd
 from hardened_worker.health import HealthMiddleware, WorkerStatus, load_check
 from hardened_worker.readiness import Gate, State
 from hardened_worker.server import HardenedServer
@@ -69,6 +70,8 @@ class Worker(UvicornWorker):
     def setup(cls) -> None:
         # gunicorn calls this on every configuration load: once at start, once per HUP.
         cls._generation += 1
+        if cls._table is not None:
+            cls._table.set_generation(cls._generation)
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -80,6 +83,7 @@ class Worker(UvicornWorker):
                 print(exc, file=sys.stderr, flush=True)
             sys.exit(1)
         cls._table = readiness.Table()
+        cls._table.set_generation(cls._generation)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -92,7 +96,8 @@ class Worker(UvicornWorker):
         self.status = WorkerStatus(lambda: self.server.server_state.total_requests if self.server else 0)
         self.drain_mw: Optional[drain.DrainMiddleware] = None
         self.stall = diagnostics.StallWatchdog(self.settings.stall_threshold, self.log, 0)
-        self.stop_requested: Optional[float] = None
+        self.stop_requested: Optional[float] = None  # monotonic, for durations
+        self.stop_requested_at = 0.0  # wall clock, compared with other processes' records
         self.waited_for_successors = False
         self.rolled_back_for = 0
         self.plan: Optional[drain.DrainPlan] = None
@@ -212,12 +217,15 @@ class Worker(UvicornWorker):
         if not readiness.has_older_live(self.age, peers):
             sys.exit(cold_status)
         serving = [p for p in peers if p.age < self.age and p.state in (State.READY, State.STOPPING)]
-        if self.generation > min(p.generation for p in serving) and self.table.claim_rejection(self.generation):
+        reload = self.generation > min(p.generation for p in serving)
+        if reload and self.table.reject(self.generation):
             self.log.error(
                 "hardened_worker: reload rejected: generation %d cannot start (%s); %d workers of "
                 "the previous generation keep serving", self.generation, detail, len(serving))
         if self.table.record_failure() < CRASH_LOOP_WINDOW:
             time.sleep(CRASH_LOOP_PAUSE)  # holds the slot, so the master does not respawn at once
+        if reload:
+            self.table.reject(self.generation)  # see readiness.REJECTION_WINDOW
         sys.exit(FAILED_WITH_OLDER_LIVE)
 
     def _stop_startup_timers(self) -> None:
@@ -231,6 +239,7 @@ class Worker(UvicornWorker):
         self.stall.start()
         self.log.info("hardened_worker: worker %s ready in %.2f s (generation %d)",
                       self.pid, self._uptime(), self.generation)
+        systemd.notify_ready(self.ppid)
 
     # --- serving: called by the server every 100 ms --------------------------------------
 
@@ -267,7 +276,9 @@ class Worker(UvicornWorker):
         """The readiness gate: may this worker start its drain delay now?"""
         assert self.stop_requested is not None
         peers = self.table.peers()
-        gate = readiness.retirement_gate(self.age, peers)
+        me = self.table.me()
+        gate = readiness.retirement_gate(me, peers, self.table.reloads(), self.stop_requested_at) \
+            if me is not None else Gate.RETIRE
         ready_timeout = self.settings.ready_timeout or 0.8 * self.cfg.graceful_timeout
         if gate is Gate.WAIT and now - self.stop_requested < ready_timeout:
             if not self.waited_for_successors:
@@ -276,11 +287,11 @@ class Worker(UvicornWorker):
                               "(waiting up to %.1f s)", self.pid, ready_timeout)
             return False
         if gate is Gate.ROLLBACK:
-            newest = max(p.age for p in peers)
-            if newest != self.rolled_back_for:
-                self.rolled_back_for = newest
-                self.log.warning("hardened_worker: worker %s keeps serving: its successors failed "
-                                 "to start", self.pid)
+            rejected = self.table.reloads().rejected
+            if rejected != self.rolled_back_for:
+                self.rolled_back_for = rejected
+                self.log.warning("hardened_worker: worker %s keeps serving: generation %d failed to "
+                                 "start", self.pid, rejected)
             self.stop_requested = None
             self.waited_for_successors = False
             return False
@@ -288,7 +299,9 @@ class Worker(UvicornWorker):
             self.log.warning("hardened_worker: worker %s stopping although its successors are not "
                              "ready after %.1f s (HARDENED_READY_TIMEOUT)", self.pid, ready_timeout)
         if self._exit_reason is None:
-            self.exit_reason = "reload" if self.waited_for_successors else "shutdown"
+            replaced = me is not None and any(
+                p.generation > me.generation and p.state == State.READY for p in peers)
+            self.exit_reason = "reload" if replaced else "shutdown"
         start = now if self.waited_for_successors else self.stop_requested
         self.plan = drain.plan(start, self.cfg.graceful_timeout, self.settings.drain_delay)
         self.table.set_state(State.STOPPING)
@@ -314,10 +327,13 @@ class Worker(UvicornWorker):
 
     def _on_term(self, signum: int, frame: Optional[FrameType]) -> None:
         if self.server is None or not self.server.started:
-            # Still booting: nobody depends on this worker yet.
+            # Still booting: nobody depends on this worker yet, and the workers it was to replace
+            # must not wait for it.
             self.table.set_state(State.STOPPING)
+            self.table.abandon(self.generation)
             self.exit_reason = "shutdown"
             sys.exit(0)
+        self.stop_requested_at = time.time()
         if self.stop_requested is None:
             self.stop_requested = time.monotonic()
 
@@ -326,6 +342,7 @@ class Worker(UvicornWorker):
         self.cfg.worker_int(self)
         if self.server is None or not self.server.started:
             self.table.set_state(State.STOPPING)
+            self.table.abandon(self.generation)
             sys.exit(0)
         self.server.force_exit = True
         self.server.should_exit = True

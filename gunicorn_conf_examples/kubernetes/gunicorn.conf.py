@@ -1,0 +1,19 @@
+"""gunicorn configuration for a container in a Kubernetes pod (see deployment.yaml, Dockerfile).
+
+Everything comes from the preset (hardened_worker/presets/kubernetes.py): bind 0.0.0.0:$PORT,
+workers from the container's CPU limit, graceful timeout from $TERMINATION_GRACE_PERIOD_SECONDS,
+health path /healthz and a 5 s drain delay (unless the pod's env sets them), logs to stdout.
+Override below; command-line options override this file.
+"""
+
+from hardened_worker.presets.kubernetes import *  # noqa: F401,F403
+
+# workers = 2                      # default: ceil(CPU limit), or $WEB_CONCURRENCY
+# keepalive = 75                   # above your ingress / load balancer idle timeout (ingress-nginx
+#                                  # and AWS ALB: 60 s; Google Cloud load balancers: 600 s -> 620)
+
+# Trust X-Forwarded-For from the ingress controller's pods only (their CIDR), e.g.:
+# forwarded_allow_ips = "10.244.0.0/16"
+
+# More worker settings: extend raw_env (keep the preset's entries), or set them in the pod's env:
+# raw_env = [*raw_env, "HARDENED_MEMORY_LIMIT=400MiB"]

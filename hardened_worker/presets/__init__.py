@@ -1,0 +1,11 @@
+"""Ready-made gunicorn configurations for the hardened worker.
+
+* :mod:`~.base`: worker class, consistent timeouts, logging, lifecycle and exit-reason log lines;
+* :mod:`~.vm`: behind nginx on the same host, under systemd (``Type=notify`` readiness);
+* :mod:`~.kubernetes`: in a pod: port, workers from the CPU limit, grace period, drain, health.
+
+Each is a gunicorn configuration module: ``gunicorn -c python:hardened_worker.presets.vm app:app``,
+or ``from hardened_worker.presets.vm import *`` at the top of a ``gunicorn.conf.py`` that then
+overrides what it needs. Hooks defined there run after the preset's
+(:mod:`~.hooks`). Copyable examples: ``gunicorn_conf_examples/``.
+"""

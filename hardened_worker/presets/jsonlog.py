@@ -1,0 +1,67 @@
+"""One JSON object per log line, for log collectors (``LOG_FORMAT=json`` in the presets). Stdlib only.
+
+Each line has ``time`` (UTC, RFC 3339 with milliseconds), ``level``, ``logger``, ``pid`` and
+``message``; ``exception`` / ``stack`` when the record carries them (multi-line stacks stay inside
+one line, so a collector never splits them). uvicorn's access records also get ``client``,
+``method``, ``path``, ``http_version`` and ``status``.
+
+:func:`logconfig_dict` is a gunicorn ``logconfig_dict`` value: gunicorn merges it over its own
+defaults key by key (``loggers``, ``handlers`` ... are replaced whole), after it installed its own
+``errorlog`` handler, which ``dictConfig`` then removes: with JSON on, error lines go to stderr and
+access lines to stdout, as gunicorn's ``-`` would. The ``gunicorn.error`` level is left to
+``loglevel``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+_ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        seconds = int(record.created)
+        millis = int((record.created - seconds) * 1000)
+        doc: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+            doc.update(zip(_ACCESS_FIELDS, args))
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            doc["exception"] = record.exc_text
+        if record.stack_info:
+            doc["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(doc, ensure_ascii=False, default=str)
+
+
+def logconfig_dict(access: bool = False) -> dict:
+    """JSON lines: errors (and the app's own loggers, through the root) to stderr, access to stdout."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "hardened_worker.presets.jsonlog.JsonFormatter"}},
+        "handlers": {
+            "json_stderr": {"class": "logging.StreamHandler", "formatter": "json",
+                            "stream": "ext://sys.stderr"},
+            "json_stdout": {"class": "logging.StreamHandler", "formatter": "json",
+                            "stream": "ext://sys.stdout"},
+            "discard": {"class": "logging.NullHandler"},
+        },
+        "root": {"level": "INFO", "handlers": ["json_stderr"]},
+        "loggers": {
+            "gunicorn.error": {"handlers": ["json_stderr"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["json_stdout" if access else "discard"],
+                                "propagate": False},
+        },
+    }
