@@ -73,16 +73,28 @@ def describe_in_flight(scopes: list[Scope], now: float) -> str:
 
 
 class DrainMiddleware:
-    """Adds ``Connection: close`` to responses while draining; plain ASGI, usable anywhere."""
+    """Adds ``Connection: close`` to responses while draining; plain ASGI, usable anywhere.
 
-    def __init__(self, app: ASGIApp) -> None:
+    It is the one layer every request passes, so it also calls ``every_requests`` callbacks
+    (the memory check) with a countdown: an integer decrement per request, no syscall.
+    """
+
+    def __init__(self, app: ASGIApp, period: int = 0, periodic: Callable[[], None] | None = None) -> None:
         self.app = app
         self.draining = False
+        self.period = period if periodic is not None else 0
+        self.periodic = periodic
+        self.countdown = self.period
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         scope[STARTED_KEY] = time.monotonic()
+        if self.period:
+            self.countdown -= 1
+            if self.countdown <= 0:
+                self.countdown = self.period
+                self.periodic()  # type: ignore[misc]
         if not self.draining:
             return await self.app(scope, receive, send)
 

@@ -44,6 +44,7 @@ class Peer:
     generation: int
     started: float
     changed: float
+    reason: int = 0  # EXIT_REASONS index + 1, 0 while none is recorded
 
 
 # --- pure decisions -------------------------------------------------------------------------
@@ -127,8 +128,8 @@ class Table:
         return _HEADER.size + index * _SLOT.size
 
     def _read(self, index: int) -> Peer:
-        pid, state, age, generation, started, changed, _ = _SLOT.unpack_from(self._map, self._offset(index))
-        return Peer(pid, State(state), age, generation, started, changed)
+        pid, state, age, generation, started, changed, reason = _SLOT.unpack_from(self._map, self._offset(index))
+        return Peer(pid, State(state), age, generation, started, changed, reason)
 
     def claim(self, age: int, generation: int) -> None:
         """Take a slot for this process (called in the worker after fork)."""
@@ -166,6 +167,19 @@ class Table:
 
     def state(self) -> State | None:
         return None if self._slot is None else self._read(self._slot).state
+
+    def take_turn(self, reason: int) -> bool:
+        """Start stopping for ``reason`` unless another live worker is already stopping for it.
+
+        Atomic across workers (the table lock), so two workers past the memory limit at the same
+        moment do not both leave.
+        """
+        with self._lock:
+            if any(p.state == State.STOPPING and p.reason == reason + 1 for p in self.peers()):
+                return False
+            self.set_state(State.STOPPING)
+            self.set_reason(reason)
+            return True
 
     def peers(self) -> list[Peer]:
         """Live workers other than this process."""

@@ -190,11 +190,14 @@ class HardenedServer(Server):
 
     # --- the drain ------------------------------------------------------------------------
 
-    async def shutdown(self, sockets: Optional[list[Any]] = None) -> None:
-        worker = self.worker
-        plan = worker.drain_plan()
+    def begin_drain(self) -> None:
+        """Stop accepting at once; the other workers take the new connections."""
         for server in self.servers:
             server.close()  # closes this process's copy of the listening socket too
+
+    async def shutdown(self, sockets: Optional[list[Any]] = None) -> None:
+        plan = self.worker.drain_plan()
+        self.begin_drain()
         if self.force_exit:
             self._close_all()
         else:

@@ -25,7 +25,7 @@ from gunicorn.errors import AppImportError
 from uvicorn._compat import asyncio_run
 from uvicorn_worker import UvicornWorker
 
-from hardened_worker import config, diagnostics, drain, readiness
+from hardened_worker import config, diagnostics, drain, memory, readiness
 from hardened_worker import systemd
 from hardened_worker.health import HealthMiddleware, WorkerStatus, load_check
 from hardened_worker.readiness import Gate, State
@@ -36,6 +36,7 @@ from hardened_worker.server import HardenedServer
 FAILED_WITH_OLDER_LIVE = 1
 CRASH_LOOP_WINDOW = 30.0
 CRASH_LOOP_PAUSE = 5.0
+MEMORY = diagnostics.EXIT_REASONS.index("memory")
 
 
 def validate(environ: Any, cfg: Any) -> config.Settings:
@@ -103,6 +104,8 @@ class Worker(UvicornWorker):
         self.plan: Optional[drain.DrainPlan] = None
         self.started_at = time.monotonic()
         self._exit_reason: Optional[str] = None
+        self.memory: Optional[memory.MemoryWatch] = None
+        self._memory_decision = memory.Decision.OK
 
     def _current_settings(self) -> config.Settings:
         try:
@@ -136,7 +139,22 @@ class Worker(UvicornWorker):
         self.started_at = time.monotonic()
         self.stall.pid = self.pid
         self.table.claim(self.age, self.generation)
+        self.memory = self._memory_watch()
         super().init_process()
+
+    def _memory_watch(self) -> Optional[memory.MemoryWatch]:
+        s = self.settings
+        if not s.memory_limit:
+            return None
+        limits = memory.MemoryLimits.from_settings(
+            s.memory_limit, s.memory_hard_limit, s.memory_jitter, s.memory_min_lifetime)
+        # Opened here, after fork: /proc/self opened in the master would read the master.
+        reader = memory.MemoryReader(s.memory_measure)
+        if not reader.exact:
+            self.log.warning("hardened_worker: /proc/self/smaps_rollup is unreadable; memory is "
+                             "measured as RSS (an over-estimate)")
+        return memory.MemoryWatch(limits, reader, check_interval=s.memory_check_interval,
+                                  check_requests=s.memory_check_requests)
 
     def init_signals(self) -> None:
         for sig in self.SIGNALS:
@@ -168,7 +186,8 @@ class Worker(UvicornWorker):
 
     def wrap_app(self, app: Any) -> Any:
         """Our ASGI layers around the app uvicorn loaded (after its ASGI2/WSGI adaptation)."""
-        self.drain_mw = drain.DrainMiddleware(app)
+        period = self.settings.memory_check_requests if self.memory is not None else 0
+        self.drain_mw = drain.DrainMiddleware(app, period, self.check_memory)
         app = self.drain_mw
         path = self.settings.health_path
         if path:
@@ -252,7 +271,47 @@ class Worker(UvicornWorker):
             return True
         if self.stop_requested is not None:
             return self._tick_stopping()
+        self.check_memory()
         return False
+
+    def check_memory(self) -> None:
+        """On the tick and every ``HARDENED_MEMORY_CHECK_REQUESTS`` requests; cheap unless due."""
+        watch, server = self.memory, self.server
+        if watch is None or server is None or server.should_exit or self.stop_requested is not None:
+            return
+        now = time.monotonic()
+        total = server.server_state.total_requests
+        if not watch.due(now, total):
+            return
+        reloads = self.table.reloads()
+        replaceable = reloads.rejected < reloads.generation  # the current code can start
+        decision, used = watch.check(now, total, 0, replaceable)
+        if decision is memory.Decision.RECYCLE and not self.table.take_turn(MEMORY):
+            decision = memory.Decision.WAIT_TURN
+        if decision.recycles:
+            self.exit_reason = "memory"
+            self.table.set_state(State.STOPPING)
+            limit = watch.limits.hard if decision is memory.Decision.RECYCLE_HARD else watch.soft
+            self.log.warning("%s", memory.recycle_message(
+                self.pid, used, limit, self.settings.memory_measure, total, self._uptime(),
+                decision is memory.Decision.RECYCLE_HARD))
+            # Stop taking work now, not at the next tick: a fast leak grows every request.
+            server.begin_drain()
+            if self.drain_mw is not None:
+                self.drain_mw.draining = True
+            server.should_exit = True
+        elif decision is not self._memory_decision and decision in (
+                memory.Decision.WAIT_TURN, memory.Decision.BLOCKED_NO_REPLACEMENT):
+            why = ("another worker is recycling" if decision is memory.Decision.WAIT_TURN
+                   else "no replacement can start (the last reload was rejected)")
+            self.log.warning("hardened_worker: worker %s memory %s %s over its limit %s; not "
+                             "recycling yet: %s", self.pid, self.settings.memory_measure,
+                             memory.format_size(used), memory.format_size(watch.soft), why)
+        self._memory_decision = decision
+        if watch.baseline_warning_due():
+            self.log.warning("%s", memory.baseline_message(
+                self.pid, used, watch.soft, self.settings.memory_measure, now - watch.started,
+                watch.limits.min_lifetime))
 
     def _tick_stopping(self) -> bool:
         now = time.monotonic()
