@@ -23,7 +23,9 @@ from typing import Callable, Iterable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "tests" / "apps"
-GUNICORN = [sys.executable, "-m", "gunicorn"]
+# The console script, as deployments run it: `python -m gunicorn` breaks USR2, because the re-exec'd
+# master gets gunicorn's own package directory first on sys.path and gunicorn/http shadows http.
+GUNICORN = [str(Path(sys.executable).parent / "gunicorn")]
 
 
 def free_port() -> int:

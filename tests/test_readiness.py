@@ -159,3 +159,29 @@ def test_shutdown_during_a_reload_does_not_wait_for_the_successors(master):
     m.signal(signal.SIGTERM)
     assert m.wait_exit(20) == 0
     assert time.monotonic() - started < 5  # not the 16 s ready timeout
+
+
+def test_usr2_reexec_then_term_of_the_old_master_loses_nothing(master):
+    from rig import children
+
+    m = master(env={"TESTAPP_STARTUP_DELAY": "1"})
+    old_workers = m.wait_workers(2)
+    client = Client(m.port, concurrency=8).start()
+    time.sleep(1)
+    m.signal(signal.SIGUSR2)
+    new_master = wait_for(lambda: [p for p in children(m.pid) if p not in old_workers], 10)[0]
+    wait_for(lambda: len(children(new_master)) == 2, 10)
+    m.wait_log(r"ready in", timeout=15, count=4)  # the new master's workers finished startup
+    m.signal(signal.SIGTERM)
+    assert m.wait_exit(15) == 0
+    time.sleep(1)
+    outcomes = client.stop()
+    assert len(outcomes) > 100 and outcomes.failures == []
+    assert len(children(new_master)) == 2  # the new master serves on
+    assert get_pid_served(m.port) in children(new_master)
+
+
+def get_pid_served(port):
+    from rig import get
+
+    return int(get(port, "/pid")[1])
