@@ -7,7 +7,9 @@ shutdown. Lifespan shutdown gets a reserved share at the end (20% of the window,
 10 s) so a slow request can never make the app skip its clean-up; a safety margin of 0.5 s keeps
 the worker's own exit ahead of the master's SIGKILL.
 
-The middleware (:class:`DrainMiddleware`): while draining, every response carries
+The middleware (:class:`DrainMiddleware`): when the drain starts, open websockets get a close
+frame with code 1001 "going away" (uvicorn's own shutdown sends 1012 and drops the connection
+at once) and a bounded wait to finish the closing handshake. While draining, every response carries
 ``Connection: close``, so a client (or a proxy such as nginx with upstream keep-alive) learns from
 the response itself that the connection ends, instead of finding it reset on its next request.
 It also stamps each request's start time in the scope (``hardened.started``) so that requests still
@@ -85,8 +87,11 @@ class DrainMiddleware:
         self.period = period if periodic is not None else 0
         self.periodic = periodic
         self.countdown = self.period
+        self.websockets: set[Send] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            return await self._websocket(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         scope[STARTED_KEY] = time.monotonic()
@@ -106,3 +111,23 @@ class DrainMiddleware:
             await send(message)
 
         return await self.app(scope, receive, send_closing)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.websockets.add(send)
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            self.websockets.discard(send)
+
+    async def close_websockets(self) -> int:
+        """Send every open websocket a close frame with 1001 (going away); return how many.
+
+        The app then receives ``websocket.disconnect`` once the client answers the close.
+        """
+        sends = list(self.websockets)
+        for send in sends:
+            try:
+                await send({"type": "websocket.close", "code": 1001, "reason": "server shutting down"})
+            except Exception:  # already closed by the client or the app: nothing to say goodbye to
+                pass
+        return len(sends)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import importlib
-import logging
 import struct
 import termios
 import time
@@ -33,7 +32,7 @@ from hardened_worker import diagnostics, drain
 if TYPE_CHECKING:
     from hardened_worker.worker import Worker
 
-logger = logging.getLogger("uvicorn.error")
+WEBSOCKET_CLOSE_WAIT = 5.0  # seconds a client has to answer our close frame
 
 
 class HardenedLifespan(LifespanOn):
@@ -207,10 +206,9 @@ class HardenedServer(Server):
     async def _drain(self, plan: drain.DrainPlan) -> None:
         state = self.server_state
         for conn in list(state.connections):
-            if not _is_http(conn):
-                conn.shutdown()  # websockets: uvicorn sends a close frame (1012) and closes
-            elif not _is_idle(conn):
+            if _is_http(conn) and not _is_idle(conn):
                 conn.shutdown()  # the response in progress will carry Connection: close
+        await self._close_websockets(plan)
         idle_since: dict[Any, float] = {}
         window = self.worker.settings.drain_idle_window
         beat = 0.0
@@ -229,6 +227,17 @@ class HardenedServer(Server):
             await asyncio.sleep(0.05)
         if state.connections or state.tasks:
             self._deadline_passed(plan)
+
+    async def _close_websockets(self, plan: drain.DrainPlan) -> None:
+        middleware = self.worker.drain_mw
+        if middleware is None or not await middleware.close_websockets():
+            return
+        deadline = min(time.monotonic() + WEBSOCKET_CLOSE_WAIT, plan.requests_deadline)
+        while middleware.websockets and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.server_state.connections):
+            if not _is_http(conn):
+                conn.shutdown()  # a client that did not answer the close frame in time
 
     def _deadline_passed(self, plan: drain.DrainPlan) -> None:
         in_flight = [c.scope for c in self.server_state.connections

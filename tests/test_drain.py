@@ -110,3 +110,37 @@ def test_hung_request_is_reported_with_its_stack_and_worker_abort_runs(master, t
     assert f"worker_abort {pid}" in hooks.read_text()
     assert f"child_exit {pid} timeout" in hooks.read_text()
     assert request.join(5) is not None
+
+
+def test_open_websockets_get_a_1001_close_frame_and_lifespan_shutdown_runs(master):
+    import asyncio
+
+    import websockets
+
+    m = master(workers=1)
+    [pid] = m.wait_workers(1)
+    codes = []
+
+    async def session():
+        async with websockets.connect(f"ws://127.0.0.1:{m.port}/ws") as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            opened.append(1)
+            try:
+                await asyncio.wait_for(ws.recv(), 20)
+            except websockets.ConnectionClosed as closed:
+                codes.append(closed.rcvd.code if closed.rcvd else None)
+
+    opened = []
+
+    async def main():
+        sessions = [asyncio.create_task(session()) for _ in range(8)]
+        while len(opened) < 8:
+            await asyncio.sleep(0.05)
+        m.signal(signal.SIGTERM)
+        await asyncio.gather(*sessions)
+
+    asyncio.run(main())
+    assert codes == [1001] * 8
+    assert m.wait_exit(15) == 0
+    assert f"shutdown {pid}" in m.events()
