@@ -178,11 +178,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Per-worker random lowering of the soft limit, so workers do not all recycle at once."),
     Setting("MEMORY_CHECK_INTERVAL", parse_duration, "250ms", "1s",
             "How often a worker reads its memory."),
-    Setting("MEMORY_CHECK_REQUESTS", parse_count, "32", "100",
-            "Also read memory after this many requests since the last read."),
+    Setting("MEMORY_CHECK_REQUESTS", parse_count, "16", "100",
+            "Also read memory after this many requests since the last read (at 256 KiB leaked per "
+            "request, 16 requests bound the overshoot to 4 MiB)."),
     Setting("MEMORY_MIN_LIFETIME", parse_duration, "30s", "2m",
-            "A worker younger than this never recycles for the soft limit (avoids recycle loops "
-            "when the app's baseline is above the limit)."),
+            "A worker already over the soft limit at its first reading (the limit is below the "
+            "app's baseline) recycles no sooner than this, so it cannot loop; one warning says so."),
     Setting("MEMORY_CGROUP", parse_bool, "false", "true",
             "Recycle the largest worker when all workers together approach the container's "
             "cgroup memory limit."),

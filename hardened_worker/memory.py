@@ -6,9 +6,12 @@ The rule, as the README states it:
   ``HARDENED_MEMORY_JITTER`` so workers that grow alike do not all pass it together. A worker at
   or above its soft limit drains and is replaced, but **one at a time**: while another worker is
   recycling for memory it waits its turn.
-* **Minimum lifetime** (``HARDENED_MEMORY_MIN_LIFETIME``): a worker younger than this never
-  recycles for the soft limit, so an app whose baseline is above the limit cannot loop through
-  restarts; the worker logs one warning instead.
+* **Minimum lifetime** (``HARDENED_MEMORY_MIN_LIFETIME``) protects only a worker whose
+  *baseline* (its first reading, at its first check after it became ready) is already at or above
+  its soft limit: such a worker does not recycle for the soft limit before this age, so an app
+  whose baseline is above the limit cannot loop through restarts, and it logs one warning that the
+  limit is below the app's baseline. A worker that reaches its soft limit by *growing* recycles at
+  any age (still one at a time): a fast leak reaches the limit well inside any minimum lifetime.
 * **Hard limit** (``HARDENED_MEMORY_HARD_LIMIT``, default soft + 25%): at or above it a worker
   recycles at once, whatever its age and however many others are recycling, because the hard limit
   is the peak bound the operator sizes the container by.
@@ -19,6 +22,30 @@ The rule, as the README states it:
 "Memory" is ``HARDENED_MEMORY_MEASURE``: ``uss`` (private pages: what the worker would give back
 by exiting), ``pss`` or ``rss``. RSS counts copy-on-write pages still shared with the master
 (``preload_app``), which is why RSS-based killers recycle the wrong workers.
+
+How it is read (:class:`MemoryWatch`): the RSS (statm, 2 us) is read at *every* check, every
+``check_requests`` requests or ``check_interval``, so a fast leak is seen within one step. The
+precise measure (smaps_rollup, which walks the page tables: about 13 us per resident MiB) is the
+only read that is rate-limited, to ``READ_SHARE`` of the worker's time. Between precise reads
+the measure is estimated as ``rss - shared``, where ``shared = rss - precise`` at the last
+precise read. Pages shared with the master only ever become private (copy-on-write), never the
+other way, so ``USS >= rss - shared``: an estimate at or over a limit proves the measure is over
+it, and the worker can recycle at once without a precise read. So:
+
+* ``rss < soft``: the measure is below it too (``USS <= PSS <= RSS``); no precise read.
+* estimate ``>= soft`` (or ``>= hard``): decide on the estimate, no precise read.
+* ``rss >= soft`` but estimate ``< soft`` (shared pages, e.g. ``preload_app``): a precise read
+  if the rate limit allows it, else the estimate.
+
+Before the first precise read ``shared`` is unknown (taken as 0 the estimate would be the RSS,
+which proves nothing about USS), so the first check at or over ``soft`` reads precisely; the rate
+limit starts with that read. With ``rss`` (or without smaps_rollup) there is no precise read:
+``shared`` is 0 and the estimate is the RSS itself.
+Two limits of the proof, both small in practice: pages newly mapped *and* shared after the
+last precise read (a library loaded late that the master also maps) raise the estimate by their
+size; and PSS charges each shared page ``1/sharers``, so with ``pss`` the estimate may run a
+little high while more processes come to share the same pages (a sibling forked). statm's
+counters may also lag the page tables by a few pages per thread.
 
 Nothing here imports gunicorn or uvicorn; every time is a parameter, so the policy is tested
 without sleeping.
@@ -38,7 +65,7 @@ from hardened_worker.config import ConfigError
 
 MEASURES = ("uss", "pss", "rss")
 HARD_LIMIT_FACTOR = 1.25  # default hard limit = soft limit + 25%
-READ_SHARE = 0.02  # most of a worker's time memory reads may take (see MemoryWatch)
+READ_SHARE = 0.02  # most of a worker's time precise (smaps_rollup) reads may take
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -85,8 +112,19 @@ class MemoryReader:
         that close to its limit is caught at the next check.
         """
         rss = self.rss()
-        if self._smaps is None or rss < threshold:
+        if rss < threshold:
             return rss
+        precise = self.precise()
+        return rss if precise is None else precise
+
+    def precise(self) -> int | None:
+        """The configured measure from smaps_rollup, in bytes (it walks the page tables).
+
+        None when there is no such read: measure ``rss``, or smaps_rollup missing or in an
+        unexpected format (then ``exact`` turns False and the caller uses the RSS).
+        """
+        if self._smaps is None:
+            return None
         try:
             fields = _parse_rollup(_pread_all(self._smaps))
             if self.measure == "pss":
@@ -96,7 +134,7 @@ class MemoryReader:
             # A kernel with an unexpected format: stay safe (over-estimate) and say so once.
             self._close_smaps()
             self.exact = False
-            return rss
+            return None
 
     def close(self) -> None:
         if self._statm >= 0:
@@ -206,19 +244,21 @@ def decide(
     hard: int,
     age: float,
     min_lifetime: float,
+    baseline_over: bool,
     others_recycling: int,
     replacement_possible: bool,
 ) -> Decision:
     """The rule of the module docstring. A limit counts as passed at ``used >= limit``.
 
-    ``soft`` is this worker's jittered soft limit; ``others_recycling`` counts the *other*
-    workers now recycling for memory.
+    ``soft`` is this worker's jittered soft limit; ``baseline_over`` says whether the worker's
+    first reading was already at or above it (only then does ``min_lifetime`` apply);
+    ``others_recycling`` counts the *other* workers now recycling for memory.
     """
     if used < soft:
         return Decision.OK
     if used >= hard:
         return Decision.RECYCLE_HARD if replacement_possible else Decision.BLOCKED_NO_REPLACEMENT
-    if age < min_lifetime:
+    if baseline_over and age < min_lifetime:
         return Decision.TOO_YOUNG
     if others_recycling > 0:
         return Decision.WAIT_TURN
@@ -228,14 +268,14 @@ def decide(
 
 
 class MemoryWatch:
-    """Per-worker state: when to read memory, this worker's jittered limit, the warning flag.
+    """Per-worker state: when to check, this worker's jittered limit, the baseline, the warning.
 
-    ``due()`` is two compares, cheap enough to call on every request; ``check()`` reads memory
-    and decides. Under the limit a read costs 2 us; at or above it (uss/pss) it walks the page
-    tables, about 13 us per resident MiB (7 ms at 512 MiB), and a worker waiting its turn stays
-    there. So ``check()`` times each read with ``clock`` and spaces the next one to keep reads
-    under ``READ_SHARE`` of the worker's time, whatever the request rate: past the limit a 2 GiB
-    worker reads about every 1.3 s instead of every 32 requests.
+    ``due()`` is two compares, cheap enough to call on every request; ``check()`` reads the RSS
+    (2 us) every time and decides, as the module docstring says. The precise read walks the page
+    tables, about 13 us per resident MiB (7 ms at 512 MiB), so ``check()`` times each one with
+    ``clock`` and allows the next only after ``cost / READ_SHARE`` seconds: precise reads take at
+    most ``READ_SHARE`` of the worker's time whatever the request rate, while the RSS, and with it
+    the estimate that catches a fast leak, is still read every ``check_requests`` requests.
     A ``check_requests`` of 0 turns the request-count trigger off (only the interval counts).
     """
 
@@ -257,45 +297,63 @@ class MemoryWatch:
         self.soft = worker_soft_limit(limits, random.random() if rng_value is None else rng_value)
         self.started = clock()
         self.baseline_warning_logged = False
-        self._over_soft_young = False
+        self._baseline: int | None = None  # the first reading
+        self._baseline_over = False  # it was at or above the soft limit
+        # RSS minus the measure at the last precise read; None until one (then an estimate
+        # would prove nothing). With rss, or without smaps_rollup, the RSS is the measure.
+        self._shared: int | None = 0 if reader.measure == "rss" or not reader.exact else None
+        self._next_precise = self.started  # no precise read before this (READ_SHARE)
         self._next_time = self.started + check_interval
         self._next_requests = check_requests if check_requests > 0 else sys.maxsize
-        self._earliest = self.started  # no request-triggered read before this (spacing)
 
     def due(self, now: float, total_requests: int) -> bool:
-        return now >= self._next_time or (
-            total_requests >= self._next_requests and now >= self._earliest
-        )
+        return now >= self._next_time or total_requests >= self._next_requests
 
     def check(
         self, now: float, total_requests: int, others_recycling: int, replacement_possible: bool
     ) -> tuple[Decision, int]:
         """Read memory, schedule the next check, return the decision and the bytes used."""
-        started_read = self._clock()
-        used = self.reader.read(self.soft)
-        gap = (self._clock() - started_read) / READ_SHARE
-        self._next_time = now + max(self.check_interval, gap)
-        self._earliest = now + gap
+        self._next_time = now + self.check_interval
         if self.check_requests > 0:
             self._next_requests = total_requests + self.check_requests
-        age = now - self.started
-        if used >= self.soft and age < self.limits.min_lifetime:
-            self._over_soft_young = True
+        used = self._measure(now)
+        if self._baseline is None:
+            self._baseline = used
+            self._baseline_over = used >= self.soft
         decision = decide(
             used=used,
             soft=self.soft,
             hard=self.limits.hard,
-            age=age,
+            age=now - self.started,
             min_lifetime=self.limits.min_lifetime,
+            baseline_over=self._baseline_over,
             others_recycling=others_recycling,
             replacement_possible=replacement_possible,
         )
         return decision, used
 
+    def _measure(self, now: float) -> int:
+        """The measure, or a proof of where it stands against ``soft`` (module docstring)."""
+        rss = self.reader.rss()
+        if rss < self.soft:
+            return rss  # USS <= PSS <= RSS: proven under
+        if self._shared is not None:
+            estimate = max(0, rss - self._shared)
+            if estimate >= self.soft or now < self._next_precise:
+                return estimate  # proven over, or the best there is until the next precise read
+        started = self._clock()
+        precise = self.reader.precise()
+        self._next_precise = now + (self._clock() - started) / READ_SHARE
+        if precise is None:  # no smaps_rollup after all: the RSS, an over-estimate
+            self._shared = 0
+            return rss
+        self._shared = max(0, rss - precise)
+        return precise
+
     def baseline_warning_due(self) -> bool:
-        """True exactly once, after the first check that found the worker over its soft limit
-        younger than the minimum lifetime (the limit may be below the app's baseline)."""
-        if self._over_soft_young and not self.baseline_warning_logged:
+        """True exactly once, after the first check of a worker whose baseline (first reading)
+        is at or above its soft limit: the limit may be below the app's baseline."""
+        if self._baseline_over and not self.baseline_warning_logged:
             self.baseline_warning_logged = True
             return True
         return False

@@ -73,7 +73,10 @@ def test_worker_soft_limit_stays_in_range(soft, extra, jitter, rng):
 
 # --- decide -------------------------------------------------------------------------------------
 
-BASE = dict(soft=100, hard=125, age=60.0, min_lifetime=30.0, others_recycling=0, replacement_possible=True)
+BASE = dict(
+    soft=100, hard=125, age=60.0, min_lifetime=30.0, baseline_over=True, others_recycling=0,
+    replacement_possible=True,
+)
 
 
 @pytest.mark.parametrize(
@@ -91,6 +94,12 @@ BASE = dict(soft=100, hard=125, age=60.0, min_lifetime=30.0, others_recycling=0,
         (dict(used=200, age=0.0), Decision.RECYCLE_HARD),  # hard applies at any age
         (dict(used=200, replacement_possible=False), Decision.BLOCKED_NO_REPLACEMENT),
         (dict(used=100, hard=100), Decision.RECYCLE_HARD),  # soft == hard: hard wins
+        # The minimum lifetime protects only a worker whose baseline was over the soft limit:
+        (dict(used=110, age=0.4, baseline_over=False), Decision.RECYCLE),  # grew past: any age
+        (dict(used=110, age=0.4, baseline_over=False, others_recycling=1), Decision.WAIT_TURN),
+        (dict(used=110, age=0.4, baseline_over=False, replacement_possible=False),
+         Decision.BLOCKED_NO_REPLACEMENT),
+        (dict(used=110, age=30.0), Decision.RECYCLE),  # baseline over, minimum lifetime reached
     ],
 )
 def test_decide_table(changes, expected):
@@ -104,6 +113,7 @@ decide_args = st.fixed_dictionaries(
         extra=st.integers(0, 500),
         age=st.floats(0, 100),
         min_lifetime=st.floats(0, 100),
+        baseline_over=st.booleans(),
         others_recycling=st.integers(0, 4),
         replacement_possible=st.booleans(),
     )
@@ -129,31 +139,58 @@ def test_decide_properties(args):
     if used < soft:
         assert d is Decision.OK
     if d is Decision.RECYCLE:
-        assert args["age"] >= args["min_lifetime"] and args["others_recycling"] == 0
-    if args["age"] < args["min_lifetime"] and used < hard:
+        assert args["others_recycling"] == 0
+        assert args["age"] >= args["min_lifetime"] or not args["baseline_over"]
+    if args["baseline_over"] and args["age"] < args["min_lifetime"] and used < hard:
         assert not d.recycles
+    if d is Decision.TOO_YOUNG:
+        assert args["baseline_over"]
+    if not args["baseline_over"] and soft <= used < hard and args["replacement_possible"]:
+        assert d is (Decision.WAIT_TURN if args["others_recycling"] else Decision.RECYCLE)
 
 
 # --- MemoryWatch --------------------------------------------------------------------------------
 
 
 class FakeReader:
+    """Scripted memory: ``rss`` for statm, ``private`` for smaps_rollup (None: same as rss).
+
+    Each precise() call advances the shared fake clock by ``precise_cost``."""
+
     measure = "uss"
     exact = True
 
-    def __init__(self, used=0):
-        self.used = used
-        self.thresholds = []
+    def __init__(self, rss=0, private=None, now=None, precise_cost=0.0):
+        self.rss_value = rss
+        self.private = private
+        self.now = now if now is not None else [100.0]
+        self.precise_cost = precise_cost
+        self.rss_calls = 0
+        self.precise_calls = 0
 
-    def read(self, threshold):
-        self.thresholds.append(threshold)
-        return self.used
+    @property
+    def used(self):
+        return self.rss_value
+
+    @used.setter
+    def used(self, value):  # no shared pages: rss and the measure move together
+        self.rss_value = value
+        self.private = None
+
+    def rss(self):
+        self.rss_calls += 1
+        return self.rss_value
+
+    def precise(self):
+        self.precise_calls += 1
+        self.now[0] += self.precise_cost
+        return self.rss_value if self.private is None else self.private
 
 
-def make_watch(used=0, **kw):
-    limits = MemoryLimits(1000, 1250, jitter=0.1, min_lifetime=30.0)
+def make_watch(used=0, limits=None, **kw):
+    limits = limits or MemoryLimits(1000, 1250, jitter=0.1, min_lifetime=30.0)
     reader = FakeReader(used)
-    opts = dict(clock=lambda: 100.0, check_interval=0.25, check_requests=32, rng_value=0.5)
+    opts = dict(clock=lambda: reader.now[0], check_interval=0.25, check_requests=32, rng_value=0.5)
     opts.update(kw)
     return MemoryWatch(limits, reader, **opts), reader
 
@@ -177,52 +214,41 @@ def test_watch_check_requests_zero_means_interval_only():
 
 
 def test_watch_check_passes_jittered_soft_and_decides():
-    watch, reader = make_watch(used=960)
+    watch, reader = make_watch(used=10)
     assert watch.soft == 950
+    assert watch.check(200.0, 0, 0, True) == (Decision.OK, 10)  # baseline under the limit
+    assert reader.precise_calls == 0  # rss < soft proves the measure under
+    reader.used = 960
     assert watch.check(200.0, 0, 0, True) == (Decision.RECYCLE, 960)
-    assert reader.thresholds == [950]
+    assert reader.precise_calls == 1  # first time over: nothing known about shared pages yet
     assert watch.check(200.0, 0, 1, True) == (Decision.WAIT_TURN, 960)
     reader.used = 1300
     assert watch.check(200.0, 0, 1, True) == (Decision.RECYCLE_HARD, 1300)
     reader.used = 10
     assert watch.check(200.0, 0, 1, False) == (Decision.OK, 10)
+    assert reader.precise_calls == 1  # the estimate (rss - 0 shared) did the rest
+    assert reader.rss_calls == 5  # the cheap read at every check
 
 
-def test_watch_spaces_expensive_reads():
-    # A read that takes 20 ms (a big worker over its limit) may take at most 2% of the time:
-    # the next read is 1 s later, even when requests pour in.
-    now = [100.0]
-
-    class SlowReader(FakeReader):
-        def read(self, threshold):
-            now[0] += 0.020
-            return 960
-
-    watch = MemoryWatch(
-        MemoryLimits(1000, 1250, 0.1), SlowReader(), clock=lambda: now[0],
-        check_interval=0.25, check_requests=32, rng_value=0.5,
-    )
-    watch.check(200.0, 0, 1, True)
-    assert not watch.due(200.5, 10_000)
-    assert not watch.due(200.99, 10_000)
-    assert watch.due(201.0, 0)
-
-
-def test_watch_cheap_reads_keep_the_request_trigger():
-    now = [100.0]
-
-    class QuickReader(FakeReader):
-        def read(self, threshold):
-            now[0] += 2e-6
-            return 10
-
-    watch = MemoryWatch(
-        MemoryLimits(1000, 1250, 0.1), QuickReader(), clock=lambda: now[0],
-        check_interval=0.25, check_requests=32, rng_value=0.5,
-    )
+def test_watch_cheap_read_at_every_check_even_over_the_limit():
+    # Over the limit with a slow precise read (20 ms): the RSS is still read at every check and
+    # the request trigger is not pushed back (the old spacing let a fast leak run ~37 MiB past).
+    watch, reader = make_watch(used=500)
+    reader.precise_cost = 0.020
+    reader.private = 400  # 560 shared: the estimate stays under, so precise reads are wanted
     watch.check(200.0, 0, 0, True)
-    assert watch.due(200.001, 32)
-    assert not watch.due(200.001, 31)
+    reader.rss_value = 960
+    watch.check(200.01, 32, 0, True)
+    assert reader.precise_calls == 1
+    assert watch.due(200.011, 64)  # the next check is 32 requests later, not 1 s later
+    assert not watch.due(200.011, 63)
+    assert watch.due(200.26, 0)
+    for i in range(2, 40):  # 32 requests every 10 ms
+        watch.check(200.0 + i * 0.01, 32 * i, 0, True)
+    assert reader.rss_calls == 40
+    assert reader.precise_calls == 1  # 20 ms / 2% = the next precise read 1 s later
+    watch.check(201.01, 32 * 100, 0, True)
+    assert reader.precise_calls == 2
 
 
 def test_watch_random_jitter_when_no_rng_value():
@@ -240,10 +266,181 @@ def test_watch_baseline_warning_once():
     assert not watch.baseline_warning_due()
 
 
-def test_watch_no_baseline_warning_when_old():
-    watch, _ = make_watch(used=960)
-    watch.check(131.0, 0, 1, True)
+def test_watch_no_baseline_warning_when_grown_past():
+    # Changed with the rule: the warning is about the baseline, not about being young.
+    watch, reader = make_watch(used=500)
+    assert watch.check(100.1, 32, 0, True) == (Decision.OK, 500)
+    reader.used = 960
+    assert watch.check(100.2, 64, 0, True) == (Decision.RECYCLE, 960)  # 0.2 s old: recycles
     assert not watch.baseline_warning_due()
+
+
+def test_watch_baseline_over_is_too_young_until_min_lifetime_then_recycles():
+    watch, reader = make_watch(used=960)
+    decisions = []
+    warnings = 0
+    for i in range(1, 130):  # a check every 0.25 s for 32 s
+        now = 100.0 + i * 0.25
+        decisions.append((now - watch.started, watch.check(now, 0, 0, True)[0]))
+        warnings += watch.baseline_warning_due()
+    assert warnings == 1
+    assert all(d is Decision.TOO_YOUNG for age, d in decisions if age < 30.0)
+    assert all(d is Decision.RECYCLE for age, d in decisions if age >= 30.0)
+    assert reader.precise_calls == 1  # baseline measured once; the estimate proves it over since
+    # Past the hard limit even a baseline-over worker recycles at once.
+    watch, reader = make_watch(used=960)
+    watch.check(100.1, 0, 0, True)
+    reader.used = 1250
+    assert watch.check(100.2, 32, 1, True) == (Decision.RECYCLE_HARD, 1250)
+
+
+# A worker growing 8 MiB per 32-request check (256 KiB per request, ~1500 requests/s: ~21 ms
+# per check), soft 128 MiB (jittered to 124.8 MiB), hard 160 MiB, 30 s minimum lifetime.
+LEAK = MemoryLimits.from_settings(128 * MiB, None, 0.05, 30.0)
+STEP = 8 * MiB
+CHECK_EVERY = 32 / 1500
+SMAPS_COST_PER_MIB = 13e-6
+
+
+def leak_watch(shared):
+    watch, reader = make_watch(limits=LEAK)
+    reader.now[0] = 100.0
+    private = [40 * MiB]
+
+    def advance(i):
+        private[0] += STEP
+        reader.private = private[0]
+        reader.rss_value = private[0] + shared
+        reader.precise_cost = SMAPS_COST_PER_MIB * reader.rss_value / MiB
+        reader.now[0] = max(reader.now[0], 100.0 + i * CHECK_EVERY)
+        return reader.now[0], private[0]
+
+    return watch, reader, advance
+
+
+@pytest.mark.parametrize("shared", [0, 12 * MiB])  # 12 MiB: libraries shared with the master
+def test_fast_leak_recycles_at_the_first_check_past_soft(shared):
+    watch, reader, advance = leak_watch(shared)
+    assert LEAK.hard == 160 * MiB
+    for i in range(1, 100):
+        now, private = advance(i)
+        decision, used = watch.check(now, 32 * i, 0, True)
+        assert (used >= watch.soft) == (private >= watch.soft)  # the same side of the limit
+        if used >= watch.soft:
+            assert used <= private  # over the limit: never an over-estimate of private pages
+        if private < watch.soft:
+            assert decision is Decision.OK
+            continue
+        assert now - watch.started < 1.0  # far below the minimum lifetime, and still:
+        assert decision is Decision.RECYCLE
+        assert used >= watch.soft
+        assert private < watch.soft + STEP
+        break
+    else:
+        pytest.fail("never recycled")
+    assert reader.precise_calls <= 2
+
+
+def test_fast_leak_waiting_its_turn_stops_within_one_step_of_hard():
+    watch, reader, advance = leak_watch(12 * MiB)
+    seen = []
+    for i in range(1, 100):
+        now, private = advance(i)
+        decision, used = watch.check(now, 32 * i, 1, True)  # another worker is recycling
+        seen.append(decision)
+        assert used < LEAK.hard + STEP
+        if decision is Decision.RECYCLE_HARD:
+            assert LEAK.hard <= used == private < LEAK.hard + STEP
+            break
+        assert decision in (Decision.OK, Decision.WAIT_TURN)
+    else:
+        pytest.fail("never recycled")
+    assert Decision.WAIT_TURN in seen
+    assert reader.precise_calls <= 2
+
+
+def test_shared_pages_do_not_recycle_and_precise_reads_are_spaced():
+    # preload_app: 400 MiB shared with the master, so rss >> soft from the start; the private
+    # pages grow slowly and cross the soft limit only near the end.
+    watch, reader = make_watch(limits=LEAK)
+    shared = 400 * MiB
+    start = reader.now[0] = 100.0
+    crossed = None
+    for i in range(1, 1001):
+        private = 60 * MiB + i * 70 * 1024  # +70 KiB per check: 128.4 MiB after 1000 checks
+        reader.private, reader.rss_value = private, private + shared
+        reader.precise_cost = SMAPS_COST_PER_MIB * reader.rss_value / MiB  # ~6.5 ms
+        reader.now[0] = max(reader.now[0], start + i * CHECK_EVERY)
+        now = reader.now[0]
+        before = reader.precise_calls
+        decision, used = watch.check(now, 32 * i, 0, True)
+        assert used <= private  # the estimate never over-states the private pages
+        if private < watch.soft:
+            assert decision is Decision.OK, (i, used)
+        else:
+            assert decision is Decision.RECYCLE
+            assert reader.precise_calls == before  # the estimate proved it: no precise read
+            crossed = i
+            break
+    assert crossed is not None and crossed > 900
+    elapsed = reader.now[0] - start
+    precise_time = reader.precise_calls * 6.5e-3
+    assert reader.rss_calls == crossed  # a cheap read at every check
+    assert 10 <= reader.precise_calls <= elapsed * 0.02 / 6e-3 + 1  # about every 0.33 s
+    assert precise_time <= 0.02 * elapsed + 6.5e-3
+
+
+def test_estimate_proves_over_limit_without_a_precise_read():
+    watch, reader = make_watch(used=500)  # soft 950
+    reader.precise_cost = 0.001
+    watch.check(100.1, 32, 0, True)
+    reader.rss_value, reader.private = 1400, 900  # 500 shared
+    assert watch.check(100.2, 64, 0, True) == (Decision.OK, 900)
+    assert reader.precise_calls == 1
+    reader.rss_value = 1460  # +60 private: estimate 960 >= 950 proves USS >= 960
+    reader.private = 960
+    assert watch.check(100.201, 96, 0, True) == (Decision.RECYCLE, 960)
+    assert reader.precise_calls == 1
+    reader.rss_value = 1800  # estimate 1300 >= hard
+    assert watch.check(100.202, 128, 5, True) == (Decision.RECYCLE_HARD, 1300)
+    assert reader.precise_calls == 1
+
+
+def test_copy_on_write_is_caught_by_the_next_precise_read():
+    # Shared pages turning private do not move the RSS, so the estimate lags (it under-states);
+    # the next precise read, at most cost / READ_SHARE later, sees it.
+    watch, reader = make_watch(used=500)
+    reader.precise_cost = 0.004  # next precise read 0.2 s later
+    reader.rss_value, reader.private = 1400, 900
+    assert watch.check(100.1, 32, 0, True) == (Decision.OK, 900)
+    reader.private = 1000  # 100 shared pages written to: the RSS stays 1400
+    assert watch.check(100.15, 64, 0, True) == (Decision.OK, 900)  # estimate, rate-limited
+    assert watch.check(100.31, 96, 0, True) == (Decision.RECYCLE, 1000)
+    assert reader.precise_calls == 2
+
+
+def test_rss_measure_never_reads_precisely():
+    reader = FakeReader(900)
+    reader.measure = "rss"
+    watch = MemoryWatch(LIMITS_1000, reader, clock=lambda: reader.now[0], rng_value=0.5)
+    for i, rss in enumerate([900, 960, 1300]):
+        reader.rss_value = rss
+        watch.check(100.0 + i, 32 * i, 0, True)
+    assert reader.precise_calls == 0
+    assert watch.check(200.0, 0, 0, True) == (Decision.RECYCLE_HARD, 1300)
+
+
+def test_precise_read_failing_falls_back_to_rss():
+    reader = FakeReader(960)
+    calls = []
+    reader.precise = lambda: calls.append(1)  # smaps_rollup turned unreadable: None
+    watch = MemoryWatch(LIMITS_1000, reader, clock=lambda: reader.now[0], rng_value=0.5)
+    assert watch.check(110.0, 0, 0, True) == (Decision.TOO_YOUNG, 960)
+    assert watch.check(131.0, 32, 0, True) == (Decision.RECYCLE, 960)
+    assert len(calls) == 1  # from then on the RSS is the estimate
+
+
+LIMITS_1000 = MemoryLimits(1000, 1250, jitter=0.1, min_lifetime=30.0)
 
 
 # --- messages -----------------------------------------------------------------------------------
@@ -339,3 +536,25 @@ def test_reader_rss_is_exact_and_close_is_idempotent():
     assert reader.read(0) > 0
     reader.close()
     reader.close()
+
+
+@linux_only
+def test_reader_precise():
+    with MemoryReader("uss") as uss, MemoryReader("pss") as pss, MemoryReader("rss") as rss:
+        assert rss.precise() is None
+        u, p, r = uss.precise(), pss.precise(), rss.rss()
+        assert u is not None and p is not None
+        assert 0 < u <= p <= r + 4 * MiB
+        assert uss.read(0) == pytest.approx(u, abs=4 * MiB)
+
+
+@linux_only
+def test_reader_precise_bad_format_turns_inexact(monkeypatch):
+    import hardened_worker.memory as memory
+
+    with MemoryReader("uss") as reader:
+        monkeypatch.setattr(memory, "_pread_all", lambda fd: b"garbage\n")
+        assert reader.precise() is None
+        assert reader.exact is False
+        assert reader.precise() is None
+        assert reader.read(0) == pytest.approx(reader.rss(), abs=4 * MiB)
