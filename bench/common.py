@@ -18,11 +18,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -195,7 +194,7 @@ def master_alive(m: rig.Master) -> bool:
 
 
 def signal_at(m: rig.Master, sig: int, offsets: Iterable[float], start: float,
-              before_each: Optional[callable] = None) -> list[float]:
+              before_each: Optional[Callable[[], None]] = None) -> list[float]:
     """Send ``sig`` to the master at ``start + offset`` (monotonic) for each offset; return the
     offsets actually sent (a dead master gets nothing more)."""
     sent = []
@@ -326,17 +325,3 @@ request = function()
 end
 """
 
-
-def in_thread(target: callable, *args: Any) -> tuple[threading.Thread, dict]:
-    """Run ``target(*args)`` in a daemon thread; ``box['value']`` or ``box['error']`` after join."""
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            box["value"] = target(*args)
-        except BaseException as exc:  # reported by the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, box

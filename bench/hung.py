@@ -28,13 +28,22 @@ def _stack_logged(text: str) -> bool:
     return "testapp.py" in text and ("time.sleep" in text or "in app" in text)
 
 
-def _excerpt(text: str, limit: int = 40) -> list[str]:
-    """The log from just before the first timeout/stack/stall line on."""
+# The stack may come from the stall watchdog (before the timeout) or from the abort on --timeout:
+# ``stack_names_testapp`` is either, ``stack_logged_at_timeout`` only what follows WORKER TIMEOUT.
+
+
+def _after_timeout(text: str) -> str:
+    index = text.find("WORKER TIMEOUT")
+    return text[index:] if index >= 0 else ""
+
+
+def _excerpt(text: str, limit: int = 45) -> list[str]:
+    """The log from the master's WORKER TIMEOUT line on (or from the first stall/stack line)."""
     lines = text.splitlines()
-    marker = re.compile(r"WORKER TIMEOUT|testapp\.py|blocked|stall|SIGKILL|SIGABRT|timed out")
-    for index, line in enumerate(lines):
-        if marker.search(line):
-            return [s[:300] for s in lines[max(0, index - 2): index - 2 + limit]]
+    for marker in (re.compile(r"WORKER TIMEOUT"), re.compile(r"testapp\.py|blocked|SIGKILL|SIGABRT|timed out")):
+        for index, line in enumerate(lines):
+            if marker.search(line):
+                return [s[:300] for s in lines[index: index + limit]]
     return []
 
 
@@ -65,7 +74,9 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
             "replaced": replaced_after is not None,
             "replaced_after_s": replaced_after,
             "stack_names_testapp": _stack_logged(text),
+            "stack_logged_at_timeout": _stack_logged(_after_timeout(text)),
             "worker_timeout_logged": "WORKER TIMEOUT" in text,
+            "stall_warning_logged": bool(re.search(r"(?i)event loop blocked|stall", text)),
             "blocked_request_outcome": (blocked.result[0] if isinstance(blocked.result, tuple)
                                         else blocked.result or "still pending"),
             "serving_after": serving,
@@ -83,7 +94,8 @@ def run(args: argparse.Namespace) -> dict:
         per_class[cls] = r = run_one(cls, args)
         log(f"hung: {cls}: replaced {r['replaced']} after {r['replaced_after_s']}, stack logged "
             f"{r['stack_names_testapp']}, WORKER TIMEOUT logged {r['worker_timeout_logged']}")
-    keys = ("replaced", "replaced_after_s", "stack_names_testapp", "worker_timeout_logged", "serving_after")
+    keys = ("replaced", "replaced_after_s", "stack_names_testapp", "stack_logged_at_timeout",
+            "worker_timeout_logged", "serving_after")
     return {
         "scenario": NAME,
         "headline": {cls: {k: v[k] for k in keys} for cls, v in per_class.items()},

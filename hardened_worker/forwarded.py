@@ -71,8 +71,10 @@ __all__ = [
     "FAMILIES",
     "Extras",
     "ForwardedMiddleware",
+    "NO_EXTRAS",
     "Resolution",
     "TrustedProxies",
+    "header_names",
     "parse_trusted",
     "resolve",
     "rewrite_scope",
@@ -275,13 +277,26 @@ def _shorten(text: str, limit: int = 60) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
+class _Node(NamedTuple):
+    """A hop named in a header: an X-Forwarded-For entry or a Forwarded ``node``."""
+
+    address: IPAddress | None  # None: "unknown" or obfuscated (Forwarded only)
+    port: int  # 0 when absent or obfuscated
+    text: str | None  # str(address): the client host we hand out, and the trust cache key
+
+
+# The longest node that can hold an IP address: "[" IPv6 "]:" port. Longer entries are never
+# cached (an obfuscated Forwarded node may be longer and is parsed uncached).
+_NODE_CACHE_MAX = _IPV6_MAX + len("[]:65535")
+
+
 # ---------------------------------------------------------------------------------------------
 # Trust
 # ---------------------------------------------------------------------------------------------
 
 _V4_IN_V6 = ipaddress.IPv6Network("::ffff:0:0/96")
 _ALL_V4 = ipaddress.IPv4Network("0.0.0.0/0")
-_PEER_CACHE_SIZE = 4096
+_VERDICT_CACHE_SIZE = 4096
 
 
 class TrustedProxies:
@@ -326,19 +341,26 @@ class TrustedProxies:
         # Verdicts, bounded by clearing when full (an address-churning client only costs
         # itself the uncached lookup). The middleware reads _peer_cache on its fast path.
         self._peer_cache: dict[Any, bool] = {}
-        self._hop_cache: dict[IPAddress, bool] = {}
+        self._hop_cache: dict[str, bool] = {}
 
     def trusts(self, address: IPAddress) -> bool:
         """Is ``address`` (as returned by the parsers here: IPv4-mapped already unmapped) a
         trusted proxy? Exact set lookup first, networks only on a miss."""
         if address in self.addresses:
             return True
-        verdict = self._hop_cache.get(address)
+        return any(address in network for network in self.networks)
+
+    def _trusts_node(self, node: _Node) -> bool:
+        # Keyed by the canonical text: a str caches its hash, an ipaddress object recomputes
+        # it in Python on every lookup.
+        if node.text is None:
+            return False
+        verdict = self._hop_cache.get(node.text)
         if verdict is None:
-            verdict = any(address in network for network in self.networks)
-            if len(self._hop_cache) >= _PEER_CACHE_SIZE:
+            verdict = self.trusts(node.address)  # type: ignore[arg-type]
+            if len(self._hop_cache) >= _VERDICT_CACHE_SIZE:
                 self._hop_cache.clear()
-            self._hop_cache[address] = verdict
+            self._hop_cache[node.text] = verdict
         return verdict
 
     def trusts_peer(self, host: Any) -> bool:
@@ -346,7 +368,7 @@ class TrustedProxies:
         verdict = self._peer_cache.get(host)
         if verdict is None:
             verdict = self._judge_peer(host)
-            if len(self._peer_cache) >= _PEER_CACHE_SIZE:
+            if len(self._peer_cache) >= _VERDICT_CACHE_SIZE:
                 self._peer_cache.clear()
             self._peer_cache[host] = verdict
         return verdict
@@ -449,7 +471,13 @@ class Resolution:
     prefix: str | None = None  # prepended to root_path, path and raw_path
 
 
-_NOTHING = Resolution()
+def _resolution(client: tuple[str, int] | None, scheme: str | None, host: str | None = None,
+                port: int | None = None, prefix: str | None = None) -> Resolution | None:
+    """None when there is nothing to change; an empty prefix ("/") is no change."""
+    if client is None and scheme is None and host is None and port is None and not prefix:
+        return None
+    return Resolution(client=client, scheme=scheme, host=host, port=port, prefix=prefix or None)
+
 
 _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
@@ -531,10 +559,8 @@ def _resolve_trusted(
     if not found:
         return None
     if family == "x-forwarded":
-        result = _from_x_forwarded(found, trusted, websocket, extras, report)
-    else:
-        result = _from_forwarded(found[_FORWARDED], trusted, websocket, extras, report)
-    return None if result == _NOTHING else result
+        return _from_x_forwarded(found, trusted, websocket, extras, report)
+    return _from_forwarded(found[_FORWARDED], trusted, websocket, extras, report)
 
 
 def _scheme(text: str, websocket: bool) -> str | None:
@@ -550,33 +576,35 @@ def _scheme(text: str, websocket: bool) -> str | None:
 class _Hop(NamedTuple):
     index: int  # in the comma-joined list of every X-Forwarded-For line
     count: int  # length of that list
-    address: IPAddress
-    port: int
+    node: _Node
 
 
-def _parse_xff_entry(text: str) -> tuple[IPAddress, int] | None:
+def _parse_xff_entry(text: str) -> _Node | None:
+    return None if len(text) > _NODE_CACHE_MAX else _parse_xff_entry_cached(text)
+
+
+@functools.lru_cache(maxsize=_IP_CACHE_SIZE)
+def _parse_xff_entry_cached(text: str) -> _Node | None:
     """One X-Forwarded-For entry (OWS already stripped):
 
         xff-entry = IPv4address [ ":" port ]
                   / "[" IPv6address "]" [ ":" port ]
                   / IPv6address
     """
+    port: int | None = 0
     if text.startswith("["):
         address_text, bracket, rest = text[1:].partition("]")
         address = _parse_ipv6(address_text) if bracket else None
-        if address is None:
-            return None
-        if not rest:
-            return address, 0
-        port = _parse_port(rest[1:]) if rest[0] == ":" else None
-        return None if port is None else (address, port)
-    colons = text.count(":")
-    if colons == 1:
+        if rest:
+            port = _parse_port(rest[1:]) if rest[0] == ":" else None
+    elif text.count(":") == 1:
         address_text, _, port_text = text.partition(":")
         address, port = _parse_ipv4(address_text), _parse_port(port_text)
-        return None if address is None or port is None else (address, port)
-    address = _parse_ipv6(text) if colons else _parse_ipv4(text)
-    return None if address is None else (address, 0)
+    else:
+        address = _parse_ip(text)
+    if address is None or port is None:
+        return None
+    return _Node(address, port, str(address))
 
 
 def _walk_x_forwarded_for(lines: list[str], trusted: TrustedProxies) -> _Hop | str:
@@ -586,11 +614,11 @@ def _walk_x_forwarded_for(lines: list[str], trusted: TrustedProxies) -> _Hop | s
     hop = None
     for index in range(len(entries) - 1, -1, -1):
         entry = entries[index].strip(_OWS_CHARS)
-        parsed = _parse_xff_entry(entry)
-        if parsed is None:
+        node = _parse_xff_entry(entry)
+        if node is None:
             return f"entry {_shorten(entry)} is not an IP address"
-        hop = _Hop(index, len(entries), *parsed)
-        if not trusted.trusts(hop.address):
+        hop = _Hop(index, len(entries), node)
+        if not trusted._trusts_node(node):
             return hop
     assert hop is not None  # split() never returns an empty list
     return hop  # every hop is a trusted proxy: the leftmost is the client
@@ -606,9 +634,8 @@ def _from_x_forwarded(
     websocket: bool,
     extras: Extras,
     report: Report | None,
-) -> Resolution:
-    client = scheme = host = prefix = None
-    port = None
+) -> Resolution | None:
+    client = scheme = host = port = prefix = None
     hop: _Hop | None = None
     scheme_allowed = True
 
@@ -621,7 +648,7 @@ def _from_x_forwarded(
                 report("X-Forwarded-For", walked + "; keeping the peer address")
         else:
             hop = walked
-            client = (str(hop.address), hop.port)
+            client = (hop.node.text, hop.node.port)
 
     lines = found.get(_XFP)
     if lines is not None:
@@ -646,7 +673,7 @@ def _from_x_forwarded(
     if extras.prefix and (lines := found.get(_XFPREFIX)) is not None:
         prefix = _extra(_safe_prefix, "X-Forwarded-Prefix", _rightmost(lines), "a safe path",
                         report)
-    return Resolution(client, scheme, host, port, prefix or None)
+    return _resolution(client, scheme, host, port, prefix)
 
 
 def _extra(check: Callable[[str], Any], header: str, text: str, what: str,
@@ -690,18 +717,24 @@ def _safe_prefix(text: str) -> str | None:
 
 
 class _Element(NamedTuple):
-    """One forwarded-element; ``address`` None means ``for`` was unknown, obfuscated or absent."""
+    """One forwarded-element. ``node`` is None when it has no ``for``."""
 
     for_text: str | None
-    address: IPAddress | None
-    port: int
+    node: _Node | None
     proto: str | None
     host: str | None
 
 
-def _parse_node(text: str) -> tuple[IPAddress | None, int] | None:
-    """RFC 7239 section 6 ``node``: (address or None if unknown/obfuscated, port or 0)."""
-    match = _NODE_RE.fullmatch(text) if len(text) <= 256 else None
+_UNKNOWN_NODE = _Node(None, 0, None)  # "unknown" or obfuscated: nobody we can name or trust
+
+
+def _parse_node(text: str) -> _Node | None:
+    return _parse_node_cached(text) if len(text) <= _NODE_CACHE_MAX else _parse_node_uncached(text)
+
+
+def _parse_node_uncached(text: str) -> _Node | None:
+    """RFC 7239 section 6 ``node``."""
+    match = _NODE_RE.fullmatch(text)
     if match is None:
         return None
     port = 0
@@ -711,10 +744,15 @@ def _parse_node(text: str) -> tuple[IPAddress | None, int] | None:
             return None
         port = parsed_port
     if match["v4"] is not None:
-        return _parse_ipv4(match["v4"]), port
-    if match["v6"] is not None:
-        return _parse_ipv6(match["v6"]), port
-    return None, port
+        address = _parse_ipv4(match["v4"])
+    elif match["v6"] is not None:
+        address = _parse_ipv6(match["v6"])
+    else:
+        return _UNKNOWN_NODE
+    return _Node(address, port, str(address))
+
+
+_parse_node_cached = functools.lru_cache(maxsize=_IP_CACHE_SIZE)(_parse_node_uncached)
 
 
 def _parse_forwarded_line(line: str) -> list[_Element] | str:
@@ -763,12 +801,11 @@ def _parse_forwarded_line(line: str) -> list[_Element] | str:
 
 def _element(pairs: dict[str, str]) -> _Element | str:
     for_text = pairs.get("for")
-    address, port = None, 0
+    node = None
     if for_text is not None:
         node = _parse_node(for_text)
         if node is None:
             return f"for={_shorten(for_text)} is not a node (RFC 7239 section 6)"
-        address, port = node
     by = pairs.get("by")
     if by is not None and _parse_node(by) is None:
         return f"by={_shorten(by)} is not a node (RFC 7239 section 6)"
@@ -778,7 +815,7 @@ def _element(pairs: dict[str, str]) -> _Element | str:
     host = pairs.get("host")
     if host is not None and _HOST_RE.fullmatch(host) is None:
         return f"host={_shorten(host)} is not a Host value (RFC 7239 section 5.3)"
-    return _Element(for_text, address, port, proto, host)
+    return _Element(for_text, node, proto, host)
 
 
 def _walk_forwarded(lines: list[str], trusted: TrustedProxies) -> _Element | str | None:
@@ -794,7 +831,7 @@ def _walk_forwarded(lines: list[str], trusted: TrustedProxies) -> _Element | str
             return elements
         for element in reversed(elements):
             leftmost = element
-            if element.address is None or not trusted.trusts(element.address):
+            if element.node is None or not trusted._trusts_node(element.node):
                 return element
     return leftmost  # every hop is a trusted proxy: the leftmost is the client
 
@@ -805,17 +842,17 @@ def _from_forwarded(
     websocket: bool,
     extras: Extras,
     report: Report | None,
-) -> Resolution:
+) -> Resolution | None:
     element = _walk_forwarded(lines, trusted)
     if element is None:
-        return _NOTHING
+        return None
     if isinstance(element, str):
         if report is not None:
             report("Forwarded", element + "; ignoring the whole header")
-        return _NOTHING
+        return None
     client = scheme = host = None
-    if element.address is not None:
-        client = (str(element.address), element.port)
+    if element.node is not None and element.node.text is not None:
+        client = (element.node.text, element.node.port)
     elif report is not None:
         what = "missing" if element.for_text is None else _shorten(element.for_text)
         report("Forwarded", f"for= is {what}, not an IP address; keeping the peer address")
@@ -825,7 +862,7 @@ def _from_forwarded(
             report("Forwarded", f"proto={_shorten(element.proto)} is not http, https, ws or wss")
     if extras.host and element.host is not None:
         host = _extra(_safe_host, "Forwarded", element.host, "a safe host= value", report)
-    return Resolution(client, scheme, host)
+    return _resolution(client, scheme, host)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -359,6 +359,17 @@ class MemoryWatch:
         return False
 
 
+CGROUP_PRESSURE = 0.9  # fraction of the container's memory limit at which the largest worker leaves
+
+
+def cgroup_pressure(current: int | None, limit: int | None, threshold: float = CGROUP_PRESSURE) -> bool:
+    """True when the container's memory use is at or past ``threshold`` of its limit.
+
+    Unknown figures (no cgroup limit, unreadable files) are never pressure.
+    """
+    return bool(current is not None and limit and current >= threshold * limit)
+
+
 def format_size(n: float) -> str:
     """Binary units, as ``ps`` and ``top``: ``512 B``, ``1.5 KiB``, ``131.2 MiB``, ``2.0 GiB``."""
     if abs(n) < 1024:

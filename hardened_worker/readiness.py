@@ -7,9 +7,9 @@ only its own slot; reads are a few ``struct.unpack_from`` calls, done on the 100
 worker waits, never per request. A file-based table in ``--worker-tmp-dir`` would work too but costs
 syscalls and leaves files behind when the master is SIGKILLed; the mapping dies with its processes.
 
-A slot holds ``pid, state, age, generation, started, changed, reason``; ``reason`` (an index
-into :data:`hardened_worker.diagnostics.EXIT_REASONS`, plus one) is how the master's
-``child_exit`` hook learns why a worker left. ``age`` is gunicorn's spawn order;
+A slot holds ``pid, state, age, generation, started, changed, reason, memory``; ``reason`` (an
+index into :data:`hardened_worker.diagnostics.EXIT_REASONS`, plus one) is how the master's
+``child_exit`` hook learns why a worker left; ``memory`` lets the largest worker know it is. ``age`` is gunicorn's spawn order;
 ``generation`` counts the master's configuration loads (1 at start, +1 per HUP). A slot whose pid
 no longer exists is free, so a SIGKILLed worker needs no clean-up.
 
@@ -45,6 +45,7 @@ class Peer:
     started: float
     changed: float
     reason: int = 0  # EXIT_REASONS index + 1, 0 while none is recorded
+    memory: int = 0  # bytes, last published (HARDENED_MEMORY_CGROUP ranks workers by it)
 
 
 # --- pure decisions -------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def has_older_live(me: int, peers: Iterable[Peer]) -> bool:
 
 # --- the shared table -----------------------------------------------------------------------
 
-_SLOT = struct.Struct("=iiqqddi")
+_SLOT = struct.Struct("=iiqqddiq")
 # generation, rejected generation, rejected at, abandoned generation, time of the last failed start
 _HEADER = struct.Struct("=qqdqd")
 SLOTS = 512
@@ -128,8 +129,9 @@ class Table:
         return _HEADER.size + index * _SLOT.size
 
     def _read(self, index: int) -> Peer:
-        pid, state, age, generation, started, changed, reason = _SLOT.unpack_from(self._map, self._offset(index))
-        return Peer(pid, State(state), age, generation, started, changed, reason)
+        pid, state, age, generation, started, changed, reason, memory = _SLOT.unpack_from(
+            self._map, self._offset(index))
+        return Peer(pid, State(state), age, generation, started, changed, reason, memory)
 
     def claim(self, age: int, generation: int) -> None:
         """Take a slot for this process (called in the worker after fork)."""
@@ -140,7 +142,7 @@ class Table:
                 peer = self._read(index)
                 if peer.pid == 0 or not _alive(peer.pid):
                     _SLOT.pack_into(self._map, self._offset(index), os.getpid(), State.BOOTING,
-                                    age, generation, now, now, 0)
+                                    age, generation, now, now, 0, 0)
                     self._slot = index
                     return
         # More live workers than slots: readiness degrades to "no gating" for this worker.
@@ -149,20 +151,29 @@ class Table:
         if self._slot is None:
             return
         offset = self._offset(self._slot)
-        pid, _, age, generation, started, _, reason = _SLOT.unpack_from(self._map, offset)
-        _SLOT.pack_into(self._map, offset, pid, state, age, generation, started, time.time(), reason)
+        fields = list(_SLOT.unpack_from(self._map, offset))
+        fields[1], fields[5] = state, time.time()
+        _SLOT.pack_into(self._map, offset, *fields)
 
-    def set_reason(self, reason: int) -> None:
+    def _set_field(self, index: int, value: int) -> None:
         if self._slot is not None:
             offset = self._offset(self._slot)
-            _SLOT.pack_into(self._map, offset, *_SLOT.unpack_from(self._map, offset)[:-1], reason + 1)
+            fields = list(_SLOT.unpack_from(self._map, offset))
+            fields[index] = value
+            _SLOT.pack_into(self._map, offset, *fields)
+
+    def set_reason(self, reason: int) -> None:
+        self._set_field(6, reason + 1)
+
+    def set_memory(self, used: int) -> None:
+        self._set_field(7, used)
 
     def reason_of(self, pid: int) -> int | None:
         """The exit reason a (just exited) worker recorded, read in the master."""
         for index in range(SLOTS):
             fields = _SLOT.unpack_from(self._map, self._offset(index))
-            if fields[0] == pid and fields[-1]:
-                return fields[-1] - 1
+            if fields[0] == pid and fields[6]:
+                return fields[6] - 1
         return None
 
     def state(self) -> State | None:

@@ -25,7 +25,7 @@ from gunicorn.errors import AppImportError
 from uvicorn._compat import asyncio_run
 from uvicorn_worker import UvicornWorker
 
-from hardened_worker import config, diagnostics, drain, memory, readiness
+from hardened_worker import cgroup, config, diagnostics, drain, memory, readiness
 from hardened_worker import systemd
 from hardened_worker.health import HealthMiddleware, WorkerStatus, load_check
 from hardened_worker.readiness import Gate, State
@@ -105,7 +105,9 @@ class Worker(UvicornWorker):
         self.started_at = time.monotonic()
         self._exit_reason: Optional[str] = None
         self.memory: Optional[memory.MemoryWatch] = None
+        self.memory_reader: Optional[memory.MemoryReader] = None
         self._memory_decision = memory.Decision.OK
+        self._next_cgroup_check = 0.0
 
     def _current_settings(self) -> config.Settings:
         try:
@@ -144,16 +146,18 @@ class Worker(UvicornWorker):
 
     def _memory_watch(self) -> Optional[memory.MemoryWatch]:
         s = self.settings
+        if not (s.memory_limit or s.memory_cgroup):
+            return None
+        # Opened here, after fork: /proc/self opened in the master would read the master.
+        self.memory_reader = memory.MemoryReader(s.memory_measure)
+        if not self.memory_reader.exact:
+            self.log.warning("hardened_worker: /proc/self/smaps_rollup is unreadable; memory is "
+                             "measured as RSS (an over-estimate)")
         if not s.memory_limit:
             return None
         limits = memory.MemoryLimits.from_settings(
             s.memory_limit, s.memory_hard_limit, s.memory_jitter, s.memory_min_lifetime)
-        # Opened here, after fork: /proc/self opened in the master would read the master.
-        reader = memory.MemoryReader(s.memory_measure)
-        if not reader.exact:
-            self.log.warning("hardened_worker: /proc/self/smaps_rollup is unreadable; memory is "
-                             "measured as RSS (an over-estimate)")
-        return memory.MemoryWatch(limits, reader, check_interval=s.memory_check_interval,
+        return memory.MemoryWatch(limits, self.memory_reader, check_interval=s.memory_check_interval,
                                   check_requests=s.memory_check_requests)
 
     def init_signals(self) -> None:
@@ -206,6 +210,7 @@ class Worker(UvicornWorker):
             self.fail_start(f"lifespan startup failed: {error!r}" if error else "lifespan startup failed",
                             Arbiter.WORKER_BOOT_ERROR)
         self.stall.stop()
+        self.table.set_state(State.FREE)  # gone as far as the others are concerned (not yet reaped)
         self.log.info(
             "hardened_worker: worker %s exiting: reason %s, served %d requests, up %.1f s",
             self.pid, self.exit_reason, self.server.server_state.total_requests, self._uptime())
@@ -272,6 +277,7 @@ class Worker(UvicornWorker):
         if self.stop_requested is not None:
             return self._tick_stopping()
         self.check_memory()
+        self.check_cgroup()
         return False
 
     def check_memory(self) -> None:
@@ -283,23 +289,14 @@ class Worker(UvicornWorker):
         total = server.server_state.total_requests
         if not watch.due(now, total):
             return
-        reloads = self.table.reloads()
-        replaceable = reloads.rejected < reloads.generation  # the current code can start
-        decision, used = watch.check(now, total, 0, replaceable)
+        decision, used = watch.check(now, total, 0, self._replaceable())
         if decision is memory.Decision.RECYCLE and not self.table.take_turn(MEMORY):
             decision = memory.Decision.WAIT_TURN
         if decision.recycles:
-            self.exit_reason = "memory"
-            self.table.set_state(State.STOPPING)
-            limit = watch.limits.hard if decision is memory.Decision.RECYCLE_HARD else watch.soft
-            self.log.warning("%s", memory.recycle_message(
-                self.pid, used, limit, self.settings.memory_measure, total, self._uptime(),
-                decision is memory.Decision.RECYCLE_HARD))
-            # Stop taking work now, not at the next tick: a fast leak grows every request.
-            server.begin_drain()
-            if self.drain_mw is not None:
-                self.drain_mw.draining = True
-            server.should_exit = True
+            hard = decision is memory.Decision.RECYCLE_HARD
+            self._recycle_for_memory(memory.recycle_message(
+                self.pid, used, watch.limits.hard if hard else watch.soft,
+                self.settings.memory_measure, total, self._uptime(), hard))
         elif decision is not self._memory_decision and decision in (
                 memory.Decision.WAIT_TURN, memory.Decision.BLOCKED_NO_REPLACEMENT):
             why = ("another worker is recycling" if decision is memory.Decision.WAIT_TURN
@@ -312,6 +309,47 @@ class Worker(UvicornWorker):
             self.log.warning("%s", memory.baseline_message(
                 self.pid, used, watch.soft, self.settings.memory_measure, now - watch.started,
                 watch.limits.min_lifetime))
+
+    def check_cgroup(self) -> None:
+        """HARDENED_MEMORY_CGROUP: the largest worker leaves before the kernel's OOM killer acts."""
+        reader, server = self.memory_reader, self.server
+        now = time.monotonic()
+        if (reader is None or server is None or server.should_exit or self.stop_requested is not None
+                or not self.settings.memory_cgroup or now < self._next_cgroup_check):
+            return
+        self._next_cgroup_check = now + self.settings.memory_check_interval
+        rss = reader.rss()
+        self.table.set_memory(rss)  # RSS: what the workers publish to rank themselves
+        root = self.settings.cgroup_root
+        current, limit = cgroup.memory_current(root), cgroup.memory_limit(root)
+        if not memory.cgroup_pressure(current, limit) or self._uptime() < self.settings.memory_min_lifetime:
+            return
+        peers = [p for p in self.table.peers() if p.state == State.READY]
+        if any(p.memory > rss for p in peers) or not self._replaceable() or not self.table.take_turn(MEMORY):
+            return
+        assert current is not None and limit is not None
+        self._recycle_for_memory(
+            f"hardened_worker: worker {self.pid} recycling: container memory "
+            f"{memory.format_size(current)} is {current / limit:.0%} of the cgroup limit "
+            f"{memory.format_size(limit)} and this worker is the largest (rss "
+            f"{memory.format_size(rss)}), {server.server_state.total_requests} requests served, "
+            f"up {memory.format_duration(self._uptime())}")
+
+    def _replaceable(self) -> bool:
+        reloads = self.table.reloads()
+        return reloads.rejected < reloads.generation  # the current code can start
+
+    def _recycle_for_memory(self, message: str) -> None:
+        assert self.server is not None
+        self.exit_reason = "memory"
+        self.table.set_state(State.STOPPING)
+        self.log.warning("%s", message)
+        # Stop taking work now, not at the next tick: a fast leak grows with every request.
+        self.server.begin_drain()
+        if self.drain_mw is not None:
+            self.drain_mw.draining = True
+        self.server.should_exit = True
+        self.server.wake()
 
     def _tick_stopping(self) -> bool:
         now = time.monotonic()

@@ -107,6 +107,7 @@ class Master:
                  workers: int = 2, env: Optional[dict] = None, args: Iterable[str] = (),
                  port: Optional[int] = None) -> None:
         self.tmp = tmp
+        self.worker = worker
         self.port = port or free_port()
         self.log_path = tmp / f"gunicorn-{self.port}.log"
         self.events_path = tmp / f"events-{self.port}.txt"
@@ -145,7 +146,17 @@ class Master:
         return children(self.pid)
 
     def wait_workers(self, count: int, timeout: float = 30.0) -> list[int]:
-        return wait_for(lambda: (pids := self.workers()) and len(pids) == count and pids, timeout)
+        """``count`` live workers; for the hardened worker, each past its lifespan startup."""
+        def settled() -> Optional[list[int]]:
+            pids = self.workers()
+            if len(pids) != count:
+                return None
+            if "hardened_worker" in self.worker and not all(
+                    f"worker {pid} ready in" in self.log() for pid in pids):
+                return None
+            return pids
+
+        return wait_for(settled, timeout)
 
     def signal(self, sig: int) -> None:
         os.kill(self.pid, sig)
