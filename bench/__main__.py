@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import traceback
@@ -85,8 +86,16 @@ def run_all(args: argparse.Namespace) -> dict:
     return finish(summary, not args.no_write)
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # TERM and INT (even when started in the background, where INT is ignored) unwind through every
+    # scenario's finally blocks, which stop the masters, nginx and wrk they started.
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
     if args.scenario == "all":
         result = run_all(args)
     else:

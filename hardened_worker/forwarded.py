@@ -14,8 +14,10 @@ What we trust (``forwarded_allow_ips``, parsed once by :func:`parse_trusted`)
 
     Only a *peer* (the socket's other end) in the list may tell us anything. ``*`` trusts every
     peer. A UNIX-socket peer (ASGI ``client`` is None, or a host that is not an IP address) is
-    trusted when the list holds ``*`` or ``unix``: a UNIX socket can only be reached from this
-    host, so list ``unix`` to trust it. (gunicorn trusts non-IP peers unconditionally; we don't.)
+    trusted when the list holds ``*``, ``unix`` or a loopback address: a UNIX socket can only be
+    reached from this host, as loopback can, so gunicorn's default ``127.0.0.1,::1`` trusts nginx
+    on the same host over either. (gunicorn's validator refuses ``unix``, so through gunicorn the
+    loopback rule is the way in; gunicorn itself trusts non-IP peers unconditionally.)
 
 Which hop is the client (RFC 7239 section 8.1; MDN "X-Forwarded-For", Selecting an IP address)
     Each proxy appends the address it received the request from, so the list is read from the
@@ -425,6 +427,10 @@ def parse_trusted(value: str | Iterable[str]) -> TrustedProxies:
             if address is None:
                 raise ValueError(f"{entry!r} is not an IP address, CIDR network, '*' or 'unix'")
             addresses.append(address)
+    # A UNIX socket is reachable only from this host, as loopback is: trusting loopback (gunicorn's
+    # default, 127.0.0.1,::1) trusts nginx on the same host whether it connects over TCP or a socket.
+    trust_unix = trust_unix or any(a.is_loopback for a in addresses) or any(
+        n.network_address.is_loopback for n in networks)
     return TrustedProxies(addresses, networks, trust_all, trust_unix)
 
 
@@ -878,8 +884,11 @@ _NAME = itemgetter(0)
 
 
 def rewrite_scope(scope: Scope, resolution: Resolution) -> Scope:
-    """A copy of ``scope`` with ``resolution`` applied; the original is left alone."""
-    scope = dict(scope)
+    """``scope`` with ``resolution`` applied, in place.
+
+    In place, as uvicorn's own ProxyHeadersMiddleware does: the server's access log reads the
+    same scope object, and must show the client the app saw, not the proxy.
+    """
     if resolution.client is not None:
         scope["client"] = resolution.client
     if resolution.scheme is not None:
@@ -925,7 +934,7 @@ class ForwardedMiddleware:
 
     ``trusted`` is a :class:`TrustedProxies` or anything :func:`parse_trusted` takes. Requests
     from an untrusted peer, and requests without any header the family reads, reach the app
-    with their scope object untouched; otherwise the app gets a changed copy. Why a header was
+    with their scope object untouched; otherwise the scope is rewritten in place. Why a header was
     ignored is logged at DEBUG on ``hardened_worker.forwarded``.
     """
 

@@ -25,7 +25,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 
 
 class State(enum.IntEnum):

@@ -25,7 +25,7 @@ from gunicorn.errors import AppImportError
 from uvicorn._compat import asyncio_run
 from uvicorn_worker import UvicornWorker
 
-from hardened_worker import cgroup, config, diagnostics, drain, memory, readiness
+from hardened_worker import cgroup, config, diagnostics, drain, forwarded, memory, readiness
 from hardened_worker import systemd
 from hardened_worker.health import HealthMiddleware, WorkerStatus, load_check
 from hardened_worker.readiness import Gate, State
@@ -49,6 +49,12 @@ def validate(environ: Any, cfg: Any) -> config.Settings:
         raise config.ConfigError(
             f"hardened_worker: HARDENED_READY_TIMEOUT={settings.ready_timeout:g}s is longer than "
             f"--graceful-timeout {cfg.graceful_timeout:g}s; use e.g. {cfg.graceful_timeout * 0.8:g}s")
+    try:
+        forwarded.trusted_from_gunicorn(cfg.forwarded_allow_ips)
+    except ValueError as exc:
+        raise config.ConfigError(
+            f"hardened_worker: --forwarded-allow-ips/FORWARDED_ALLOW_IPS entry {exc}; "
+            "use e.g. 127.0.0.1,::1,10.0.0.0/8") from None
     if settings.memory_limit and settings.memory_hard_limit is not None \
             and settings.memory_hard_limit < settings.memory_limit:
         raise config.ConfigError(
@@ -190,7 +196,13 @@ class Worker(UvicornWorker):
 
     def wrap_app(self, app: Any) -> Any:
         """Our ASGI layers around the app uvicorn loaded (after its ASGI2/WSGI adaptation)."""
-        period = self.settings.memory_check_requests if self.memory is not None else 0
+        s = self.settings
+        if s.forwarded != "off":
+            # In place of uvicorn's proxy_headers (off in CONFIG_KWARGS), same trust list.
+            trusted = forwarded.trusted_from_gunicorn(self.cfg.forwarded_allow_ips)
+            app = forwarded.ForwardedMiddleware(app, trusted, s.forwarded, s.forwarded_host,
+                                                s.forwarded_port, s.forwarded_prefix)
+        period = s.memory_check_requests if self.memory is not None else 0
         self.drain_mw = drain.DrainMiddleware(app, period, self.check_memory)
         app = self.drain_mw
         path = self.settings.health_path

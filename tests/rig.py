@@ -331,3 +331,100 @@ def wrk(port: int, path: str = "/", duration: float = 5.0, connections: int = 32
 
 def have(program: str) -> bool:
     return shutil.which(program) is not None or Path(f"/usr/sbin/{program}").exists()
+
+
+# --- nginx --------------------------------------------------------------------------------------
+
+SITE = ROOT / "gunicorn_conf_examples" / "vm" / "nginx-site.conf"
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    assert found, "nginx is needed (make test installs it)"
+    return found
+
+
+class Nginx:
+    """A real nginx running the examples' site file in front of ``upstream_port``.
+
+    The site's upstream ``127.0.0.1:8000`` becomes the gunicorn port and ``listen 80`` a free
+    port, so the tests prove the very file users copy.
+    """
+
+    def __init__(self, tmp: Path, upstream_port: int, site: Path = SITE) -> None:
+        self.dir = tmp / f"nginx-{upstream_port}"
+        self.dir.mkdir()
+        self.port = free_port()
+        text = site.read_text()
+        assert "server 127.0.0.1:8000;" in text and "listen 80;" in text
+        text = text.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};")
+        (self.dir / "site.conf").write_text(text.replace("listen 80;", f"listen 127.0.0.1:{self.port};"))
+        self.error_log = self.dir / "error.log"
+        self.conf = self.dir / "nginx.conf"
+        temp = self.dir / "temp"
+        self.conf.write_text(f"""daemon off;
+worker_processes 1;
+pid {self.dir}/nginx.pid;
+error_log {self.error_log} info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    include {self.dir}/site.conf;
+}}
+""")
+        temp.mkdir()
+        self.proc: Optional[subprocess.Popen] = None
+
+    def command(self, *extra: str) -> list[str]:
+        return [nginx_binary(), "-p", str(self.dir), "-c", str(self.conf), "-e", str(self.error_log), *extra]
+
+    def start(self) -> "Nginx":
+        self.proc = subprocess.Popen(self.command(), start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def up() -> bool:
+            try:
+                return get(self.port, "/", timeout=2)[0] == 200
+            except OSError:
+                return False
+
+        wait_for(up, 10)
+        return self
+
+    def log(self) -> str:
+        return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
+
+    def upstream_failures(self) -> list[str]:
+        """Lines where nginx lost an upstream connection or request (not its clients' closes)."""
+        keys = ("upstream prematurely closed", "reset by peer) while", "connect() failed",
+                "upstream timed out", "no live upstreams", "Broken pipe) while")
+        return [line for line in self.log().splitlines()
+                if "upstream" in line and "client prematurely closed" not in line
+                and any(k in line for k in keys)]
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(5)
+
+
+POST_LUA = """
+-- Alternate GET and POST: a proxy may retry a failed GET, never a POST.
+local n = 0
+request = function()
+  n = n + 1
+  if n % 2 == 0 then
+    return wrk.format("POST", nil, {["Content-Type"] = "text/plain"}, "payload")
+  end
+  return wrk.format("GET")
+end
+"""

@@ -21,7 +21,7 @@ import pytest
 
 from hardened_worker import drain
 from hardened_worker.presets import hooks, jsonlog, kubernetes
-from rig import APPS, GUNICORN, ROOT, Master, free_port, get, have, wait_for
+from rig import APPS, GUNICORN, ROOT, Master, Nginx, get, wait_for
 
 EXAMPLES = ROOT / "gunicorn_conf_examples"
 K8S_ENV = {"HARDENED_DRAIN_DELAY": "0.5s"}  # the environment wins over the preset's 5 s default
@@ -455,68 +455,17 @@ def test_prometheus_multiprocess_bookkeeping(unstarted, tmp_path):
 # --- nginx in front ----------------------------------------------------------------------------
 
 
-def nginx_conf(site_path: Path, port: int, tmpdir: Path, *, listen_port: int) -> str:
-    """A minimal nginx.conf around a site file: its upstream ``127.0.0.1:8000`` becomes
-    ``127.0.0.1:<port>`` and its ``listen 80`` ``listen 127.0.0.1:<listen_port>``. Returns the path."""
-    site = site_path.read_text()
-    assert "server 127.0.0.1:8000;" in site and "listen 80;" in site
-    site = site.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{port};")
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{listen_port};")
-    (tmpdir / "site.conf").write_text(site)
-    temp = tmpdir / "nginx-temp"
-    temp.mkdir(exist_ok=True)
-    conf = tmpdir / "nginx.conf"
-    conf.write_text(f"""daemon off;
-worker_processes 1;
-pid {tmpdir}/nginx.pid;
-error_log {tmpdir}/nginx-error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {tmpdir}/nginx-access.log;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    include {tmpdir}/site.conf;
-}}
-""")
-    return str(conf)
-
-
-def nginx_binary() -> str:
-    assert have("nginx"), "nginx is needed (make test installs it)"
-    return "nginx" if subprocess.run(["which", "nginx"], capture_output=True).returncode == 0 \
-        else "/usr/sbin/nginx"
-
-
 def test_nginx_site_in_front_of_the_vm_example(master, tmp_path):
     m = master(args=["-c", str(EXAMPLES / "vm" / "gunicorn.conf.py")])
-    listen = free_port()
-    conf = nginx_conf(EXAMPLES / "vm" / "nginx-site.conf", m.port, tmp_path, listen_port=listen)
-    check = subprocess.run([nginx_binary(), "-t", "-p", str(tmp_path), "-c", conf, "-e",
-                            str(tmp_path / "nginx-error.log")], capture_output=True, text=True)
+    nginx = Nginx(tmp_path, m.port)
+    check = subprocess.run(nginx.command("-t"), capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
-    nginx = subprocess.Popen([nginx_binary(), "-p", str(tmp_path), "-c", conf, "-e",
-                              str(tmp_path / "nginx-error.log")], start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nginx.start()
     try:
-        def through_nginx():
-            try:
-                return get(listen, "/", timeout=2)
-            except OSError:
-                return None
-
-        assert wait_for(through_nginx, 10) == (200, b"ok")
         for _ in range(5):  # on nginx's kept-alive upstream connections
-            assert get(listen, "/", timeout=2) == (200, b"ok")
+            assert get(nginx.port, "/", timeout=2) == (200, b"ok")
     finally:
-        os.killpg(nginx.pid, signal.SIGTERM)
-        try:
-            nginx.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(nginx.pid, signal.SIGKILL)
-            nginx.wait(5)
-    assert "[error]" not in (tmp_path / "nginx-error.log").read_text()
+        nginx.stop()
+    assert "[error]" not in nginx.log()
     m.signal(signal.SIGTERM)
     assert m.wait_exit(15) == 0

@@ -70,7 +70,9 @@ async def app(scope, receive, send):
             if message["type"] == "websocket.disconnect":
                 return
             await send({"type": "websocket.send", "text": message.get("text") or ""})
-    path = scope["path"]
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):  # routing as Starlette does, below the mount point
+        path = path[len(root):]
     query = parse_qs(scope["query_string"].decode())
     if scope["method"] in ("POST", "PUT"):
         while (await receive()).get("more_body"):
