@@ -8,12 +8,12 @@ The rule, as the README states it:
   recycling for memory it waits its turn.
 * **Minimum lifetime** (``HARDENED_MEMORY_MIN_LIFETIME``) protects only a worker whose
   *baseline* (its first reading, at its first check after it became ready) is already at or above
-  its soft limit: such a worker does not recycle for the soft limit before this age, so an app
+  its soft limit: such a worker does not recycle before this age (for either limit), so an app
   whose baseline is above the limit cannot loop through restarts, and it logs one warning that the
   limit is below the app's baseline. A worker that reaches its soft limit by *growing* recycles at
   any age (still one at a time): a fast leak reaches the limit well inside any minimum lifetime.
 * **Hard limit** (``HARDENED_MEMORY_HARD_LIMIT``, default soft + 25%): at or above it a worker
-  recycles at once, whatever its age and however many others are recycling, because the hard limit
+  that grew there recycles at once, however many others are recycling, because the hard limit
   is the peak bound the operator sizes the container by.
 * **Never without a replacement**: when no ready replacement can come (say the master is shutting
   down or new workers fail to boot), nothing recycles, not even past the hard limit; the worker
@@ -256,10 +256,12 @@ def decide(
     """
     if used < soft:
         return Decision.OK
+    if baseline_over and age < min_lifetime:
+        # Before the hard limit too: a baseline over it would make every replacement recycle at
+        # once, a loop no limit can stop.
+        return Decision.TOO_YOUNG
     if used >= hard:
         return Decision.RECYCLE_HARD if replacement_possible else Decision.BLOCKED_NO_REPLACEMENT
-    if baseline_over and age < min_lifetime:
-        return Decision.TOO_YOUNG
     if others_recycling > 0:
         return Decision.WAIT_TURN
     if not replacement_possible:

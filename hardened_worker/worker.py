@@ -337,7 +337,10 @@ class Worker(UvicornWorker):
         if not memory.cgroup_pressure(current, limit) or self._uptime() < self.settings.memory_min_lifetime:
             return
         peers = [p for p in self.table.peers() if p.state == State.READY]
-        if any(p.memory > rss for p in peers) or not self._replaceable() or not self.table.take_turn(MEMORY):
+        settling = any(time.time() - p.started < self.settings.memory_min_lifetime for p in peers)
+        # A young worker means a recent replacement: the container's figure has not settled yet.
+        if settling or any(p.memory > rss for p in peers) or not self._replaceable() \
+                or not self.table.take_turn(MEMORY):
             return
         assert current is not None and limit is not None
         self._recycle_for_memory(

@@ -91,7 +91,8 @@ BASE = dict(
         (dict(used=110, replacement_possible=False), Decision.BLOCKED_NO_REPLACEMENT),
         (dict(used=125), Decision.RECYCLE_HARD),
         (dict(used=200, others_recycling=5), Decision.RECYCLE_HARD),  # no waiting past hard
-        (dict(used=200, age=0.0), Decision.RECYCLE_HARD),  # hard applies at any age
+        (dict(used=200, age=0.0, baseline_over=False), Decision.RECYCLE_HARD),  # grew there: any age
+        (dict(used=200, age=0.0), Decision.TOO_YOUNG),  # a baseline over hard would loop
         (dict(used=200, replacement_possible=False), Decision.BLOCKED_NO_REPLACEMENT),
         (dict(used=100, hard=100), Decision.RECYCLE_HARD),  # soft == hard: hard wins
         # The minimum lifetime protects only a worker whose baseline was over the soft limit:
@@ -130,8 +131,9 @@ def _decide(args):
 def test_decide_properties(args):
     args, d = _decide(args)
     used, soft, hard = args["used"], args["soft"], args["hard"]
-    if used >= hard and args["replacement_possible"]:
-        assert d is Decision.RECYCLE_HARD  # whatever the age and the others
+    young_baseline = args["baseline_over"] and args["age"] < args["min_lifetime"]
+    if used >= hard and args["replacement_possible"] and not young_baseline:
+        assert d is Decision.RECYCLE_HARD  # whatever the others
     if args["others_recycling"] > 0 and used < hard:
         assert d is not Decision.RECYCLE  # one at a time
     if not args["replacement_possible"]:
@@ -141,7 +143,7 @@ def test_decide_properties(args):
     if d is Decision.RECYCLE:
         assert args["others_recycling"] == 0
         assert args["age"] >= args["min_lifetime"] or not args["baseline_over"]
-    if args["baseline_over"] and args["age"] < args["min_lifetime"] and used < hard:
+    if young_baseline:
         assert not d.recycles
     if d is Decision.TOO_YOUNG:
         assert args["baseline_over"]
@@ -287,11 +289,11 @@ def test_watch_baseline_over_is_too_young_until_min_lifetime_then_recycles():
     assert all(d is Decision.TOO_YOUNG for age, d in decisions if age < 30.0)
     assert all(d is Decision.RECYCLE for age, d in decisions if age >= 30.0)
     assert reader.precise_calls == 1  # baseline measured once; the estimate proves it over since
-    # Past the hard limit even a baseline-over worker recycles at once.
+    # Past the hard limit too: a baseline over the limit would make every replacement recycle.
     watch, reader = make_watch(used=960)
     watch.check(100.1, 0, 0, True)
     reader.used = 1250
-    assert watch.check(100.2, 32, 1, True) == (Decision.RECYCLE_HARD, 1250)
+    assert watch.check(100.2, 32, 1, True) == (Decision.TOO_YOUNG, 1250)
 
 
 # A worker growing 8 MiB per 32-request check (256 KiB per request, ~1500 requests/s: ~21 ms

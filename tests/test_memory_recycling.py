@@ -53,9 +53,10 @@ def test_leaking_workers_are_recycled_gracefully_within_the_bound(master):
     highest = peak.stop()
     assert outcomes.failures == [] and load.socket_errors == 0 and load.non_2xx == 0
     assert m.log().count("recycling: memory") >= 3
-    # The hard limit (128 MiB + 25%) is on private memory; RSS adds the shared pages, and a check
-    # every 16 requests of 256 KiB, with up to 12 requests in flight, adds at most 7 MiB.
-    assert highest <= 160 * MiB + shared + 7 * MiB, (highest / MiB, shared / MiB)
+    # The hard limit (128 MiB + 25%) is on private memory; RSS adds the shared pages. Past it: at
+    # most one check step (16 requests of 256 KiB), the requests in flight on the 12 connections,
+    # and one more on each as the drain answers it with Connection: close: 4 + 3 + 3 MiB.
+    assert highest <= 160 * MiB + shared + 10 * MiB, (highest / MiB, shared / MiB)
 
 
 def test_preloaded_shared_data_does_not_count_against_the_default_measure(master):
@@ -84,13 +85,13 @@ def test_cgroup_pressure_recycles_the_largest_worker_once(master, tmp_path):
     (cg / "memory.max").write_text(f"{1024 * MiB}\n")
     (cg / "memory.current").write_text(f"{100 * MiB}\n")
     env = {"HARDENED_MEMORY_CGROUP": "1", "HARDENED_CGROUP_ROOT": str(cg),
-           "HARDENED_MEMORY_MIN_LIFETIME": "1s", "HARDENED_MEMORY_CHECK_INTERVAL": "100ms"}
+           "HARDENED_MEMORY_MIN_LIFETIME": "2s", "HARDENED_MEMORY_CHECK_INTERVAL": "100ms"}
     m = master(env=env)
     pids = m.wait_workers(2)
     for _ in range(40):  # make one worker the largest
         get(m.port, "/leak?kib=1024")
     sizes = {pid: rss_of(pid) for pid in pids}
-    time.sleep(1.2)
+    time.sleep(2.2)  # past the minimum lifetime: young workers mean the figure is still settling
     (cg / "memory.current").write_text(f"{1000 * MiB}\n")  # 98% of the limit
     m.wait_log("recycling: container memory", timeout=10)
     (cg / "memory.current").write_text(f"{100 * MiB}\n")
