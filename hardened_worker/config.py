@@ -154,6 +154,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("READY_TIMEOUT", parse_duration, "", "30s",
             "Longest an old worker keeps serving while waiting for its successors to become ready "
             "on reload; empty means 80% of --graceful-timeout."),
+    Setting("ROLLING", parse_bool, "false", "true",
+            "On HUP, replace workers one at a time (each old worker leaves as one more successor "
+            "is ready) so at most workers + 1 hold the app in memory; set HARDENED_READY_TIMEOUT "
+            "to cover that many startups."),
     # Forwarded headers
     Setting("FORWARDED", _choice("x-forwarded", "forwarded", "off"), "x-forwarded", "forwarded",
             "Which header family carries the client address from trusted proxies "

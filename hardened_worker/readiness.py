@@ -34,6 +34,7 @@ class State(enum.IntEnum):
     READY = 2  # lifespan startup done and accepting
     STOPPING = 3  # told to stop; still serving while it waits or delays, then draining
     FAILED = 4  # could not start; about to exit
+    WAITING = 5  # rolling reload: forked, waiting for its turn to load the app
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,26 @@ class Reloads:
 REJECTION_WINDOW = 2.0
 
 
-def retirement_gate(me: Peer, peers: Iterable[Peer], reloads: Reloads, stop_requested: float) -> Gate:
+LOADED = (State.BOOTING, State.READY, State.STOPPING)  # holding the app's memory
+
+
+def may_load(peers: Iterable[Peer], workers: int) -> bool:
+    """Rolling reload: a new worker loads the app only while fewer than ``workers + 1`` do."""
+    return sum(1 for p in peers if p.state in LOADED) < workers + 1
+
+
+def _rolling_turn(me: Peer, peers: list[Peer], newer: list[Peer], workers: int) -> bool:
+    """Rolling reload: the oldest serving old worker leaves once one more successor is ready
+    than old workers have already left, so serving capacity stays at ``workers``."""
+    serving_old = [p for p in peers if p.generation <= me.generation and p.state == State.READY]
+    if any(p.age < me.age for p in serving_old):
+        return False
+    departed = workers - (len(serving_old) + 1)
+    return sum(1 for p in newer if p.state == State.READY) >= departed + 1
+
+
+def retirement_gate(me: Peer, peers: Iterable[Peer], reloads: Reloads, stop_requested: float,
+                    rolling: int = 0) -> Gate:
     """Decide what worker ``me``, sent SIGTERM at ``stop_requested`` (time.time()), does now.
 
     "Enough" successors: every newer worker has finished booting and at least one of them is
@@ -82,15 +102,26 @@ def retirement_gate(me: Peer, peers: Iterable[Peer], reloads: Reloads, stop_requ
     one serves. If the reload that sent SIGTERM was rejected, the stop is cancelled: the master
     stops re-sending SIGTERM once the failed workers are gone, because its worker count is met.
 
+    With ``rolling`` (the configured worker count, 0 for off) old workers leave one at a time
+    instead, each as one more successor becomes ready (uWSGI's chain reload, Puma's phased
+    restart); successors load one at a time too (:func:`may_load`), so at most ``rolling + 1``
+    workers hold the app's memory.
+
     A reload is pending from the moment the master's generation is newer than ours, even before
     the new workers have claimed their slots (they are forked as we are signalled). A worker that
     no successor can replace (TTOU, a plain shutdown, a replacement that already came up, a reload
     abandoned by a shutdown) retires at once.
     """
     # By generation, not age: the old generation's own younger workers are not successors.
+    peers = list(peers)
     newer = [p for p in peers if p.generation > me.generation]
-    if any(p.state == State.BOOTING for p in newer):
+    if rolling and newer and _rolling_turn(me, peers, newer, rolling):
+        return Gate.RETIRE
+    if any(p.state in (State.BOOTING, State.WAITING) for p in newer):
         return Gate.WAIT
+    if rolling and any(p.state == State.READY for p in newer) and not _rolling_turn(
+            me, peers, newer, rolling):
+        return Gate.WAIT  # an older worker of ours leaves first
     if any(p.state == State.READY for p in newer):
         return Gate.RETIRE
     if reloads.rejected > me.generation and (
@@ -190,6 +221,14 @@ class Table:
                 return False
             self.set_state(State.STOPPING)
             self.set_reason(reason)
+            return True
+
+    def try_load(self, workers: int) -> bool:
+        """Rolling reload: take a loading turn atomically (see :func:`may_load`)."""
+        with self._lock:
+            if not may_load(self.peers(), workers):
+                return False
+            self.set_state(State.BOOTING)
             return True
 
     def peers(self) -> list[Peer]:

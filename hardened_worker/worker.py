@@ -176,8 +176,11 @@ class Worker(UvicornWorker):
         signal.signal(signal.SIGWINCH, signal.SIG_IGN)
         signal.siginterrupt(signal.SIGUSR1, False)
         diagnostics.arm_abort_dump(self.log, self._on_abort)
-        timeout = self.settings.startup_timeout
         signal.signal(signal.SIGALRM, self._startup_timed_out)
+        self._arm_startup_timers()
+
+    def _arm_startup_timers(self) -> None:
+        timeout = self.settings.startup_timeout
         signal.setitimer(signal.ITIMER_REAL, timeout)
         # A hang that holds the GIL never lets the alarm's Python handler run; this C-level timer
         # still dumps every stack and ends the process.
@@ -185,6 +188,7 @@ class Worker(UvicornWorker):
                                           file=diagnostics.error_log_stream(self.log))
 
     def load_wsgi(self) -> None:
+        self._wait_to_load()
         try:
             super().load_wsgi()
         except AppImportError as exc:
@@ -193,6 +197,20 @@ class Worker(UvicornWorker):
         except Exception as exc:
             self.log.exception("hardened_worker: worker %s could not load the app", self.pid)
             self.fail_start(f"app load failed: {exc!r}", Arbiter.WORKER_BOOT_ERROR)
+
+    def _wait_to_load(self) -> None:
+        """HARDENED_ROLLING: a successor loads the app only when an old worker has made room."""
+        if not self.settings.rolling or not readiness.has_older_live(self.age, self.table.peers()):
+            return
+        self.table.set_state(State.WAITING)
+        if self.table.try_load(self.cfg.workers):
+            return
+        waited = time.monotonic()
+        while not self.table.try_load(self.cfg.workers):
+            time.sleep(0.05)  # SIGTERM meanwhile ends the process (see _on_term)
+        self.log.info("hardened_worker: worker %s loading the app after waiting %.1f s for its "
+                      "turn (HARDENED_ROLLING)", self.pid, time.monotonic() - waited)
+        self._arm_startup_timers()  # the startup timeout counts from now
 
     def wrap_app(self, app: Any) -> Any:
         """Our ASGI layers around the app uvicorn loaded (after its ASGI2/WSGI adaptation)."""
@@ -389,8 +407,9 @@ class Worker(UvicornWorker):
         assert self.stop_requested is not None
         peers = self.table.peers()
         me = self.table.me()
-        gate = readiness.retirement_gate(me, peers, self.table.reloads(), self.stop_requested_at) \
-            if me is not None else Gate.RETIRE
+        rolling = self.cfg.workers if self.settings.rolling else 0
+        gate = readiness.retirement_gate(me, peers, self.table.reloads(), self.stop_requested_at,
+                                         rolling) if me is not None else Gate.RETIRE
         ready_timeout = self.settings.ready_timeout or 0.8 * self.cfg.graceful_timeout
         if gate is Gate.WAIT and now - self.stop_requested < ready_timeout:
             if not self.waited_for_successors:

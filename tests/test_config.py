@@ -85,7 +85,7 @@ def test_readme_table_lists_every_setting():
 BAD = {
     "STARTUP_TIMEOUT": "forever", "DRAIN_DELAY": "5 minutes", "DRAIN_IDLE_WINDOW": "-1",
     "HEALTH_PATH": "healthz", "HEALTH_CHECK": "not a reference", "HEALTH_CHECK_TIMEOUT": "1d",
-    "HEALTH_ACCESS_LOG": "maybe", "STALL_THRESHOLD": "1x", "READY_TIMEOUT": "soon",
+    "HEALTH_ACCESS_LOG": "maybe", "STALL_THRESHOLD": "1x", "READY_TIMEOUT": "soon", "ROLLING": "one by one",
     "FORWARDED": "both", "FORWARDED_HOST": "2", "FORWARDED_PORT": "yess", "FORWARDED_PREFIX": "nope",
     "MEMORY_LIMIT": "lots", "MEMORY_HARD_LIMIT": "more", "MEMORY_MEASURE": "vss",
     "MEMORY_JITTER": "90%", "MEMORY_CHECK_INTERVAL": "often", "MEMORY_CHECK_REQUESTS": "-3",

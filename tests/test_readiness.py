@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from hardened_worker.readiness import Gate, Peer, Reloads, State, Table, has_older_live, retirement_gate
+from hardened_worker.readiness import (
+    Gate, Peer, Reloads, State, Table, has_older_live, may_load, retirement_gate,
+)
 from rig import APPS, Client, wait_for, wrk
 
 NOW = 1_000_000.0
@@ -185,3 +187,53 @@ def get_pid_served(port):
     from rig import get
 
     return int(get(port, "/pid")[1])
+
+
+# --- rolling reloads -------------------------------------------------------------------------
+
+
+def test_may_load_admits_one_more_than_the_worker_count():
+    loaded = [peer(1, 1, State.READY), peer(2, 1, State.STOPPING)]
+    assert may_load(loaded, workers=2)
+    assert not may_load(loaded + [peer(3, 2, State.BOOTING)], workers=2)
+    assert may_load(loaded + [peer(3, 2, State.WAITING), peer(4, 2, State.FAILED)], workers=2)
+
+
+@pytest.mark.parametrize("me,peers,expected", [
+    # Nothing of the new generation is ready: everybody waits.
+    (peer(1, 1, State.READY), [peer(2, 1, State.READY), peer(3, 2, State.BOOTING),
+                               peer(4, 2, State.WAITING)], Gate.WAIT),
+    # One successor ready: the oldest leaves, the next one waits for a second successor.
+    (peer(1, 1, State.READY), [peer(2, 1, State.READY), peer(3, 2, State.READY),
+                               peer(4, 2, State.WAITING)], Gate.RETIRE),
+    (peer(2, 1, State.READY), [peer(1, 1, State.STOPPING), peer(3, 2, State.READY),
+                               peer(4, 2, State.WAITING)], Gate.WAIT),
+    (peer(2, 1, State.READY), [peer(3, 2, State.READY), peer(4, 2, State.BOOTING)], Gate.WAIT),
+    (peer(2, 1, State.READY), [peer(3, 2, State.READY), peer(4, 2, State.READY)], Gate.RETIRE),
+])
+def test_rolling_gate_retires_one_old_worker_per_ready_successor(me, peers, expected):
+    assert retirement_gate(me, peers, Reloads(2), stop_requested=NOW, rolling=2) == expected
+
+
+def test_rolling_hup_under_load_never_holds_more_than_workers_plus_one(master):
+    m = master(env={"TESTAPP_STARTUP_DELAY": "1", "HARDENED_ROLLING": "1"})
+
+    def reloads():
+        time.sleep(2)
+        m.signal(signal.SIGHUP)
+        m.wait_log(r"ready in [\d.]+ s \(generation 2\)", timeout=20, count=2)
+        time.sleep(1)
+
+    outcomes, load = _load_with(m, reloads, 9)
+    assert len(outcomes) > 200 and outcomes.failures == []
+    assert load.socket_errors == 0 and load.non_2xx == 0
+    loaded, peak = set(), 0
+    for event in m.events():  # import .. shutdown is when a worker holds the app
+        kind, pid = event.split()
+        if kind == "import":
+            loaded.add(pid)
+        elif kind == "shutdown":
+            loaded.discard(pid)
+        peak = max(peak, len(loaded))
+    assert peak == 3, m.events()
+    assert m.log().count("loading the app after waiting") == 1

@@ -8,7 +8,8 @@ time.sleep), ``/leak?kib=`` (keeps the memory), ``/client`` (what the app saw of
 * ``TESTAPP_STARTUP_BLOCK`` seconds of ``time.sleep`` in lifespan startup (blocks the loop);
 * ``TESTAPP_STARTUP_FAIL=1`` raises in lifespan startup;
 * ``TESTAPP_IMPORT_FAIL=1`` raises at import, ``TESTAPP_IMPORT_HANG`` sleeps at import;
-* ``TESTAPP_EVENTS`` a file each worker appends ``startup <pid>`` / ``shutdown <pid>`` to.
+* ``TESTAPP_EVENTS`` a file each worker appends ``import <pid>``, ``startup <pid>`` and
+  ``shutdown <pid>`` to.
 """
 
 import asyncio
@@ -30,6 +31,9 @@ def _record(event):
     if path:
         with open(path, "a") as f:
             f.write(f"{event} {os.getpid()}\n")
+
+
+_record("import")
 
 
 async def _lifespan(receive, send):
