@@ -234,7 +234,11 @@ class Worker(UvicornWorker):
     def run(self) -> None:
         self.config.app = self.wsgi
         self.server = HardenedServer(self.config, self)
-        asyncio_run(self.server.serve(sockets=self.sockets), loop_factory=self.config.get_loop_factory())
+        serving = self.server.serve(sockets=self.sockets)
+        try:
+            asyncio_run(serving, loop_factory=self.config.get_loop_factory())
+        finally:
+            serving.close()  # a stop before the loop started it: no "never awaited" warning
         if not self.server.started:
             error = self.server.lifespan.error
             self.fail_start(f"lifespan startup failed: {error!r}" if error else "lifespan startup failed",
@@ -462,7 +466,8 @@ class Worker(UvicornWorker):
             # must not wait for it.
             self.table.set_state(State.STOPPING)
             self.table.abandon(self.generation)
-            self.exit_reason = "shutdown"
+            replaced = self.table.reloads().generation > self.generation
+            self.exit_reason = "reload" if replaced else "shutdown"
             sys.exit(0)
         self.stop_requested_at = time.time()
         if self.stop_requested is None:
