@@ -7,13 +7,9 @@ shutdown. Lifespan shutdown gets a reserved share at the end (20% of the window,
 10 s) so a slow request can never make the app skip its clean-up; a safety margin of 0.5 s keeps
 the worker's own exit ahead of the master's SIGKILL.
 
-The middleware (:class:`DrainMiddleware`): when the drain starts, open websockets get a close
-frame with code 1001 "going away" (uvicorn's own shutdown sends 1012 and drops the connection
-at once) and a bounded wait to finish the closing handshake. While draining, every response carries
+The middleware (:class:`DrainMiddleware`): while draining, every response carries
 ``Connection: close``, so a client (or a proxy such as nginx with upstream keep-alive) learns from
 the response itself that the connection ends, instead of finding it reset on its next request.
-It also stamps each request's start time in the scope (``hardened.started``) so that requests still
-in flight at the deadline can be logged with their age.
 """
 
 from __future__ import annotations
@@ -64,44 +60,35 @@ def check_budget(graceful_timeout: float, drain_delay: float) -> str | None:
     return None
 
 
-def describe_in_flight(scopes: list[Scope], now: float) -> str:
-    """``GET /slow (12.3 s), POST /upload (0.4 s)`` for the deadline log line."""
+def describe_in_flight(scopes: list[Scope], now: float, drain_started: float) -> str:
+    """``GET /slow (over 12.3 s), POST /upload (0.4 s)`` for the deadline log line.
+
+    Requests that began before the drain carry no stamp (stamping every request would cost every
+    request): their age is at least the drain's.
+    """
     parts = []
     for scope in scopes:
         started = scope.get(STARTED_KEY)
-        age = f"{now - started:.1f} s" if started else "age unknown"
+        age = f"{now - started:.1f} s" if started else f"over {now - drain_started:.1f} s"
         parts.append(f"{scope.get('method', 'WEBSOCKET')} {scope.get('path', '?')} ({age})")
     return ", ".join(parts) if parts else "none"
 
 
 class DrainMiddleware:
-    """Adds ``Connection: close`` to responses while draining; plain ASGI, usable anywhere.
+    """Adds ``Connection: close`` to every response; plain ASGI, usable anywhere.
 
-    It is the one layer every request passes, so it also calls ``every_requests`` callbacks
-    (the memory check) with a countdown: an integer decrement per request, no syscall.
+    It costs nothing before the drain: the server puts it in front of the app on each open
+    connection only when the drain starts. It stamps each request's start (``hardened.started``)
+    so the deadline log can give its age.
     """
 
-    def __init__(self, app: ASGIApp, period: int = 0, periodic: Callable[[], None] | None = None) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.draining = False
-        self.period = period if periodic is not None else 0
-        self.periodic = periodic
-        self.countdown = self.period
-        self.websockets: set[Send] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            return await self._websocket(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         scope[STARTED_KEY] = time.monotonic()
-        if self.period:
-            self.countdown -= 1
-            if self.countdown <= 0:
-                self.countdown = self.period
-                self.periodic()  # type: ignore[misc]
-        if not self.draining:
-            return await self.app(scope, receive, send)
 
         async def send_closing(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -111,23 +98,3 @@ class DrainMiddleware:
             await send(message)
 
         return await self.app(scope, receive, send_closing)
-
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.websockets.add(send)
-        try:
-            return await self.app(scope, receive, send)
-        finally:
-            self.websockets.discard(send)
-
-    async def close_websockets(self) -> int:
-        """Send every open websocket a close frame with 1001 (going away); return how many.
-
-        The app then receives ``websocket.disconnect`` once the client answers the close.
-        """
-        sends = list(self.websockets)
-        for send in sends:
-            try:
-                await send({"type": "websocket.close", "code": 1001, "reason": "server shutting down"})
-            except Exception:  # already closed by the client or the app: nothing to say goodbye to
-                pass
-        return len(sends)

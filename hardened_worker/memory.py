@@ -59,7 +59,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from hardened_worker.config import ConfigError
 
@@ -359,6 +359,25 @@ class MemoryWatch:
             self.baseline_warning_logged = True
             return True
         return False
+
+
+class EveryRequests:
+    """ASGI layer calling ``callback`` every ``period`` HTTP requests: an integer countdown, no
+    syscall. Installed only with a memory limit, so a leak is seen within ``period`` requests
+    rather than at the next timer tick."""
+
+    def __init__(self, app: Callable[..., Any], period: int, callback: Callable[[], None]) -> None:
+        self.app = app
+        self.period = max(period, 1)
+        self.callback = callback
+        self.countdown = self.period
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        self.countdown -= 1
+        if self.countdown <= 0:
+            self.countdown = self.period
+            self.callback()
+        return await self.app(scope, receive, send)
 
 
 CGROUP_PRESSURE = 0.9  # fraction of the container's memory limit at which the largest worker leaves

@@ -199,6 +199,15 @@ class Table:
     def set_memory(self, used: int) -> None:
         self._set_field(7, used)
 
+    def left_since(self, reason: int, since: float) -> bool:
+        """Did a worker stop for ``reason`` after ``since`` (time.time())? Gone ones count too."""
+        for index in range(SLOTS):
+            peer = self._read(index)
+            if peer.reason == reason + 1 and peer.state in (State.STOPPING, State.FREE) \
+                    and peer.changed >= since:
+                return True
+        return False
+
     def reason_of(self, pid: int) -> int | None:
         """The exit reason a (just exited) worker recorded, read in the master."""
         for index in range(SLOTS):

@@ -140,6 +140,7 @@ class HardenedServer(Server):
         super().__init__(config)
         self.worker = worker
         self.lifespan: HardenedLifespan
+        self.drain_started: Optional[float] = None
 
     async def serve(self, sockets: Optional[list[Any]] = None) -> None:
         config = self.config
@@ -207,9 +208,24 @@ class HardenedServer(Server):
     # --- the drain ------------------------------------------------------------------------
 
     def begin_drain(self) -> None:
-        """Stop accepting at once; the other workers take the new connections."""
+        """Stop accepting at once (the other workers take new connections) and answer every
+        request still arriving on an open connection with ``Connection: close``."""
+        if self.drain_started is not None:
+            return
+        self.drain_started = time.monotonic()
         for server in self.servers:
             server.close()  # closes this process's copy of the listening socket too
+        # The protocols read their ``app`` per request: wrapping it only now costs the requests
+        # nothing until the drain. A connection the loop accepted just before the close gets its
+        # protocol from config (hence both), and the drain loop re-applies it (see _closing).
+        self.closing_app = drain.DrainMiddleware(self.config.loaded_app)
+        self.config.loaded_app = self.closing_app
+        self._closing()
+
+    def _closing(self) -> None:
+        for conn in self.server_state.connections:
+            if _is_http(conn) and conn.app is not self.closing_app:
+                conn.app = self.closing_app
 
     async def shutdown(self, sockets: Optional[list[Any]] = None) -> None:
         plan = self.worker.drain_plan()
@@ -230,6 +246,7 @@ class HardenedServer(Server):
         window = self.worker.settings.drain_idle_window
         beat = 0.0
         while (state.connections or state.tasks) and time.monotonic() < plan.requests_deadline:
+            self._closing()
             now = time.monotonic()
             if now - beat >= 1.0:
                 beat = now
@@ -246,14 +263,21 @@ class HardenedServer(Server):
             self._deadline_passed(plan)
 
     async def _close_websockets(self, plan: drain.DrainPlan) -> None:
-        middleware = self.worker.drain_mw
-        if middleware is None or not await middleware.close_websockets():
-            return
+        """A close frame with 1001 "going away" through each websocket's ASGI send (uvicorn's own
+        shutdown sends 1012 and drops the connection at once), then a bounded wait for the
+        closing handshake; the app receives ``websocket.disconnect`` as usual."""
+        sockets = [c for c in self.server_state.connections if not _is_http(c)]
+        for conn in sockets:
+            send = getattr(conn, "asgi_send", None) or conn.send  # websockets_impl / sansio, wsproto
+            try:
+                await send({"type": "websocket.close", "code": 1001, "reason": "server shutting down"})
+            except Exception:  # closed meanwhile by the client or the app: nothing to say goodbye to
+                pass
         deadline = min(time.monotonic() + WEBSOCKET_CLOSE_WAIT, plan.requests_deadline)
-        while middleware.websockets and time.monotonic() < deadline:
+        while any(c in self.server_state.connections for c in sockets) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for conn in list(self.server_state.connections):
-            if not _is_http(conn):
+        for conn in sockets:
+            if conn in self.server_state.connections:
                 conn.shutdown()  # a client that did not answer the close frame in time
 
     def _deadline_passed(self, plan: drain.DrainPlan) -> None:
@@ -262,7 +286,7 @@ class HardenedServer(Server):
         self.worker.log.warning(
             "hardened_worker: worker %s drain deadline passed; closing %d connections, in flight: %s",
             self.worker.pid, len(self.server_state.connections),
-            drain.describe_in_flight(in_flight, time.monotonic()))
+            drain.describe_in_flight(in_flight, time.monotonic(), self.drain_started or plan.drain_at))
         self._close_all()
 
     def _close_all(self) -> None:

@@ -101,7 +101,6 @@ class Worker(UvicornWorker):
             logging.getLogger("uvicorn.access").handlers = []
         self.server: Optional[HardenedServer] = None
         self.status = WorkerStatus(lambda: self.server.server_state.total_requests if self.server else 0)
-        self.drain_mw: Optional[drain.DrainMiddleware] = None
         self.stall = diagnostics.StallWatchdog(self.settings.stall_threshold, self.log, 0)
         self.stop_requested: Optional[float] = None  # monotonic, for durations
         self.stop_requested_at = 0.0  # wall clock, compared with other processes' records
@@ -220,9 +219,8 @@ class Worker(UvicornWorker):
             trusted = forwarded.trusted_from_gunicorn(self.cfg.forwarded_allow_ips)
             app = forwarded.ForwardedMiddleware(app, trusted, s.forwarded, s.forwarded_host,
                                                 s.forwarded_port, s.forwarded_prefix)
-        period = s.memory_check_requests if self.memory is not None else 0
-        self.drain_mw = drain.DrainMiddleware(app, period, self.check_memory)
-        app = self.drain_mw
+        if self.memory is not None and s.memory_check_requests:
+            app = memory.EveryRequests(app, s.memory_check_requests, self.check_memory)
         path = self.settings.health_path
         if path:
             check = load_check(self.settings.health_check) if self.settings.health_check else None
@@ -358,11 +356,13 @@ class Worker(UvicornWorker):
         current, limit = cgroup.memory_current(root), cgroup.memory_limit(root)
         if not memory.cgroup_pressure(current, limit) or self._uptime() < self.settings.memory_min_lifetime:
             return
-        peers = [p for p in self.table.peers() if p.state == State.READY]
-        settling = any(time.time() - p.started < self.settings.memory_min_lifetime for p in peers)
-        # A young worker means a recent replacement: the container's figure has not settled yet.
-        if settling or any(p.memory > rss for p in peers) or not self._replaceable() \
-                or not self.table.take_turn(MEMORY):
+        peers = self.table.peers()
+        recent = time.time() - self.settings.memory_min_lifetime
+        # After a recycle the container's figure needs time to settle: wait until the replacement
+        # is older than the minimum lifetime, so one pressure reading cannot empty the pool.
+        settling = any(p.started > recent for p in peers) or self.table.left_since(MEMORY, recent)
+        if settling or any(p.memory > rss for p in peers if p.state == State.READY) \
+                or not self._replaceable() or not self.table.take_turn(MEMORY):
             return
         assert current is not None and limit is not None
         self._recycle_for_memory(
@@ -383,8 +383,6 @@ class Worker(UvicornWorker):
         self.log.warning("%s", message)
         # Stop taking work now, not at the next tick: a fast leak grows with every request.
         self.server.begin_drain()
-        if self.drain_mw is not None:
-            self.drain_mw.draining = True
         self.server.should_exit = True
         self.server.wake()
 
@@ -395,8 +393,6 @@ class Worker(UvicornWorker):
         assert self.plan is not None
         if now < self.plan.drain_at:
             return False
-        if self.drain_mw is not None:
-            self.drain_mw.draining = True
         self.status.state = "draining"
         state = self.server.server_state if self.server else None
         self.log.info(
@@ -451,8 +447,6 @@ class Worker(UvicornWorker):
             self.plan = drain.plan(time.monotonic(), self.cfg.graceful_timeout, 0.0)
             self.table.set_state(State.STOPPING)
             self.status.state = "draining"
-            if self.drain_mw is not None:
-                self.drain_mw.draining = True
         return self.plan
 
     def _uptime(self) -> float:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 
-from rig import Client, get, wait_for, wrk
+from rig import Client, wait_for, wrk
 
 MiB = 1024 * 1024
 
@@ -88,8 +89,11 @@ def test_cgroup_pressure_recycles_the_largest_worker_once(master, tmp_path):
            "HARDENED_MEMORY_MIN_LIFETIME": "2s", "HARDENED_MEMORY_CHECK_INTERVAL": "100ms"}
     m = master(env=env)
     pids = m.wait_workers(2)
-    for _ in range(40):  # make one worker the largest
-        get(m.port, "/leak?kib=1024")
+    conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=5)
+    for _ in range(40):  # one keep-alive connection, so one worker grows: the largest
+        conn.request("GET", "/leak?kib=1024")
+        assert conn.getresponse().read() == b"leaked"
+    conn.close()
     sizes = {pid: rss_of(pid) for pid in pids}
     time.sleep(2.2)  # past the minimum lifetime: young workers mean the figure is still settling
     (cg / "memory.current").write_text(f"{1000 * MiB}\n")  # 98% of the limit
