@@ -239,8 +239,11 @@ class HardenedServer(Server):
     async def _drain(self, plan: drain.DrainPlan) -> None:
         state = self.server_state
         for conn in list(state.connections):
-            if _is_http(conn) and not _is_idle(conn):
-                conn.shutdown()  # the response in progress will carry Connection: close
+            cycle = getattr(conn, "cycle", None)
+            if _is_http(conn) and cycle is not None and not cycle.response_complete:
+                # The response in progress will carry Connection: close. (shutdown() on any other
+                # connection closes it at once, even with a request half received.)
+                conn.shutdown()
         await self._close_websockets(plan)
         idle_since: dict[Any, float] = {}
         window = self.worker.settings.drain_idle_window
