@@ -25,10 +25,10 @@ from gunicorn.errors import AppImportError
 from uvicorn._compat import asyncio_run
 from uvicorn_worker import UvicornWorker
 
-from hardened_worker import cgroup, config, diagnostics, drain, forwarded, memory, readiness
-from hardened_worker import systemd
+from hardened_worker import config, diagnostics, drain, forwarded, memory, readiness, systemd
 from hardened_worker.health import HealthMiddleware, WorkerStatus, load_check
 from hardened_worker.readiness import Gate, State
+from hardened_worker.recycling import MemoryRecycling
 from hardened_worker.server import HardenedServer
 
 # A failed start with no older serving worker halts the master, as gunicorn does (no crash loop);
@@ -36,7 +36,6 @@ from hardened_worker.server import HardenedServer
 FAILED_WITH_OLDER_LIVE = 1
 CRASH_LOOP_WINDOW = 30.0
 CRASH_LOOP_PAUSE = 5.0
-MEMORY = diagnostics.EXIT_REASONS.index("memory")
 
 
 def validate(environ: Any, cfg: Any) -> config.Settings:
@@ -63,7 +62,7 @@ def validate(environ: Any, cfg: Any) -> config.Settings:
     return settings
 
 
-class Worker(UvicornWorker):
+class Worker(MemoryRecycling, UvicornWorker):
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         "loop": "auto", "http": "auto", "lifespan": "on", "proxy_headers": False,
     }
@@ -109,10 +108,6 @@ class Worker(UvicornWorker):
         self.plan: Optional[drain.DrainPlan] = None
         self.started_at = time.monotonic()
         self._exit_reason: Optional[str] = None
-        self.memory: Optional[memory.MemoryWatch] = None
-        self.memory_reader: Optional[memory.MemoryReader] = None
-        self._memory_decision = memory.Decision.OK
-        self._next_cgroup_check = 0.0
 
     def _current_settings(self) -> config.Settings:
         try:
@@ -148,22 +143,6 @@ class Worker(UvicornWorker):
         self.table.claim(self.age, self.generation)
         self.memory = self._memory_watch()
         super().init_process()
-
-    def _memory_watch(self) -> Optional[memory.MemoryWatch]:
-        s = self.settings
-        if not (s.memory_limit or s.memory_cgroup):
-            return None
-        # Opened here, after fork: /proc/self opened in the master would read the master.
-        self.memory_reader = memory.MemoryReader(s.memory_measure)
-        if not self.memory_reader.exact:
-            self.log.warning("hardened_worker: /proc/self/smaps_rollup is unreadable; memory is "
-                             "measured as RSS (an over-estimate)")
-        if not s.memory_limit:
-            return None
-        limits = memory.MemoryLimits.from_settings(
-            s.memory_limit, s.memory_hard_limit, s.memory_jitter, s.memory_min_lifetime)
-        return memory.MemoryWatch(limits, self.memory_reader, check_interval=s.memory_check_interval,
-                                  check_requests=s.memory_check_requests)
 
     def init_signals(self) -> None:
         for sig in self.SIGNALS:
@@ -311,80 +290,6 @@ class Worker(UvicornWorker):
         self.check_memory()
         self.check_cgroup()
         return False
-
-    def check_memory(self) -> None:
-        """On the tick and every ``HARDENED_MEMORY_CHECK_REQUESTS`` requests; cheap unless due."""
-        watch, server = self.memory, self.server
-        if watch is None or server is None or server.should_exit or self.stop_requested is not None:
-            return
-        now = time.monotonic()
-        total = server.server_state.total_requests
-        if not watch.due(now, total):
-            return
-        decision, used = watch.check(now, total, 0, self._replaceable())
-        if decision is memory.Decision.RECYCLE and not self.table.take_turn(MEMORY):
-            decision = memory.Decision.WAIT_TURN
-        if decision.recycles:
-            hard = decision is memory.Decision.RECYCLE_HARD
-            self._recycle_for_memory(memory.recycle_message(
-                self.pid, used, watch.limits.hard if hard else watch.soft,
-                self.settings.memory_measure, total, self._uptime(), hard))
-        elif decision is not self._memory_decision and decision in (
-                memory.Decision.WAIT_TURN, memory.Decision.BLOCKED_NO_REPLACEMENT):
-            why = ("another worker is recycling" if decision is memory.Decision.WAIT_TURN
-                   else "no replacement can start (the last reload was rejected)")
-            self.log.warning("hardened_worker: worker %s memory %s %s over its limit %s; not "
-                             "recycling yet: %s", self.pid, self.settings.memory_measure,
-                             memory.format_size(used), memory.format_size(watch.soft), why)
-        self._memory_decision = decision
-        if watch.baseline_warning_due():
-            self.log.warning("%s", memory.baseline_message(
-                self.pid, used, watch.soft, self.settings.memory_measure, now - watch.started,
-                watch.limits.min_lifetime))
-
-    def check_cgroup(self) -> None:
-        """HARDENED_MEMORY_CGROUP: the largest worker leaves before the kernel's OOM killer acts."""
-        reader, server = self.memory_reader, self.server
-        now = time.monotonic()
-        if (reader is None or server is None or server.should_exit or self.stop_requested is not None
-                or not self.settings.memory_cgroup or now < self._next_cgroup_check):
-            return
-        self._next_cgroup_check = now + self.settings.memory_check_interval
-        rss = reader.rss()
-        self.table.set_memory(rss)  # RSS: what the workers publish to rank themselves
-        root = self.settings.cgroup_root
-        current, limit = cgroup.memory_current(root), cgroup.memory_limit(root)
-        if not memory.cgroup_pressure(current, limit) or self._uptime() < self.settings.memory_min_lifetime:
-            return
-        peers = self.table.peers()
-        recent = time.time() - self.settings.memory_min_lifetime
-        # After a recycle the container's figure needs time to settle: wait until the replacement
-        # is older than the minimum lifetime, so one pressure reading cannot empty the pool.
-        settling = any(p.started > recent for p in peers) or self.table.left_since(MEMORY, recent)
-        if settling or any(p.memory > rss for p in peers if p.state == State.READY) \
-                or not self._replaceable() or not self.table.take_turn(MEMORY):
-            return
-        assert current is not None and limit is not None
-        self._recycle_for_memory(
-            f"hardened_worker: worker {self.pid} recycling: container memory "
-            f"{memory.format_size(current)} is {current / limit:.0%} of the cgroup limit "
-            f"{memory.format_size(limit)} and this worker is the largest (rss "
-            f"{memory.format_size(rss)}), {server.server_state.total_requests} requests served, "
-            f"up {memory.format_duration(self._uptime())}")
-
-    def _replaceable(self) -> bool:
-        reloads = self.table.reloads()
-        return reloads.rejected < reloads.generation  # the current code can start
-
-    def _recycle_for_memory(self, message: str) -> None:
-        assert self.server is not None
-        self.exit_reason = "memory"
-        self.table.set_state(State.STOPPING)
-        self.log.warning("%s", message)
-        # Stop taking work now, not at the next tick: a fast leak grows with every request.
-        self.server.begin_drain()
-        self.server.should_exit = True
-        self.server.wake()
 
     def _tick_stopping(self) -> bool:
         now = time.monotonic()

@@ -1,0 +1,119 @@
+"""The worker's memory glue: when to read, what to do past a limit (the policy is :mod:`.memory`).
+
+A mixin of :class:`hardened_worker.worker.Worker`, kept apart so the worker module reads as the
+lifecycle; it uses the worker's ``settings``, ``table``, ``server`` and ``log``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from hardened_worker import cgroup, diagnostics
+from hardened_worker import memory as policy  # not `memory`: the attribute below has that name
+from hardened_worker.readiness import State
+
+MEMORY = diagnostics.EXIT_REASONS.index("memory")
+
+
+class MemoryRecycling:
+    settings: Any
+    table: Any
+    server: Any
+    log: Any
+    pid: Any
+    _uptime: Any  # the worker's
+    memory: Optional[policy.MemoryWatch] = None
+    memory_reader: Optional[policy.MemoryReader] = None
+    _memory_decision = policy.Decision.OK
+    _next_cgroup_check = 0.0
+
+    def _memory_watch(self) -> Optional[policy.MemoryWatch]:
+        s = self.settings
+        if not (s.memory_limit or s.memory_cgroup):
+            return None
+        # Opened here, after fork: /proc/self opened in the master would read the master.
+        self.memory_reader = policy.MemoryReader(s.memory_measure)
+        if not self.memory_reader.exact:
+            self.log.warning("hardened_worker: /proc/self/smaps_rollup is unreadable; memory is "
+                             "measured as RSS (an over-estimate)")
+        if not s.memory_limit:
+            return None
+        limits = policy.MemoryLimits.from_settings(
+            s.memory_limit, s.memory_hard_limit, s.memory_jitter, s.memory_min_lifetime)
+        return policy.MemoryWatch(limits, self.memory_reader, check_interval=s.memory_check_interval,
+                                  check_requests=s.memory_check_requests)
+
+    def check_memory(self) -> None:
+        """On the tick and every ``HARDENED_MEMORY_CHECK_REQUESTS`` requests; cheap unless due."""
+        watch, server = self.memory, self.server
+        if watch is None or server is None or server.should_exit or self.stop_requested is not None:
+            return
+        now = time.monotonic()
+        total = server.server_state.total_requests
+        if not watch.due(now, total):
+            return
+        decision, used = watch.check(now, total, 0, self._replaceable())
+        if decision is policy.Decision.RECYCLE and not self.table.take_turn(MEMORY):
+            decision = policy.Decision.WAIT_TURN
+        if decision.recycles:
+            hard = decision is policy.Decision.RECYCLE_HARD
+            self._recycle_for_memory(policy.recycle_message(
+                self.pid, used, watch.limits.hard if hard else watch.soft,
+                self.settings.memory_measure, total, self._uptime(), hard))
+        elif decision is not self._memory_decision and decision in (
+                policy.Decision.WAIT_TURN, policy.Decision.BLOCKED_NO_REPLACEMENT):
+            why = ("another worker is recycling" if decision is policy.Decision.WAIT_TURN
+                   else "no replacement can start (the last reload was rejected)")
+            self.log.warning("hardened_worker: worker %s memory %s %s over its limit %s; not "
+                             "recycling yet: %s", self.pid, self.settings.memory_measure,
+                             policy.format_size(used), policy.format_size(watch.soft), why)
+        self._memory_decision = decision
+        if watch.baseline_warning_due():
+            self.log.warning("%s", policy.baseline_message(
+                self.pid, used, watch.soft, self.settings.memory_measure, now - watch.started,
+                watch.limits.min_lifetime))
+
+    def check_cgroup(self) -> None:
+        """HARDENED_MEMORY_CGROUP: the largest worker leaves before the kernel's OOM killer acts."""
+        reader, server = self.memory_reader, self.server
+        now = time.monotonic()
+        if (reader is None or server is None or server.should_exit or self.stop_requested is not None
+                or not self.settings.memory_cgroup or now < self._next_cgroup_check):
+            return
+        self._next_cgroup_check = now + self.settings.memory_check_interval
+        rss = reader.rss()
+        self.table.set_memory(rss)  # RSS: what the workers publish to rank themselves
+        root = self.settings.cgroup_root
+        current, limit = cgroup.memory_current(root), cgroup.memory_limit(root)
+        if not policy.cgroup_pressure(current, limit) or self._uptime() < self.settings.memory_min_lifetime:
+            return
+        peers = self.table.peers()
+        recent = time.time() - self.settings.memory_min_lifetime
+        # After a recycle the container's figure needs time to settle: wait until the replacement
+        # is older than the minimum lifetime, so one pressure reading cannot empty the pool.
+        settling = any(p.started > recent for p in peers) or self.table.left_since(MEMORY, recent)
+        if settling or any(p.memory > rss for p in peers if p.state == State.READY) \
+                or not self._replaceable() or not self.table.take_turn(MEMORY):
+            return
+        assert current is not None and limit is not None
+        self._recycle_for_memory(
+            f"hardened_worker: worker {self.pid} recycling: container memory "
+            f"{policy.format_size(current)} is {current / limit:.0%} of the cgroup limit "
+            f"{policy.format_size(limit)} and this worker is the largest (rss "
+            f"{policy.format_size(rss)}), {server.server_state.total_requests} requests served, "
+            f"up {policy.format_duration(self._uptime())}")
+
+    def _replaceable(self) -> bool:
+        reloads = self.table.reloads()
+        return reloads.rejected < reloads.generation  # the current code can start
+
+    def _recycle_for_memory(self, message: str) -> None:
+        assert self.server is not None
+        self.exit_reason = "memory"
+        self.table.set_state(State.STOPPING)
+        self.log.warning("%s", message)
+        # Stop taking work now, not at the next tick: a fast leak grows with every request.
+        self.server.begin_drain()
+        self.server.should_exit = True
+        self.server.wake()
