@@ -66,7 +66,6 @@ import ipaddress
 import logging
 import re
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Sequence, Tuple, Union
 
 __all__ = [
@@ -880,7 +879,6 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitab
                    Awaitable[None]]
 
 _HTTP_TYPES = frozenset({"http", "websocket"})
-_NAME = itemgetter(0)
 
 
 def rewrite_scope(scope: Scope, resolution: Resolution) -> Scope:
@@ -928,6 +926,9 @@ def _with_host(headers: Iterable[Tuple[bytes, bytes]], host: bytes) -> list[tupl
     return rewritten
 
 
+_UNKNOWN = object()
+
+
 class ForwardedMiddleware:
     """ASGI3 middleware: believe a trusted proxy about the client (and, opt-in, host, port and
     prefix).
@@ -953,6 +954,7 @@ class ForwardedMiddleware:
         self.extras = Extras(host, port, prefix)
         self._names = header_names(family, self.extras)
         self._peer_cache = self.trusted._peer_cache
+        self._verdicts: dict[tuple, Resolution | None] = {}
         if family == "forwarded" and (port or prefix):
             logger.warning(
                 "ignoring %s: X-Forwarded-Port and X-Forwarded-Prefix are only read with the "
@@ -968,19 +970,30 @@ class ForwardedMiddleware:
             if trusted is None:
                 trusted = self.trusted.trusts_peer(host)
             if trusted:
-                if not self._names.isdisjoint(map(_NAME, scope["headers"])):
-                    scope = self._rewrite(scope, host)
+                names = self._names
+                found = [header for header in scope["headers"] if header[0] in names]
+                if found:
+                    self._rewrite(scope, host, tuple(found))
             elif logger.isEnabledFor(logging.DEBUG):
                 self._explain_untrusted(scope, host)
         await self.app(scope, receive, send)
 
-    def _rewrite(self, scope: Scope, peer_host: Any) -> Scope:
-        report = self._reporter(peer_host) if logger.isEnabledFor(logging.DEBUG) else None
-        resolution = _resolve_trusted(
-            scope["headers"], self._names, self.trusted, self.family,
-            scope["type"] == "websocket", self.extras, report,
-        )
-        return scope if resolution is None else rewrite_scope(scope, resolution)
+    def _rewrite(self, scope: Scope, peer_host: Any, found: tuple) -> None:
+        # Behind a proxy every request carries these headers, and a client's next requests carry
+        # the same values: the verdict, a pure function of them once the peer is trusted, is
+        # memoised (bounded; cleared when full). Not while debug logging wants the reasons.
+        key = (found, scope["type"])
+        resolution = self._verdicts.get(key, _UNKNOWN)
+        if resolution is _UNKNOWN:
+            report = self._reporter(peer_host) if logger.isEnabledFor(logging.DEBUG) else None
+            resolution = _resolve_trusted(found, self._names, self.trusted, self.family,
+                                          scope["type"] == "websocket", self.extras, report)
+            if report is None:
+                if len(self._verdicts) >= _VERDICT_CACHE_SIZE:
+                    self._verdicts.clear()
+                self._verdicts[key] = resolution
+        if resolution is not None:
+            rewrite_scope(scope, resolution)
 
     def _explain_untrusted(self, scope: Scope, peer_host: Any) -> None:
         for name in _present(scope["headers"], self._names):
