@@ -644,3 +644,14 @@ def test_middleware_warns_about_extras_the_family_cannot_carry(caplog):
     with caplog.at_level(logging.WARNING, logger="hardened_worker.forwarded"):
         ForwardedMiddleware(RecordingApp(), "*", family="forwarded", port=True, prefix=True)
     assert "ignoring port=True and prefix=True" in caplog.text
+
+
+def test_middleware_memoised_verdicts_stay_per_scope_type_and_per_values():
+    middleware = ForwardedMiddleware(RecordingApp(), "10.0.0.0/8")
+    first = run(middleware, http_scope(TYPICAL + [xff("203.0.113.7"), xfp("https")]))
+    again = run(middleware, http_scope(TYPICAL + [xff("203.0.113.7"), xfp("https")]))
+    socket = run(middleware, http_scope([xff("203.0.113.7"), xfp("https")], type="websocket"))
+    other = run(middleware, http_scope(TYPICAL + [xff("198.51.100.1"), xfp("https")]))
+    assert first["client"] == again["client"] == socket["client"] == ("203.0.113.7", 0)
+    assert (first["scheme"], socket["scheme"]) == ("https", "wss")
+    assert other["client"] == ("198.51.100.1", 0)
