@@ -1,9 +1,12 @@
 """``python -m bench <scenario> [options]``: run one scenario (or ``all``), print one JSON object on
-stdout, and write it with a machine description to ``bench/results/<name>.json``."""
+stdout, and write it with a machine description to ``bench/results/<name>.json``.
+``python -m bench report`` turns ``bench/results/*.json`` into the Markdown report and its plots
+(``all`` ends with it)."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import signal
 import sys
@@ -38,14 +41,27 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__)
         module.add_arguments(p)
         _add_common(p)
-    p = sub.add_parser("all", help="every scenario with its defaults (overhead also with --forwarded)")
+    p = sub.add_parser("all", help="every scenario with its defaults (overhead also with --forwarded), "
+                                   "then the report")
     p.add_argument("--skip", default="", help="scenarios to leave out, comma-separated")
+    p.add_argument("--no-report", action="store_true", help="do not run the report at the end")
     _add_common(p)
+    p = sub.add_parser("report", help="Markdown table and PNG plots from bench/results/*.json",
+                       description="Reads bench/results/*.json; writes bench/results/report.md and its "
+                                   "PNGs, and publishes them as bench/REPORT.md and bench/report/*.png.")
+    p.add_argument("--no-publish", action="store_true",
+                   help="only bench/results/report.md and its PNGs, not bench/REPORT.md and bench/report/")
     return top
+
+
+# Every result written by one process (one `all` run) carries the same run id and command line.
+RUN = {"run_id": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+       "command": "python -m bench " + " ".join(sys.argv[1:])}
 
 
 def finish(result: dict, write: bool) -> dict:
     result["machine"] = common.machine()
+    result.update(RUN)
     name = result.pop("result_file", result["scenario"])
     if write:
         result["written_to"] = str(common.write_result(name, {**result}).relative_to(common.ROOT))
@@ -77,13 +93,23 @@ def run_all(args: argparse.Namespace) -> dict:
         common.log(f"=== {label}")
         try:
             result = finish(module.run(defaults(module, args.classes, **overrides)), not args.no_write)
-            result.pop("machine")
+            for key in ("machine", *RUN):
+                result.pop(key, None)
         except Exception as exc:  # one broken scenario must not lose the others' results
             traceback.print_exc()
             result = {"scenario": module.NAME, "error": f"{type(exc).__name__}: {exc}"}
         results[label] = result
     summary = {"scenario": "all", "duration_s": round(time.monotonic() - started, 1), "results": results}
-    return finish(summary, not args.no_write)
+    summary = finish(summary, not args.no_write)
+    if not (args.no_write or args.no_report):
+        common.log("=== report")
+        try:
+            from bench import report
+            summary["report"] = report.run(publish=True)
+        except Exception as exc:  # the results are written; a report can be made again from them
+            traceback.print_exc()
+            summary["report"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return summary
 
 
 def _interrupted(signum: int, frame: object) -> None:
@@ -92,17 +118,22 @@ def _interrupted(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    RUN["command"] = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
     # TERM and INT (even when started in the background, where INT is ignored) unwind through every
     # scenario's finally blocks, which stop the masters, nginx and wrk they started.
     signal.signal(signal.SIGTERM, _interrupted)
     signal.signal(signal.SIGINT, _interrupted)
-    if args.scenario == "all":
+    if args.scenario == "report":
+        from bench import report
+        result = report.run(publish=not args.no_publish)
+    elif args.scenario == "all":
         result = run_all(args)
     else:
         result = finish(BY_NAME[args.scenario].run(args), not args.no_write)
     json.dump(common.rounded(result), sys.stdout, indent=2)
     sys.stdout.write("\n")
-    failed = "error" in result or any("error" in r for r in result.get("results", {}).values())
+    failed = "error" in result or "error" in result.get("report", {}) \
+        or any("error" in r for r in result.get("results", {}).values())
     return 1 if failed else 0
 
 

@@ -118,7 +118,10 @@ def _git_state() -> dict:
                                env=env, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return {}
-    return {"commit": commit or None, "modified_tracked_files": bool(dirty)}
+    paths = [line[3:] for line in dirty.splitlines()]
+    return {"commit": commit or None, "modified_tracked_files": bool(dirty),
+            # What the figures depend on: the package (and its pins), not the bench's own files.
+            "modified_package_files": [p for p in paths if p.startswith(("hardened_worker/", "pyproject.toml"))]}
 
 
 def machine() -> dict:

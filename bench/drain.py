@@ -1,6 +1,8 @@
 """Graceful stop: SIGTERM to the master with slow requests (``/sleep?s=3``) in flight. Counts the
 requests answered 200, the time from TERM to the master's exit, its exit status, and how many
-workers ran lifespan shutdown."""
+workers ran lifespan shutdown. Each request's completion time is recorded too, so the time from the
+last answer to the master's exit (what the drain itself adds) can be told from the requests' own
+3 s."""
 
 from __future__ import annotations
 
@@ -13,6 +15,20 @@ from bench import common
 from bench.common import log, rig
 
 NAME = "drain"
+
+
+class TimedBackground(rig.Background):
+    """``rig.Background`` that also records when its outcome was known (``time.monotonic()``)."""
+
+    def __init__(self, port: int, path: str, timeout: float = 60.0) -> None:
+        self.finished: float | None = None
+        super().__init__(port, path, timeout)
+
+    def _run(self, port: int, path: str, timeout: float) -> None:
+        try:
+            super()._run(port, path, timeout)
+        finally:
+            self.finished = time.monotonic()
 HELP = "TERM with 16 slow requests in flight: completed, time to exit"
 
 
@@ -28,7 +44,7 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
     with common.master(cls, workers=args.workers) as m:
         workers = m.workers()
         sent = time.monotonic()
-        requests = [rig.Background(m.port, f"/sleep?s={args.sleep:g}", timeout=60) for _ in range(args.requests)]
+        requests = [TimedBackground(m.port, f"/sleep?s={args.sleep:g}", timeout=60) for _ in range(args.requests)]
         time.sleep(args.settle)
         term = time.monotonic()
         m.signal(signal.SIGTERM)
@@ -40,6 +56,8 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
         outcomes = [r.join(60) for r in requests]
         done = time.monotonic() - sent
         counts = Counter(o[0] if isinstance(o, tuple) else str(o) for o in outcomes)
+        answered = [r.finished - term for r in requests if r.finished is not None]
+        last_answer = max(answered) if answered else None
         shutdowns = [line for line in m.events() if line.startswith("shutdown ")]
         text = m.log()
         return {
@@ -47,6 +65,9 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
             "in_flight": args.requests,
             "term_to_master_exit_s": exit_s if status is not None else None,
             "master_exit_status": status,
+            "term_to_last_answer_s": last_answer,
+            "last_answer_to_master_exit_s": (exit_s - last_answer) if status is not None and last_answer is not None
+            else None,
             "outcomes": {str(k): v for k, v in counts.items()},
             "lifespan_shutdowns": f"{len(shutdowns)}/{len(workers)}",
             "all_answered_after_s": done,
@@ -63,7 +84,8 @@ def run(args: argparse.Namespace) -> dict:
         per_class[cls] = r = run_one(cls, args)
         log(f"drain: {cls}: {r['completed_200']}/{args.requests} answered 200, master exited "
             f"{r['master_exit_status']} after {r['term_to_master_exit_s']}")
-    keys = ("completed_200", "term_to_master_exit_s", "master_exit_status", "lifespan_shutdowns")
+    keys = ("completed_200", "term_to_master_exit_s", "term_to_last_answer_s", "last_answer_to_master_exit_s",
+            "master_exit_status", "lifespan_shutdowns")
     return {
         "scenario": NAME,
         "headline": {cls: {k: v[k] for k in keys} for cls, v in per_class.items()},

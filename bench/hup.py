@@ -1,14 +1,18 @@
 """Reloads under load: HUP every few seconds while wrk runs, with an app whose lifespan startup
 takes 2 s, against the same master's p99 without HUPs. Counts socket errors and non-2xx exactly
-(wrk's own counters) per worker class."""
+(wrk's own counters) per worker class. Beside wrk, a Python client (``bench/timeline.py``, 4
+keep-alive connections, GET and POST alternating) records every request's outcome and time, for
+the per-0.5 s timeline of completed requests and errors across the HUPs; it runs in the
+no-reload baseline too, so both wrk runs see the same extra load."""
 
 from __future__ import annotations
 
 import argparse
 import signal
+import time
 
-from bench import common
-from bench.common import log, rig
+from bench import common, timeline
+from bench.common import log
 
 NAME = "hup"
 HELP = "HUP every 4 s under wrk, app startup 2 s: errors and p99 vs no reloads"
@@ -22,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--startup-delay", type=float, default=2.0, help="TESTAPP_STARTUP_DELAY (default 2)")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--client-connections", type=int, default=4,
+                   help="connections of the timeline client beside wrk (default 4)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -32,12 +38,19 @@ def run(args: argparse.Namespace) -> dict:
         with common.master(cls, workers=args.workers, env=env) as m:
             initial = m.workers()
             log(f"hup: {cls} no-reload baseline {args.baseline_duration} s")
-            baseline = rig.wrk(m.port, "/", duration=args.baseline_duration, connections=args.connections)
+            t0 = time.monotonic()
+            with timeline.Running(m.port, t0, args.client_connections) as client, \
+                    common.WrkRun(m.port, "/", duration=args.baseline_duration,
+                                  connections=args.connections) as load:
+                baseline = load.result()
+            baseline_client = timeline.summary(client, args.baseline_duration)
             log(f"hup: {cls} {args.duration} s with HUP every {args.interval:g} s")
-            with common.WrkRun(m.port, "/", duration=args.duration, connections=args.connections) as load:
-                sent = common.signal_at(m, signal.SIGHUP, common.every(args.interval, args.duration),
-                                        load.started)
+            t0 = time.monotonic()
+            with timeline.Running(m.port, t0, args.client_connections) as client, \
+                    common.WrkRun(m.port, "/", duration=args.duration, connections=args.connections) as load:
+                sent = common.signal_at(m, signal.SIGHUP, common.every(args.interval, args.duration), t0)
                 loaded = load.result()
+            reload_client = timeline.summary(client, args.duration)
             # Let the last reload finish before judging the end state.
             try:
                 final = common.wait_started(m, args.workers, timeout=15)
@@ -59,11 +72,16 @@ def run(args: argparse.Namespace) -> dict:
                 "workers_at_end": len(final),
                 "initial_workers_left": len(set(initial) & set(final)),
                 "log": common.log_digest(text),
+                "client_errors": reload_client["errors"],
+                "timeline": reload_client,
+                "timeline_no_reload": {k: v for k, v in baseline_client.items() if k != "series"},
             }
             log(f"hup: {cls}: {loaded.socket_errors} socket errors, {loaded.non_2xx} non-2xx, "
-                f"p99 {loaded.p99_ms:.0f} ms (no reload {baseline.p99_ms:.1f} ms)")
+                f"p99 {loaded.p99_ms:.0f} ms (no reload {baseline.p99_ms:.1f} ms); timeline client "
+                f"{reload_client['errors']} errors of {reload_client['requests']}")
     headline = {cls: {k: v[k] for k in ("socket_errors", "non_2xx", "rps", "p99_ms",
-                                        "p99_ratio_reload_vs_no_reload")} for cls, v in per_class.items()}
+                                        "p99_ratio_reload_vs_no_reload", "client_errors")}
+                for cls, v in per_class.items()}
     return {
         "scenario": NAME,
         "ratios": common.ratios_vs_baseline(headline, ("rps", "p99_ms", "socket_errors")),
@@ -71,5 +89,8 @@ def run(args: argparse.Namespace) -> dict:
         "per_class": per_class,
         "config": {"workers": args.workers, "connections": args.connections, "duration_s": args.duration,
                    "hup_interval_s": args.interval, "baseline_duration_s": args.baseline_duration,
-                   "startup_delay_s": args.startup_delay, "path": "/"},
+                   "startup_delay_s": args.startup_delay, "path": "/",
+                   "timeline_client": {"connections": args.client_connections, "bucket_s": timeline.BUCKET_S,
+                                       "load": "rig.Client: keep-alive, GET and POST alternating",
+                                       "t0": "the timeline's t=0 is also the HUPs' (hups_sent_at_s)"}},
     }

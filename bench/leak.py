@@ -20,6 +20,7 @@ VARIANTS = [
     ("uvicorn", "uvicorn", {}, []),
     ("uvicorn-max-requests", "uvicorn", {}, ["--max-requests", "200", "--max-requests-jitter", "50"]),
     ("asgi", "asgi", {}, []),
+    ("asgi-max-requests", "asgi", {}, ["--max-requests", "200", "--max-requests-jitter", "50"]),
 ]
 
 

@@ -1,7 +1,9 @@
 """Reloads behind nginx with upstream keep-alive: HUP every 4 s for 16 s under wrk through nginx,
 half the requests POSTs (nginx retries a GET that failed on a cached keep-alive connection, never
 a POST, so only non-idempotent load shows lost requests). Counts non-2xx (502s) at the client and
-"upstream prematurely closed" / "reset by peer" lines in nginx's error log."""
+"upstream prematurely closed" / "reset by peer" lines in nginx's error log. A Python client beside
+wrk (``bench/timeline.py``, 4 keep-alive connections to nginx, GET and POST alternating) records
+each request's outcome and time for the per-0.5 s timeline."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import common
+from bench import common, timeline
 from bench.common import log, rig
 
 NAME = "nginx"
@@ -63,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=float, default=4.0, help="seconds between HUPs (default 4)")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--client-connections", type=int, default=4,
+                   help="connections of the timeline client beside wrk (default 4)")
 
 
 class Nginx:
@@ -118,11 +122,13 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
         proxy = Nginx(tmp_path, m.port)
         try:
             proxy.wait_serving()
-            with common.WrkRun(proxy.port, "/", duration=args.duration, connections=args.connections,
-                               script=script) as load:
-                sent = common.signal_at(m, signal.SIGHUP, common.every(args.interval, args.duration),
-                                        load.started)
+            t0 = time.monotonic()
+            with timeline.Running(proxy.port, t0, args.client_connections) as client, \
+                    common.WrkRun(proxy.port, "/", duration=args.duration, connections=args.connections,
+                                  script=script) as load:
+                sent = common.signal_at(m, signal.SIGHUP, common.every(args.interval, args.duration), t0)
                 result = load.result()
+            client_run = timeline.summary(client, args.duration)
             time.sleep(0.2)
             errors = proxy.errors()
         finally:
@@ -140,6 +146,8 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
             "nginx_error_samples": common.grep(errors, r"\[error\]", limit=5),
             "master_alive_at_end": common.master_alive(m),
             "log": common.log_digest(m.log()),
+            "client_errors": client_run["errors"],
+            "timeline": client_run,
         }
 
 
@@ -150,7 +158,8 @@ def run(args: argparse.Namespace) -> dict:
         per_class[cls] = r = run_one(cls, args)
         log(f"nginx: {cls}: {r['non_2xx']} non-2xx, {r['upstream_prematurely_closed']} premature closes, "
             f"{r['reset_by_peer']} resets, {r['socket_errors']} socket errors")
-    keys = ("non_2xx", "upstream_prematurely_closed", "reset_by_peer", "socket_errors", "rps", "p99_ms")
+    keys = ("non_2xx", "upstream_prematurely_closed", "reset_by_peer", "socket_errors", "rps", "p99_ms",
+            "client_errors")
     headline = {cls: {k: v[k] for k in keys} for cls, v in per_class.items()}
     return {
         "scenario": NAME,
@@ -159,5 +168,7 @@ def run(args: argparse.Namespace) -> dict:
         "per_class": per_class,
         "config": {"workers": args.workers, "connections": args.connections, "duration_s": args.duration,
                    "hup_interval_s": args.interval, "load": "wrk Lua request(): GET and POST alternating",
-                   "nginx": "upstream keepalive 32, proxy_http_version 1.1, Connection \"\""},
+                   "nginx": "upstream keepalive 32, proxy_http_version 1.1, Connection \"\"",
+                   "timeline_client": {"connections": args.client_connections, "bucket_s": timeline.BUCKET_S,
+                                       "load": "rig.Client through nginx: keep-alive, GET and POST alternating"}},
     }

@@ -124,6 +124,17 @@ class StallWatchdog:
             )
 
 
+class WorkerTimeout(SystemExit):
+    """Raised into the blocked code when the master times the worker out (SIGABRT)."""
+
+
+def skip_worker_timeout(record: logging.LogRecord) -> bool:
+    """Logging filter: uvicorn's "Exception in ASGI application" for a :class:`WorkerTimeout` is
+    not an app error, and the worker has already logged why and where."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, WorkerTimeout)
+
+
 def error_log_stream(log: Any) -> Any:
     """The file gunicorn's error log writes to (stderr when it is ``-``)."""
     for handler in getattr(getattr(log, "error_log", None), "handlers", []):

@@ -49,11 +49,17 @@ class HardenedLifespan(LifespanOn):
         self.received = False
         self.unsupported = False
         self.error: Optional[BaseException] = None
+        self.failure: Optional[str] = None
         self.task: Optional[asyncio.Task[None]] = None
 
     async def receive(self) -> Any:
         self.received = True
         return await super().receive()
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "lifespan.startup.failed" and message.get("message"):
+            self.failure = str(message["message"])  # the app's reason, for the one-line summary
+        await super().send(message)
 
     async def startup(self) -> None:
         self.logger.info("Waiting for application startup.")

@@ -154,6 +154,7 @@ class Worker(MemoryRecycling, UvicornWorker):
         signal.signal(signal.SIGWINCH, signal.SIG_IGN)
         signal.siginterrupt(signal.SIGUSR1, False)
         diagnostics.arm_abort_dump(self.log, self._on_abort)
+        logging.getLogger("uvicorn.error").addFilter(diagnostics.skip_worker_timeout)
         signal.signal(signal.SIGALRM, self._startup_timed_out)
         self._arm_startup_timers()
 
@@ -217,8 +218,9 @@ class Worker(MemoryRecycling, UvicornWorker):
         finally:
             serving.close()  # a stop before the loop started it: no "never awaited" warning
         if not self.server.started:
-            error = self.server.lifespan.error
-            self.fail_start(f"lifespan startup failed: {error!r}" if error else "lifespan startup failed",
+            lifespan = self.server.lifespan
+            reason = repr(lifespan.error) if lifespan.error else lifespan.failure
+            self.fail_start(f"lifespan startup failed: {reason}" if reason else "lifespan startup failed",
                             Arbiter.WORKER_BOOT_ERROR)
         self.stall.stop()
         self.table.set_state(State.FREE)  # gone as far as the others are concerned (not yet reaped)
@@ -392,8 +394,9 @@ class Worker(MemoryRecycling, UvicornWorker):
         if self.server is not None:
             self.server.should_exit = self.server.force_exit = True
         # Interrupts the blocking call. Inside a request uvicorn turns it into a 500 for that request
-        # and the loop winds down through the quick stop; anywhere else it ends the process at once.
-        raise SystemExit(1)
+        # (its traceback is kept out of the log: the stacks above say it all) and the loop winds
+        # down through the quick stop; anywhere else it ends the process at once.
+        raise diagnostics.WorkerTimeout(1)
 
 
 class _SkipPath(logging.Filter):

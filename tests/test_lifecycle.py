@@ -66,7 +66,7 @@ def test_failing_lifespan_startup_stops_a_cold_start_with_the_reason(master):
     status = m.wait_exit(15)
     assert status != 0
     log = m.log()
-    assert "failed to start: lifespan startup failed" in log
+    assert "failed to start: lifespan startup failed: TESTAPP_STARTUP_FAIL is set" in log
     assert "TESTAPP_STARTUP_FAIL is set" in log
     assert "appears unsupported" not in log
 
