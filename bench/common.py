@@ -256,6 +256,21 @@ def rss_bytes(pid: int) -> Optional[int]:
         return None
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU time the processes have used (``/proc/<pid>/stat``), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / _CLOCK_TICKS
+
+
 # --- wrk ----------------------------------------------------------------------------------------
 
 

@@ -94,10 +94,16 @@ def run(args: argparse.Namespace) -> dict:
         for index in range(1, args.rounds + 1):
             entry: dict = {"round": index}
             for cls, m in masters.items():
+                workers = m.workers()
+                cpu_before = common.cpu_seconds(workers)
                 result = rig.wrk(m.port, args.path, duration=args.duration, connections=args.connections,
                                  threads=args.threads, script=script)
                 summary = common.wrk_summary(result)
                 del summary["socket_error_kinds"]
+                # CPU the workers spent per request: steadier than requests/s on a shared machine,
+                # where wrk and the neighbours take the cores unevenly.
+                summary["cpu_us_per_request"] = common.rounded(
+                    (common.cpu_seconds(workers) - cpu_before) / max(result.requests, 1) * 1e6, 2)
                 entry[cls] = summary
                 log(f"overhead[{variant}]: round {index} {cls}: {result.rps:.0f} req/s, "
                     f"p99 {result.p99_ms:.1f} ms, errors {result.socket_errors}, non-2xx {result.non_2xx}")
@@ -105,7 +111,9 @@ def run(args: argparse.Namespace) -> dict:
                 base = entry[common.BASELINE]
                 entry["ratios_vs_uvicorn"] = {
                     cls: {"rps": common.ratio(entry[cls]["rps"], base["rps"]),
-                          "p99": common.ratio(entry[cls]["p99_ms"], base["p99_ms"])}
+                          "p99": common.ratio(entry[cls]["p99_ms"], base["p99_ms"]),
+                          "cpu_per_request": common.ratio(entry[cls]["cpu_us_per_request"],
+                                                          base["cpu_us_per_request"])}
                     for cls in classes if cls != common.BASELINE}
             rounds.append(entry)
         alive = {cls: common.master_alive(m) for cls, m in masters.items()}
@@ -119,6 +127,8 @@ def run(args: argparse.Namespace) -> dict:
             ratios[f"{cls}/uvicorn"] = {
                 "median_rps_ratio": common.median(r["ratios_vs_uvicorn"][cls]["rps"] for r in rounds),
                 "median_p99_ratio": common.median(r["ratios_vs_uvicorn"][cls]["p99"] for r in rounds),
+                "median_cpu_per_request_ratio": common.median(
+                    r["ratios_vs_uvicorn"][cls]["cpu_per_request"] for r in rounds),
             }
     medians = {cls: {"rps": common.median(r[cls]["rps"] for r in rounds),
                      "p99_ms": common.median(r[cls]["p99_ms"] for r in rounds),

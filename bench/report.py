@@ -142,14 +142,17 @@ def overhead_row(data: Optional[dict], forwarded: bool) -> Row:
     saw = data.get("app_saw_with_forwarded_headers", {})
     rps_r = {"uvicorn": 1.0}
     p99_r = {"uvicorn": 1.0}
+    cpu_r = {"uvicorn": 1.0}
     for cls in CLASSES:
         if cls not in med:
             continue
         if cls != "uvicorn":
             r = ratios.get(f"{cls}/uvicorn", {})
             rps_r[cls], p99_r[cls] = r.get("median_rps_ratio"), r.get("median_p99_ratio")
+            cpu_r[cls] = r.get("median_cpu_per_request_ratio")
         m = med[cls]
-        cell = (f"**{x(rps_r[cls])}** req/s, **{x(p99_r[cls])}** p99<br>"
+        cpu = f", **{x(cpu_r[cls])}** CPU/request" if cpu_r.get(cls) is not None else ""
+        cell = (f"**{x(rps_r[cls])}** req/s, **{x(p99_r[cls])}** p99{cpu}<br>"
                 f"{n(m['rps'])} req/s, p99 {ms(m['p99_ms'])}")
         if m.get("socket_errors") or m.get("non_2xx"):
             cell += f"; **{m['socket_errors']}** socket errors, **{m['non_2xx']}** non-2xx"

@@ -10,7 +10,6 @@ buckets of completed requests and errors.
 
 from __future__ import annotations
 
-import http.client
 import time
 from collections import Counter
 from typing import Optional
@@ -21,44 +20,17 @@ BUCKET_S = 0.5
 
 
 class TimedClient(rig.Client):
-    """``rig.Client`` that also records ``(t, latency_ms, outcome)`` per request, ``t`` in seconds
-    since ``t0`` (``time.monotonic()``) at the moment the outcome was known."""
+    """``rig.Client``, whose ``(monotonic end, latency_ms, outcome)`` records are given here as
+    seconds since ``t0``."""
 
     def __init__(self, port: int, t0: float, paths: tuple = ("/",), concurrency: int = 4,
                  timeout: float = 10.0) -> None:
         super().__init__(port, paths=paths, concurrency=concurrency, timeout=timeout)
         self.t0 = t0
-        self.timed: list[tuple[float, float, object]] = []
 
-    # rig.Client._loop with a clock around each request; same methods, bodies and bookkeeping.
-    def _loop(self, index: int, count: Optional[int]) -> None:
-        conn: Optional[http.client.HTTPConnection] = None
-        sent = 0
-        while not self._stop.is_set() and (count is None or sent < count):
-            path = self.paths[(index + sent) % len(self.paths)]
-            method = "POST" if (index + sent) % 2 else "GET"
-            sent += 1
-            if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-            began = time.monotonic()
-            try:
-                conn.request(method, path, body=b"x" * 16 if method == "POST" else None)
-                response = conn.getresponse()
-                response.read()
-                outcome: object = response.status
-                if response.will_close:
-                    conn.close()
-                    conn = None
-            except (OSError, http.client.HTTPException) as exc:
-                outcome = type(exc).__name__
-                conn.close()
-                conn = None
-            ended = time.monotonic()
-            with self._lock:
-                self.outcomes.results.append((path, outcome))
-                self.timed.append((ended - self.t0, (ended - began) * 1000.0, outcome))
-        if conn is not None:
-            conn.close()
+    def since_t0(self) -> list[tuple[float, float, object]]:
+        with self._lock:
+            return [(ended - self.t0, latency, outcome) for ended, latency, outcome in self.timed]
 
 
 def is_error(outcome: object) -> bool:
@@ -102,7 +74,8 @@ def buckets(timed: list[tuple[float, float, object]], duration: float,
 
 def summary(client: TimedClient, duration: float) -> dict:
     """Totals of the client's run within ``[0, duration)`` plus the bucketed series."""
-    inside = [(t, lat, o) for t, lat, o in client.timed if 0 <= t < duration]
+    timed = client.since_t0()
+    inside = [(t, lat, o) for t, lat, o in timed if 0 <= t < duration]
     kinds = Counter(str(o) for _, _, o in inside if is_error(o))
     lat = [lat for _, lat, _ in inside]
     return {
@@ -113,7 +86,7 @@ def summary(client: TimedClient, duration: float) -> dict:
         "p99_ms": _p99(lat),
         "max_ms": max(lat) if lat else None,
         "concurrency": client.concurrency,
-        "series": buckets(client.timed, duration),
+        "series": buckets(timed, duration),
     }
 
 

@@ -243,6 +243,7 @@ class Client:
         self.concurrency = concurrency
         self.timeout = timeout
         self.outcomes = Outcomes()
+        self.timed: list[tuple[float, float, object]] = []  # (monotonic end, latency ms, outcome)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -256,6 +257,7 @@ class Client:
             sent += 1
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+            began = time.monotonic()
             try:
                 conn.request(method, path, body=b"x" * 16 if method == "POST" else None)
                 response = conn.getresponse()
@@ -268,8 +270,10 @@ class Client:
                 outcome = type(exc).__name__
                 conn.close()
                 conn = None
+            ended = time.monotonic()
             with self._lock:
                 self.outcomes.results.append((path, outcome))
+                self.timed.append((ended, (ended - began) * 1000.0, outcome))
         if conn is not None:
             conn.close()
 

@@ -23,7 +23,6 @@ from hardened_worker.memory import (
 )
 
 MiB = 1024**2
-linux_only = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
 
 
 # --- limits -------------------------------------------------------------------------------------
@@ -491,7 +490,6 @@ def test_reader_rejects_unknown_measure():
         MemoryReader("vsz")
 
 
-@linux_only
 def test_reader_sees_64_mib_allocation():
     with MemoryReader("uss") as uss, MemoryReader("pss") as pss, MemoryReader("rss") as rss:
         before_rss = rss.rss()
@@ -508,7 +506,6 @@ def test_reader_sees_64_mib_allocation():
         del block
 
 
-@linux_only
 def test_reader_below_threshold_returns_rss_without_smaps():
     with MemoryReader("uss") as reader:
         rss = reader.rss()
@@ -516,7 +513,6 @@ def test_reader_below_threshold_returns_rss_without_smaps():
         assert reader.read(0) < reader.rss()  # USS leaves out the shared libraries
 
 
-@linux_only
 def test_reader_without_smaps_rollup_falls_back_to_rss(monkeypatch):
     real_open = os.open
 
@@ -531,7 +527,6 @@ def test_reader_without_smaps_rollup_falls_back_to_rss(monkeypatch):
         assert reader.read(0) == pytest.approx(reader.rss(), abs=4 * MiB)
 
 
-@linux_only
 def test_reader_rss_is_exact_and_close_is_idempotent():
     reader = MemoryReader("rss")
     assert reader.exact
@@ -540,7 +535,6 @@ def test_reader_rss_is_exact_and_close_is_idempotent():
     reader.close()
 
 
-@linux_only
 def test_reader_precise():
     with MemoryReader("uss") as uss, MemoryReader("pss") as pss, MemoryReader("rss") as rss:
         assert rss.precise() is None
@@ -550,7 +544,6 @@ def test_reader_precise():
         assert uss.read(0) == pytest.approx(u, abs=4 * MiB)
 
 
-@linux_only
 def test_reader_precise_bad_format_turns_inexact(monkeypatch):
     import hardened_worker.memory as memory
 
