@@ -36,10 +36,6 @@ class DrainPlan:
     requests_deadline: float  # in-flight requests are cancelled past this
     lifespan_deadline: float  # lifespan shutdown is abandoned past this
 
-    @property
-    def lifespan_share(self) -> float:
-        return self.lifespan_deadline - self.requests_deadline
-
 
 def plan(now: float, graceful_timeout: float, drain_delay: float) -> DrainPlan:
     """Split ``graceful_timeout`` (counted from ``now``, when SIGTERM arrived)."""

@@ -216,9 +216,6 @@ class Table:
                 return fields[6] - 1
         return None
 
-    def state(self) -> State | None:
-        return None if self._slot is None else self._read(self._slot).state
-
     def take_turn(self, reason: int) -> bool:
         """Start stopping for ``reason`` unless another live worker is already stopping for it.
 
