@@ -53,7 +53,9 @@ class MemoryRecycling:
         total = server.server_state.total_requests
         if not watch.due(now, total):
             return
-        decision, used = watch.check(now, total, 0, self._replaceable())
+        decision, used = watch.check(now, total, 0, True)
+        if decision.recycles and not self._replaceable():  # read the table only when it matters
+            decision = policy.Decision.BLOCKED_NO_REPLACEMENT
         if decision is policy.Decision.RECYCLE and not self.table.take_turn(MEMORY):
             decision = policy.Decision.WAIT_TURN
         if decision.recycles:
