@@ -116,12 +116,12 @@ def test_no_recycling_while_no_replacement_can_start(master, tmp_path):
     env_file = tmp_path / "env.json"
     env_file.write_text("{}")
     m = master(args=["-c", str(APPS / "reload_conf.py")],
-               env={"RELOAD_ENV_FILE": str(env_file), "HARDENED_MEMORY_LIMIT": "96MiB"})
+               env={"RELOAD_ENV_FILE": str(env_file), "HARDENED_MEMORY_LIMIT": "64MiB"})
     pids = m.wait_workers(2)
     env_file.write_text(json.dumps({"TESTAPP_STARTUP_FAIL": "1"}))
     m.signal(signal.SIGHUP)
     m.wait_log("reload rejected", timeout=15)
-    outcomes = Client(m.port, paths=["/leak?kib=1024"], concurrency=2).start(count_each=80).join()
+    outcomes = Client(m.port, paths=["/leak?kib=1024"], concurrency=2).start(count_each=100).join()
     assert outcomes.failures == []
     m.wait_log(r"not recycling yet: no replacement can start", timeout=10)
     assert "recycling: memory" not in m.log()
