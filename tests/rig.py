@@ -333,6 +333,20 @@ def wrk(port: int, path: str = "/", duration: float = 5.0, connections: int = 32
     return parse_wrk(done.stdout)
 
 
+def under_load(port: int, action: Callable[[], object], seconds: float,
+               script: Optional[Path] = None) -> tuple[Outcomes, WrkResult]:
+    """The Python client (exact outcomes, half POSTs) and wrk (volume, 32 connections) against
+    ``port`` while ``action()`` runs; both outcomes once wrk's ``seconds`` are over."""
+    client = Client(port, concurrency=8).start()
+    result: dict = {}
+    load = threading.Thread(target=lambda: result.update(
+        wrk=wrk(port, duration=seconds, connections=32, script=script)))
+    load.start()
+    action()
+    load.join()
+    return client.stop(), result["wrk"]
+
+
 def have(program: str) -> bool:
     return shutil.which(program) is not None or Path(f"/usr/sbin/{program}").exists()
 

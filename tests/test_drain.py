@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 
-from rig import APPS, Background, Client, get, wait_for, wrk
+from rig import APPS, Background, get, under_load, wait_for
 
 
 def test_term_with_16_slow_requests_in_flight_completes_them_all(master):
@@ -25,18 +24,6 @@ def test_term_with_16_slow_requests_in_flight_completes_them_all(master):
     assert all(f"shutdown {pid}" in events for pid in pids)
 
 
-def _load_while(m, action, seconds: float):
-    """Python client (exact outcomes, half POSTs) and wrk (volume) while ``action`` runs."""
-    client = Client(m.port, concurrency=8).start()
-    result = {}
-    load = threading.Thread(target=lambda: result.update(wrk=wrk(m.port, duration=seconds, connections=32)))
-    load.start()
-    action(seconds)
-    load.join()
-    outcomes = client.stop()
-    return outcomes, result["wrk"]
-
-
 def test_ttou_ttin_cycles_under_load_lose_nothing(master):
     m = master(workers=3)
 
@@ -48,7 +35,7 @@ def test_ttou_ttin_cycles_under_load_lose_nothing(master):
             m.signal(signal.SIGTTIN)
             time.sleep(0.75)
 
-    outcomes, load = _load_while(m, cycle, 8)
+    outcomes, load = under_load(m.port, lambda: cycle(8), 8)
     assert len(outcomes) > 500 and outcomes.failures == []
     assert load.requests > 1000 and load.socket_errors == 0 and load.non_2xx == 0
     assert m.log().count("reason shutdown, served") >= 3  # workers really were retired
@@ -56,7 +43,7 @@ def test_ttou_ttin_cycles_under_load_lose_nothing(master):
 
 def test_max_requests_recycling_under_load_loses_nothing(master):
     m = master(workers=3, args=["--max-requests", "300", "--max-requests-jitter", "50"])
-    outcomes, load = _load_while(m, time.sleep, 8)
+    outcomes, load = under_load(m.port, lambda: time.sleep(8), 8)
     assert len(outcomes) > 500 and outcomes.failures == []
     assert load.requests > 1000 and load.socket_errors == 0 and load.non_2xx == 0
     assert m.log().count("reason max-requests") >= 3

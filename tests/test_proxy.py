@@ -5,12 +5,11 @@ from __future__ import annotations
 import http.client
 import json
 import signal
-import threading
 import time
 
 import pytest
 
-from rig import POST_LUA, Client, Nginx, get, wrk
+from rig import POST_LUA, Nginx, get, under_load
 
 CLIENT_HOST = "127.0.0.5"  # any 127/8 address is this host; this one is not in the trust list
 
@@ -79,17 +78,10 @@ def test_through_nginx_the_app_sees_the_address_nginx_saw_never_the_spoofed_one(
     assert seen["scheme"] == "http"  # nginx sets X-Forwarded-Proto to its own $scheme
 
 
-def _through_nginx_while(m, nginx, tmp_path, action, seconds):
+def _post_script(tmp_path):
     script = tmp_path / "post.lua"
     script.write_text(POST_LUA)
-    client = Client(nginx.port, concurrency=8).start()
-    result = {}
-    load = threading.Thread(target=lambda: result.update(
-        wrk=wrk(nginx.port, duration=seconds, connections=32, script=script)))
-    load.start()
-    action()
-    load.join()
-    return client.stop(), result["wrk"]
+    return script
 
 
 def test_hup_reloads_behind_nginx_keepalive_lose_nothing(master, tmp_path):
@@ -102,7 +94,7 @@ def test_hup_reloads_behind_nginx_keepalive_lose_nothing(master, tmp_path):
             m.signal(signal.SIGHUP)
 
     try:
-        outcomes, load = _through_nginx_while(m, nginx, tmp_path, reloads, 12)
+        outcomes, load = under_load(nginx.port, reloads, 12, _post_script(tmp_path))
     finally:
         nginx.stop()
     assert len(outcomes) > 200 and outcomes.failures == []
@@ -124,7 +116,7 @@ def test_ttou_ttin_and_max_requests_behind_nginx_lose_nothing(master, tmp_path):
             time.sleep(0.75)
 
     try:
-        outcomes, load = _through_nginx_while(m, nginx, tmp_path, cycle, 8)
+        outcomes, load = under_load(nginx.port, cycle, 8, _post_script(tmp_path))
     finally:
         nginx.stop()
     assert len(outcomes) > 200 and outcomes.failures == []

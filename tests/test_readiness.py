@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from hardened_worker.readiness import (
     Gate, Peer, Reloads, State, Table, has_older_live, may_load, retirement_gate,
 )
-from rig import APPS, Client, wait_for, wrk
+from rig import APPS, Client, under_load, wait_for
 
 NOW = 1_000_000.0
 
@@ -99,16 +98,6 @@ def test_rejection_is_claimed_once():
 # --- against a real master -----------------------------------------------------------------
 
 
-def _load_with(m, action, seconds):
-    client = Client(m.port, concurrency=8).start()
-    result = {}
-    load = threading.Thread(target=lambda: result.update(wrk=wrk(m.port, duration=seconds, connections=32)))
-    load.start()
-    action()
-    load.join()
-    return client.stop(), result["wrk"]
-
-
 def test_hup_with_slow_startup_under_load_loses_nothing(master):
     m = master(env={"TESTAPP_STARTUP_DELAY": "2"})
 
@@ -117,7 +106,7 @@ def test_hup_with_slow_startup_under_load_loses_nothing(master):
             time.sleep(3.5)
             m.signal(signal.SIGHUP)
 
-    outcomes, load = _load_with(m, reloads, 14)
+    outcomes, load = under_load(m.port, reloads, 14)
     assert len(outcomes) > 500 and outcomes.failures == []
     assert load.requests > 1000 and load.socket_errors == 0 and load.non_2xx == 0
     log = m.log()
@@ -145,7 +134,7 @@ def test_bad_deploy_is_rejected_and_a_good_one_then_succeeds(master, tmp_path, b
         m.wait_log(r"ready in [\d.]+ s \(generation 3\)", timeout=20, count=2)
         wait_for(lambda: not any(pid in m.workers() for pid in old), timeout=15)
 
-    outcomes, load = _load_with(m, deploys, 14)
+    outcomes, load = under_load(m.port, deploys, 14)
     assert outcomes.failures == [] and load.socket_errors == 0 and load.non_2xx == 0
     log = m.log()
     assert log.count("reload rejected") == 1
@@ -224,7 +213,7 @@ def test_rolling_hup_under_load_never_holds_more_than_workers_plus_one(master):
         m.wait_log(r"ready in [\d.]+ s \(generation 2\)", timeout=20, count=2)
         time.sleep(1)
 
-    outcomes, load = _load_with(m, reloads, 9)
+    outcomes, load = under_load(m.port, reloads, 9)
     assert len(outcomes) > 200 and outcomes.failures == []
     assert load.socket_errors == 0 and load.non_2xx == 0
     loaded, peak = set(), 0
