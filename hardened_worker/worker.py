@@ -361,26 +361,29 @@ class Worker(MemoryRecycling, UvicornWorker):
 
     # --- signals ------------------------------------------------------------------------
 
+    def _booting(self) -> bool:
+        return self.server is None or not self.server.started
+
+    def _leave_while_booting(self, reason: str) -> None:
+        # Nobody depends on this worker yet, and the workers it was to replace must not wait for it.
+        self.table.set_state(State.STOPPING)
+        self.table.abandon(self.generation)
+        self.exit_reason = reason
+        sys.exit(0)
+
     def _on_term(self, signum: int, frame: Optional[FrameType]) -> None:
-        if self.server is None or not self.server.started:
-            # Still booting: nobody depends on this worker yet, and the workers it was to replace
-            # must not wait for it.
-            self.table.set_state(State.STOPPING)
-            self.table.abandon(self.generation)
+        if self._booting():
             replaced = self.table.reloads().generation > self.generation
-            self.exit_reason = "reload" if replaced else "shutdown"
-            sys.exit(0)
+            self._leave_while_booting("reload" if replaced else "shutdown")
         self.stop_requested_at = time.time()
         if self.stop_requested is None:
             self.stop_requested = time.monotonic()
 
     def _on_quick(self, signum: int, frame: Optional[FrameType]) -> None:
-        self.exit_reason = "quick-stop"
+        self.exit_reason = "quick-stop"  # before the hook, which may read it
         self.cfg.worker_int(self)
-        if self.server is None or not self.server.started:
-            self.table.set_state(State.STOPPING)
-            self.table.abandon(self.generation)
-            sys.exit(0)
+        if self._booting():
+            self._leave_while_booting("quick-stop")
         self.server.force_exit = True
         self.server.should_exit = True
 
