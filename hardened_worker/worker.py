@@ -25,7 +25,7 @@ from gunicorn.errors import AppImportError
 from uvicorn._compat import asyncio_run
 from uvicorn_worker import UvicornWorker
 
-from hardened_worker import config, diagnostics, drain, forwarded, memory, readiness, systemd
+from hardened_worker import checks, config, diagnostics, drain, forwarded, memory, readiness, systemd
 from hardened_worker.health import HealthMiddleware, WorkerStatus, load_check
 from hardened_worker.readiness import Gate, State
 from hardened_worker.recycling import MemoryRecycling
@@ -36,30 +36,6 @@ from hardened_worker.server import HardenedServer
 FAILED_WITH_OLDER_LIVE = 1
 CRASH_LOOP_WINDOW = 30.0
 CRASH_LOOP_PAUSE = 5.0
-
-
-def validate(environ: Any, cfg: Any) -> config.Settings:
-    """All start-up checks: the HARDENED_* table, then how the values fit gunicorn's settings."""
-    settings = config.load(environ)
-    problem = drain.check_budget(cfg.graceful_timeout, settings.drain_delay)
-    if problem:
-        raise config.ConfigError(f"hardened_worker: {problem}")
-    if settings.ready_timeout is not None and settings.ready_timeout > cfg.graceful_timeout:
-        raise config.ConfigError(
-            f"hardened_worker: HARDENED_READY_TIMEOUT={settings.ready_timeout:g}s is longer than "
-            f"--graceful-timeout {cfg.graceful_timeout:g}s; use e.g. {cfg.graceful_timeout * 0.8:g}s")
-    try:
-        forwarded.trusted_from_gunicorn(cfg.forwarded_allow_ips)
-    except ValueError as exc:
-        raise config.ConfigError(
-            f"hardened_worker: --forwarded-allow-ips/FORWARDED_ALLOW_IPS entry {exc}; "
-            "use e.g. 127.0.0.1,::1,10.0.0.0/8") from None
-    if settings.memory_limit and settings.memory_hard_limit is not None \
-            and settings.memory_hard_limit < settings.memory_limit:
-        raise config.ConfigError(
-            "hardened_worker: HARDENED_MEMORY_HARD_LIMIT is below HARDENED_MEMORY_LIMIT; "
-            "use e.g. a hard limit 25% above the soft one")
-    return settings
 
 
 class Worker(MemoryRecycling, UvicornWorker):
@@ -82,7 +58,7 @@ class Worker(MemoryRecycling, UvicornWorker):
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
         try:
-            cls._settings = validate(os.environ, cfg)
+            cls._settings = checks.validate(os.environ, cfg)
         except config.ConfigError as exc:
             log.error("%s", exc)
             if cfg.errorlog != "-":
@@ -111,7 +87,7 @@ class Worker(MemoryRecycling, UvicornWorker):
 
     def _current_settings(self) -> config.Settings:
         try:
-            return validate(os.environ, self.cfg)
+            return checks.validate(os.environ, self.cfg)
         except config.ConfigError as exc:
             # Only a HUP can get here (start-up validated the same variables): keep serving with the
             # values that were valid, and say so.
