@@ -191,6 +191,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MEMORY_CGROUP", parse_bool, "false", "true",
             "Recycle the largest worker when all workers together approach the container's "
             "cgroup memory limit."),
+    # Recycling by age (placeholder until the config work lands; same names)
+    Setting("MAX_LIFETIME", parse_duration, "", "24h",
+            "A worker older than this is replaced, its successor started first; off when empty."),
+    Setting("MAX_LIFETIME_JITTER", parse_duration, "", "30m",
+            "Random shortening of each worker's lifetime; empty means 10% of it."),
     Setting("CGROUP_ROOT", parse_path, "/sys/fs/cgroup", "/sys/fs/cgroup",
             "Where the cgroup filesystem is mounted (read for the memory and CPU limits)."),
 )

@@ -25,21 +25,13 @@ import traceback
 from types import FrameType
 from typing import Any, Callable, Optional
 
+from hardened_worker.lifecycle import Reason
+
 # Innermost frames only: the gunicorn and asyncio frames above them are the same in every dump.
 STACK_LIMIT = 20
 
-EXIT_REASONS = (
-    "shutdown",  # SIGTERM from the master or an operator (TTOU, stop, reload)
-    "reload",  # retired on HUP once its successors were ready
-    "quick-stop",  # SIGINT / SIGQUIT
-    "max-requests",  # gunicorn's --max-requests
-    "memory",  # HARDENED_MEMORY_LIMIT
-    "timeout",  # SIGABRT from the master's --timeout
-    "startup-failed",  # app import or lifespan startup failed
-    "startup-timeout",  # HARDENED_STARTUP_TIMEOUT passed
-    "parent-died",  # the master is gone
-    "crash",  # an unexpected exception
-)
+# The table stores an index into this tuple; the reasons themselves are lifecycle.Reason.
+EXIT_REASONS = tuple(reason.value for reason in Reason)
 
 
 def format_stack(frame: Optional[FrameType]) -> str:

@@ -312,9 +312,13 @@ class MemoryWatch:
         return now >= self._next_time or total_requests >= self._next_requests
 
     def check(
-        self, now: float, total_requests: int, others_recycling: int, replacement_possible: bool
+        self, now: float, total_requests: int, pool: Callable[[], tuple[int, bool]]
     ) -> tuple[Decision, int]:
-        """Read memory, schedule the next check, return the decision and the bytes used."""
+        """Read memory, schedule the next check, return the decision and the bytes used.
+
+        ``pool()`` returns ``(others_recycling, replacement_possible)`` for :func:`decide`; it reads
+        the shared table, so it is called only at or over the soft limit.
+        """
         self._next_time = now + self.check_interval
         if self.check_requests > 0:
             self._next_requests = total_requests + self.check_requests
@@ -322,6 +326,7 @@ class MemoryWatch:
         if self._baseline is None:
             self._baseline = used
             self._baseline_over = used >= self.soft
+        others, replaceable = pool() if used >= self.soft else (0, True)
         decision = decide(
             used=used,
             soft=self.soft,
@@ -329,8 +334,8 @@ class MemoryWatch:
             age=now - self.started,
             min_lifetime=self.limits.min_lifetime,
             baseline_over=self._baseline_over,
-            others_recycling=others_recycling,
-            replacement_possible=replacement_possible,
+            others_recycling=others,
+            replacement_possible=replaceable,
         )
         return decision, used
 
@@ -416,10 +421,15 @@ def recycle_message(
 ) -> str:
     """One log line, e.g. ``hardened_worker: worker 1234 recycling: memory uss 131.2 MiB over
     limit 128.0 MiB (soft), 5120 requests served, up 12.3 s``."""
+    return f"hardened_worker: worker {pid} recycling: " + recycle_cause(
+        used, limit, measure, requests, uptime, hard)
+
+
+def recycle_cause(used: int, limit: int, measure: str, requests: int, uptime: float, hard: bool) -> str:
+    """``memory uss 131.2 MiB over limit 128.0 MiB (soft), 5120 requests served, up 12.3 s``."""
     return (
-        f"hardened_worker: worker {pid} recycling: memory {measure} {format_size(used)} over "
-        f"limit {format_size(limit)} ({'hard' if hard else 'soft'}), {requests} requests served, "
-        f"up {format_duration(uptime)}"
+        f"memory {measure} {format_size(used)} over limit {format_size(limit)} "
+        f"({'hard' if hard else 'soft'}), {requests} requests served, up {format_duration(uptime)}"
     )
 
 

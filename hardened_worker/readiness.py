@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import enum
 import mmap
-import multiprocessing
+import fcntl
 import os
 import struct
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Iterable
@@ -35,6 +36,8 @@ class State(enum.IntEnum):
     STOPPING = 3  # told to stop; still serving while it waits or delays, then draining
     FAILED = 4  # could not start; about to exit
     WAITING = 5  # rolling reload: forked, waiting for its turn to load the app
+    SURGING = 6  # recycling: serving while the successor it asked the master for starts
+    RETIRING = 7  # recycling, successor ready: the master's next TTOU victim (see _gunicorn.py)
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,9 @@ class Reloads:
 REJECTION_WINDOW = 2.0
 
 
-LOADED = (State.BOOTING, State.READY, State.STOPPING)  # holding the app's memory
+SERVING = (State.READY, State.SURGING, State.STOPPING, State.RETIRING)
+LOADED = (State.BOOTING, *SERVING)  # holding the app's memory
+RECYCLING = (State.SURGING, State.RETIRING)
 
 
 def may_load(peers: Iterable[Peer], workers: int) -> bool:
@@ -137,14 +142,16 @@ def retirement_gate(me: Peer, peers: Iterable[Peer], reloads: Reloads, stop_requ
 
 def has_older_live(me: int, peers: Iterable[Peer]) -> bool:
     """A failed worker with an older, serving sibling must not halt the master (exit 3)."""
-    return any(p.age < me and p.state in (State.READY, State.STOPPING) for p in peers)
+    return any(p.age < me and p.state in SERVING for p in peers)
 
 
 # --- the shared table -----------------------------------------------------------------------
 
 _SLOT = struct.Struct("=iiqqddiq")
-# generation, rejected generation, rejected at, abandoned generation, time of the last failed start
-_HEADER = struct.Struct("=qqdqd")
+# generation, rejected generation, rejected at, abandoned generation, time of the last failed start,
+# age of the newest worker the master created
+_HEADER = struct.Struct("=qqdqdq")
+_HEADER_FIELDS = ("generation", "rejected", "rejected_at", "abandoned", "failed_at", "newest_age")
 SLOTS = 512
 
 
@@ -153,7 +160,7 @@ class Table:
 
     def __init__(self) -> None:
         self._map = mmap.mmap(-1, _HEADER.size + SLOTS * _SLOT.size)
-        self._lock = multiprocessing.Lock()
+        self._lock = FileLock()
         self._slot: int | None = None
 
     def _offset(self, index: int) -> int:
@@ -216,18 +223,30 @@ class Table:
                 return fields[6] - 1
         return None
 
-    def take_turn(self, reason: int) -> bool:
-        """Start stopping for ``reason`` unless another live worker is already stopping for it.
+    def take_surge_turn(self, reason: int) -> bool:
+        """Start recycling (state SURGING) for ``reason`` unless another live worker recycles.
 
-        Atomic across workers (the table lock), so two workers past the memory limit at the same
-        moment do not both leave.
+        Atomic across workers (the table lock), so recycles go one at a time across the pool; a
+        recycling worker SIGKILLed meanwhile no longer counts (its pid is gone).
         """
         with self._lock:
-            if any(p.state == State.STOPPING and p.reason == reason + 1 for p in self.peers()):
+            if any(p.state in RECYCLING for p in self.peers()):
                 return False
-            self.set_state(State.STOPPING)
+            self.set_state(State.SURGING)
             self.set_reason(reason)
             return True
+
+    def recycling(self) -> int:
+        """How many other live workers are recycling (lock-free read)."""
+        return sum(1 for p in self.peers() if p.state in RECYCLING)
+
+    def state_of(self, pid: int, age: int) -> State:
+        """The state worker ``pid`` published, read in the master (its slot search starts at age)."""
+        for probe in range(SLOTS):
+            fields = _SLOT.unpack_from(self._map, self._offset((age + probe) % SLOTS))
+            if fields[0] == pid:
+                return State(fields[1])
+        return State.FREE
 
     def try_load(self, workers: int) -> bool:
         """Rolling reload: take a loading turn atomically (see :func:`may_load`)."""
@@ -250,44 +269,83 @@ class Table:
     def _header(self) -> list:
         return list(_HEADER.unpack_from(self._map, 0))
 
+    def _write(self, field: str, value: float) -> None:
+        """One header field, in place: writers of different fields never undo each other."""
+        index = _HEADER_FIELDS.index(field)
+        code = _HEADER.format[1 + index]
+        struct.pack_into("=" + code, self._map, struct.calcsize("=" + _HEADER.format[1:1 + index]),
+                         value)
+
     def reloads(self) -> Reloads:
-        generation, rejected, rejected_at, abandoned, _ = self._header()
+        generation, rejected, rejected_at, abandoned, _, _ = self._header()
         return Reloads(generation, rejected, rejected_at, abandoned)
 
-    def set_generation(self, generation: int) -> None:
-        """Called by the master on every configuration load."""
-        with self._lock:
-            fields = self._header()
-            fields[0] = generation
-            _HEADER.pack_into(self._map, 0, *fields)
+    def record_spawn(self, generation: int, age: int) -> None:
+        """Called by the master (the only writer of these two fields) before each fork."""
+        self._write("generation", generation)
+        self._write("newest_age", age)
+
+    def newest_age(self) -> int:
+        """Age of the newest worker the master has created so far."""
+        return self._header()[5]
 
     def reject(self, generation: int) -> bool:
         """Record a rejected generation; True for the first caller, so one line says so."""
         with self._lock:
-            fields = self._header()
-            first = fields[1] < generation
-            fields[1], fields[2] = max(fields[1], generation), time.time()
-            _HEADER.pack_into(self._map, 0, *fields)
+            first = self._header()[1] < generation
+            if first:
+                self._write("rejected", generation)
+            self._write("rejected_at", time.time())
         return first
 
     def abandon(self, generation: int) -> None:
         """A booting worker was told to stop: its generation will not come."""
         with self._lock:
-            fields = self._header()
-            fields[3] = max(fields[3], generation)
-            _HEADER.pack_into(self._map, 0, *fields)
+            if self._header()[3] < generation:
+                self._write("abandoned", generation)
 
     def record_failure(self) -> float:
         """Note a failed start; return how long ago the previous one was (inf if never)."""
         now = time.time()
         with self._lock:
-            fields = self._header()
-            previous, fields[4] = fields[4], now
-            _HEADER.pack_into(self._map, 0, *fields)
+            previous = self._header()[4]
+            self._write("failed_at", now)
         return now - previous if previous else float("inf")
 
     def me(self) -> Peer | None:
         return None if self._slot is None else self._read(self._slot)
+
+
+class FileLock:
+    """A lock between processes that a SIGKILLed holder cannot leave held.
+
+    ``flock`` on an unlinked temporary file: the kernel releases it when the holder's descriptor
+    closes, which process death does (a ``multiprocessing.Lock`` held by a dead process stays held
+    forever and wedges everyone else). flock locks belong to an open file description, which a
+    fork shares, so each process re-opens the file through ``/proc/self/fd`` before its first use.
+    Only worker code on the main thread outside signal handlers takes it, briefly.
+    """
+
+    def __init__(self) -> None:
+        fd, path = tempfile.mkstemp(prefix="hardened-worker-", dir="/dev/shm" if os.path.isdir(
+            "/dev/shm") else None)
+        os.unlink(path)
+        self._shared = fd
+        self._fd = fd
+        self._owner = os.getpid()
+
+    def _mine(self) -> int:
+        if self._owner != os.getpid():
+            self._fd = os.open(f"/proc/self/fd/{self._shared}", os.O_RDWR)
+            self._owner = os.getpid()
+        return self._fd
+
+    def __enter__(self) -> "FileLock":
+        fcntl.flock(self._mine(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 def _alive(pid: int) -> bool:

@@ -6,11 +6,13 @@ lifecycle; it uses the worker's ``settings``, ``table``, ``server`` and ``log``.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Optional
 
 from hardened_worker import cgroup, diagnostics
 from hardened_worker import memory as policy  # not `memory`: the attribute below has that name
+from hardened_worker.lifecycle import Event, Phase
 from hardened_worker.readiness import State
 
 MEMORY = diagnostics.EXIT_REASONS.index("memory")
@@ -23,6 +25,9 @@ class MemoryRecycling:
     log: Any
     pid: Any
     _uptime: Any  # the worker's
+    lifecycle: Any
+    _post: Any
+    _recycle: Any
     memory: Optional[policy.MemoryWatch] = None
     memory_reader: Optional[policy.MemoryReader] = None
     _memory_decision = policy.Decision.OK
@@ -47,29 +52,30 @@ class MemoryRecycling:
     def check_memory(self) -> None:
         """On the tick and every ``HARDENED_MEMORY_CHECK_REQUESTS`` requests; cheap unless due."""
         watch, server = self.memory, self.server
-        if watch is None or server is None or server.should_exit or self.stop_requested is not None:
+        if watch is None or server is None or self.lifecycle.phase not in (Phase.READY, Phase.SURGING):
             return
         now = time.monotonic()
-        total = server.server_state.total_requests
+        total = server.stats().requests
         if not watch.due(now, total):
             return
-        decision, used = watch.check(now, total, 0, True)
-        if decision.recycles and not self._replaceable():  # read the table only when it matters
-            decision = policy.Decision.BLOCKED_NO_REPLACEMENT
-        if decision is policy.Decision.RECYCLE and not self.table.take_turn(MEMORY):
-            decision = policy.Decision.WAIT_TURN
+        decision, used = watch.check(now, total, lambda: (self.table.recycling(), self._replaceable()))
         if decision.recycles:
             hard = decision is policy.Decision.RECYCLE_HARD
-            self._recycle_for_memory(policy.recycle_message(
-                self.pid, used, watch.limits.hard if hard else watch.soft,
-                self.settings.memory_measure, total, self._uptime(), hard))
-        elif decision is not self._memory_decision and decision in (
-                policy.Decision.WAIT_TURN, policy.Decision.BLOCKED_NO_REPLACEMENT):
-            why = ("another worker is recycling" if decision is policy.Decision.WAIT_TURN
-                   else "no replacement can start (the last reload was rejected)")
+            limit = watch.limits.hard if hard else watch.soft
+            if hard:
+                self.log.warning("%s", policy.recycle_message(
+                    self.pid, used, limit, self.settings.memory_measure, total, self._uptime(), hard))
+                self._post(Event.MEMORY_HARD)
+            elif self.lifecycle.phase is Phase.READY and not self._recycle(
+                    Event.MEMORY_SOFT, policy.recycle_cause(used, limit, self.settings.memory_measure,
+                                                            total, self._uptime(), hard),
+                    logging.WARNING):
+                decision = policy.Decision.WAIT_TURN
+        elif decision is not self._memory_decision and decision is policy.Decision.BLOCKED_NO_REPLACEMENT:
             self.log.warning("hardened_worker: worker %s memory %s %s over its limit %s; not "
-                             "recycling yet: %s", self.pid, self.settings.memory_measure,
-                             policy.format_size(used), policy.format_size(watch.soft), why)
+                             "recycling yet: no replacement can start (the last reload was "
+                             "rejected)", self.pid, self.settings.memory_measure,
+                             policy.format_size(used), policy.format_size(watch.soft))
         self._memory_decision = decision
         if watch.baseline_warning_due():
             self.log.warning("%s", policy.baseline_message(
@@ -80,7 +86,7 @@ class MemoryRecycling:
         """HARDENED_MEMORY_CGROUP: the largest worker leaves before the kernel's OOM killer acts."""
         reader, server = self.memory_reader, self.server
         now = time.monotonic()
-        if (reader is None or server is None or server.should_exit or self.stop_requested is not None
+        if (reader is None or server is None or self.lifecycle.phase is not Phase.READY
                 or not self.settings.memory_cgroup or now < self._next_cgroup_check):
             return
         self._next_cgroup_check = now + self.settings.memory_check_interval
@@ -96,26 +102,15 @@ class MemoryRecycling:
         # is older than the minimum lifetime, so one pressure reading cannot empty the pool.
         settling = any(p.started > recent for p in peers) or self.table.left_since(MEMORY, recent)
         if settling or any(p.memory > rss for p in peers if p.state == State.READY) \
-                or not self._replaceable() or not self.table.take_turn(MEMORY):
+                or not self._replaceable():
             return
         assert current is not None and limit is not None
-        self._recycle_for_memory(
-            f"hardened_worker: worker {self.pid} recycling: container memory "
-            f"{policy.format_size(current)} is {current / limit:.0%} of the cgroup limit "
-            f"{policy.format_size(limit)} and this worker is the largest (rss "
-            f"{policy.format_size(rss)}), {server.server_state.total_requests} requests served, "
-            f"up {policy.format_duration(self._uptime())}")
+        self._recycle(Event.MEMORY_SOFT,
+                      f"container memory {policy.format_size(current)} is {current / limit:.0%} of "
+                      f"the cgroup limit {policy.format_size(limit)} and this worker is the largest "
+                      f"(rss {policy.format_size(rss)}), {server.stats().requests} requests served, "
+                      f"up {policy.format_duration(self._uptime())}", logging.WARNING)
 
     def _replaceable(self) -> bool:
         reloads = self.table.reloads()
         return reloads.rejected < reloads.generation  # the current code can start
-
-    def _recycle_for_memory(self, message: str) -> None:
-        assert self.server is not None
-        self.exit_reason = "memory"
-        self.table.set_state(State.STOPPING)
-        self.log.warning("%s", message)
-        # Stop taking work now, not at the next tick: a fast leak grows with every request.
-        self.server.begin_drain()
-        self.server.should_exit = True
-        self.server.wake()

@@ -6,12 +6,18 @@ exercised by the real-process tests:
 * ``Server.main_loop`` / ``on_tick`` (the 100 ms tick) and ``server_state.connections``/``tasks``;
 * the HTTP protocols' ``cycle``, ``scope``, ``transport``, ``timeout_keep_alive_task`` and
   ``shutdown()`` (httptools and h11 both have them);
+* ``Server.should_exit`` / ``force_exit`` / ``started`` / ``servers`` and
+  ``config.loaded_app`` (replaced at the drain);
+* the protocols' ``app`` attribute, reassigned on live connections when the drain starts (they
+  read it per request), and websockets' ``asgi_send`` (websockets) or ``send`` (wsproto);
 * ``LifespanOn``'s ``receive``/``send``/events, subclassed for the lifespan rules below.
 
 The phases read top to bottom: ``startup`` (lifespan, then accept), ``main_loop`` (serving; the
-worker's ``tick`` decides when to stop), ``shutdown`` (the drain). Signals are the worker's business:
-``serve`` does not install uvicorn's handlers, so nothing re-raises SIGTERM at exit and a graceful
-stop ends with status 0.
+host's ``on_tick`` decides when to stop), ``shutdown`` (the drain). The server knows its worker only
+as a :class:`Host` (it never imports the worker module) and offers back ``request_stop``,
+``begin_drain``, ``stats`` and ``startup_failure``. Signals are the worker's business: ``serve``
+does not install uvicorn's handlers, so nothing re-raises SIGTERM at exit and a graceful stop ends
+with status 0.
 """
 
 from __future__ import annotations
@@ -22,17 +28,40 @@ import importlib
 import struct
 import termios
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol
 
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import Server
 
 from hardened_worker import diagnostics, drain
 
-if TYPE_CHECKING:
-    from hardened_worker.worker import Worker
-
 WEBSOCKET_CLOSE_WAIT = 5.0  # seconds a client has to answer our close frame
+
+
+class Host(Protocol):
+    """What the server needs from its worker."""
+
+    pid: Any
+    log: Any
+    settings: Any  # drain_idle_window
+    stall: Any  # the stall watchdog: tick()
+
+    def wrap_app(self, app: Any) -> Any: ...
+    def on_ready(self) -> None: ...
+    def on_tick(self) -> bool: ...  # True: stop serving and drain
+    def on_drain_tick(self) -> None: ...
+    def holding(self) -> bool: ...  # keep draining although nothing is left (a retiring worker)
+    def drain_plan(self) -> drain.DrainPlan: ...
+    def heartbeat(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Stats:
+    started: bool  # lifespan startup done and accepting
+    requests: int  # served so far
+    connections: int
+    in_flight: int
 
 
 class HardenedLifespan(LifespanOn):
@@ -142,23 +171,44 @@ def _is_http(conn: Any) -> bool:
 
 
 class HardenedServer(Server):
-    def __init__(self, config: Any, worker: Worker) -> None:
+    def __init__(self, config: Any, host: Host) -> None:
         super().__init__(config)
-        self.worker = worker
+        self.host = host
         self.lifespan: HardenedLifespan
         self.drain_started: Optional[float] = None
+
+    def stats(self) -> Stats:
+        state = self.server_state
+        return Stats(self.started, state.total_requests, len(state.connections), len(state.tasks))
+
+    @property
+    def startup_failure(self) -> str:
+        """Why lifespan startup failed ("" if it did not, or said nothing)."""
+        lifespan = getattr(self, "lifespan", None)
+        if lifespan is None:
+            return ""
+        return repr(lifespan.error) if lifespan.error else (lifespan.failure or "")
+
+    def request_stop(self, force: bool) -> None:
+        """Leave the main loop at once; ``force``: close every connection, wait for nothing."""
+        self.should_exit = True
+        if force:
+            self.force_exit = True
+            if self.drain_started is not None:
+                self._close_all()
+        self.wake()
 
     async def serve(self, sockets: Optional[list[Any]] = None) -> None:
         config = self.config
         if not config.loaded:
             config.load()
-        config.loaded_app = self.worker.wrap_app(config.loaded_app)
+        config.loaded_app = self.host.wrap_app(config.loaded_app)
         self.lifespan = HardenedLifespan(config)
         await self.startup(sockets or [])
         if not self.started:
             return
         self._tick_stall_watchdog()
-        self.worker.on_ready()
+        self.host.on_ready()
         await self.main_loop()
         await self.shutdown(sockets)
 
@@ -201,15 +251,13 @@ class HardenedServer(Server):
 
     def _tick_stall_watchdog(self) -> None:
         # A timer of its own, not the main loop's tick, so the watchdog also covers the drain.
-        self.worker.stall.tick()
+        self.host.stall.tick()
         asyncio.get_running_loop().call_later(0.1, self._tick_stall_watchdog)
 
     async def on_tick(self, counter: int) -> bool:
-        if await super().on_tick(counter):
-            if not self.should_exit:
-                self.worker.exit_reason = "max-requests"
+        if await super().on_tick(counter):  # should_exit (uvicorn's max-requests is off: ours)
             return True
-        return self.worker.tick()
+        return self.host.on_tick()
 
     # --- the drain ------------------------------------------------------------------------
 
@@ -234,7 +282,7 @@ class HardenedServer(Server):
                 conn.app = self.closing_app
 
     async def shutdown(self, sockets: Optional[list[Any]] = None) -> None:
-        plan = self.worker.drain_plan()
+        plan = self.host.drain_plan()
         self.begin_drain()
         if self.force_exit:
             self._close_all()
@@ -252,14 +300,16 @@ class HardenedServer(Server):
                 conn.shutdown()
         await self._close_websockets(plan)
         idle_since: dict[Any, float] = {}
-        window = self.worker.settings.drain_idle_window
+        window = self.host.settings.drain_idle_window
         beat = 0.0
-        while (state.connections or state.tasks) and time.monotonic() < plan.requests_deadline:
+        while (state.connections or state.tasks or self.host.holding()) \
+                and time.monotonic() < plan.requests_deadline and not self.force_exit:
+            self.host.on_drain_tick()
             self._closing()
             now = time.monotonic()
             if now - beat >= 1.0:
                 beat = now
-                self.worker.notify()
+                self.host.heartbeat()
             for conn in list(state.connections):
                 if not _is_http(conn) or not _is_idle(conn):
                     idle_since.pop(conn, None)
@@ -268,7 +318,7 @@ class HardenedServer(Server):
                 if now - since >= window and _pending_bytes(conn) == 0:
                     conn.transport.close()
             await asyncio.sleep(0.05)
-        if state.connections or state.tasks:
+        if (state.connections or state.tasks) and not self.force_exit:
             self._deadline_passed(plan)
 
     async def _close_websockets(self, plan: drain.DrainPlan) -> None:
@@ -292,9 +342,9 @@ class HardenedServer(Server):
     def _deadline_passed(self, plan: drain.DrainPlan) -> None:
         in_flight = [c.scope for c in self.server_state.connections
                      if _is_http(c) and not _is_idle(c) and isinstance(getattr(c, "scope", None), dict)]
-        self.worker.log.warning(
+        self.host.log.warning(
             "hardened_worker: worker %s drain deadline passed; closing %d connections, in flight: %s",
-            self.worker.pid, len(self.server_state.connections),
+            self.host.pid, len(self.server_state.connections),
             drain.describe_in_flight(in_flight, time.monotonic(), self.drain_started or plan.drain_at))
         self._close_all()
 
@@ -307,7 +357,7 @@ class HardenedServer(Server):
     async def _lifespan_shutdown(self, plan: drain.DrainPlan) -> None:
         async def heartbeat() -> None:
             while True:
-                self.worker.notify()
+                self.host.heartbeat()
                 await asyncio.sleep(1.0)
 
         beating = asyncio.get_running_loop().create_task(heartbeat())
@@ -317,8 +367,8 @@ class HardenedServer(Server):
         try:
             await asyncio.wait_for(self.lifespan.shutdown(), budget)
         except asyncio.TimeoutError:
-            self.worker.log.error(
+            self.host.log.error(
                 "hardened_worker: worker %s lifespan shutdown did not finish within %.1f s",
-                self.worker.pid, budget)
+                self.host.pid, budget)
         finally:
             beating.cancel()

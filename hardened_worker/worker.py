@@ -1,22 +1,24 @@
 """``hardened_worker.Worker``: the gunicorn worker class, a drop-in for ``UvicornWorker``.
 
-It ties the pure cores to gunicorn (signals, heartbeat, exit status, hooks) and to uvicorn (through
-:mod:`hardened_worker.server`, the one module that touches uvicorn internals). The lifecycle:
-
-``booting``: app import and lifespan startup, bounded by ``HARDENED_STARTUP_TIMEOUT`` (gunicorn
-cannot time out a worker before its first heartbeat). ``ready``: serving. ``stopping``: after SIGTERM,
-keep serving while successors boot (readiness gate), then for the drain delay. ``draining``, then
-lifespan shutdown, then exit 0 so gunicorn runs ``worker_exit``.
+The thin shell around the pure cores: the worker's fate is :class:`hardened_worker.lifecycle.Lifecycle`
+(phases, events, actions); this module turns signals, timers, the shared table and the server's
+ticks into its events, and carries out the actions it returns (``_do_<action>``). Signal handlers
+only record (``self.signals``); the event loop's tick, or the boot code before the loop runs, turns
+the records into events. gunicorn internals are in :mod:`hardened_worker._gunicorn`, uvicorn's in
+:mod:`hardened_worker.server`.
 """
 
 from __future__ import annotations
 
+import collections
 import faulthandler
 import logging
 import os
+import random
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any, ClassVar, Optional
 
@@ -25,8 +27,10 @@ from gunicorn.errors import AppImportError
 from uvicorn._compat import asyncio_run
 from uvicorn_worker import UvicornWorker
 
-from hardened_worker import checks, config, diagnostics, drain, forwarded, memory, readiness, systemd
+from hardened_worker import (_gunicorn, checks, config, diagnostics, drain, forwarded, memory,
+                             readiness, systemd)
 from hardened_worker.health import HealthMiddleware, WorkerStatus, load_check
+from hardened_worker.lifecycle import Event, Lifecycle, Phase, Reason
 from hardened_worker.readiness import Gate, State
 from hardened_worker.recycling import MemoryRecycling
 from hardened_worker.server import HardenedServer
@@ -38,22 +42,17 @@ CRASH_LOOP_WINDOW = 30.0
 CRASH_LOOP_PAUSE = 5.0
 
 
-class Worker(MemoryRecycling, UvicornWorker):
+class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         "loop": "auto", "http": "auto", "lifespan": "on", "proxy_headers": False,
+        # --max-requests is ours: recycled with its successor started first (_check_recycling).
+        "limit_max_requests": None,
     }
     _settings: ClassVar[Optional[config.Settings]] = None
     _table: ClassVar[Optional[readiness.Table]] = None
-    _generation: ClassVar[int] = 0
+    _generations: ClassVar[_gunicorn.Generations] = _gunicorn.Generations()
 
     # --- in the master ------------------------------------------------------------------
-
-    @classmethod
-    def setup(cls) -> None:
-        # gunicorn calls this on every configuration load: once at start, once per HUP.
-        cls._generation += 1
-        if cls._table is not None:
-            cls._table.set_generation(cls._generation)
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -65,25 +64,32 @@ class Worker(MemoryRecycling, UvicornWorker):
                 print(exc, file=sys.stderr, flush=True)
             sys.exit(1)
         cls._table = readiness.Table()
-        cls._table.set_generation(cls._generation)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.generation = type(self)._generation
-        self.settings = self._current_settings()
         self.table = type(self)._table or readiness.Table()
+        # In the master, before the fork: what it forks, for which configuration load.
+        self.generation = type(self)._generations.of(self.cfg)
+        self.table.record_spawn(self.generation, self._age)
+        self.settings = self._current_settings()
         if not self.log.access_log_enabled:
             logging.getLogger("uvicorn.access").handlers = []
         self.server: Optional[HardenedServer] = None
-        self.status = WorkerStatus(lambda: self.server.server_state.total_requests if self.server else 0)
+        self.lifecycle = Lifecycle()
+        self.status = WorkerStatus(lambda: self.server.stats().requests if self.server else 0)
         self.stall = diagnostics.StallWatchdog(self.settings.stall_threshold, self.log, 0)
-        self.stop_requested: Optional[float] = None  # monotonic, for durations
-        self.stop_requested_at = 0.0  # wall clock, compared with other processes' records
-        self.waited_for_successors = False
-        self.rolled_back_for = 0
+        # What the signal handlers record (appended, never acted on, there): (event, monotonic, wall).
+        self.signals: collections.deque[tuple[Event, float, float]] = collections.deque()
+        self._interruptible = False  # while booting a stop signal also interrupts the boot
+        self._timed_out_at = ""  # where the startup timer found the worker
+        self._abort_frame: Optional[FrameType] = None
+        self.stop: Optional[StopRequest] = None
         self.plan: Optional[drain.DrainPlan] = None
-        self.started_at = time.monotonic()
-        self._exit_reason: Optional[str] = None
+        self.surge: Optional[Surge] = None
+        self.started_at = self.ready_at = time.monotonic()
+        self.request_limit: Optional[int] = None
+        self.lifetime_limit: Optional[float] = None
+        self._waiting_logged: Optional[str] = None
 
     def _current_settings(self) -> config.Settings:
         try:
@@ -97,42 +103,65 @@ class Worker(MemoryRecycling, UvicornWorker):
     @property
     def exit_reason(self) -> str:
         """Why this worker exited; also correct in the master's ``child_exit`` hook."""
-        if self._exit_reason is not None:
-            return self._exit_reason
-        if os.getpid() != self.pid:
+        if os.getpid() != self.pid:  # the master: what the worker recorded in the table
             index = self.table.reason_of(self.pid) if isinstance(self.pid, int) else None
             if index is not None:
                 return diagnostics.EXIT_REASONS[index]
-            return "timeout" if self.aborted else "crash"
-        return "crash"
-
-    @exit_reason.setter
-    def exit_reason(self, reason: str) -> None:
-        self._exit_reason = reason
-        self.table.set_reason(diagnostics.EXIT_REASONS.index(reason))
+            return Reason.TIMEOUT.value if self.aborted else Reason.CRASH.value
+        reason = self.lifecycle.reason
+        return reason.value if reason else Reason.CRASH.value
 
     # --- booting ------------------------------------------------------------------------
 
     def init_process(self) -> None:
         self.started_at = time.monotonic()
         self.stall.pid = self.pid
-        self.table.claim(self.age, self.generation)
         self.memory = self._memory_watch()
-        super().init_process()
+        if self.cfg.max_requests > 0:
+            self.request_limit = self.max_requests  # gunicorn added its jitter
+        try:
+            super().init_process()
+        except BootInterrupted:
+            self._boot_interrupted()
 
     def init_signals(self) -> None:
         for sig in self.SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGINT, self._on_quick)
-        signal.signal(signal.SIGQUIT, self._on_quick)
+        signal.signal(signal.SIGTERM, lambda signum, frame: self._record(Event.STOP))
+        signal.signal(signal.SIGINT, lambda signum, frame: self._record(Event.QUICK_STOP))
+        signal.signal(signal.SIGQUIT, lambda signum, frame: self._record(Event.QUICK_STOP))
         signal.signal(signal.SIGUSR1, self.handle_usr1)
         signal.signal(signal.SIGWINCH, signal.SIG_IGN)
         signal.siginterrupt(signal.SIGUSR1, False)
         diagnostics.arm_abort_dump(self.log, self._on_abort)
         logging.getLogger("uvicorn.error").addFilter(diagnostics.skip_worker_timeout)
-        signal.signal(signal.SIGALRM, self._startup_timed_out)
-        self._arm_startup_timers()
+        signal.signal(signal.SIGALRM, self._on_startup_timer)
+        self._interruptible = True
+
+    # The signal handlers: each records what happened and returns. The one exception is the boot
+    # (nothing serves yet, so nothing is lost): there the handler also interrupts the app's import
+    # or lifespan startup, which may block for good, and the boot code decides (_boot_interrupted).
+
+    def _record(self, event: Event) -> None:
+        self.signals.append((event, time.monotonic(), time.time()))
+        if self._interruptible:
+            raise BootInterrupted()
+
+    def _on_startup_timer(self, signum: int, frame: Optional[FrameType]) -> None:
+        # Where it was stuck, taken now: a coroutine suspended in an await (the signal interrupted
+        # the idle loop) is cancelled, and its stack gone, once the boot is interrupted.
+        lifespan = self.server.lifespan if self.server is not None else None
+        self._timed_out_at = (lifespan.suspended_stack() if lifespan else "") or \
+            diagnostics.format_stack(frame)
+        self._record(Event.STARTUP_TIMED_OUT)
+
+    def _on_abort(self, signum: int, frame: Optional[FrameType]) -> None:
+        # faulthandler already wrote every thread's stack to the error log. Raising interrupts the
+        # blocking call: inside a request uvicorn turns it into a 500 for that request (its
+        # traceback kept out of the log), and the next tick handles the recorded event.
+        self._abort_frame = frame
+        self.signals.append((Event.ABORT, time.monotonic(), time.time()))
+        raise diagnostics.WorkerTimeout(1)
 
     def _arm_startup_timers(self) -> None:
         timeout = self.settings.startup_timeout
@@ -142,8 +171,15 @@ class Worker(MemoryRecycling, UvicornWorker):
         faulthandler.dump_traceback_later(timeout + 10, exit=True,
                                           file=diagnostics.error_log_stream(self.log))
 
+    def _stop_startup_timers(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        faulthandler.cancel_dump_traceback_later()
+
     def load_wsgi(self) -> None:
+        # After init_signals: until then a SIGTERM goes to the handler inherited from the master.
+        self.table.claim(self._age, self.generation)
         self._wait_to_load()
+        self._arm_startup_timers()  # counts from the moment this worker starts loading the app
         try:
             super().load_wsgi()
         except AppImportError as exc:
@@ -155,17 +191,38 @@ class Worker(MemoryRecycling, UvicornWorker):
 
     def _wait_to_load(self) -> None:
         """HARDENED_ROLLING: a successor loads the app only when an old worker has made room."""
-        if not self.settings.rolling or not readiness.has_older_live(self.age, self.table.peers()):
+        if not self.settings.rolling or not readiness.has_older_live(self._age, self.table.peers()):
             return
         self.table.set_state(State.WAITING)
         if self.table.try_load(self.cfg.workers):
             return
+        self._post(Event.NEED_TURN)
         waited = time.monotonic()
         while not self.table.try_load(self.cfg.workers):
-            time.sleep(0.05)  # SIGTERM meanwhile ends the process (see _on_term)
+            time.sleep(0.05)  # a stop signal meanwhile interrupts the sleep (BootInterrupted)
         self.log.info("hardened_worker: worker %s loading the app after waiting %.1f s for its "
                       "turn (HARDENED_ROLLING)", self.pid, time.monotonic() - waited)
-        self._arm_startup_timers()  # the startup timeout counts from now
+        self._post(Event.TURN)
+
+    def _boot_interrupted(self) -> None:
+        """A signal or the startup timer ended the boot: leave, for the first reason recorded."""
+        self._interruptible = False
+        self._stop_startup_timers()
+        self._handle_signals()
+        reason = self.lifecycle.reason
+        if reason is Reason.STARTUP_TIMEOUT:
+            where = "lifespan startup" if self.server is not None else "app import"
+            self.log.error(
+                "hardened_worker: worker %s startup timed out after %.1f s in %s; stuck at:\n%s",
+                self.pid, self.settings.startup_timeout, where, self._timed_out_at.rstrip())
+            self.fail_start(f"startup timed out after {self.settings.startup_timeout:g} s in {where}",
+                            Arbiter.WORKER_BOOT_ERROR)
+        # Nobody depends on this worker yet, and the workers it was to replace must not wait for it.
+        self.table.set_state(State.STOPPING)
+        self.table.abandon(self.generation)
+        self.log.info("hardened_worker: worker %s exiting while booting: reason %s, up %.1f s",
+                      self.pid, self.exit_reason, self._uptime())
+        sys.exit(1 if reason is Reason.TIMEOUT else 0)
 
     def wrap_app(self, app: Any) -> Any:
         """Our ASGI layers around the app uvicorn loaded (after its ASGI2/WSGI adaptation)."""
@@ -191,45 +248,37 @@ class Worker(MemoryRecycling, UvicornWorker):
         serving = self.server.serve(sockets=self.sockets)
         try:
             asyncio_run(serving, loop_factory=self.config.get_loop_factory())
+        except diagnostics.WorkerTimeout:
+            pass  # raised outside a request: handled below like one inside
         finally:
             serving.close()  # a stop before the loop started it: no "never awaited" warning
-        if not self.server.started:
-            lifespan = self.server.lifespan
-            reason = repr(lifespan.error) if lifespan.error else lifespan.failure
-            self.fail_start(f"lifespan startup failed: {reason}" if reason else "lifespan startup failed",
+        self._handle_signals()
+        if not self.server.stats().started and self.lifecycle.phase is Phase.BOOTING:
+            self.fail_start(f"lifespan startup failed: {self.server.startup_failure}"
+                            if self.server.startup_failure else "lifespan startup failed",
                             Arbiter.WORKER_BOOT_ERROR)
+        if self.lifecycle.allows(Event.DRAIN_DONE):
+            self._post(Event.DRAIN_DONE)
         self.stall.stop()
         self.table.set_state(State.FREE)  # gone as far as the others are concerned (not yet reaped)
         self.log.info(
             "hardened_worker: worker %s exiting: reason %s, served %d requests, up %.1f s",
-            self.pid, self.exit_reason, self.server.server_state.total_requests, self._uptime())
+            self.pid, self.exit_reason, self.server.stats().requests, self._uptime())
         if self.aborted:
             sys.exit(1)
 
-    def _startup_timed_out(self, signum: int, frame: Optional[FrameType]) -> None:
-        in_lifespan = self.server is not None
-        where = "lifespan startup" if in_lifespan else "app import"
-        stack = diagnostics.format_stack(frame)
-        if self.server is not None:
-            # A coroutine suspended in an await: the signal interrupted the idle loop, not the app.
-            stack = self.server.lifespan.suspended_stack() or stack
-        self.log.error(
-            "hardened_worker: worker %s startup timed out after %.1f s in %s; stuck at:\n%s",
-            self.pid, self.settings.startup_timeout, where, stack.rstrip())
-        self.exit_reason = "startup-timeout"
-        self.fail_start(f"startup timed out after {self.settings.startup_timeout:g} s in {where}",
-                        Arbiter.WORKER_BOOT_ERROR)
-
     def fail_start(self, detail: str, cold_status: int) -> None:
+        self._interruptible = False
         self._stop_startup_timers()
-        if self._exit_reason is None:
-            self.exit_reason = "startup-failed"
+        if self.lifecycle.allows(Event.STARTUP_FAILED):
+            self._post(Event.STARTUP_FAILED)
+        self.table.set_reason(diagnostics.EXIT_REASONS.index(self.exit_reason))
         self.table.set_state(State.FAILED)
         peers = self.table.peers()
         self.log.error("hardened_worker: worker %s failed to start: %s", self.pid, detail)
-        if not readiness.has_older_live(self.age, peers):
+        if not readiness.has_older_live(self._age, peers):
             sys.exit(cold_status)
-        serving = [p for p in peers if p.age < self.age and p.state in (State.READY, State.STOPPING)]
+        serving = [p for p in peers if p.age < self._age and p.state in readiness.SERVING]
         reload = self.generation > min(p.generation for p in serving)
         if reload and self.table.reject(self.generation):
             self.log.error(
@@ -241,141 +290,264 @@ class Worker(MemoryRecycling, UvicornWorker):
             self.table.reject(self.generation)  # see readiness.REJECTION_WINDOW
         sys.exit(FAILED_WITH_OLDER_LIVE)
 
-    def _stop_startup_timers(self) -> None:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        faulthandler.cancel_dump_traceback_later()
-
     def on_ready(self) -> None:
+        self._interruptible = False
+        self._handle_signals()  # none can be pending (they interrupt the boot); kept for clarity
+        self._post(Event.STARTUP_DONE)
+
+    # --- the lifecycle: events in, actions out --------------------------------------------
+
+    def _post(self, event: Event) -> None:
+        before = self.lifecycle.phase
+        actions = self.lifecycle.post(event)
+        self.status.state = self.lifecycle.health
+        if self.lifecycle.phase is not before:
+            self.table.set_state(_PUBLISHED[self.lifecycle.phase])
+            if self.lifecycle.reason is not None:
+                self.table.set_reason(diagnostics.EXIT_REASONS.index(self.lifecycle.reason.value))
+        for action in actions:
+            getattr(self, "_do_" + action.name.lower())(event)
+
+    def _handle_signals(self) -> None:
+        """What the handlers recorded, in order, as lifecycle events (on the loop or boot thread)."""
+        while self.signals:
+            event, at, at_wall = self.signals.popleft()
+            if event is Event.STOP and self.table.reloads().generation > self.generation:
+                event = Event.SUPERSEDED
+            if event is Event.QUICK_STOP:
+                self.cfg.worker_int(self)
+            if event is Event.ABORT:
+                self.log.error("hardened_worker: worker %s timed out (SIGABRT from the master) "
+                               "serving %s; stacks above", self.pid,
+                               diagnostics.request_in(self._abort_frame) or "no request")
+                self.cfg.worker_abort(self)
+                self.aborted = True
+            if event in (Event.STOP, Event.SUPERSEDED) and self.surge and self.surge.retired:
+                self.surge.acknowledged = True
+            elif event in (Event.STOP, Event.SUPERSEDED):
+                if self.stop is None or self.lifecycle.phase is not Phase.DEFERRING:
+                    self.stop = StopRequest(at, at_wall)
+                else:
+                    self.stop.at_wall = at_wall  # the master re-sends SIGTERM: see the gate
+            self._post(event)
+
+    def _do_arm_startup_timer(self, event: Event) -> None:
+        self._arm_startup_timers()
+
+    def _do_announce_ready(self, event: Event) -> None:
         self._stop_startup_timers()
-        self.table.set_state(State.READY)
-        self.status.state = "ready"
+        self.ready_at = time.monotonic()
+        lifetime = self.settings.max_lifetime
+        if lifetime:
+            jitter = self.settings.max_lifetime_jitter
+            jitter = 0.1 * lifetime if jitter is None else min(jitter, lifetime)
+            self.lifetime_limit = lifetime - random.uniform(0, jitter)
         self.stall.start()
         self.log.info("hardened_worker: worker %s ready in %.2f s (generation %d)",
                       self.pid, self._uptime(), self.generation)
         systemd.notify_ready(self.ppid)
 
-    # --- serving: called by the server every 100 ms --------------------------------------
+    def _do_start_successor(self, event: Event) -> None:
+        # The table already says SURGING (take_surge_turn): one recycle at a time across the pool.
+        self.surge = Surge(time.monotonic(), self.table.newest_age())
+        _gunicorn.ask_for_successor(self.ppid)
 
-    def tick(self) -> bool:
-        """True when the server should stop serving and drain."""
-        if os.getppid() != self.ppid:
-            self.log.warning("hardened_worker: worker %s lost its master (parent %s); stopping",
-                             self.pid, self.ppid)
-            self.exit_reason = "parent-died"
-            return True
-        if self.stop_requested is not None:
-            return self._tick_stopping()
-        self.check_memory()
-        self.check_cgroup()
-        return False
+    def _do_retire(self, event: Event) -> None:
+        assert self.surge is not None
+        self.table.set_state(State.RETIRING)
+        self.surge.retired = True
+        _gunicorn.ask_for_one_fewer(self.ppid)  # the master now stops this worker, the "oldest"
+        self.log.info("hardened_worker: worker %s retiring: reason %s, its successor %s after "
+                      "%.2f s", self.pid, self.exit_reason,
+                      "is ready" if event is Event.SUCCESSORS_READY else "is not ready",
+                      time.monotonic() - self.surge.started)
 
-    def _tick_stopping(self) -> bool:
+    def _do_cancel_surge(self, event: Event) -> None:
+        self.surge = None
+        _gunicorn.ask_for_one_fewer(self.ppid)
+
+    def _do_plan_drain(self, event: Event) -> None:
+        assert self.stop is not None
         now = time.monotonic()
-        if self.plan is None and not self._pass_gate(now):
-            return False
-        assert self.plan is not None
-        if now < self.plan.drain_at:
-            return False
-        self.status.state = "draining"
-        state = self.server.server_state if self.server else None
+        start = now if self.stop.waited else self.stop.at
+        self.plan = drain.plan(start, self.cfg.graceful_timeout, self.settings.drain_delay)
+        if self.plan.drain_at > now:
+            self.log.info("hardened_worker: worker %s drains in %.1f s (HARDENED_DRAIN_DELAY); "
+                          "health answers 503 meanwhile", self.pid, self.plan.drain_at - now)
+
+    def _do_begin_drain(self, event: Event) -> None:
+        server = self.server
+        assert server is not None
+        stats = server.stats()
         self.log.info(
             "hardened_worker: worker %s draining: reason %s, %d connections open, %d requests in "
-            "flight, served %d requests, up %.1f s", self.pid, self.exit_reason,
-            len(state.connections) if state else 0, len(state.tasks) if state else 0,
-            state.total_requests if state else 0, self._uptime())
+            "flight, served %d requests, up %.1f s", self.pid, self.exit_reason, stats.connections,
+            stats.in_flight, stats.requests, self._uptime())
+        self.drain_plan()
+        server.begin_drain()  # at once, not at the next tick: a fast leak grows with every request
+        server.request_stop(force=False)
+
+    def _do_close_all(self, event: Event) -> None:
+        assert self.server is not None
+        self.server.request_stop(force=True)
+
+    def _do_log_rollback(self, event: Event) -> None:
+        if self.surge is not None:
+            self.log.warning("hardened_worker: worker %s keeps serving: its successor cannot start "
+                             "(generation %d is rejected)", self.pid, self.generation)
+        else:
+            self.log.warning("hardened_worker: worker %s keeps serving: generation %d failed to "
+                             "start", self.pid, self.table.reloads().rejected)
+        self.stop = None
+
+    def _do_log_not_ready(self, event: Event) -> None:
+        self.log.warning("hardened_worker: worker %s %s although its successor%s not ready after "
+                         "%.1f s (HARDENED_READY_TIMEOUT)", self.pid,
+                         "recycling" if self.surge else "stopping",
+                         " is" if self.surge else "s are", self._ready_timeout())
+
+    def _do_exit(self, event: Event) -> None:
+        if self.server is not None and self.lifecycle.reason is Reason.TIMEOUT:
+            self.server.request_stop(force=True)
+
+    # --- serving: called by the server every 100 ms --------------------------------------
+
+    def on_tick(self) -> bool:
+        """True when the server should stop serving and drain."""
+        self._handle_signals()
+        if os.getppid() != self.ppid and self.lifecycle.allows(Event.PARENT_GONE):
+            if self.lifecycle.serving:
+                self.log.warning("hardened_worker: worker %s lost its master (parent %s); stopping",
+                                 self.pid, self.ppid)
+            self._post(Event.PARENT_GONE)
+        phase = self.lifecycle.phase
+        if phase is Phase.READY:
+            self._check_recycling()
+        elif phase is Phase.SURGING:
+            self.check_memory()  # the hard limit still goes at once
+            self._check_successor()
+        elif phase is Phase.DEFERRING:
+            self._check_gate()
+        elif phase is Phase.STOPPING and self.plan is not None and time.monotonic() >= self.plan.drain_at:
+            self._post(Event.DELAY_OVER)
+        return self.lifecycle.phase in (Phase.DRAINING, Phase.EXITING)
+
+    def on_drain_tick(self) -> None:
+        self._handle_signals()
+
+    def holding(self) -> bool:
+        """A retiring worker stays until the master's SIGTERM says it picked this worker."""
+        return self.surge is not None and self.surge.retired and not self.surge.acknowledged
+
+    def heartbeat(self) -> None:
+        self.notify()
+
+    def _check_recycling(self) -> None:
+        """Planned replacements: each starts its successor first (Phase.SURGING)."""
+        self.check_memory()
+        self.check_cgroup()
+        if self.lifecycle.phase is not Phase.READY or self.server is None:
+            return
+        if self.request_limit is not None and self.server.stats().requests >= self.request_limit:
+            self._recycle(Event.REQUEST_COUNT, f"{self.server.stats().requests} requests served "
+                          f"(--max-requests {self.cfg.max_requests} + jitter)")
+        elif self.lifetime_limit is not None and time.monotonic() - self.ready_at >= self.lifetime_limit:
+            self._recycle(Event.LIFETIME, f"up {self._uptime():.1f} s (HARDENED_MAX_LIFETIME "
+                          f"{self.settings.max_lifetime:g} s - jitter)")
+
+    def _recycle(self, event: Event, why: str, level: int = logging.INFO) -> bool:
+        """Take the pool's one recycling turn and start the surge; False while another has it."""
+        reason = _RECYCLE_REASONS[event]
+        if not self.table.take_surge_turn(diagnostics.EXIT_REASONS.index(reason.value)):
+            if self._waiting_logged != why:
+                self._waiting_logged = why
+                self.log.info("hardened_worker: worker %s would recycle (%s); waiting: another "
+                              "worker is recycling", self.pid, why)
+            return False
+        self.log.log(level, "hardened_worker: worker %s recycling: %s; its successor starts "
+                     "first", self.pid, why)
+        self._post(event)
         return True
 
-    def _pass_gate(self, now: float) -> bool:
-        """The readiness gate: may this worker start its drain delay now?"""
-        assert self.stop_requested is not None
+    def _check_successor(self) -> None:
+        assert self.surge is not None
+        peers = self.table.peers()
+        if any(p.age > self.surge.after_age and p.state in readiness.SERVING for p in peers):
+            self._post(Event.SUCCESSORS_READY)
+        elif not self._replaceable():
+            self._post(Event.RELOAD_REJECTED)
+        elif time.monotonic() - self.surge.started >= self._ready_timeout():
+            self._post(Event.DEADLINE)
+
+    def _check_gate(self) -> None:
+        """The readiness gate: may this worker, told to stop, start its drain delay now?"""
+        assert self.stop is not None
+        now = time.monotonic()
         peers = self.table.peers()
         me = self.table.me()
         rolling = self.cfg.workers if self.settings.rolling else 0
-        gate = readiness.retirement_gate(me, peers, self.table.reloads(), self.stop_requested_at,
+        gate = readiness.retirement_gate(me, peers, self.table.reloads(), self.stop.at_wall,
                                          rolling) if me is not None else Gate.RETIRE
-        ready_timeout = self.settings.ready_timeout or 0.8 * self.cfg.graceful_timeout
-        if gate is Gate.WAIT and now - self.stop_requested < ready_timeout:
-            if not self.waited_for_successors:
-                self.waited_for_successors = True
-                self.log.info("hardened_worker: worker %s will stop once its successors are ready "
-                              "(waiting up to %.1f s)", self.pid, ready_timeout)
-            return False
-        if gate is Gate.ROLLBACK:
-            rejected = self.table.reloads().rejected
-            if rejected != self.rolled_back_for:
-                self.rolled_back_for = rejected
-                self.log.warning("hardened_worker: worker %s keeps serving: generation %d failed to "
-                                 "start", self.pid, rejected)
-            self.stop_requested = None
-            self.waited_for_successors = False
-            return False
         if gate is Gate.WAIT:
-            self.log.warning("hardened_worker: worker %s stopping although its successors are not "
-                             "ready after %.1f s (HARDENED_READY_TIMEOUT)", self.pid, ready_timeout)
-        if self._exit_reason is None:
-            replaced = me is not None and any(
-                p.generation > me.generation and p.state == State.READY for p in peers)
-            self.exit_reason = "reload" if replaced else "shutdown"
-        start = now if self.waited_for_successors else self.stop_requested
-        self.plan = drain.plan(start, self.cfg.graceful_timeout, self.settings.drain_delay)
-        self.table.set_state(State.STOPPING)
-        if self.plan.drain_at > now:
-            self.status.state = "stopping"
-            self.log.info("hardened_worker: worker %s drains in %.1f s (HARDENED_DRAIN_DELAY); "
-                          "health answers 503 meanwhile", self.pid, self.plan.drain_at - now)
-        return True
+            if now - self.stop.at < self._ready_timeout():
+                if not self.stop.waited:
+                    self.stop.waited = True
+                    self.log.info("hardened_worker: worker %s will stop once its successors are "
+                                  "ready (waiting up to %.1f s)", self.pid, self._ready_timeout())
+                return
+            self._post(Event.DEADLINE)
+        elif gate is Gate.ROLLBACK:
+            self._post(Event.RELOAD_REJECTED)
+        elif me is not None and any(p.generation > me.generation and p.state == State.READY
+                                    for p in peers):
+            self._post(Event.SUCCESSORS_READY)
+        else:
+            self._post(Event.NO_SUCCESSOR)
+
+    def _ready_timeout(self) -> float:
+        return self.settings.ready_timeout or 0.8 * self.cfg.graceful_timeout
 
     def drain_plan(self) -> drain.DrainPlan:
-        if self.plan is None:  # max-requests, parent died, quick stop: no delay
+        if self.plan is None:  # recycling, parent died, quick stop: no delay
             self.plan = drain.plan(time.monotonic(), self.cfg.graceful_timeout, 0.0)
-            self.table.set_state(State.STOPPING)
-            self.status.state = "draining"
         return self.plan
 
     def _uptime(self) -> float:
         return time.monotonic() - self.started_at
 
-    # --- signals ------------------------------------------------------------------------
 
-    def _booting(self) -> bool:
-        return self.server is None or not self.server.started
+class BootInterrupted(SystemExit):
+    """Raised by a signal handler into the app's import or lifespan startup (see ``_record``).
 
-    def _leave_while_booting(self, reason: str) -> None:
-        # Nobody depends on this worker yet, and the workers it was to replace must not wait for it.
-        self.table.set_state(State.STOPPING)
-        self.table.abandon(self.generation)
-        self.exit_reason = reason
-        sys.exit(0)
+    A ``SystemExit`` so that asyncio and uvicorn let it through as they do a stop, never treat
+    it as an app error; :meth:`Worker.init_process` catches it.
+    """
 
-    def _on_term(self, signum: int, frame: Optional[FrameType]) -> None:
-        if self._booting():
-            replaced = self.table.reloads().generation > self.generation
-            self._leave_while_booting("reload" if replaced else "shutdown")
-        self.stop_requested_at = time.time()
-        if self.stop_requested is None:
-            self.stop_requested = time.monotonic()
 
-    def _on_quick(self, signum: int, frame: Optional[FrameType]) -> None:
-        self.exit_reason = "quick-stop"  # before the hook, which may read it
-        self.cfg.worker_int(self)
-        if self._booting():
-            self._leave_while_booting("quick-stop")
-        self.server.force_exit = True
-        self.server.should_exit = True
+@dataclass
+class StopRequest:
+    at: float  # monotonic: when the first SIGTERM arrived (durations)
+    at_wall: float  # time.time() of the latest SIGTERM (compared with other processes' records)
+    waited: bool = False  # the gate held this worker back: the drain delay counts from the gate
 
-    def _on_abort(self, signum: int, frame: Optional[FrameType]) -> None:
-        # faulthandler already wrote every thread's stack to the error log.
-        self.exit_reason = "timeout"
-        self.log.error("hardened_worker: worker %s timed out (SIGABRT from the master) serving %s; "
-                       "stacks above", self.pid, diagnostics.request_in(frame) or "no request")
-        self.cfg.worker_abort(self)
-        self.aborted = True
-        if self.server is not None:
-            self.server.should_exit = self.server.force_exit = True
-        # Interrupts the blocking call. Inside a request uvicorn turns it into a 500 for that request
-        # (its traceback is kept out of the log: the stacks above say it all) and the loop winds
-        # down through the quick stop; anywhere else it ends the process at once.
-        raise diagnostics.WorkerTimeout(1)
+
+@dataclass
+class Surge:
+    started: float  # monotonic: when this worker asked the master for its successor
+    after_age: int  # the successor is the first worker the master creates after this age
+    retired: bool = False  # TTOU sent: the master's SIGTERM for this worker is on its way
+    acknowledged: bool = False  # that SIGTERM arrived
+
+
+_RECYCLE_REASONS = {Event.MEMORY_SOFT: Reason.MEMORY, Event.REQUEST_COUNT: Reason.MAX_REQUESTS,
+                    Event.LIFETIME: Reason.MAX_LIFETIME}
+
+# What the shared table tells the other workers (and the master) about each phase.
+_PUBLISHED = {
+    Phase.BOOTING: State.BOOTING, Phase.WAITING: State.WAITING, Phase.READY: State.READY,
+    Phase.SURGING: State.SURGING, Phase.DEFERRING: State.READY, Phase.STOPPING: State.STOPPING,
+    Phase.DRAINING: State.STOPPING, Phase.EXITING: State.STOPPING,
+}
 
 
 class _SkipPath(logging.Filter):

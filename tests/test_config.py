@@ -89,7 +89,7 @@ BAD = {
     "FORWARDED": "both", "FORWARDED_HOST": "2", "FORWARDED_PORT": "yess", "FORWARDED_PREFIX": "nope",
     "MEMORY_LIMIT": "lots", "MEMORY_HARD_LIMIT": "more", "MEMORY_MEASURE": "vss",
     "MEMORY_JITTER": "90%", "MEMORY_CHECK_INTERVAL": "often", "MEMORY_CHECK_REQUESTS": "-3",
-    "MEMORY_MIN_LIFETIME": "1y", "MEMORY_CGROUP": "sometimes", "CGROUP_ROOT": "sys/fs",
+    "MEMORY_MIN_LIFETIME": "1y", "MAX_LIFETIME": "forever", "MAX_LIFETIME_JITTER": "some", "MEMORY_CGROUP": "sometimes", "CGROUP_ROOT": "sys/fs",
 }
 
 

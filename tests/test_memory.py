@@ -202,7 +202,7 @@ def test_watch_due_on_interval_or_requests():
     assert not watch.due(100.24, 31)
     assert watch.due(100.25, 0)
     assert watch.due(100.0, 32)
-    watch.check(100.3, 40, 0, True)
+    watch.check(100.3, 40, lambda: (0, True))
     assert not watch.due(100.54, 71)
     assert watch.due(100.55, 0)
     assert watch.due(100.3, 72)
@@ -217,16 +217,16 @@ def test_watch_check_requests_zero_means_interval_only():
 def test_watch_check_passes_jittered_soft_and_decides():
     watch, reader = make_watch(used=10)
     assert watch.soft == 950
-    assert watch.check(200.0, 0, 0, True) == (Decision.OK, 10)  # baseline under the limit
+    assert watch.check(200.0, 0, lambda: (0, True)) == (Decision.OK, 10)  # baseline under the limit
     assert reader.precise_calls == 0  # rss < soft proves the measure under
     reader.used = 960
-    assert watch.check(200.0, 0, 0, True) == (Decision.RECYCLE, 960)
+    assert watch.check(200.0, 0, lambda: (0, True)) == (Decision.RECYCLE, 960)
     assert reader.precise_calls == 1  # first time over: nothing known about shared pages yet
-    assert watch.check(200.0, 0, 1, True) == (Decision.WAIT_TURN, 960)
+    assert watch.check(200.0, 0, lambda: (1, True)) == (Decision.WAIT_TURN, 960)
     reader.used = 1300
-    assert watch.check(200.0, 0, 1, True) == (Decision.RECYCLE_HARD, 1300)
+    assert watch.check(200.0, 0, lambda: (1, True)) == (Decision.RECYCLE_HARD, 1300)
     reader.used = 10
-    assert watch.check(200.0, 0, 1, False) == (Decision.OK, 10)
+    assert watch.check(200.0, 0, lambda: (1, False)) == (Decision.OK, 10)
     assert reader.precise_calls == 1  # the estimate (rss - 0 shared) did the rest
     assert reader.rss_calls == 5  # the cheap read at every check
 
@@ -237,18 +237,18 @@ def test_watch_cheap_read_at_every_check_even_over_the_limit():
     watch, reader = make_watch(used=500)
     reader.precise_cost = 0.020
     reader.private = 400  # 560 shared: the estimate stays under, so precise reads are wanted
-    watch.check(200.0, 0, 0, True)
+    watch.check(200.0, 0, lambda: (0, True))
     reader.rss_value = 960
-    watch.check(200.01, 32, 0, True)
+    watch.check(200.01, 32, lambda: (0, True))
     assert reader.precise_calls == 1
     assert watch.due(200.011, 64)  # the next check is 32 requests later, not 1 s later
     assert not watch.due(200.011, 63)
     assert watch.due(200.26, 0)
     for i in range(2, 40):  # 32 requests every 10 ms
-        watch.check(200.0 + i * 0.01, 32 * i, 0, True)
+        watch.check(200.0 + i * 0.01, 32 * i, lambda: (0, True))
     assert reader.rss_calls == 40
     assert reader.precise_calls == 1  # 20 ms / 2% = the next precise read 1 s later
-    watch.check(201.01, 32 * 100, 0, True)
+    watch.check(201.01, 32 * 100, lambda: (0, True))
     assert reader.precise_calls == 2
 
 
@@ -260,19 +260,19 @@ def test_watch_random_jitter_when_no_rng_value():
 def test_watch_baseline_warning_once():
     watch, reader = make_watch(used=960)
     assert not watch.baseline_warning_due()
-    assert watch.check(110.0, 0, 0, True)[0] is Decision.TOO_YOUNG  # age 10 s < 30 s
+    assert watch.check(110.0, 0, lambda: (0, True))[0] is Decision.TOO_YOUNG  # age 10 s < 30 s
     assert watch.baseline_warning_due()
     assert watch.baseline_warning_logged
-    watch.check(111.0, 0, 0, True)
+    watch.check(111.0, 0, lambda: (0, True))
     assert not watch.baseline_warning_due()
 
 
 def test_watch_no_baseline_warning_when_grown_past():
     # Changed with the rule: the warning is about the baseline, not about being young.
     watch, reader = make_watch(used=500)
-    assert watch.check(100.1, 32, 0, True) == (Decision.OK, 500)
+    assert watch.check(100.1, 32, lambda: (0, True)) == (Decision.OK, 500)
     reader.used = 960
-    assert watch.check(100.2, 64, 0, True) == (Decision.RECYCLE, 960)  # 0.2 s old: recycles
+    assert watch.check(100.2, 64, lambda: (0, True)) == (Decision.RECYCLE, 960)  # 0.2 s old: recycles
     assert not watch.baseline_warning_due()
 
 
@@ -282,7 +282,7 @@ def test_watch_baseline_over_is_too_young_until_min_lifetime_then_recycles():
     warnings = 0
     for i in range(1, 130):  # a check every 0.25 s for 32 s
         now = 100.0 + i * 0.25
-        decisions.append((now - watch.started, watch.check(now, 0, 0, True)[0]))
+        decisions.append((now - watch.started, watch.check(now, 0, lambda: (0, True))[0]))
         warnings += watch.baseline_warning_due()
     assert warnings == 1
     assert all(d is Decision.TOO_YOUNG for age, d in decisions if age < 30.0)
@@ -290,9 +290,9 @@ def test_watch_baseline_over_is_too_young_until_min_lifetime_then_recycles():
     assert reader.precise_calls == 1  # baseline measured once; the estimate proves it over since
     # Past the hard limit too: a baseline over the limit would make every replacement recycle.
     watch, reader = make_watch(used=960)
-    watch.check(100.1, 0, 0, True)
+    watch.check(100.1, 0, lambda: (0, True))
     reader.used = 1250
-    assert watch.check(100.2, 32, 1, True) == (Decision.TOO_YOUNG, 1250)
+    assert watch.check(100.2, 32, lambda: (1, True)) == (Decision.TOO_YOUNG, 1250)
 
 
 # A worker growing 8 MiB per 32-request check (256 KiB per request, ~1500 requests/s: ~21 ms
@@ -325,7 +325,7 @@ def test_fast_leak_recycles_at_the_first_check_past_soft(shared):
     assert LEAK.hard == 160 * MiB
     for i in range(1, 100):
         now, private = advance(i)
-        decision, used = watch.check(now, 32 * i, 0, True)
+        decision, used = watch.check(now, 32 * i, lambda: (0, True))
         assert (used >= watch.soft) == (private >= watch.soft)  # the same side of the limit
         if used >= watch.soft:
             assert used <= private  # over the limit: never an over-estimate of private pages
@@ -347,7 +347,7 @@ def test_fast_leak_waiting_its_turn_stops_within_one_step_of_hard():
     seen = []
     for i in range(1, 100):
         now, private = advance(i)
-        decision, used = watch.check(now, 32 * i, 1, True)  # another worker is recycling
+        decision, used = watch.check(now, 32 * i, lambda: (1, True))  # another worker is recycling
         seen.append(decision)
         assert used < LEAK.hard + STEP
         if decision is Decision.RECYCLE_HARD:
@@ -374,7 +374,7 @@ def test_shared_pages_do_not_recycle_and_precise_reads_are_spaced():
         reader.now[0] = max(reader.now[0], start + i * CHECK_EVERY)
         now = reader.now[0]
         before = reader.precise_calls
-        decision, used = watch.check(now, 32 * i, 0, True)
+        decision, used = watch.check(now, 32 * i, lambda: (0, True))
         assert used <= private  # the estimate never over-states the private pages
         if private < watch.soft:
             assert decision is Decision.OK, (i, used)
@@ -394,16 +394,16 @@ def test_shared_pages_do_not_recycle_and_precise_reads_are_spaced():
 def test_estimate_proves_over_limit_without_a_precise_read():
     watch, reader = make_watch(used=500)  # soft 950
     reader.precise_cost = 0.001
-    watch.check(100.1, 32, 0, True)
+    watch.check(100.1, 32, lambda: (0, True))
     reader.rss_value, reader.private = 1400, 900  # 500 shared
-    assert watch.check(100.2, 64, 0, True) == (Decision.OK, 900)
+    assert watch.check(100.2, 64, lambda: (0, True)) == (Decision.OK, 900)
     assert reader.precise_calls == 1
     reader.rss_value = 1460  # +60 private: estimate 960 >= 950 proves USS >= 960
     reader.private = 960
-    assert watch.check(100.201, 96, 0, True) == (Decision.RECYCLE, 960)
+    assert watch.check(100.201, 96, lambda: (0, True)) == (Decision.RECYCLE, 960)
     assert reader.precise_calls == 1
     reader.rss_value = 1800  # estimate 1300 >= hard
-    assert watch.check(100.202, 128, 5, True) == (Decision.RECYCLE_HARD, 1300)
+    assert watch.check(100.202, 128, lambda: (5, True)) == (Decision.RECYCLE_HARD, 1300)
     assert reader.precise_calls == 1
 
 
@@ -413,10 +413,10 @@ def test_copy_on_write_is_caught_by_the_next_precise_read():
     watch, reader = make_watch(used=500)
     reader.precise_cost = 0.004  # next precise read 0.2 s later
     reader.rss_value, reader.private = 1400, 900
-    assert watch.check(100.1, 32, 0, True) == (Decision.OK, 900)
+    assert watch.check(100.1, 32, lambda: (0, True)) == (Decision.OK, 900)
     reader.private = 1000  # 100 shared pages written to: the RSS stays 1400
-    assert watch.check(100.15, 64, 0, True) == (Decision.OK, 900)  # estimate, rate-limited
-    assert watch.check(100.31, 96, 0, True) == (Decision.RECYCLE, 1000)
+    assert watch.check(100.15, 64, lambda: (0, True)) == (Decision.OK, 900)  # estimate, rate-limited
+    assert watch.check(100.31, 96, lambda: (0, True)) == (Decision.RECYCLE, 1000)
     assert reader.precise_calls == 2
 
 
@@ -426,9 +426,9 @@ def test_rss_measure_never_reads_precisely():
     watch = MemoryWatch(LIMITS_1000, reader, clock=lambda: reader.now[0], rng_value=0.5)
     for i, rss in enumerate([900, 960, 1300]):
         reader.rss_value = rss
-        watch.check(100.0 + i, 32 * i, 0, True)
+        watch.check(100.0 + i, 32 * i, lambda: (0, True))
     assert reader.precise_calls == 0
-    assert watch.check(200.0, 0, 0, True) == (Decision.RECYCLE_HARD, 1300)
+    assert watch.check(200.0, 0, lambda: (0, True)) == (Decision.RECYCLE_HARD, 1300)
 
 
 def test_precise_read_failing_falls_back_to_rss():
@@ -436,8 +436,8 @@ def test_precise_read_failing_falls_back_to_rss():
     calls = []
     reader.precise = lambda: calls.append(1)  # smaps_rollup turned unreadable: None
     watch = MemoryWatch(LIMITS_1000, reader, clock=lambda: reader.now[0], rng_value=0.5)
-    assert watch.check(110.0, 0, 0, True) == (Decision.TOO_YOUNG, 960)
-    assert watch.check(131.0, 32, 0, True) == (Decision.RECYCLE, 960)
+    assert watch.check(110.0, 0, lambda: (0, True)) == (Decision.TOO_YOUNG, 960)
+    assert watch.check(131.0, 32, lambda: (0, True)) == (Decision.RECYCLE, 960)
     assert len(calls) == 1  # from then on the RSS is the estimate
 
 

@@ -54,10 +54,12 @@ def test_leaking_workers_are_recycled_gracefully_within_the_bound(master):
     highest = peak.stop()
     assert outcomes.failures == [] and load.socket_errors == 0 and load.non_2xx == 0
     assert m.log().count("recycling: memory") >= 3
-    # The hard limit (128 MiB + 25%) is on private memory; RSS adds the shared pages. Past it: at
+    # The hard limit (128 MiB + 25%) is on private memory; RSS adds the shared pages. A leak this
+    # fast reaches it while the successor starts (the old worker serves meanwhile). Past it: at
     # most one check step (16 requests of 256 KiB), the requests in flight on the 12 connections,
-    # and one more on each as the drain answers it with Connection: close: 4 + 3 + 3 MiB.
-    assert highest <= 160 * MiB + shared + 10 * MiB, (highest / MiB, shared / MiB)
+    # one more on each as the drain answers it with Connection: close, and the drain's own
+    # objects: 4 + 3 + 3 + 1 MiB.
+    assert highest <= 160 * MiB + shared + 11 * MiB, (highest / MiB, shared / MiB)
 
 
 def test_preloaded_shared_data_does_not_count_against_the_default_measure(master):

@@ -70,7 +70,7 @@ def test_has_older_live(peers, expected):
 
 def test_table_is_shared_with_forked_children():
     table = Table()
-    table.set_generation(3)
+    table.record_spawn(3, 7)
     pid = os.fork()
     if pid == 0:  # the child claims a slot and becomes ready, as a worker would
         table.claim(age=7, generation=3)

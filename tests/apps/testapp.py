@@ -2,7 +2,8 @@
 
 Endpoints: ``/`` (tiny), ``/pid``, ``/sleep?s=`` (async), ``/block?s=`` (blocks the loop with
 time.sleep), ``/leak?kib=`` (keeps the memory), ``/client`` (what the app saw of the client),
-``/ws`` (websocket echo). Lifespan, all optional:
+``/ws`` (websocket echo), ``/table-lock?s=`` (holds the worker table's lock on the loop's thread,
+recording ``locked <pid>`` once it has it). Lifespan, all optional:
 
 * ``TESTAPP_STARTUP_DELAY`` seconds of ``await asyncio.sleep`` in lifespan startup;
 * ``TESTAPP_STARTUP_BLOCK`` seconds of ``time.sleep`` in lifespan startup (blocks the loop);
@@ -91,6 +92,13 @@ async def app(scope, receive, send):
     if path == "/block":
         time.sleep(float(query.get("s", ["1"])[0]))
         return await _respond(send, b"blocked")
+    if path == "/table-lock":
+        from hardened_worker.worker import Worker
+
+        with Worker._table._lock:
+            _record("locked")
+            time.sleep(float(query.get("s", ["1"])[0]))
+        return await _respond(send, b"unlocked")
     if path == "/leak":
         LEAKED.append(bytearray(os.urandom(1)) * (int(query.get("kib", ["256"])[0]) * 1024))
         return await _respond(send, b"leaked")

@@ -1,0 +1,167 @@
+"""Surge recycling against a real master: every planned replacement starts its successor first.
+
+One worker (the Kubernetes preset's choice for a small pod), an app whose startup takes 2 s, and
+a prober opening a fresh connection every 20 ms, as a load balancer or a readiness probe does.
+What must hold, from recorded facts rather than timing: no request fails; the successor imported
+the app before the old worker ran its lifespan shutdown (the two overlapped); never more than two
+processes held the app (imports minus shutdowns, in the order the app wrote them).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from rig import Background, alive, get, under_load, wait_for
+
+STARTUP = {"TESTAPP_STARTUP_DELAY": "2"}
+
+
+class Prober:
+    """A fresh connection every 20 ms; each request's outcome and latency recorded."""
+
+    def __init__(self, port: int, period: float = 0.02) -> None:
+        self.port, self.period = port, period
+        self.results: list[tuple[object, float]] = []  # (status or exception name, seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            began = time.monotonic()
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+            try:
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                response.read()
+                outcome: object = response.status
+            except (OSError, http.client.HTTPException) as exc:
+                outcome = type(exc).__name__
+            finally:
+                conn.close()
+            self.results.append((outcome, time.monotonic() - began))
+            self._stop.wait(max(self.period - (time.monotonic() - began), 0))
+
+    def stop(self) -> "Prober":
+        self._stop.set()
+        self._thread.join(30)
+        return self
+
+    @property
+    def failures(self) -> list:
+        return [r for r in self.results if r[0] != 200]
+
+    @property
+    def longest(self) -> float:
+        return max(latency for _, latency in self.results)
+
+
+def most_loaded_at_once(events: list[str]) -> int:
+    """Processes holding the app at once: ``import`` opens an interval, ``shutdown`` closes it."""
+    loaded = most = 0
+    for line in events:
+        if line.startswith("import "):
+            loaded += 1
+        elif line.startswith("shutdown "):
+            loaded -= 1
+        most = max(most, loaded)
+    return most
+
+
+def overlapped(events: list[str], old: str, new: str) -> bool:
+    return events.index(f"import {new}") < events.index(f"shutdown {old}")
+
+
+CAUSES = {
+    "max-requests": ({}, ["--max-requests", "50"], None),
+    "max-lifetime": ({"HARDENED_MAX_LIFETIME": "5s"}, [], None),
+    # The soft limit is passed by leaking; the hard one is far, so the old worker serves on.
+    "memory": ({"HARDENED_MEMORY_LIMIT": "64MiB", "HARDENED_MEMORY_HARD_LIMIT": "1GiB"}, [],
+               "/leak?kib=8192"),
+}
+
+
+@pytest.mark.parametrize("cause", sorted(CAUSES))
+def test_one_worker_recycles_with_its_successor_started_first(master, cause):
+    env, args, leak = CAUSES[cause]
+    m = master(env={**STARTUP, **env}, args=args, workers=1)
+    [first] = m.wait_workers(1)
+    prober = Prober(m.port)
+    if leak:
+        for _ in range(8):  # 64 MiB leaked: past the soft limit from any baseline
+            assert get(m.port, leak)[0] == 200
+    m.wait_log(rf"worker {first} retiring: reason {cause}", timeout=30)
+    [second] = m.wait_workers(1)
+    assert second != first
+    m.wait_log(rf"worker {first} exiting: reason {cause}", timeout=15)
+    prober.stop()
+    events = m.events()
+    assert prober.failures == []
+    assert overlapped(events, str(first), str(second))
+    assert most_loaded_at_once(events) == 2
+    log = m.log()
+    assert f"worker {first} recycling: " in log and "its successor starts first" in log
+    assert "Booting worker" in log and log.count("Booting worker") == 2  # no extra respawn
+    print(f"{cause}: {len(prober.results)} probes, longest {prober.longest * 1000:.0f} ms")
+
+
+def test_recycles_under_load_lose_nothing_and_go_one_at_a_time(master):
+    m = master(env=STARTUP, args=["--max-requests", "400", "--max-requests-jitter", "50"], workers=3)
+    m.wait_workers(3)
+    outcomes, load = under_load(m.port, lambda: m.wait_log("retiring: reason max-requests",
+                                                           timeout=60, count=3), seconds=12)
+    assert outcomes.failures == [] and load.socket_errors == 0 and load.non_2xx == 0
+    assert most_loaded_at_once(m.events()) <= 4  # workers + 1
+    m.wait_workers(3)
+
+
+def test_a_worker_killed_while_it_holds_the_table_lock_blocks_nobody(master):
+    m = master(args=["--max-requests", "40"], workers=2)
+    holder, other = m.wait_workers(2)
+    Background(m.port, "/table-lock?s=60")  # one of the two takes it; find out which
+    locked = int(wait_for(lambda: [e for e in m.events() if e.startswith("locked ")], 10)[0].split()[1])
+    other = holder if locked == other else other
+    os.kill(locked, signal.SIGKILL)  # as the OOM killer would: no clean-up of any kind
+    # The replacement claims its slot and the other worker recycles: both take the lock.
+    replacement = wait_for(lambda: [p for p in m.workers() if p not in (locked, other)], 15)[0]
+    m.wait_log(rf"worker {replacement} ready in", timeout=15)
+    for _ in range(120):  # 40 each, whichever worker gets them
+        get(m.port, "/")
+    m.wait_log(r"retiring: reason max-requests", timeout=15)
+
+
+def test_term_to_a_successor_waiting_on_the_held_table_lock_leaves_cleanly(master):
+    m = master(env={"HARDENED_ROLLING": "1"}, workers=1)
+    [old] = m.wait_workers(1)
+    Background(m.port, "/table-lock?s=3")
+    wait_for(lambda: any(e.startswith("locked ") for e in m.events()), 10)
+    m.signal(signal.SIGHUP)  # the successor waits for its turn, which needs the lock
+    successor = wait_for(lambda: [p for p in m.workers() if p != old], 10)[0]
+    os.kill(successor, signal.SIGTERM)
+    m.wait_log(rf"worker {successor} exiting while booting: reason shutdown", timeout=10)
+    wait_for(lambda: not alive(successor), 10)
+    assert f"Worker (pid:{successor}) exited with code" not in m.log()  # status 0
+
+
+def test_rolling_reload_counts_the_startup_timeout_from_the_turn(master):
+    m = master(env={"TESTAPP_STARTUP_DELAY": "3", "HARDENED_ROLLING": "1",
+                    "HARDENED_STARTUP_TIMEOUT": "5s", "HARDENED_READY_TIMEOUT": "25s"},
+               args=["--graceful-timeout", "30"], workers=3)
+    m.wait_workers(3, timeout=30)
+
+    def reload() -> None:
+        m.signal(signal.SIGHUP)
+        m.wait_log(r"ready in [\d.]+ s \(generation 2\)", timeout=40, count=3)
+
+    outcomes, load = under_load(m.port, reload, seconds=14)
+    assert outcomes.failures == [] and load.socket_errors == 0 and load.non_2xx == 0
+    log = m.log()
+    assert "startup timed out" not in log
+    assert log.count("loading the app after waiting") >= 1
+    assert log.count("exiting: reason reload") == 3
