@@ -13,9 +13,9 @@ import sys
 import time
 import traceback
 
-from bench import bad_deploy, common, drain, hung, hup, leak, nginx, overhead
+from bench import bad_deploy, common, drain, hung, hup, leak, nginx, overhead, recycle
 
-SCENARIOS = [overhead, hup, bad_deploy, drain, leak, hung, nginx]
+SCENARIOS = [overhead, hup, bad_deploy, drain, leak, hung, nginx, recycle]
 BY_NAME = {module.NAME: module for module in SCENARIOS}
 
 

@@ -366,6 +366,36 @@ def drain_row(data: Optional[dict]) -> Row:
     return row
 
 
+def recycle_row(data: Optional[dict]) -> Row:
+    row = Row("Recycling one worker", "")
+    if _missing(row, data):
+        return row
+    cfg = data["config"]
+    row.setup = (f"`-w 1`, app startup {cfg['startup_s']:g} s, a fresh connection every "
+                 f"{cfg['probe_period_ms']} ms for {cfg['seconds']:g} s per cause")
+    pc = data["per_class"]
+    for cls in CLASSES:
+        if cls not in pc:
+            continue
+        parts = []
+        for cause, v in pc[cls].items():
+            if not v.get("supported", True):
+                parts.append(f"{cause}: not available")
+            else:
+                parts.append(f"{cause}: **{ms(v['longest_wait_ms'])}** longest wait (p99 "
+                             f"{ms(v['p99_ms'])}), {v['failed']} failed")
+        row.cells[cls] = "<br>".join(parts)
+    hardened = pc.get("hardened", {})
+    if hardened:
+        worst = max(v["longest_wait_ms"] for v in hardened.values())
+        failed = sum(v["failed"] for v in hardened.values())
+        row.verdict = YES if failed == 0 and worst <= 500 else NO
+        if row.verdict is NO:
+            row.notes.append(f"**Recycling one worker**: hardened_worker's longest wait {ms(worst)}, "
+                             f"{failed} failed probes.")
+    return row
+
+
 def _leak_cell(v: dict, base: Optional[dict], label: str = "") -> str:
     peak = v["peak_worker_rss_mib"]
     errors = v["socket_errors"] + v["non_2xx"]
@@ -799,6 +829,7 @@ def render(found: dict, plots: dict[str, str], problems: list[str], image_dir: s
         *leak_rows(found.get("leak")),
         hung_row(found.get("hung")),
         nginx_row(found.get("nginx")),
+        recycle_row(found.get("recycle")),
     ]
     out = [
         "# Benchmark: hardened_worker against UvicornWorker and gunicorn's asgi worker",

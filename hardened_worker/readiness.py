@@ -178,7 +178,8 @@ class Table:
             for probe in range(SLOTS):
                 index = (age + probe) % SLOTS
                 peer = self._read(index)
-                if peer.pid == 0 or not _alive(peer.pid):
+                # A dead worker's SURGING slot is kept for adopt_orphaned_surge.
+                if peer.pid == 0 or (peer.state != State.SURGING and not _alive(peer.pid)):
                     _SLOT.pack_into(self._map, self._offset(index), os.getpid(), State.BOOTING,
                                     age, generation, now, now, 0, 0)
                     self._slot = index
@@ -235,6 +236,20 @@ class Table:
             self.set_state(State.SURGING)
             self.set_reason(reason)
             return True
+
+    def adopt_orphaned_surge(self) -> int:
+        """The pid of a worker that died SURGING (it asked the master for a successor, TTIN, and
+        never for one fewer), its slot now freed; 0 if none. The caller sends that TTOU, or the
+        pool keeps one worker too many for good."""
+        if not any(self._read(i).state == State.SURGING for i in range(SLOTS)):
+            return 0  # the common case, without the lock
+        with self._lock:
+            for index in range(SLOTS):
+                peer = self._read(index)
+                if peer.state == State.SURGING and not _alive(peer.pid):
+                    _SLOT.pack_into(self._map, self._offset(index), 0, State.FREE, 0, 0, 0, 0, 0, 0)
+                    return peer.pid
+        return 0
 
     def recycling(self) -> int:
         """How many other live workers are recycling (lock-free read)."""

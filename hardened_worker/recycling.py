@@ -49,14 +49,15 @@ class MemoryRecycling:
         return policy.MemoryWatch(limits, self.memory_reader, check_interval=s.memory_check_interval,
                                   check_requests=s.memory_check_requests)
 
-    def check_memory(self) -> None:
-        """On the tick and every ``HARDENED_MEMORY_CHECK_REQUESTS`` requests; cheap unless due."""
+    def check_memory(self, now_due: bool = False) -> None:
+        """On the tick and every ``HARDENED_MEMORY_CHECK_REQUESTS`` requests; cheap unless due.
+        ``now_due``: at ready, so the baseline is the ready worker's, whatever comes next."""
         watch, server = self.memory, self.server
         if watch is None or server is None or self.lifecycle.phase not in (Phase.READY, Phase.SURGING):
             return
         now = time.monotonic()
         total = server.stats().requests
-        if not watch.due(now, total):
+        if not (now_due or watch.due(now, total)):
             return
         decision, used = watch.check(now, total, lambda: (self.table.recycling(), self._replaceable()))
         if decision.recycles:

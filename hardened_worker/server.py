@@ -6,6 +6,8 @@ exercised by the real-process tests:
 * ``Server.main_loop`` / ``on_tick`` (the 100 ms tick) and ``server_state.connections``/``tasks``;
 * the HTTP protocols' ``cycle``, ``scope``, ``transport``, ``timeout_keep_alive_task`` and
   ``shutdown()`` (httptools and h11 both have them);
+* ``uvicorn._compat.asyncio_run`` (the event loop runner uvicorn-worker uses too);
+* the access log record's arguments (``SkipPath``: the path is the third);
 * ``Server.should_exit`` / ``force_exit`` / ``started`` / ``servers`` and
   ``config.loaded_app`` (replaced at the drain);
 * the protocols' ``app`` attribute, reassigned on live connections when the drain starts (they
@@ -25,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import importlib
+import logging
 import struct
 import termios
 import time
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
+from uvicorn._compat import asyncio_run
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import Server
 
@@ -197,6 +201,14 @@ class HardenedServer(Server):
             if self.drain_started is not None:
                 self._close_all()
         self.wake()
+
+    def run_loop(self, sockets: list[Any]) -> None:
+        """Serve on a new event loop until the drain is over (or the boot was interrupted)."""
+        serving = self.serve(sockets=sockets)
+        try:
+            asyncio_run(serving, loop_factory=self.config.get_loop_factory())
+        finally:
+            serving.close()  # a stop before the loop started it: no "never awaited" warning
 
     async def serve(self, sockets: Optional[list[Any]] = None) -> None:
         config = self.config
@@ -372,3 +384,16 @@ class HardenedServer(Server):
                 self.host.pid, budget)
         finally:
             beating.cancel()
+
+
+class SkipPath(logging.Filter):
+    """Keeps health-probe requests out of the access log (uvicorn's record args: path third)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and len(args) > 2
+                    and str(args[2]).split("?", 1)[0] == self.path)

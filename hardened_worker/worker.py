@@ -24,7 +24,6 @@ from typing import Any, ClassVar, Optional
 
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError
-from uvicorn._compat import asyncio_run
 from uvicorn_worker import UvicornWorker
 
 from hardened_worker import (_gunicorn, checks, config, diagnostics, drain, forwarded, memory,
@@ -33,7 +32,7 @@ from hardened_worker.health import HealthMiddleware, WorkerStatus, load_check
 from hardened_worker.lifecycle import Event, Lifecycle, Phase, Reason
 from hardened_worker.readiness import Gate, State
 from hardened_worker.recycling import MemoryRecycling
-from hardened_worker.server import HardenedServer
+from hardened_worker.server import HardenedServer, SkipPath
 
 # A failed start with no older serving worker halts the master, as gunicorn does (no crash loop);
 # with one, the worker leaves quietly so the old generation keeps serving.
@@ -90,6 +89,7 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         self.request_limit: Optional[int] = None
         self.lifetime_limit: Optional[float] = None
         self._waiting_logged: Optional[str] = None
+        self._next_orphan_check = 0.0
 
     def _current_settings(self) -> config.Settings:
         try:
@@ -239,19 +239,16 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
             check = load_check(self.settings.health_check) if self.settings.health_check else None
             app = HealthMiddleware(app, path, self.status, check, self.settings.health_check_timeout)
             if not self.settings.health_access_log:
-                logging.getLogger("uvicorn.access").addFilter(_SkipPath(path))
+                logging.getLogger("uvicorn.access").addFilter(SkipPath(path))
         return app
 
     def run(self) -> None:
         self.config.app = self.wsgi
         self.server = HardenedServer(self.config, self)
-        serving = self.server.serve(sockets=self.sockets)
         try:
-            asyncio_run(serving, loop_factory=self.config.get_loop_factory())
+            self.server.run_loop(self.sockets)
         except diagnostics.WorkerTimeout:
             pass  # raised outside a request: handled below like one inside
-        finally:
-            serving.close()  # a stop before the loop started it: no "never awaited" warning
         self._handle_signals()
         if not self.server.stats().started and self.lifecycle.phase is Phase.BOOTING:
             self.fail_start(f"lifespan startup failed: {self.server.startup_failure}"
@@ -259,6 +256,10 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
                             Arbiter.WORKER_BOOT_ERROR)
         if self.lifecycle.allows(Event.DRAIN_DONE):
             self._post(Event.DRAIN_DONE)
+        if self.surge is not None and not self.surge.retired:
+            # Leaving mid-surge (a timeout, a quick stop): give back the worker it asked for.
+            self.table.set_state(State.RETIRING)
+            _gunicorn.ask_for_one_fewer(self.ppid)
         self.stall.stop()
         self.table.set_state(State.FREE)  # gone as far as the others are concerned (not yet reaped)
         self.log.info(
@@ -343,6 +344,7 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
             jitter = 0.1 * lifetime if jitter is None else min(jitter, lifetime)
             self.lifetime_limit = lifetime - random.uniform(0, jitter)
         self.stall.start()
+        self.check_memory(now_due=True)
         self.log.info("hardened_worker: worker %s ready in %.2f s (generation %d)",
                       self.pid, self._uptime(), self.generation)
         systemd.notify_ready(self.ppid)
@@ -364,7 +366,7 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
 
     def _do_cancel_surge(self, event: Event) -> None:
         self.surge = None
-        _gunicorn.ask_for_one_fewer(self.ppid)
+        _gunicorn.ask_for_one_fewer(self.ppid)  # the successor's slot is failed or gone: no victim
 
     def _do_plan_drain(self, event: Event) -> None:
         assert self.stop is not None
@@ -444,6 +446,15 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
 
     def _check_recycling(self) -> None:
         """Planned replacements: each starts its successor first (Phase.SURGING)."""
+        now = time.monotonic()
+        if now >= self._next_orphan_check:
+            self._next_orphan_check = now + 1.0
+            orphan = self.table.adopt_orphaned_surge()
+            if orphan:
+                self.log.warning("hardened_worker: worker %s died while its successor started; "
+                                 "worker %s asks the master for one fewer worker in its place",
+                                 orphan, self.pid)
+                _gunicorn.ask_for_one_fewer(self.ppid)
         self.check_memory()
         self.check_cgroup()
         if self.lifecycle.phase is not Phase.READY or self.server is None:
@@ -548,16 +559,3 @@ _PUBLISHED = {
     Phase.SURGING: State.SURGING, Phase.DEFERRING: State.READY, Phase.STOPPING: State.STOPPING,
     Phase.DRAINING: State.STOPPING, Phase.EXITING: State.STOPPING,
 }
-
-
-class _SkipPath(logging.Filter):
-    """Keeps health-probe requests out of the access log (uvicorn's record args: path third)."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        return not (isinstance(args, tuple) and len(args) > 2
-                    and str(args[2]).split("?", 1)[0] == self.path)

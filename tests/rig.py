@@ -294,6 +294,46 @@ class Client:
         return self.outcomes
 
 
+class Prober:
+    """A fresh connection every 20 ms; each request's outcome and latency recorded."""
+
+    def __init__(self, port: int, period: float = 0.02) -> None:
+        self.port, self.period = port, period
+        self.results: list[tuple[object, float]] = []  # (status or exception name, seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            began = time.monotonic()
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+            try:
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                response.read()
+                outcome: object = response.status
+            except (OSError, http.client.HTTPException) as exc:
+                outcome = type(exc).__name__
+            finally:
+                conn.close()
+            self.results.append((outcome, time.monotonic() - began))
+            self._stop.wait(max(self.period - (time.monotonic() - began), 0))
+
+    def stop(self) -> "Prober":
+        self._stop.set()
+        self._thread.join(30)
+        return self
+
+    @property
+    def failures(self) -> list:
+        return [r for r in self.results if r[0] != 200]
+
+    @property
+    def longest(self) -> float:
+        return max(latency for _, latency in self.results)
+
+
 # --- wrk ----------------------------------------------------------------------------------------
 
 

@@ -135,3 +135,11 @@ def test_markdown_table_lists_every_move():
         for event, move in moves.items():
             if move.to is not phase or move.actions:
                 assert f"| {phase.value} | {event.value} | {move.to.value} |" in table
+
+
+def test_readme_shows_the_table_generated_from_the_code():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start, end = "<!-- lifecycle-table -->\n", "<!-- /lifecycle-table -->"
+    assert readme[readme.index(start) + len(start):readme.index(end)] == markdown_table()
