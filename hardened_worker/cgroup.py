@@ -1,22 +1,30 @@
-"""The container's memory and CPU limits, read from the cgroup filesystem.
+"""The service's memory and CPU limits, read from the cgroup filesystem.
 
-Every function takes the mount point (``HARDENED_CGROUP_ROOT``, ``/sys/fs/cgroup``) and reads the
-files directly under it: cgroup v2 first (``memory.max``, ``cpu.max``), then the v1 controller
-directories. In a container the cgroup namespace makes that root the container's own cgroup, which
-is the case this is for. On a host (no namespace) the root cgroup has no ``memory.max`` or
-``cpu.max``, so the answer is "unknown" (None), never a wrong limit.
+Which cgroup: by default this process's own, found from ``/proc/self/cgroup`` (its path in each
+hierarchy: v2 ``0::/path``, v1 ``N:memory:/path``) and ``/proc/self/mountinfo`` (where each
+hierarchy is mounted, and which of its cgroups the mount shows). On a VM that is the systemd
+service's cgroup (``/sys/fs/cgroup/system.slice/myapp.service``, holding its ``MemoryMax=`` and
+``CPUQuota=``), not the host's root cgroup; in a container with a cgroup namespace it is the mount
+point itself. ``HARDENED_CGROUP_ROOT`` names a directory instead: its v2 files, then the v1
+controller directories below it (``memory/``, ``cpu/``), as a container's ``/sys/fs/cgroup`` is laid out.
 
 Nothing here raises on odd content: a missing, unreadable or garbled file means unknown (None).
-The first file that exists decides; a garbled v2 file does not fall back to v1.
+The first file that exists decides; a garbled v2 file does not fall back to v1. A limit set only
+on an ancestor cgroup (a slice) is not seen.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from typing import Mapping
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Mapping, Optional, Union
 
-DEFAULT_ROOT = "/sys/fs/cgroup"
+# No HARDENED_CGROUP_ROOT: this process's own cgroup (see own()).
+DEFAULT_ROOT: Optional[str] = None
 # cgroup v1 reports "no limit" as PAGE_COUNTER_MAX pages (0x7FFFFFFFFFFFF000 on 64-bit):
 # anything this large is no real limit.
 _V1_UNLIMITED = 2**62
@@ -24,15 +32,94 @@ _V1_UNLIMITED = 2**62
 _V1_CPU_DIRS = ("cpu", "cpu,cpuacct", "cpuacct,cpu")
 
 
-def _read(path: str) -> str | None:
+@dataclass(frozen=True)
+class Location:
+    """Where one cgroup's files are: its v2 directory and its v1 controller directories (None,
+    or no candidate: that hierarchy is not there, and what it would tell is unknown)."""
+
+    unified: Optional[str] = None        # cgroup v2: memory.max, memory.current, cpu.max
+    memory: Optional[str] = None         # cgroup v1 memory controller
+    cpu: tuple[str, ...] = ()            # cgroup v1 cpu controller (candidates, first found wins)
+
+
+# What the readers below take: a directory (HARDENED_CGROUP_ROOT), a Location, or None: own().
+Root = Optional[Union[str, Location]]
+
+
+def at(root: str) -> Location:
+    """An explicit directory (``HARDENED_CGROUP_ROOT``): v2 files in it, v1 controllers below it."""
+    return Location(root, os.path.join(root, "memory"), tuple(os.path.join(root, n) for n in _V1_CPU_DIRS))
+
+
+def find(proc_cgroup: str, mountinfo: str) -> Location:
+    """The cgroup that ``proc_cgroup`` (a ``/proc/<pid>/cgroup`` text) names, located through the
+    mounts of ``mountinfo`` (a ``/proc/<pid>/mountinfo`` text). Hierarchies it cannot place: None."""
+    paths: dict[str, str] = {}  # controller ("" for v2) -> the process's path in that hierarchy
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3 or not parts[2].startswith("/"):
+            continue
+        if parts[0] == "0" and not parts[1]:
+            paths[""] = parts[2]
+        else:
+            for controller in parts[1].split(","):
+                paths.setdefault(controller, parts[2])
+    mounts: dict[str, list[tuple[str, str]]] = {}  # controller -> [(cgroup shown, mount point)]
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields[5:]:
+            continue
+        tail = fields[fields.index("-", 5) + 1:]
+        if len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+            continue
+        controllers = [""] if tail[0] == "cgroup2" else tail[2].split(",")
+        for controller in controllers:
+            mounts.setdefault(controller, []).append((_unescape(fields[3]), _unescape(fields[4])))
+
+    def locate(controller: str) -> Optional[str]:
+        path = paths.get(controller)
+        for shown, point in mounts.get(controller, []) if path else []:
+            relative = posixpath.relpath(path, shown)
+            if relative != ".." and not relative.startswith("../"):
+                return posixpath.normpath(posixpath.join(point, relative))
+        return None  # not mounted, or this process's cgroup is outside what the mount shows
+
+    cpu = locate("cpu")
+    return Location(locate(""), locate("memory"), (cpu,) if cpu else ())
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes a space in a path as ``\\040`` (octal)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+@functools.lru_cache(maxsize=1)
+def own() -> Location:
+    """This process's own cgroup (a process does not change cgroup: read once, forks inherit it)."""
+    return find(_read("/proc/self/cgroup", 65536) or "", _read("/proc/self/mountinfo", 1 << 20) or "")
+
+
+def _locate(root: Root) -> Location:
+    if isinstance(root, Location):
+        return root
+    return at(root) if root else own()
+
+
+def _read(path: Optional[str], limit: int = 4096) -> str | None:
+    if path is None:
+        return None
     try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read(4096).strip()
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:  # paths round-trip
+            return f.read(limit).strip()
     except OSError:
         return None
 
 
-def _first(*paths: str) -> str | None:
+def _join(directory: Optional[str], name: str) -> Optional[str]:
+    return os.path.join(directory, name) if directory else None
+
+
+def _first(*paths: Optional[str]) -> str | None:
     for path in paths:
         text = _read(path)
         if text is not None:
@@ -52,32 +139,33 @@ def _bytes_value(text: str | None) -> int | None:
     return None if value >= _V1_UNLIMITED else value
 
 
-def memory_limit(root: str = DEFAULT_ROOT) -> int | None:
+def memory_limit(root: Root = DEFAULT_ROOT) -> int | None:
     """The cgroup memory limit in bytes, or None when unlimited or unknown."""
-    return _bytes_value(
-        _first(os.path.join(root, "memory.max"), os.path.join(root, "memory", "memory.limit_in_bytes"))
-    )
+    where = _locate(root)
+    return _bytes_value(_first(_join(where.unified, "memory.max"),
+                               _join(where.memory, "memory.limit_in_bytes")))
 
 
-def memory_current(root: str = DEFAULT_ROOT) -> int | None:
+def memory_current(root: Root = DEFAULT_ROOT) -> int | None:
     """Bytes the whole cgroup uses now (page cache included), or None when unknown."""
-    return _bytes_value(
-        _first(os.path.join(root, "memory.current"), os.path.join(root, "memory", "memory.usage_in_bytes"))
-    )
+    where = _locate(root)
+    return _bytes_value(_first(_join(where.unified, "memory.current"),
+                               _join(where.memory, "memory.usage_in_bytes")))
 
 
-def cpu_quota(root: str = DEFAULT_ROOT) -> float | None:
+def cpu_quota(root: Root = DEFAULT_ROOT) -> float | None:
     """CPUs the cgroup may use (``'50000 100000'`` -> 0.5), or None when unlimited or unknown."""
-    text = _read(os.path.join(root, "cpu.max"))
+    where = _locate(root)
+    text = _read(_join(where.unified, "cpu.max"))
     if text is not None:
         parts = text.split()
         if len(parts) != 2 or parts[0] == "max":
             return None
         return _ratio(parts[0], parts[1])
-    for name in _V1_CPU_DIRS:
-        quota = _read(os.path.join(root, name, "cpu.cfs_quota_us"))
+    for directory in where.cpu:
+        quota = _read(os.path.join(directory, "cpu.cfs_quota_us"))
         if quota is not None:
-            return _ratio(quota, _read(os.path.join(root, name, "cpu.cfs_period_us")) or "")
+            return _ratio(quota, _read(os.path.join(directory, "cpu.cfs_period_us")) or "")
     return None
 
 
@@ -89,7 +177,7 @@ def _ratio(quota: str, period: str) -> float | None:
 
 
 def worker_count(
-    root: str = DEFAULT_ROOT,
+    root: Root = DEFAULT_ROOT,
     environ: Mapping[str, str] | None = None,
     cpu_count: int | None = None,
 ) -> int:

@@ -1,14 +1,14 @@
 """Start-up checks: the ``HARDENED_*`` table, then how its values fit gunicorn's own settings.
 
 Pure apart from reading ``cfg`` attributes: a bad value is a :class:`config.ConfigError` whose text is
-the one line an operator sees.
+the one line an operator sees. :func:`warnings` lists what is legal but surely not meant.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hardened_worker import config, drain, forwarded
+from hardened_worker import config, drain, forwarded, presets
 
 
 def validate(environ: Any, cfg: Any) -> config.Settings:
@@ -32,4 +32,34 @@ def validate(environ: Any, cfg: Any) -> config.Settings:
         raise config.ConfigError(
             "hardened_worker: HARDENED_MEMORY_HARD_LIMIT is below HARDENED_MEMORY_LIMIT; "
             "use e.g. a hard limit 25% above the soft one")
+    jitter, lifetime = settings.max_lifetime_jitter, settings.max_lifetime
+    if jitter is not None and (lifetime is None or jitter >= lifetime):
+        raise config.ConfigError(
+            f"hardened_worker: HARDENED_MAX_LIFETIME_JITTER={jitter:g}s needs a longer "
+            f"HARDENED_MAX_LIFETIME (now {'off' if lifetime is None else f'{lifetime:g}s'}); "
+            "use e.g. HARDENED_MAX_LIFETIME=24h with HARDENED_MAX_LIFETIME_JITTER=30m")
     return settings
+
+
+def warnings(cfg: Any) -> list[str]:
+    """One line each for settings that the final gunicorn configuration ``cfg`` silently loses.
+
+    * A preset's ``raw_env`` defaults that a configuration replaced instead of extending (the
+      Kubernetes preset's ``HARDENED_HEALTH_PATH``: the probe then gets the app's 404).
+    * A preset-read ``HARDENED_*`` setting given through ``raw_env``/``-e``: gunicorn applies those
+      after the configuration is loaded, too late for the preset, which has already read it.
+    """
+    lines = []
+    for preset, defaults in presets.RAW_ENV_DEFAULTS.items():
+        lost = [f"{k}={v}" for k, v in defaults.items() if k not in cfg.env]
+        if lost:
+            lines.append(
+                f"hardened_worker: the configuration replaced the {preset} preset's raw_env and "
+                f"lost {', '.join(lost)}; extend it instead: raw_env = [*raw_env, ...] (a -e "
+                "option replaces it too)")
+    for s in config.SETTINGS:
+        if s.preset and s.env in cfg.env and cfg.env[s.env] != cfg.env_orig.get(s.env):
+            lines.append(
+                f"hardened_worker: {s.env} in raw_env has no effect: the {s.preset} preset reads it "
+                f"from the environment when the configuration loads; set it there")
+    return lines

@@ -2,60 +2,119 @@
 
 The ``SETTINGS`` table drives parsing, the one-line validation errors and the README table, so
 the three can never disagree (the idea of gunicorn's ``config.py``). Everything here is pure:
-strings in, values or :class:`ConfigError` out. It never imports gunicorn.
+strings in, values or :class:`ConfigError` out. It never imports gunicorn, and no value, however
+long or odd, raises anything else.
 
-Grammar of the two value types that need one (case-insensitive units, optional space)::
+Grammar of the values that need one. Only ASCII: digits ``0-9``, letters, and space or tab
+around the parts (a value such as ``'５s'`` or ``'1\\xa0s'`` is refused)::
 
-    size     = number [unit]      ; number = 1*DIGIT ["." 1*DIGIT]
-    unit     = "B" / "KB" / "MB" / "GB" / "KiB" / "MiB" / "GiB" / "K" / "M" / "G"
-    duration = number [time-unit] ; a bare number means seconds
+    number    = 1*DIGIT ["." *DIGIT] / "." 1*DIGIT
+    size      = number [exponent / [*SP] unit]     ; Kubernetes' resource.Quantity, bytes
+    exponent  = ("e" / "E") 1*2DIGIT               ; 129e6
+    unit      = binary / decimal / "B"
+    binary    = ("Ki" / "Mi" / "Gi" / "Ti" / "Pi" / "Ei") ["B"]   ; powers of 1024
+    decimal   = ("k" / "M" / "G" / "T" / "P" / "E") ["B"]         ; powers of 1000
+    duration  = number [*SP time-unit]             ; a bare number is seconds
     time-unit = "ms" / "s" / "m" / "h"
 
-``K``/``M``/``G`` alone mean binary units (what ``ps`` and ``top`` print); ``KB``/``MB``/``GB``
-are decimal, as the SI says.
+Sizes mean what Kubernetes means (https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/quantity/):
+``400M`` is 400,000,000 bytes, ``400Mi`` 400 x 1024^2; a fraction of a byte rounds up, as
+Kubernetes does. Units are case-insensitive, but a lone ``m`` is refused: Kubernetes reads it as
+milli (``400m`` is 0.4 bytes there, a classic slip). Every size is at most ``MAX_SIZE`` and every
+duration at most ``MAX_DURATION``, so no value overflows where it is used (``setitimer``).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from decimal import Decimal
+from typing import Any, Callable, Mapping, Optional
 
 PREFIX = "HARDENED_"
+_SPACE = " \t"  # the only blanks a value may have around it
+
+MAX_SIZE = 1024**5  # 1Pi
+MAX_DURATION = 30 * 24 * 3600.0  # 720h
+MAX_COUNT = 10**9
 
 
 class ConfigError(ValueError):
     """A bad ``HARDENED_*`` value; ``str()`` is the one line an operator sees."""
 
 
-_NUMBER = r"(\d+(?:\.\d+)?|\.\d+)"
-_SIZE_RE = re.compile(r"^\s*" + _NUMBER + r"\s*([a-z]*)\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-}
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
+# Numbers are read as Decimal, not float: exact, and a number of any length is just large
+# (float("9" * 400) is inf, and int(inf) raised OverflowError). _NUMBER admits nothing Decimal refuses.
+_NUMBER = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+_SIZE_RE = re.compile(_NUMBER + r"(?:[eE]([0-9]{1,2})|[ \t]*([A-Za-z]*))")
+_DURATION_RE = re.compile(_NUMBER + r"[ \t]*([A-Za-z]*)")
+_PERCENT_RE = re.compile(_NUMBER + r"[ \t]*%")
+_SIZE_UNITS = {"": 1, "b": 1}
+for _power, _letter in enumerate("kmgtpe", start=1):
+    _SIZE_UNITS.update({_letter: 1000**_power, _letter + "b": 1000**_power,
+                        _letter + "i": 1024**_power, _letter + "ib": 1024**_power})
+_DURATION_UNITS = {"": 1, "s": 1, "ms": Decimal("0.001"), "m": 60, "h": 3600}
+
+
+def _bounded(value: Decimal, largest: float, shown: str) -> Decimal:
+    if value > largest:
+        raise ValueError(f"is more than {shown}, the largest accepted")
+    return value
 
 
 def parse_size(text: str) -> int:
-    """``'512MiB'`` -> 536870912 bytes. Raises ValueError."""
-    match = _SIZE_RE.match(text)
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
+    """``'512Mi'`` -> 536870912 bytes, ``'512M'`` -> 512000000 (Kubernetes' units). ValueError."""
+    match = _SIZE_RE.fullmatch(text.strip(_SPACE))
+    if not match:
         raise ValueError("is not a size")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    number, exponent, unit = match.groups()
+    if unit == "m":
+        raise ValueError("is not a size (m is Kubernetes' milli: write M for 10^6 or Mi for 2^20)")
+    if unit and unit.lower() not in _SIZE_UNITS:
+        raise ValueError("is not a size")
+    if exponent is not None:
+        value = Decimal(number).scaleb(int(exponent))
+    else:
+        value = Decimal(number) * _SIZE_UNITS[(unit or "").lower()]
+    return math.ceil(_bounded(value, MAX_SIZE, "1Pi"))
 
 
 def parse_duration(text: str) -> float:
     """``'250ms'`` -> 0.25 seconds. Raises ValueError."""
-    match = _SIZE_RE.match(text)
+    match = _DURATION_RE.fullmatch(text.strip(_SPACE))
     if not match or match.group(2).lower() not in _DURATION_UNITS:
         raise ValueError("is not a duration")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+    value = Decimal(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+    return float(_bounded(value, MAX_DURATION, "720h"))
+
+
+def parse_count(text: str) -> int:
+    value = text.strip(_SPACE)
+    if not re.fullmatch("[0-9]+", value):
+        raise ValueError("is not a whole number")
+    return int(_bounded(Decimal(value), MAX_COUNT, str(MAX_COUNT)))
+
+
+def _positive(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse``, refusing 0 (for knobs where zero would mean nothing sensible)."""
+
+    def positive(text: str) -> Any:
+        value = parse(text)
+        if value == 0:
+            raise ValueError("must be more than 0")
+        return value
+
+    positive.__name__ = parse.__name__.replace("parse_", "parse_positive_")
+    return positive
+
+
+parse_positive_size = _positive(parse_size)
+parse_positive_duration = _positive(parse_duration)
 
 
 def parse_bool(text: str) -> bool:
-    value = text.strip().lower()
+    value = text.strip(_SPACE).lower()
     if value in ("1", "true", "yes", "on"):
         return True
     if value in ("0", "false", "no", "off", ""):
@@ -63,31 +122,56 @@ def parse_bool(text: str) -> bool:
     raise ValueError("is not a boolean")
 
 
-def parse_count(text: str) -> int:
-    if not text.strip().isdigit():
-        raise ValueError("is not a whole number")
-    return int(text)
-
-
 def parse_percent(text: str) -> float:
     """``'10%'`` -> 0.10; between 0% and 50%."""
-    match = re.match(r"^\s*" + _NUMBER + r"\s*%\s*$", text)
-    if not match or float(match.group(1)) > 50:
+    match = _PERCENT_RE.fullmatch(text.strip(_SPACE))
+    if not match or Decimal(match.group(1)) > 50:
         raise ValueError("is not a percentage from 0% to 50%")
-    return float(match.group(1)) / 100
+    return float(Decimal(match.group(1)) / 100)
 
 
 def parse_path(text: str) -> str | None:
-    value = text.strip()
+    value = text.strip(_SPACE)
     if not value:
         return None
-    if not value.startswith("/") or any(c.isspace() or c in "?#" for c in value):
+    if not value.startswith("/") or any(c.isspace() or not c.isprintable() or c in "?#" for c in value):
         raise ValueError("is not a URL path")
     return value
 
 
+def parse_file(text: str) -> str | None:
+    """A file name (absolute, or relative to gunicorn's --chdir); empty means none."""
+    value = text.strip(_SPACE)
+    if value and not value.isprintable():
+        raise ValueError("is not a file name")
+    return value or None
+
+
+def parse_allow(text: str) -> str | None:
+    """Comma-separated IP addresses, CIDR networks, ``*`` or ``unix`` (the trust-list grammar of
+    :func:`hardened_worker.forwarded.parse_trusted`); empty means none."""
+    from hardened_worker.forwarded import parse_trusted  # pure too: no gunicorn
+
+    value = text.strip(_SPACE)
+    if not value:
+        return None
+    try:
+        parse_trusted(value)
+    except ValueError:
+        raise ValueError("is not a list of IP addresses, CIDR networks, '*' or 'unix'") from None
+    return value
+
+
+def parse_binds(text: str) -> list[str]:
+    """gunicorn ``bind`` addresses, comma-separated: ``'127.0.0.1:8000,unix:/run/app.sock'``."""
+    binds = [b.strip(_SPACE) for b in text.split(",") if b.strip(_SPACE)]
+    if not binds or any(not b.isprintable() or " " in b for b in binds):
+        raise ValueError("is not a comma-separated list of addresses")
+    return binds
+
+
 def parse_import(text: str) -> str | None:
-    value = text.strip()
+    value = text.strip(_SPACE)
     if not value:
         return None
     if not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", value):
@@ -97,7 +181,7 @@ def parse_import(text: str) -> str | None:
 
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
-        value = text.strip().lower()
+        value = text.strip(_SPACE).lower()
         if value not in choices:
             raise ValueError("is not one of " + "|".join(choices))
         return value
@@ -115,6 +199,7 @@ class Setting:
     default: str  # as the operator would write it, parsed like any value
     example: str
     meaning: str
+    preset: Optional[str] = None  # the preset that reads it when the configuration loads
 
     @property
     def env(self) -> str:
@@ -127,22 +212,22 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     # Foundation
-    Setting("STARTUP_TIMEOUT", parse_duration, "60s", "90s",
+    Setting("STARTUP_TIMEOUT", parse_positive_duration, "60s", "90s",
             "Longest a worker may spend importing the app and running lifespan startup; past it "
             "the worker logs where it was stuck and exits as a failed start."),
     # Drain
     Setting("DRAIN_DELAY", parse_duration, "0s", "5s",
             "After SIGTERM, keep serving normally this long before draining, so load balancers "
-            "and Kubernetes endpoints stop routing first."),
+            "and Kubernetes endpoints stop routing first; 0 drains at once."),
     Setting("DRAIN_IDLE_WINDOW", parse_duration, "500ms", "1s",
             "While draining, an idle keep-alive connection is closed once it has been quiet this "
-            "long and has no unread bytes."),
+            "long and has no unread bytes; 0 closes it as soon as it is idle."),
     Setting("HEALTH_PATH", parse_path, "", "/healthz",
             "Path the worker answers itself (200 ready, 503 booting or draining); off when empty."),
     Setting("HEALTH_CHECK", parse_import, "", "myapp.health:check",
             "Optional app-level check (sync or async callable) the health path also calls; a false "
             "result or an exception answers 503."),
-    Setting("HEALTH_CHECK_TIMEOUT", parse_duration, "1s", "500ms",
+    Setting("HEALTH_CHECK_TIMEOUT", parse_positive_duration, "1s", "500ms",
             "Longest the app-level health check may take before the answer is 503."),
     Setting("HEALTH_ACCESS_LOG", parse_bool, "false", "true",
             "Write health-path requests to the access log."),
@@ -150,8 +235,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STALL_THRESHOLD", parse_duration, "1s", "250ms",
             "Warn, with the blocking stack and request, when the event loop is blocked this long; "
             "0 turns the watchdog off."),
+    # Requests
+    Setting("REQUEST_TIMEOUT", parse_positive_duration, "", "30s",
+            "An HTTP request still running this long is cancelled: 504 with Connection: close if "
+            "no response started, else its connection is closed (an event stream gets its final "
+            "chunk); websockets and the health path are exempt; off when empty."),
     # Readiness
-    Setting("READY_TIMEOUT", parse_duration, "", "30s",
+    Setting("READY_TIMEOUT", parse_positive_duration, "", "30s",
             "Longest an old worker keeps serving while waiting for its successors to become ready "
             "on reload; empty means 80% of --graceful-timeout."),
     Setting("ROLLING", parse_bool, "false", "true",
@@ -169,35 +259,64 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FORWARDED_PREFIX", parse_bool, "false", "true",
             "Let a trusted proxy's X-Forwarded-Prefix set the app's root_path."),
     # Memory
-    Setting("MEMORY_LIMIT", parse_size, "", "512MiB",
+    Setting("MEMORY_LIMIT", parse_positive_size, "", "512Mi",
             "Soft per-worker memory ceiling: past it the worker drains and is replaced; off when "
             "empty."),
-    Setting("MEMORY_HARD_LIMIT", parse_size, "", "640MiB",
+    Setting("MEMORY_HARD_LIMIT", parse_positive_size, "", "640Mi",
             "Past this a worker recycles at once, without waiting its turn; empty means the soft "
             "limit plus 25%."),
     Setting("MEMORY_MEASURE", _choice("uss", "pss", "rss"), "uss", "rss",
             "What counts as a worker's memory: uss (private pages, not shared with the master), "
             "pss (shared pages split between sharers) or rss."),
     Setting("MEMORY_JITTER", parse_percent, "5%", "10%",
-            "Per-worker random lowering of the soft limit, so workers do not all recycle at once."),
-    Setting("MEMORY_CHECK_INTERVAL", parse_duration, "250ms", "1s",
+            "Per-worker random lowering of the soft limit, so workers do not all recycle at once; "
+            "0% lowers none."),
+    Setting("MEMORY_CHECK_INTERVAL", parse_positive_duration, "250ms", "1s",
             "How often a worker reads its memory."),
     Setting("MEMORY_CHECK_REQUESTS", parse_count, "16", "100",
             "Also read memory after this many requests since the last read (at 256 KiB leaked per "
-            "request, 16 requests bound the overshoot to 4 MiB)."),
+            "request, 16 requests bound the overshoot to 4 MiB); 0 reads on the interval only."),
     Setting("MEMORY_MIN_LIFETIME", parse_duration, "30s", "2m",
             "A worker already over the soft limit at its first reading (the limit is below the "
-            "app's baseline) recycles no sooner than this, so it cannot loop; one warning says so."),
+            "app's baseline) recycles no sooner than this, so it cannot loop; one warning says so. "
+            "0 sets no minimum."),
     Setting("MEMORY_CGROUP", parse_bool, "false", "true",
             "Recycle the largest worker when all workers together approach the container's "
             "cgroup memory limit."),
-    # Recycling by age (placeholder until the config work lands; same names)
-    Setting("MAX_LIFETIME", parse_duration, "", "24h",
+    # Recycling by age
+    Setting("MAX_LIFETIME", parse_positive_duration, "", "24h",
             "A worker older than this is replaced, its successor started first; off when empty."),
     Setting("MAX_LIFETIME_JITTER", parse_duration, "", "30m",
-            "Random shortening of each worker's lifetime; empty means 10% of it."),
-    Setting("CGROUP_ROOT", parse_path, "/sys/fs/cgroup", "/sys/fs/cgroup",
-            "Where the cgroup filesystem is mounted (read for the memory and CPU limits)."),
+            "Each worker's lifetime is shortened by a random amount up to this, so workers do not "
+            "recycle together; empty means 10% of HARDENED_MAX_LIFETIME, 0 none. Must be shorter "
+            "than HARDENED_MAX_LIFETIME."),
+    Setting("CGROUP_ROOT", parse_path, "", "/sys/fs/cgroup",
+            "The cgroup directory whose memory and CPU limits are read (cgroup v1: the one holding "
+            "the controller directories); empty means this process's own cgroup, found from "
+            "/proc/self/cgroup and /proc/self/mountinfo (a systemd service's, a container's)."),
+    # Observability
+    Setting("METRICS_PATH", parse_path, "", "/metrics",
+            "Path the worker answers itself with Prometheus metrics for the whole pool (every "
+            "worker, from whichever answers; ?format=json for the status command); off when empty."),
+    Setting("METRICS_ALLOW", parse_allow, "", "10.0.0.0/8,192.168.1.7",
+            "Peers allowed to read the metrics path besides loopback and --forwarded-allow-ips: IP "
+            "addresses, CIDR networks, * (anyone) or unix; others get 403."),
+    # Read by the presets (hardened_worker.presets) when gunicorn loads the configuration
+    Setting("LOG_FORMAT", _choice("text", "json"), "text", "json",
+            "text, or json: one JSON object per line, errors on stderr and access on stdout.",
+            preset="base"),
+    Setting("ACCESS_LOG", parse_bool, "false", "true",
+            "Write gunicorn's access log to stdout (off: the proxy in front usually keeps one).",
+            preset="base"),
+    Setting("BIND", parse_binds, "127.0.0.1:8000", "127.0.0.1:8000,unix:/run/app/app.sock",
+            "Comma-separated gunicorn bind addresses (host:port, unix:path).", preset="vm"),
+    Setting("PIDFILE", parse_file, "", "/run/app/gunicorn.pid",
+            "gunicorn's pid file; empty means gunicorn.pid in systemd's $RUNTIME_DIRECTORY when "
+            "the unit has RuntimeDirectory=, else none.", preset="vm"),
+    Setting("TERMINATION_GRACE_PERIOD", parse_positive_duration, "30s", "60s",
+            "The pod's terminationGracePeriodSeconds: --graceful-timeout becomes this minus 5 s "
+            "(whole seconds, at least 1), and the default drain delay fits within it.",
+            preset="kubernetes"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -216,10 +335,15 @@ class Settings:
             raise AttributeError(name) from None
 
 
+def _shown(raw: str) -> str:
+    """The value as the error line quotes it: a very long one is cut, so the line stays one line."""
+    if len(raw) <= 60:
+        return repr(raw)
+    return f"{raw[:40]!r}... ({len(raw)} characters)"
+
+
 def _error(setting_env: str, raw: str, reason: str, example: str) -> ConfigError:
-    return ConfigError(
-        f"hardened_worker: {setting_env}={raw!r} {reason}; use e.g. {example}"
-    )
+    return ConfigError(f"hardened_worker: {setting_env}={_shown(raw)} {reason}; use e.g. {example}")
 
 
 def _closest(name: str) -> str | None:
@@ -235,13 +359,14 @@ def load(environ: Mapping[str, str]) -> Settings:
         if key.startswith(PREFIX) and key not in _BY_ENV:
             hint = _closest(key)
             advice = f"did you mean {hint}?" if hint else "see the README table of HARDENED_* variables"
-            raise ConfigError(f"hardened_worker: {key}={environ[key]!r} is not a known setting; {advice}")
+            raise ConfigError(
+                f"hardened_worker: {key}={_shown(environ[key])} is not a known setting; {advice}")
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         raw = environ.get(setting.env)
         text = setting.default if raw is None else raw
         try:
-            values[setting.attr] = setting.parse(text) if text.strip() else _empty(setting)
+            values[setting.attr] = setting.parse(text) if text.strip(_SPACE) else _empty(setting)
         except ValueError as exc:
             raise _error(setting.env, text, str(exc), setting.example) from None
     return Settings(values)
@@ -249,15 +374,31 @@ def load(environ: Mapping[str, str]) -> Settings:
 
 def _empty(setting: Setting) -> Any:
     """An empty value means "off" for optional knobs; for the others it is the default."""
-    if setting.default.strip():
+    if setting.default:
         return setting.parse(setting.default)
     return None
+
+
+def explain(environ: Mapping[str, str], raw_env: Mapping[str, str]) -> list[str]:
+    """What ``python -m hardened_worker print-config`` shows: every setting's effective value, as
+    written and as parsed, and where it came from. ``raw_env`` (gunicorn's ``-e``/``raw_env``)
+    overrides ``environ``, as gunicorn applies it. Raises ConfigError on a bad value."""
+    merged = {**environ, **raw_env}
+    settings = load(merged)
+    width = max(len(s.env) for s in SETTINGS)
+    lines = []
+    for s in SETTINGS:
+        source = "raw_env" if s.env in raw_env else "environment" if s.env in environ else "default"
+        text = merged.get(s.env, s.default)
+        lines.append(f"{s.env:<{width}} = {text:<16} # {source}: {settings.values[s.attr]!r}")
+    return lines
 
 
 def markdown_table() -> str:
     """The README's configuration table."""
     rows = ["| variable | meaning | default | example |", "|---|---|---|---|"]
     for s in SETTINGS:
-        default = f"`{s.default}`" if s.default else "(off)"
-        rows.append(f"| `{s.env}` | {s.meaning} | {default} | `{s.example}` |")
+        default = f"`{s.default}`" if s.default else "(empty)"
+        meaning = f"*{s.preset} preset:* {s.meaning}" if s.preset else s.meaning
+        rows.append(f"| `{s.env}` | {meaning} | {default} | `{s.example}` |")
     return "\n".join(rows)

@@ -14,6 +14,7 @@ the response itself that the connection ends, instead of finding it reset on its
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, MutableMapping
@@ -68,6 +69,20 @@ def describe_in_flight(scopes: list[Scope], now: float, drain_started: float) ->
         age = f"{now - started:.1f} s" if started else f"over {now - drain_started:.1f} s"
         parts.append(f"{scope.get('method', 'WEBSOCKET')} {scope.get('path', '?')} ({age})")
     return ", ".join(parts) if parts else "none"
+
+
+class DrainSignal:
+    """What the app and the request guard see of this worker's drain.
+
+    ``event`` (an ``asyncio.Event``, in every request's scope as
+    ``scope["extensions"]["hardened_worker"]["draining"]``) is set when the drain starts, so a
+    stream can end at once and its client reconnect to a sibling; ``deadline_passed`` turns true
+    when the requests still running are ended (:mod:`hardened_worker.deadline`).
+    """
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.deadline_passed = False
 
 
 class DrainMiddleware:

@@ -13,11 +13,14 @@ What we trust (``forwarded_allow_ips``, parsed once by :func:`parse_trusted`)
     its IPv4 address, in the list and in the peer alike.
 
     Only a *peer* (the socket's other end) in the list may tell us anything. ``*`` trusts every
-    peer. A UNIX-socket peer (ASGI ``client`` is None, or a host that is not an IP address) is
-    trusted when the list holds ``*``, ``unix`` or a loopback address: a UNIX socket can only be
-    reached from this host, as loopback can, so gunicorn's default ``127.0.0.1,::1`` trusts nginx
-    on the same host over either. (gunicorn's validator refuses ``unix``, so through gunicorn the
-    loopback rule is the way in; gunicorn itself trusts non-IP peers unconditionally.)
+    peer. A peer on a UNIX socket -- one reached through a listening socket that is a UNIX socket,
+    ASGI ``scope["server"]`` ``(path, None)`` -- is trusted when the list holds ``*``, ``unix`` or
+    a loopback address: a UNIX socket can only be reached from this host, as loopback can, so
+    gunicorn's default ``127.0.0.1,::1`` trusts nginx on the same host over either. (gunicorn's
+    validator refuses ``unix``, so through gunicorn the loopback rule is the way in.) A peer
+    *without an address* on a TCP listener (``client`` None: uvicorn reports that when
+    ``getpeername()`` failed, e.g. after an early reset) is nobody we can name, and only ``*``
+    trusts it.
 
 Which hop is the client (RFC 7239 section 8.1; MDN "X-Forwarded-For", Selecting an IP address)
     Each proxy appends the address it received the request from, so the list is read from the
@@ -33,12 +36,20 @@ Which hop is the client (RFC 7239 section 8.1; MDN "X-Forwarded-For", Selecting 
 
     * ``X-Forwarded-For``: an entry that is not an IP address (``unknown``, empty, garbage)
       makes the header untrustworthy: the peer address stands and the scheme is left alone.
-    * ``Forwarded``: a syntax error (RFC 7239 section 4 and 6 grammar) in a header line the
-      walk reaches makes us ignore the whole header. An element whose ``for`` is ``unknown``,
-      an obfuscated ``_identifier`` (section 6.2, 6.3) or missing is a hop we cannot trust,
-      so the walk stops there; since it is not an IP address the client stays the peer
-      address -- we can't give the app a non-IP client -- but that element's ``proto`` and
-      ``host``, written by a trusted proxy, still apply.
+    * ``Forwarded``: lines and elements are parsed from the right, one at a time, only as far as
+      the walk goes: a proxy appends its element to whatever the client sent (nginx's
+      ``$proxy_add_forwarded`` does, on the same line), so a client element, however broken,
+      cannot void the proxies' ones, and a long client value costs nothing to skip. A syntax
+      error (RFC 7239 section 4 and 6 grammar) in an element the walk reaches makes us ignore
+      the whole header. An element whose ``for`` is ``unknown``, an obfuscated
+      ``_identifier`` (section 6.2, 6.3) or missing is a hop we cannot trust, so the walk
+      stops there; since it is not an IP address the client stays the peer address -- we
+      can't give the app a non-IP client -- but that element's ``proto`` and ``host``,
+      written by a trusted proxy, still apply.
+    * Either family: a walk past more than 32 trusted hops, or to a ``Forwarded`` element
+      longer than 1024 characters, makes the header untrustworthy too. No proxy chain writes
+      that much, and it bounds the work a request can cause (a client that is itself trusted,
+      or any client when ``0.0.0.0/0`` is, could otherwise make every request walk 60 KiB).
 
 Header family
     ``"x-forwarded"`` (default), ``"forwarded"`` or ``"off"``; never both families at once, so a
@@ -48,11 +59,18 @@ Header family
     (X-Forwarded-Prefix becomes ``root_path``). RFC 7239 has no port or prefix parameter, so
     those two only work with ``"x-forwarded"``; ``"off"`` turns everything off.
 
+The socket peer, for the app
+    Whenever the middleware replaces ``scope["client"]`` it keeps the socket peer it replaced
+    (``(host, port)``, or None on a UNIX socket) in ``scope["extensions"]["hardened_worker"]
+    ["peer"]`` (the name is :data:`EXTENSION`), adding to any extensions dict the server made.
+
 Robustness
-    Nothing here raises on any header bytes: values are decoded as latin-1 (total) and every
-    grammar below is a regular expression transcribed from its RFC, checked before any value
-    reaches :mod:`ipaddress`. Resulting client hosts are IP addresses in :mod:`ipaddress`'s
-    canonical form, IPv4-mapped IPv6 written as plain IPv4.
+    Nothing here raises on any header bytes, with ``scope["headers"]`` pairs as tuples or as
+    lists (ASGI allows both): values are decoded as latin-1 (total) and every grammar below is
+    a regular expression transcribed from its RFC, checked before any value reaches
+    :mod:`ipaddress`. Each header is parsed only as far as the right-to-left walk needs, and
+    what is memoised is bounded in bytes (see ``_Memo``). Resulting client hosts are IP
+    addresses in :mod:`ipaddress`'s canonical form, IPv4-mapped IPv6 written as plain IPv4.
 
 References: RFC 7239 (Forwarded), RFC 7230 section 3.2.6 and 7 (token, quoted-string, lists),
 RFC 3986 section 3.2.2 (IP literals, host), https://developer.mozilla.org/en-US/docs/Web/HTTP/
@@ -61,14 +79,16 @@ Headers/X-Forwarded-For. Design after uvicorn's ``middleware/proxy_headers.py``.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
+import itertools
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Sequence, Tuple, Union
+from typing import (Any, Awaitable, Callable, Iterable, Iterator, NamedTuple, Sequence, Tuple,
+                    Union)
 
 __all__ = [
+    "EXTENSION",
     "FAMILIES",
     "Extras",
     "ForwardedMiddleware",
@@ -76,9 +96,11 @@ __all__ = [
     "Resolution",
     "TrustedProxies",
     "header_names",
+    "is_unix_listener",
     "parse_trusted",
     "resolve",
     "rewrite_scope",
+    "trust_warning",
     "trusted_from_gunicorn",
 ]
 
@@ -165,6 +187,22 @@ _PORT_RE = re.compile("[0-9]{1,5}")
 # several proxies' templates write ("for=1.2.3.4; proto=https"); nothing is ambiguous about it.
 _PAIR_RE = re.compile(rf"({_TOKEN}){_OWS}={_OWS}({_TOKEN}|{_QUOTED_STRING})")
 
+# Read right to left (see _elements_from_right): one element of the *reversed* line is
+# everything up to the first "," outside a quoted-string, so the lexer needs the reverse of
+# quoted-string. Reversed, each "\" of a quoted-pair follows the character it escapes; the
+# reverse is unambiguous because a "\" always starts a quoted-pair, so in the original a run
+# of k backslashes before a character holds k // 2 escaped backslashes, and one more
+# quoted-pair when k is odd. Hence, reversed: after the closing DQUOTE an even run (an odd one
+# would escape it), then any character but DQUOTE and "\" followed by any run, or a DQUOTE
+# followed by an odd run (an escaped DQUOTE), up to the DQUOTE that opened it. Everything
+# outside quoted-strings is left to _PAIR_RE, which checks each element the walk reaches.
+# Every alternative starts with a different character, so the engine backtracks only out of a
+# quoted-string that does not close, one step per character; the one shorter reading it can
+# then settle for closes at an escaped DQUOTE and so leaves a "\" outside quotes, which
+# _PAIR_RE refuses. (Possessive quantifiers would rule backtracking out, but need Python 3.11.)
+_REV_QUOTED_STRING = r'"(?:\\\\)*(?:[^"\\]\\*|"\\(?:\\\\)*(?!\\))*"'
+_REV_ELEMENT_RE = re.compile(rf'(?:[^",]+|{_REV_QUOTED_STRING})*')
+
 # https://www.rfc-editor.org/rfc/rfc7239#section-6
 #   node      = nodename [ ":" node-port ]
 #   nodename  = IPv4address / "[" IPv6address "]" / "unknown" / obfnode
@@ -214,13 +252,18 @@ _SAFE_HOST_RE = re.compile(
 _MAX_HOST = 253 + len(":65535")
 
 # X-Forwarded-Prefix has no RFC. We take an absolute path (RFC 3986 section 3.3) of non-empty
-# segments made of pchar, minus pct-encoded (so path and raw_path need no decoding step) and
-# minus "," (the list separator):
-#   prefix  = 1*( "/" segment-nz )
-#   pchar   = unreserved / sub-delims / ":" / "@"
-# and, separately, no "." or ".." segment and no ".." at all. Empty segments would allow a
-# "//host" prefix, which browsers follow as a link to another site.
-_PREFIX_RE = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+;=:@-]+)+")
+# segments, each made of unreserved characters only:
+#   prefix     = 1*( "/" segment )
+#   segment    = 1*unreserved
+#   unreserved = ALPHA / DIGIT / "-" / "." / "_" / "~"
+# and no "." or ".." segment and no ".." at all. Deviation from pchar: a prefix is the path a
+# proxy mounts an app at, a name like "/api/v2" or "/team_a/shop"; the rest of pchar has no
+# place in one. No sub-delims ("!$&'()*+,;=") or ":" "@": the same raw material of injection
+# into links built from root_path that the Host check refuses (and "," separates the list).
+# No pct-encoded: root_path and path are decoded and raw_path is not, so "%XX" would need a
+# decoding step in which "%2F" and "%2E" turn into the "/" and "." the checks above refuse.
+# Empty segments would allow a "//host" prefix, which browsers follow as a link to another site.
+_PREFIX_RE = re.compile(f"(?:/[{_UNRESERVED}]+)+")
 
 # X-Forwarded-Proto values we act on, and what each means for an HTTP or a WebSocket scope
 # (ASGI: http scopes have scheme http/https, websocket scopes ws/wss).
@@ -232,31 +275,72 @@ _SCHEMES = {
 }
 
 
-# Behind a proxy every request carries these headers, and the same few proxy and client
-# addresses recur, while ipaddress takes microseconds per address: the parsers are pure, so
-# they are memoised. Length is checked first so that no long junk value is ever cached.
-_IP_CACHE_SIZE = 4096
+# ---------------------------------------------------------------------------------------------
+# Memos
+# ---------------------------------------------------------------------------------------------
+
+
+class _Memo:
+    """A memo bounded in bytes: memory a client can fill with values of its choosing.
+
+    Behind a proxy every request carries forwarding headers, and the same few proxies, clients
+    and whole header values recur, while :mod:`ipaddress` takes microseconds per address; so
+    the pure parsers and verdicts here are memoised. Entry counts alone are no bound (4096
+    entries keyed by 60 KiB header values pinned 240 MiB per worker), so every entry is
+    charged its estimated size in bytes (the ``*_BYTES`` estimates below, checked against
+    tracemalloc by the tests): an entry over ``item_max`` is not kept, and the memo is
+    cleared when the next entry would take it over ``budget``. Clearing rather than evicting
+    keeps :meth:`get` a plain dict lookup; a client churning keys only costs itself and its
+    neighbours the uncached path until the memo refills.
+    """
+
+    __slots__ = ("get", "_entries", "budget", "item_max", "spent")
+
+    def __init__(self, budget: int, item_max: int) -> None:
+        self._entries: dict[Any, Any] = {}
+        self.get = self._entries.get  # bound once: the per-request lookup
+        self.budget = budget
+        self.item_max = item_max
+        self.spent = 0
+
+    def put(self, key: Any, value: Any, size: int) -> None:
+        if size > self.item_max:
+            return
+        if self.spent + size > self.budget:
+            self.clear()
+        self._entries[key] = value
+        self.spent += size
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.spent = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# What objects cost on 64-bit CPython, rounded up, lengths charged on top: a dict slot with
+# its share of the table, a str (49 + length, ASCII), a bytes (33 + length), a tuple of two
+# (or a Resolution, five slots) with its GC header, a _Node, an IPv6Address with its int.
+_SLOT_BYTES = 64
+_STR_BYTES = 56
+_BYTES_BYTES = 40
+_PAIR_BYTES = 72
+_RESOLUTION_BYTES = 96
+_NODE_BYTES = _SLOT_BYTES + 2 * _STR_BYTES + 80 + 104  # key and text strs, _Node, address
+_TRUST_BYTES = _SLOT_BYTES + _STR_BYTES  # a bool is shared: the key (a host) is the cost
 
 
 def _parse_ipv4(text: str) -> ipaddress.IPv4Address | None:
-    return None if len(text) > 15 else _parse_ipv4_cached(text)
-
-
-def _parse_ipv6(text: str) -> IPAddress | None:
-    """An IPv6 address; IPv4-mapped ones come back as the IPv4 address they carry."""
-    return None if len(text) > _IPV6_MAX else _parse_ipv6_cached(text)
-
-
-@functools.lru_cache(maxsize=_IP_CACHE_SIZE)
-def _parse_ipv4_cached(text: str) -> ipaddress.IPv4Address | None:
-    if _IPV4_RE.fullmatch(text) is None:
+    # The length check first: no long junk value reaches the regex or ipaddress.
+    if len(text) > 15 or _IPV4_RE.fullmatch(text) is None:
         return None
     return ipaddress.IPv4Address(text)
 
 
-@functools.lru_cache(maxsize=_IP_CACHE_SIZE)
-def _parse_ipv6_cached(text: str) -> IPAddress | None:
-    if _IPV6_RE.fullmatch(text) is None:
+def _parse_ipv6(text: str) -> IPAddress | None:
+    """An IPv6 address; IPv4-mapped ones come back as the IPv4 address they carry."""
+    if len(text) > _IPV6_MAX or _IPV6_RE.fullmatch(text) is None:
         return None
     address = ipaddress.IPv6Address(text)
     return address.ipv4_mapped or address
@@ -286,9 +370,28 @@ class _Node(NamedTuple):
     text: str | None  # str(address): the client host we hand out, and the trust cache key
 
 
-# The longest node that can hold an IP address: "[" IPv6 "]:" port. Longer entries are never
-# cached (an obfuscated Forwarded node may be longer and is parsed uncached).
+# The longest node that can hold an IP address: "[" IPv6 "]:" port. Longer text is parsed
+# every time, never memoised (an obfuscated Forwarded node may be longer).
 _NODE_CACHE_MAX = _IPV6_MAX + len("[]:65535")
+_NODE_MEMO_BUDGET = 512 * 1024  # ~1200 distinct hops, for each of the two header families
+_MISSING = object()
+
+
+def _memoised_node_parser(parse: Callable[[str], _Node | None]) -> Callable[[str], _Node | None]:
+    """``parse`` with its results kept in a :class:`_Memo` (the memo is its ``memo``)."""
+    memo = _Memo(_NODE_MEMO_BUDGET, _NODE_BYTES + 2 * _NODE_CACHE_MAX)
+
+    def parse_memoised(text: str) -> _Node | None:
+        if len(text) > _NODE_CACHE_MAX:  # before hashing it: no IP node is that long
+            return parse(text)
+        node = memo.get(text, _MISSING)
+        if node is _MISSING:
+            node = parse(text)
+            memo.put(text, node, _NODE_BYTES + 2 * len(text))
+        return node
+
+    parse_memoised.memo = memo  # type: ignore[attr-defined]
+    return parse_memoised
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +400,7 @@ _NODE_CACHE_MAX = _IPV6_MAX + len("[]:65535")
 
 _V4_IN_V6 = ipaddress.IPv6Network("::ffff:0:0/96")
 _ALL_V4 = ipaddress.IPv4Network("0.0.0.0/0")
-_VERDICT_CACHE_SIZE = 4096
+_TRUST_MEMO_BUDGET = 128 * 1024  # ~1000 distinct peers or hops
 
 
 class TrustedProxies:
@@ -309,7 +412,7 @@ class TrustedProxies:
     hop).
     """
 
-    __slots__ = ("addresses", "networks", "trust_all", "trust_unix", "_peer_cache", "_hop_cache")
+    __slots__ = ("addresses", "networks", "trust_all", "trust_unix", "_peer_memo", "_hop_memo")
 
     def __init__(
         self,
@@ -339,10 +442,12 @@ class TrustedProxies:
         self.networks: tuple[IPNetwork, ...] = tuple(dict.fromkeys(nets))
         self.trust_all = trust_all
         self.trust_unix = trust_unix
-        # Verdicts, bounded by clearing when full (an address-churning client only costs
-        # itself the uncached lookup). The middleware reads _peer_cache on its fast path.
-        self._peer_cache: dict[Any, bool] = {}
-        self._hop_cache: dict[str, bool] = {}
+        # Verdicts by address text (a str caches its hash; an ipaddress object recomputes it
+        # in Python on every lookup): hops by canonical text, peers as the socket wrote them.
+        # The middleware reads _peer_memo on its fast path; only IP peers are in it, so its
+        # verdicts never depend on the listener.
+        self._peer_memo = _Memo(_TRUST_MEMO_BUDGET, _TRUST_BYTES + _NODE_CACHE_MAX)
+        self._hop_memo = _Memo(_TRUST_MEMO_BUDGET, _TRUST_BYTES + _NODE_CACHE_MAX)
 
     def trusts(self, address: IPAddress) -> bool:
         """Is ``address`` (as returned by the parsers here: IPv4-mapped already unmapped) a
@@ -352,39 +457,34 @@ class TrustedProxies:
         return any(address in network for network in self.networks)
 
     def _trusts_node(self, node: _Node) -> bool:
-        # Keyed by the canonical text: a str caches its hash, an ipaddress object recomputes
-        # it in Python on every lookup.
         if node.text is None:
             return False
-        verdict = self._hop_cache.get(node.text)
+        verdict = self._hop_memo.get(node.text)
         if verdict is None:
             verdict = self.trusts(node.address)  # type: ignore[arg-type]
-            if len(self._hop_cache) >= _VERDICT_CACHE_SIZE:
-                self._hop_cache.clear()
-            self._hop_cache[node.text] = verdict
+            self._hop_memo.put(node.text, verdict, _TRUST_BYTES + len(node.text))
         return verdict
 
-    def trusts_peer(self, host: Any) -> bool:
-        """May the socket peer ``host`` (ASGI ``scope["client"][0]``, or None) tell us anything?"""
-        verdict = self._peer_cache.get(host)
-        if verdict is None:
-            verdict = self._judge_peer(host)
-            if len(self._peer_cache) >= _VERDICT_CACHE_SIZE:
-                self._peer_cache.clear()
-            self._peer_cache[host] = verdict
-        return verdict
+    def trusts_peer(self, host: Any, unix: bool = False) -> bool:
+        """May the socket peer tell us anything?
 
-    def _judge_peer(self, host: Any) -> bool:
-        if self.trust_all:
-            return True
+        ``host`` is ASGI ``scope["client"][0]`` (or None for no ``client``); ``unix`` says the
+        listening socket is a UNIX socket (see :func:`is_unix_listener`). A peer that is not
+        an IP address is a UNIX peer on a UNIX listener, and nobody we can name on any other.
+        """
+        verdict = self._peer_memo.get(host)
+        if verdict is not None:
+            return verdict
         address = None
         if isinstance(host, str):
             # A socket reports a link-local IPv6 peer with its zone ("fe80::1%eth0"); the zone
             # says which interface, not which host, so it plays no part in trust.
             address = _parse_ip(host.partition("%")[0])
         if address is None:
-            return self.trust_unix
-        return self.trusts(address)
+            return self.trust_all or (unix and self.trust_unix)
+        verdict = self.trust_all or self.trusts(address)
+        self._peer_memo.put(host, verdict, _TRUST_BYTES + len(host))
+        return verdict
 
     def __repr__(self) -> str:
         entries = ["*"] if self.trust_all else []
@@ -448,6 +548,37 @@ def trusted_from_gunicorn(value: str | Iterable[str] | None) -> TrustedProxies:
     return parse_trusted(value or ())
 
 
+def trust_warning(trusted: TrustedProxies) -> str | None:
+    """The one-line start-up warning for a trust list that trusts every address, or None.
+
+    A network such as ``0.0.0.0/0`` or ``::/0`` makes every *hop* a trusted proxy, so the walk
+    passes them all and the leftmost entry -- the one the client wrote -- wins; ``*`` trusts
+    every *peer* but no hop, so the entry our peer added does. (``::/0``, and any IPv6 network
+    holding ``::ffff:0:0/96``, covers every IPv4 address too: see IPv4-mapped above.)
+    """
+    everything = [network for network in trusted.networks if network.prefixlen == 0]
+    if not everything:
+        return None
+    versions = {network.version for network in everything}
+    what = "every address" if versions == {4, 6} else f"every IPv{versions.pop()} address"
+    return (f"hardened_worker: forwarded_allow_ips trusts {what} as a proxy "
+            f"({', '.join(map(str, everything))}), so a client chooses the address the app sees "
+            "(the leftmost X-Forwarded-For/Forwarded entry, which it wrote); use '*' to trust "
+            "every peer and take the address that peer added, or list your proxies' networks")
+
+
+def is_unix_listener(server: Any) -> bool:
+    """Is ASGI ``scope["server"]`` that of a UNIX socket, ``(path, None)``?
+
+    ASGI: ``server`` is ``[host, port]``, or ``[path, None]`` for a UNIX socket; uvicorn sets
+    ``(path, None)`` from ``getsockname()`` on a UNIX socket and ``(host, port)`` on TCP (even
+    when ``getpeername()`` failed and ``client`` is None). No ``server`` at all (ASGI allows
+    it; uvicorn reports it for an abstract-namespace socket) is not known to be a UNIX socket,
+    so it makes no peer local.
+    """
+    return isinstance(server, (tuple, list)) and len(server) == 2 and server[1] is None
+
+
 # ---------------------------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------------------------
@@ -465,7 +596,7 @@ class Extras:
 NO_EXTRAS = Extras()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: the verdict memo holds many
 class Resolution:
     """What to change in the scope. Every field is None when it is to be left as it is."""
 
@@ -527,16 +658,18 @@ def resolve(
     websocket: bool = False,
     extras: Extras = NO_EXTRAS,
     report: Report | None = None,
+    server: Sequence[Any] | None = None,
 ) -> Resolution | None:
     """Decide what a request's forwarding headers change; None means nothing.
 
     ``peer`` is ASGI ``scope["client"]`` (``(host, port)`` or None), ``headers`` ASGI
-    ``scope["headers"]`` (lowercase names). Never raises for any header bytes. ``report``, if
-    given, is called with (header name, reason) for every header that was present but ignored.
+    ``scope["headers"]`` (lowercase names) and ``server`` ASGI ``scope["server"]``, which says
+    whether the peer came through a UNIX socket. Never raises for any header bytes. ``report``,
+    if given, is called with (header name, reason) for every header that was present but ignored.
     """
     names = header_names(family, extras)
     host = peer[0] if peer else None
-    if not trusted.trusts_peer(host):
+    if not trusted.trusts_peer(host, is_unix_listener(server)):
         if report is not None:
             for name in _present(headers, names):
                 report(_DISPLAY[name], f"peer {host!r} is not a trusted proxy")
@@ -579,17 +712,11 @@ def _scheme(text: str, websocket: bool) -> str | None:
 
 
 class _Hop(NamedTuple):
-    index: int  # in the comma-joined list of every X-Forwarded-For line
-    count: int  # length of that list
+    from_right: int  # 0 for the last entry of the comma-joined list of every X-Forwarded-For line
     node: _Node
 
 
-def _parse_xff_entry(text: str) -> _Node | None:
-    return None if len(text) > _NODE_CACHE_MAX else _parse_xff_entry_cached(text)
-
-
-@functools.lru_cache(maxsize=_IP_CACHE_SIZE)
-def _parse_xff_entry_cached(text: str) -> _Node | None:
+def _parse_xff_entry_text(text: str) -> _Node | None:
     """One X-Forwarded-For entry (OWS already stripped):
 
         xff-entry = IPv4address [ ":" port ]
@@ -612,25 +739,54 @@ def _parse_xff_entry_cached(text: str) -> _Node | None:
     return _Node(address, port, str(address))
 
 
+_parse_xff_entry = _memoised_node_parser(_parse_xff_entry_text)
+
+
+def _from_right(lines: list[str]) -> Iterator[str]:
+    """The entries of a comma-separated list header, last first, without their OWS.
+
+    RFC 7230 section 3.2.2: several lines of a list header are one list, in order. Lazily,
+    because the walk reads only the proxies' entries: splitting a 60 KiB client-written prefix
+    would build thousands of strings nobody reads."""
+    joined = ",".join(lines)
+    end = len(joined)
+    while True:
+        start = joined.rfind(",", 0, end) + 1
+        yield joined[start:end].strip(_OWS_CHARS)
+        if start == 0:
+            return
+        end = start - 1
+
+
+def _list_length(lines: list[str]) -> int:
+    return sum(line.count(",") for line in lines) + len(lines)  # as if joined with ","
+
+
+# The walk passes at most this many trusted hops. No proxy chain is that long, and without a
+# bound a client that is itself in the trust list (or any client, with 0.0.0.0/0 trusted)
+# makes every request walk a 60 KiB header of trusted addresses: milliseconds each.
+_MAX_HOPS = 32
+_TOO_MANY_HOPS = f"more than {_MAX_HOPS} trusted hops"
+
+
 def _walk_x_forwarded_for(lines: list[str], trusted: TrustedProxies) -> _Hop | str:
     """The client hop, or why the header is untrustworthy."""
-    # RFC 7230 section 3.2.2: several lines of a list header are one list, in order.
-    entries = ",".join(lines).split(",")
     hop = None
-    for index in range(len(entries) - 1, -1, -1):
-        entry = entries[index].strip(_OWS_CHARS)
+    for from_right, entry in enumerate(_from_right(lines)):
+        if from_right > _MAX_HOPS:
+            return _TOO_MANY_HOPS
         node = _parse_xff_entry(entry)
         if node is None:
             return f"entry {_shorten(entry)} is not an IP address"
-        hop = _Hop(index, len(entries), node)
+        hop = _Hop(from_right, node)
         if not trusted._trusts_node(node):
             return hop
-    assert hop is not None  # split() never returns an empty list
+    assert hop is not None  # a list has at least one (maybe empty) entry
     return hop  # every hop is a trusted proxy: the leftmost is the client
 
 
 def _rightmost(lines: list[str]) -> str:
-    return ",".join(lines).rpartition(",")[2].strip(_OWS_CHARS)
+    return next(_from_right(lines))
 
 
 def _from_x_forwarded(
@@ -643,10 +799,11 @@ def _from_x_forwarded(
     client = scheme = host = port = prefix = None
     hop: _Hop | None = None
     scheme_allowed = True
+    xff_lines: list[str] = []
 
-    lines = found.get(_XFF)
-    if lines is not None:
-        walked = _walk_x_forwarded_for(lines, trusted)
+    if _XFF in found:
+        xff_lines = found[_XFF]
+        walked = _walk_x_forwarded_for(xff_lines, trusted)
         if isinstance(walked, str):
             scheme_allowed = False
             if report is not None:
@@ -661,12 +818,11 @@ def _from_x_forwarded(
             if report is not None:
                 report("X-Forwarded-Proto", "X-Forwarded-For was untrustworthy")
         else:
-            entries = ",".join(lines).split(",")
             # Equal lengths: each proxy appended to both lists, so the entries line up.
-            if hop is not None and len(entries) == hop.count:
-                chosen = entries[hop.index]
-            else:
-                chosen = entries[-1]
+            from_right = 0
+            if hop is not None and _list_length(lines) == _list_length(xff_lines):
+                from_right = hop.from_right
+            chosen = next(itertools.islice(_from_right(lines), from_right, None))
             scheme = _scheme(chosen, websocket)
             if scheme is None and report is not None:
                 report("X-Forwarded-Proto", f"{_shorten(chosen)} is not http, https, ws or wss")
@@ -733,11 +889,7 @@ class _Element(NamedTuple):
 _UNKNOWN_NODE = _Node(None, 0, None)  # "unknown" or obfuscated: nobody we can name or trust
 
 
-def _parse_node(text: str) -> _Node | None:
-    return _parse_node_cached(text) if len(text) <= _NODE_CACHE_MAX else _parse_node_uncached(text)
-
-
-def _parse_node_uncached(text: str) -> _Node | None:
+def _parse_node_text(text: str) -> _Node | None:
     """RFC 7239 section 6 ``node``."""
     match = _NODE_RE.fullmatch(text)
     if match is None:
@@ -757,36 +909,61 @@ def _parse_node_uncached(text: str) -> _Node | None:
     return _Node(address, port, str(address))
 
 
-_parse_node_cached = functools.lru_cache(maxsize=_IP_CACHE_SIZE)(_parse_node_uncached)
+_parse_node = _memoised_node_parser(_parse_node_text)
 
 
-def _parse_forwarded_line(line: str) -> list[_Element] | str:
-    """One Forwarded field line: its elements, or what is wrong with it."""
-    elements: list[_Element] = []
-    pairs: dict[str, str] = {}
-    expect_pair = True  # at the start of an element or right after ";"
-    pos, end = 0, len(line)
+# Longer than any element a proxy writes ("for", "by", "host" and "proto" take < 400), and
+# what bounds the work for one: read backwards and then forwards, a hostile element costs up
+# to a few hundred nanoseconds a character (60 KiB of quoted-pairs took 15 ms).
+_MAX_ELEMENT = 1024
+
+
+def _elements_from_right(line: str) -> Iterator[_Element | str]:
+    """One Forwarded field line's elements, last first, each parsed only when the walk asks
+    for it; a str is what is wrong with the element the walk reached, and ends the line.
+
+    A proxy appends ", " and its element to what the client sent, so reading from the right
+    finds the proxies' elements exactly as they wrote them, whatever the client wrote left of
+    them: even an unterminated quoted-string there cannot swallow them."""
+    end = len(line)  # of the next element
     while True:
-        while pos < end and line[pos] in _OWS_CHARS:
+        # Only a window is reversed and lexed. An element longer than the window has the
+        # lexer run to the window's end, or fail inside a quoted-string that the cut leaves
+        # open (see _REV_QUOTED_STRING): never a shorter element that would parse.
+        window = line[max(0, end - _MAX_ELEMENT - 1):end][::-1]
+        stop = _REV_ELEMENT_RE.match(window).end()  # type: ignore[union-attr]
+        if stop > _MAX_ELEMENT:
+            yield f"an element longer than {_MAX_ELEMENT} characters"
+            return
+        if stop < len(window) and window[stop] != ",":  # a DQUOTE that opens or closes nothing
+            yield f"unbalanced quote at offset {end - 1 - stop}"
+            return
+        element = _parse_element(line[end - stop:end])
+        if element is not None:  # an empty list element (RFC 7230 section 7) says nothing
+            yield element
+        if stop == len(window):  # the start of the line
+            return
+        end -= stop + 1
+
+
+def _parse_element(text: str) -> _Element | str | None:
+    """One forwarded-element (RFC 7239 section 4, no top-level ","): the element, what is
+    wrong with it, or None if it has no pairs."""
+    pairs: dict[str, str] = {}
+    expect_pair = True  # at the start or right after ";": the [ forwarded-pair ] are optional
+    pos, end = 0, len(text)
+    while True:
+        while pos < end and text[pos] in _OWS_CHARS:
             pos += 1
         if pos == end:
             break
-        char = line[pos]
-        if char == "," or char == ";":
-            # Empty list elements and empty pairs are allowed (RFC 7230 section 7; the
-            # [ forwarded-pair ] of section 4); an element without pairs says nothing.
-            if char == "," and pairs:
-                element = _element(pairs)
-                if isinstance(element, str):
-                    return element
-                elements.append(element)
-                pairs = {}
+        if text[pos] == ";":
             expect_pair = True
             pos += 1
             continue
-        match = _PAIR_RE.match(line, pos) if expect_pair else None
+        match = _PAIR_RE.match(text, pos) if expect_pair else None
         if match is None:
-            return f"syntax error at offset {pos}: {_shorten(line[pos:pos + 20])}"
+            return f"syntax error in {_shorten(text)} at {_shorten(text[pos:pos + 20])}"
         name = match[1].lower()  # parameter names are case-insensitive (section 4)
         if name in pairs:
             return f"parameter {name!r} appears twice in one element"
@@ -796,12 +973,7 @@ def _parse_forwarded_line(line: str) -> list[_Element] | str:
         pairs[name] = value
         expect_pair = False
         pos = match.end()
-    if pairs:
-        element = _element(pairs)
-        if isinstance(element, str):
-            return element
-        elements.append(element)
-    return elements
+    return _element(pairs) if pairs else None
 
 
 def _element(pairs: dict[str, str]) -> _Element | str:
@@ -826,15 +998,18 @@ def _element(pairs: dict[str, str]) -> _Element | str:
 def _walk_forwarded(lines: list[str], trusted: TrustedProxies) -> _Element | str | None:
     """The element the walk stops at, why the header is ignored, or None if it is empty.
 
-    Lines are parsed from the last one back, and only as far as the walk goes: several lines
-    are one list (RFC 7239 section 7.1), but a list element cannot span lines, so a broken
-    line left of the client -- the client's own -- cannot spoil the proxies' lines."""
+    Lines, and the elements of each, are parsed from the last one back, and only as far as the
+    walk goes: several lines are one list (RFC 7239 section 7.1), but a list element cannot
+    span lines, so what the client wrote left of the proxies' elements cannot spoil them."""
     leftmost = None
+    hops = 0
     for line in reversed(lines):
-        elements = _parse_forwarded_line(line)
-        if isinstance(elements, str):
-            return elements
-        for element in reversed(elements):
+        for element in _elements_from_right(line):
+            if isinstance(element, str):
+                return element
+            hops += 1
+            if hops > _MAX_HOPS + 1:
+                return _TOO_MANY_HOPS
             leftmost = element
             if element.node is None or not trusted._trusts_node(element.node):
                 return element
@@ -879,15 +1054,22 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitab
                    Awaitable[None]]
 
 _HTTP_TYPES = frozenset({"http", "websocket"})
+EXTENSION = "hardened_worker"  # our key in scope["extensions"]
 
 
 def rewrite_scope(scope: Scope, resolution: Resolution) -> Scope:
     """``scope`` with ``resolution`` applied, in place.
 
     In place, as uvicorn's own ProxyHeadersMiddleware does: the server's access log reads the
-    same scope object, and must show the client the app saw, not the proxy.
+    same scope object, and must show the client the app saw, not the proxy. The client it
+    replaces, the socket peer, is kept in ``scope["extensions"][EXTENSION]["peer"]``.
     """
     if resolution.client is not None:
+        extensions = scope.get("extensions")
+        if extensions is None:  # uvicorn's http scopes have none: the per-request case
+            scope["extensions"] = {EXTENSION: {"peer": scope.get("client")}}
+        else:
+            _keep_peer(extensions, scope.get("client"))
         scope["client"] = resolution.client
     if resolution.scheme is not None:
         scope["scheme"] = resolution.scheme
@@ -911,6 +1093,16 @@ def rewrite_scope(scope: Scope, resolution: Resolution) -> Scope:
     return scope
 
 
+def _keep_peer(extensions: dict, peer: Any) -> None:
+    """Record the socket peer in extensions the server (or an outer layer) made: added to
+    them, never replacing them; and never over a peer a first pass (two such middlewares)
+    recorded, which was the socket's, not a proxy's claim."""
+    ours = extensions.get(EXTENSION)
+    if ours is None:
+        ours = extensions[EXTENSION] = {}
+    ours.setdefault("peer", peer)
+
+
 def _with_host(headers: Iterable[Tuple[bytes, bytes]], host: bytes) -> list[tuple[bytes, bytes]]:
     rewritten: list[tuple[bytes, bytes]] = []
     placed = False
@@ -926,7 +1118,24 @@ def _with_host(headers: Iterable[Tuple[bytes, bytes]], host: bytes) -> list[tupl
     return rewritten
 
 
-_UNKNOWN = object()
+# The verdict memo is keyed by whole header values, which a client writes (nginx appends to the
+# client's X-Forwarded-For): an entry over _VERDICT_ITEM_MAX bytes (values over ~1.2 KiB in
+# all, far more than any proxy chain writes) is resolved every time, never kept.
+_VERDICT_MEMO_BUDGET = 1024 * 1024  # per middleware: ~1200 entries of typical headers
+_VERDICT_ITEM_MAX = 2048
+# A verdict: its slot, the key (a pair, and the tuple of headers), the Resolution, its client
+# pair and host str; and each header (a pair and the two bytes objects the key keeps alive).
+_VERDICT_BYTES = _SLOT_BYTES + 2 * _PAIR_BYTES + _RESOLUTION_BYTES + _PAIR_BYTES + _STR_BYTES
+_HEADER_BYTES = _PAIR_BYTES + 2 * _BYTES_BYTES
+
+
+def _verdict_size(found: tuple, resolution: Resolution | None) -> int:
+    size = _VERDICT_BYTES
+    for name, value in found:
+        size += _HEADER_BYTES + len(name) + len(value)
+    if resolution is not None and resolution.host is not None:
+        size += len(resolution.host)
+    return size
 
 
 class ForwardedMiddleware:
@@ -935,8 +1144,9 @@ class ForwardedMiddleware:
 
     ``trusted`` is a :class:`TrustedProxies` or anything :func:`parse_trusted` takes. Requests
     from an untrusted peer, and requests without any header the family reads, reach the app
-    with their scope object untouched; otherwise the scope is rewritten in place. Why a header was
-    ignored is logged at DEBUG on ``hardened_worker.forwarded``.
+    with their scope object untouched; otherwise the scope is rewritten in place (see
+    :func:`rewrite_scope`; the socket peer is kept in ``scope["extensions"]["hardened_worker"]
+    ["peer"]``). Why a header was ignored is logged at DEBUG on ``hardened_worker.forwarded``.
     """
 
     def __init__(
@@ -953,8 +1163,8 @@ class ForwardedMiddleware:
         self.family = family
         self.extras = Extras(host, port, prefix)
         self._names = header_names(family, self.extras)
-        self._peer_cache = self.trusted._peer_cache
-        self._verdicts: dict[tuple, Resolution | None] = {}
+        self._peer_verdict = self.trusted._peer_memo.get
+        self._verdicts = _Memo(_VERDICT_MEMO_BUDGET, _VERDICT_ITEM_MAX)
         if family == "forwarded" and (port or prefix):
             logger.warning(
                 "ignoring %s: X-Forwarded-Port and X-Forwarded-Prefix are only read with the "
@@ -966,34 +1176,36 @@ class ForwardedMiddleware:
         if scope["type"] in _HTTP_TYPES and self._names:
             client = scope.get("client")
             host = client[0] if client else None
-            trusted = self._peer_cache.get(host)
+            trusted = self._peer_verdict(host)  # memoised for IP peers: the usual answer
             if trusted is None:
-                trusted = self.trusted.trusts_peer(host)
+                trusted = self.trusted.trusts_peer(host, is_unix_listener(scope.get("server")))
             if trusted:
                 names = self._names
-                found = [header for header in scope["headers"] if header[0] in names]
+                # Pairs, not the server's items: ASGI allows lists, and the memo key must hash.
+                found = tuple([(name, value) for name, value in scope["headers"]
+                               if name in names])
                 if found:
-                    self._rewrite(scope, host, tuple(found))
+                    # Behind a proxy every request carries these headers, and a client's next
+                    # requests carry the same values: the verdict, a pure function of them
+                    # once the peer is trusted, is memoised (see _Memo).
+                    key = (found, scope["type"])
+                    resolution = self._verdicts.get(key, _MISSING)
+                    if resolution is _MISSING:
+                        resolution = self._resolve(key, host)
+                    if resolution is not None:
+                        rewrite_scope(scope, resolution)
             elif logger.isEnabledFor(logging.DEBUG):
                 self._explain_untrusted(scope, host)
         await self.app(scope, receive, send)
 
-    def _rewrite(self, scope: Scope, peer_host: Any, found: tuple) -> None:
-        # Behind a proxy every request carries these headers, and a client's next requests carry
-        # the same values: the verdict, a pure function of them once the peer is trusted, is
-        # memoised (bounded; cleared when full). Not while debug logging wants the reasons.
-        key = (found, scope["type"])
-        resolution = self._verdicts.get(key, _UNKNOWN)
-        if resolution is _UNKNOWN:
-            report = self._reporter(peer_host) if logger.isEnabledFor(logging.DEBUG) else None
-            resolution = _resolve_trusted(found, self._names, self.trusted, self.family,
-                                          scope["type"] == "websocket", self.extras, report)
-            if report is None:
-                if len(self._verdicts) >= _VERDICT_CACHE_SIZE:
-                    self._verdicts.clear()
-                self._verdicts[key] = resolution
-        if resolution is not None:
-            rewrite_scope(scope, resolution)
+    def _resolve(self, key: tuple, peer_host: Any) -> Resolution | None:
+        found, kind = key
+        report = self._reporter(peer_host) if logger.isEnabledFor(logging.DEBUG) else None
+        resolution = _resolve_trusted(found, self._names, self.trusted, self.family,
+                                      kind == "websocket", self.extras, report)
+        if report is None:  # not memoised while debug logging wants the reasons every time
+            self._verdicts.put(key, resolution, _verdict_size(found, resolution))
+        return resolution
 
     def _explain_untrusted(self, scope: Scope, peer_host: Any) -> None:
         for name in _present(scope["headers"], self._names):

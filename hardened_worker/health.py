@@ -1,10 +1,11 @@
 """A health endpoint answered by the worker itself, as plain ASGI middleware.
 
-``GET <path>`` never reaches the app: 200 with ``{"pid", "state", "age", "requests"}`` while the
-worker is ready, 503 while it is booting, in its drain delay or draining, so a Kubernetes readiness
-probe or a load balancer stops routing to it before it stops accepting. An optional app-level check
-(``module:function``, sync or async, returning a truthy value when healthy) runs with a timeout;
-a false result, an exception or the timeout answers 503 and names the reason in the body.
+``GET <path>`` (or ``HEAD``) never reaches the app: 200 with ``{"pid", "state", "age", "requests"}``
+while the worker is ready, 503 while it is booting, in its drain delay or draining, so a Kubernetes
+readiness probe or a load balancer stops routing to it before it stops accepting. Other methods on
+the path answer 405 with ``Allow: GET, HEAD``. An optional app-level check (``module:function``)
+is run by a :class:`HealthCheck`: a false result, an exception or the timeout answers 503 and
+names the reason in the body.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import inspect
 import json
 import logging
 import os
+import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from hardened_worker.drain import ASGIApp, Receive, Scope, Send
 
@@ -32,6 +34,97 @@ def load_check(reference: str) -> Callable[[], Any]:
     if not callable(target):
         raise TypeError(f"{reference} is not callable")
     return target
+
+
+def _is_async(check: Callable[[], Any]) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one (``async def __call__``,
+    which :func:`inspect.iscoroutinefunction` does not see on the object itself)."""
+    return inspect.iscoroutinefunction(check) or inspect.iscoroutinefunction(
+        getattr(check, "__call__", None))
+
+
+class HealthCheck:
+    """The app's health check, run with a timeout, one run at a time.
+
+    ``check`` takes no arguments and returns a truthy value when the app is healthy. A coroutine
+    function or an object with ``async def __call__`` is awaited on the event loop; anything
+    else may block, so it is called in a thread of its own, and if it returns an awaitable (a
+    ``lambda: db.ping()``) that is awaited on the loop too.
+
+    ``await run()`` answers ``(ok, answer)``: ``(True, "ok")`` or ``(False, "returned false")``,
+    ``(False, "raised ValueError")``, ``(False, "timed out after 1 s")``. Probes that arrive
+    while a run is in flight share its answer rather than start another. A run that exceeds the
+    timeout answers at the timeout; an async check is cancelled then, a thread cannot be: it
+    runs on, and until it returns every probe answers at once that the check is still running
+    instead of starting a second thread. So a hung check holds one thread, never a pile of
+    them, and never one of the loop's default executor, which the app's own ``to_thread`` calls
+    need (64 probes against a hung check used to starve it). The thread is a daemon, not an
+    executor's: a ThreadPoolExecutor's threads are joined at exit, and a hung one would keep
+    the worker from exiting until the master kills it.
+    """
+
+    def __init__(self, check: Callable[[], Any], timeout: float) -> None:
+        self.check = check
+        self.timeout = timeout
+        self._async = _is_async(check)
+        self._running: Optional[asyncio.Future[tuple[bool, str]]] = None
+        self._thread: Optional[threading.Thread] = None
+        self._thread_started = 0.0
+
+    async def run(self) -> tuple[bool, str]:
+        if self._running is None or self._running.done():
+            if self._thread is not None and self._thread.is_alive():
+                hung = time.monotonic() - self._thread_started
+                return False, (f"timed out after {self.timeout:g} s, "
+                               f"still running after {hung:.0f} s")
+            self._running = asyncio.ensure_future(self._run_once())
+        # shield: a probe that goes away (client disconnect) must not cancel the others' run.
+        return await asyncio.shield(self._running)
+
+    async def _run_once(self) -> tuple[bool, str]:
+        try:
+            healthy = bool(await asyncio.wait_for(self._call(), self.timeout))
+        except asyncio.TimeoutError:
+            return False, f"timed out after {self.timeout:g} s"
+        except Exception as exc:  # the app's check failing is an answer, not a crash
+            logger.warning("hardened_worker: health check raised %r", exc)
+            return False, f"raised {type(exc).__name__}"
+        return (True, "ok") if healthy else (False, "returned false")
+
+    async def _call(self) -> Any:
+        result = self.check() if self._async else await self._in_thread()
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def _in_thread(self) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def call() -> None:
+            try:
+                outcome: tuple[Any, Optional[Exception]] = (self.check(), None)
+            except Exception as exc:
+                outcome = (None, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+            except RuntimeError:  # the loop closed while the check hung: nobody is waiting
+                pass
+
+        self._thread = threading.Thread(target=call, name="hardened_worker health check",
+                                        daemon=True)
+        self._thread_started = time.monotonic()
+        self._thread.start()
+        return future
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: Optional[Exception]) -> None:
+    if future.done():  # the run timed out and was cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class WorkerStatus:
@@ -56,50 +149,57 @@ class WorkerStatus:
         }
 
 
+_METHODS = ("GET", "HEAD")
+
+
 class HealthMiddleware:
+    """Answers ``path`` itself (see the module docstring); everything else goes to ``app``.
+
+    ``check`` is the app's check (a callable, run by a :class:`HealthCheck` with
+    ``check_timeout``) or a :class:`HealthCheck` to share with other users, such as a readiness
+    gate; it runs only while the worker is ready. The one in use is ``health_check``.
+    """
+
     def __init__(
         self,
         app: ASGIApp,
         path: str,
         status: WorkerStatus,
-        check: Optional[Callable[[], Any]] = None,
+        check: Union[Callable[[], Any], HealthCheck, None] = None,
         check_timeout: float = 1.0,
     ) -> None:
         self.app = app
         self.path = path
         self.status = status
-        self.check = check
-        self.check_timeout = check_timeout
+        self.health_check: Optional[HealthCheck] = (
+            check if isinstance(check, HealthCheck) or check is None
+            else HealthCheck(check, check_timeout))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path:
             return await self.app(scope, receive, send)
+        if scope["method"] not in _METHODS:
+            return await _respond(send, 405, {"error": "method not allowed"}, head=False,
+                                  headers=[(b"allow", ", ".join(_METHODS).encode())])
         extra: dict[str, Any] = {}
         healthy = self.status.ready
-        if healthy and self.check is not None:
-            healthy, extra["check"] = await self._run_check()
-        body = json.dumps(self.status.body(**extra)).encode()
-        await send({
-            "type": "http.response.start",
-            "status": 200 if healthy else 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-            ],
-        })
-        await send({"type": "http.response.body", "body": body if scope["method"] != "HEAD" else b""})
+        if healthy and self.health_check is not None:
+            healthy, extra["check"] = await self.health_check.run()
+        await _respond(send, 200 if healthy else 503, self.status.body(**extra),
+                       head=scope["method"] == "HEAD")
 
-    async def _run_check(self) -> tuple[bool, str]:
-        assert self.check is not None
-        try:
-            if inspect.iscoroutinefunction(self.check):
-                result = await asyncio.wait_for(self.check(), self.check_timeout)
-            else:
-                result = await asyncio.wait_for(asyncio.to_thread(self.check), self.check_timeout)
-        except asyncio.TimeoutError:
-            return False, f"timed out after {self.check_timeout:g} s"
-        except Exception as exc:  # the app's check failing is an answer, not a crash
-            logger.warning("hardened_worker: health check raised %r", exc)
-            return False, f"raised {type(exc).__name__}"
-        return (True, "ok") if result else (False, "returned false")
+
+async def _respond(send: Send, status: int, body: dict[str, Any], head: bool,
+                   headers: Optional[list[tuple[bytes, bytes]]] = None) -> None:
+    content = json.dumps(body).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(content)).encode()),
+            (b"cache-control", b"no-store"),
+            *(headers or ()),
+        ],
+    })
+    await send({"type": "http.response.body", "body": b"" if head else content})

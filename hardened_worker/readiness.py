@@ -71,13 +71,6 @@ class Reloads:
     abandoned: int = 0  # newest generation stopped while booting (shutdown during a reload)
 
 
-# A rejection this close before our SIGTERM belongs to the reload that sent it: the master forks the
-# new workers and signals the old ones in the same instant, and a broken app can fail in milliseconds;
-# and after the last failed worker exits, the master may have re-sent SIGTERM (about once a second)
-# before it reaped that worker. Failed workers refresh ``rejected_at`` as they exit.
-REJECTION_WINDOW = 2.0
-
-
 SERVING = (State.READY, State.SURGING, State.STOPPING, State.RETIRING)
 LOADED = (State.BOOTING, *SERVING)  # holding the app's memory
 RECYCLING = (State.SURGING, State.RETIRING)
@@ -106,6 +99,12 @@ def retirement_gate(me: Peer, peers: Iterable[Peer], reloads: Reloads, stop_requ
     ready. The old generation then leaves together, as gunicorn intends, but only once the new
     one serves. If the reload that sent SIGTERM was rejected, the stop is cancelled: the master
     stops re-sending SIGTERM once the failed workers are gone, because its worker count is met.
+    Which SIGTERM belongs to that reload is a matter of order, not of a time window: the master
+    sends it right after forking the new workers, and re-sends it only while one of them is still
+    there (it reaps an exited worker before it counts them again); each failed worker refreshes
+    ``rejected_at`` as it exits. So a SIGTERM that arrived no later than the last failure's exit,
+    or while a failed successor is still alive, is the rejected reload's; a later one (a shutdown,
+    TTOU) is a real stop.
 
     With ``rolling`` (the configured worker count, 0 for off) old workers leave one at a time
     instead, each as one more successor becomes ready (uWSGI's chain reload, Puma's phased
@@ -131,7 +130,7 @@ def retirement_gate(me: Peer, peers: Iterable[Peer], reloads: Reloads, stop_requ
         return Gate.RETIRE
     if reloads.rejected > me.generation and (
             any(p.state == State.FAILED for p in newer)
-            or reloads.rejected_at >= stop_requested - REJECTION_WINDOW):
+            or reloads.rejected_at >= stop_requested):
         return Gate.ROLLBACK
     settled = max(reloads.rejected, reloads.abandoned)
     successors_seen = any(p.generation == reloads.generation for p in newer)
@@ -154,14 +153,41 @@ _HEADER = struct.Struct("=qqdqdq")
 _HEADER_FIELDS = ("generation", "rejected", "rejected_at", "abandoned", "failed_at", "newest_age")
 SLOTS = 512
 
+# The counters area (observability): after the slots, one row of int64 per slot, written only by
+# that slot's worker with plain stores through a memoryview (no lock, no syscall: cheap enough for
+# the request path), read lock-free by whichever worker answers the metrics path. Then the pool's
+# "retired" row: what workers that have left counted, folded in under the lock by the worker that
+# reuses (or frees) a dead worker's slot, so a recycled worker's requests stay in the totals.
+# Histogram buckets (seconds) are Prometheus' default ones, +Inf last.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+C_REQUESTS, C_INFLIGHT, C_DURATION_US, C_STALLS, C_PHASE, C_MEMORY, C_BUCKET0 = range(7)
+C_BEAT = C_BUCKET0 + len(BUCKETS) + 1  # time.monotonic() in ms at the worker's last tick
+COUNTERS = 24  # per slot; C_BUCKET0 .. C_BUCKET0 + len(BUCKETS) are the buckets
+FOLDED = (C_REQUESTS, C_DURATION_US, C_STALLS, *range(C_BUCKET0, C_BUCKET0 + len(BUCKETS) + 1))
+# The retired row: a sequence number (odd while a fold is in progress: readers retry), the newest
+# generation counted as an accepted reload, the reload counts, a ring of the last exits (pid,
+# reason, time), exits by reason (EXIT_REASONS index + 1; 0: none recorded), then the folded counters.
+R_SEQ, R_ACCEPTED_GEN, R_ACCEPTED, R_REJECTED, R_RING_NEXT = range(5)
+RING = 8
+R_RING = 8
+R_EXITS = R_RING + 3 * RING
+EXIT_KINDS = 16  # room for EXIT_REASONS + 1
+R_TOTALS = R_EXITS + EXIT_KINDS
+RETIRED = R_TOTALS + COUNTERS
+
 
 class Table:
     """Fixed-size table of worker slots in an anonymous shared mapping."""
 
     def __init__(self) -> None:
-        self._map = mmap.mmap(-1, _HEADER.size + SLOTS * _SLOT.size)
+        self._counters_at = _HEADER.size + SLOTS * _SLOT.size
+        self._retired_at = self._counters_at + SLOTS * COUNTERS * 8
+        self._map = mmap.mmap(-1, self._retired_at + RETIRED * 8)
         self._lock = FileLock()
         self._slot: int | None = None
+        self._all = memoryview(self._map).cast("q")  # type: ignore[arg-type]
+        self._retired = self._all[self._retired_at // 8:]
+        self._private = memoryview(bytearray(COUNTERS * 8)).cast("q")  # no slot: counted nowhere
 
     def _offset(self, index: int) -> int:
         return _HEADER.size + index * _SLOT.size
@@ -180,6 +206,7 @@ class Table:
                 peer = self._read(index)
                 # A dead worker's SURGING slot is kept for adopt_orphaned_surge.
                 if peer.pid == 0 or (peer.state != State.SURGING and not _alive(peer.pid)):
+                    self._fold(index, peer)
                     _SLOT.pack_into(self._map, self._offset(index), os.getpid(), State.BOOTING,
                                     age, generation, now, now, 0, 0)
                     self._slot = index
@@ -247,6 +274,7 @@ class Table:
             for index in range(SLOTS):
                 peer = self._read(index)
                 if peer.state == State.SURGING and not _alive(peer.pid):
+                    self._fold(index, peer)
                     _SLOT.pack_into(self._map, self._offset(index), 0, State.FREE, 0, 0, 0, 0, 0, 0)
                     return peer.pid
         return 0
@@ -310,6 +338,7 @@ class Table:
             first = self._header()[1] < generation
             if first:
                 self._write("rejected", generation)
+                self._retired[R_REJECTED] += 1
             self._write("rejected_at", time.time())
         return first
 
@@ -329,6 +358,78 @@ class Table:
 
     def me(self) -> Peer | None:
         return None if self._slot is None else self._read(self._slot)
+
+    # --- counters (see COUNTERS) ----------------------------------------------------------------
+
+    def _row(self, index: int) -> memoryview:
+        start = self._counters_at // 8 + index * COUNTERS
+        return self._all[start:start + COUNTERS]
+
+    def counters(self) -> memoryview:
+        """This worker's counter row (int64s, ``C_*``): the worker's to write, no lock needed."""
+        return self._private if self._slot is None else self._row(self._slot)
+
+    def _fold(self, index: int, peer: Peer) -> None:
+        """Under the lock: add a departed worker's counts to the retired row, clear its row."""
+        row, retired = self._row(index), self._retired
+        if peer.pid == 0 and not any(row):
+            return
+        retired[R_SEQ] += 1  # odd: readers retry
+        for field in FOLDED:
+            retired[R_TOTALS + field] += row[field]
+        if peer.pid:
+            kind = min(peer.reason, EXIT_KINDS - 1)
+            retired[R_EXITS + kind] += 1
+            at = R_RING + 3 * (retired[R_RING_NEXT] % RING)
+            retired[at], retired[at + 1], retired[at + 2] = peer.pid, peer.reason, int(peer.changed)
+            retired[R_RING_NEXT] += 1
+        for field in range(COUNTERS):
+            row[field] = 0
+        retired[R_SEQ] += 1
+
+    def count_accepted(self, generation: int) -> bool:
+        """The first ready worker of a generation after the first: one accepted reload."""
+        retired = self._retired
+        if generation <= max(1, retired[R_ACCEPTED_GEN]):
+            return False
+        with self._lock:
+            if generation <= max(1, retired[R_ACCEPTED_GEN]):
+                return False
+            retired[R_ACCEPTED_GEN] = generation
+            retired[R_ACCEPTED] += 1
+        return True
+
+    def snapshot(self) -> "Snapshot":
+        """Every slot with its counters, and the retired row, consistent with respect to folds."""
+        while True:
+            seq = self._retired[R_SEQ]
+            if seq % 2:
+                time.sleep(0)
+                continue
+            slots = []
+            for index in range(SLOTS):
+                peer = self._read(index)
+                if peer.pid:
+                    slots.append(SlotView(peer, _alive(peer.pid), tuple(self._row(index))))
+            retired = tuple(self._retired)
+            if self._retired[R_SEQ] == seq:
+                return Snapshot(tuple(slots), retired, self.reloads())
+
+
+@dataclass(frozen=True)
+class SlotView:
+    peer: Peer
+    alive: bool
+    counters: tuple  # the slot's counter row (C_*)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole table at one moment, for the metrics renderer (pure from here on)."""
+
+    slots: tuple  # of SlotView, occupied slots only (live, or dead and not yet folded)
+    retired: tuple  # the retired row (R_*)
+    reloads: Reloads
 
 
 class FileLock:

@@ -12,7 +12,9 @@ exercised by the real-process tests:
   ``config.loaded_app`` (replaced at the drain);
 * the protocols' ``app`` attribute, reassigned on live connections when the drain starts (they
   read it per request), and websockets' ``asgi_send`` (websockets) or ``send`` (wsproto);
-* ``LifespanOn``'s ``receive``/``send``/events, subclassed for the lifespan rules below.
+* ``LifespanOn``'s ``receive``/``send``/events, subclassed for the lifespan rules below;
+* an exception out of the app after its response started makes ``run_asgi`` close the
+  connection (what ``deadline.Cut`` relies on to cut a response), logged on ``uvicorn.error``.
 
 The phases read top to bottom: ``startup`` (lifespan, then accept), ``main_loop`` (serving; the
 host's ``on_tick`` decides when to stop), ``shutdown`` (the drain). The server knows its worker only
@@ -41,6 +43,8 @@ from uvicorn.server import Server
 from hardened_worker import diagnostics, drain
 
 WEBSOCKET_CLOSE_WAIT = 5.0  # seconds a client has to answer our close frame
+NOT_READY_SHUTDOWN = 5.0  # seconds of lifespan shutdown for a worker whose app never got ready
+STREAM_END_WAIT = 0.5  # at the drain deadline: seconds cancelled requests get to end their streams
 
 
 class Host(Protocol):
@@ -52,6 +56,7 @@ class Host(Protocol):
     stall: Any  # the stall watchdog: tick()
 
     def wrap_app(self, app: Any) -> Any: ...
+    async def until_ready(self) -> str: ...  # "" or why the app is not ready
     def on_ready(self) -> None: ...
     def on_tick(self) -> bool: ...  # True: stop serving and drain
     def on_drain_tick(self) -> None: ...
@@ -180,6 +185,8 @@ class HardenedServer(Server):
         self.host = host
         self.lifespan: HardenedLifespan
         self.drain_started: Optional[float] = None
+        self.not_ready = ""  # the app's check never passed (Host.until_ready)
+        self.drain_signal = drain.DrainSignal()  # the app's view of the drain (deadline.RequestGuard)
 
     def stats(self) -> Stats:
         state = self.server_state
@@ -187,11 +194,12 @@ class HardenedServer(Server):
 
     @property
     def startup_failure(self) -> str:
-        """Why lifespan startup failed ("" if it did not, or said nothing)."""
+        """Why the start failed: lifespan startup, or the app's check afterwards."""
+        if self.not_ready:
+            return self.not_ready
         lifespan = getattr(self, "lifespan", None)
-        if lifespan is None:
-            return ""
-        return repr(lifespan.error) if lifespan.error else (lifespan.failure or "")
+        reason = (repr(lifespan.error) if lifespan.error else lifespan.failure) if lifespan else ""
+        return f"lifespan startup failed: {reason}" if reason else "lifespan startup failed"
 
     def request_stop(self, force: bool) -> None:
         """Leave the main loop at once; ``force``: close every connection, wait for nothing."""
@@ -227,6 +235,13 @@ class HardenedServer(Server):
     async def startup(self, sockets: list[Any]) -> None:  # type: ignore[override]
         await self.lifespan.startup()
         if self.lifespan.should_exit:
+            return
+        self.not_ready = await self.host.until_ready()
+        if self.not_ready:
+            try:  # the app gets to clean up what its startup opened
+                await asyncio.wait_for(self.lifespan.shutdown(), NOT_READY_SHUTDOWN)
+            except asyncio.TimeoutError:
+                pass
             return
         config = self.config
         loop = asyncio.get_running_loop()
@@ -279,6 +294,7 @@ class HardenedServer(Server):
         if self.drain_started is not None:
             return
         self.drain_started = time.monotonic()
+        self.drain_signal.event.set()  # streams that watch it end now; clients reconnect elsewhere
         for server in self.servers:
             server.close()  # closes this process's copy of the listening socket too
         # The protocols read their ``app`` per request: wrapping it only now costs the requests
@@ -331,7 +347,7 @@ class HardenedServer(Server):
                     conn.transport.close()
             await asyncio.sleep(0.05)
         if (state.connections or state.tasks) and not self.force_exit:
-            self._deadline_passed(plan)
+            await self._deadline_passed(plan)
 
     async def _close_websockets(self, plan: drain.DrainPlan) -> None:
         """A close frame with 1001 "going away" through each websocket's ASGI send (uvicorn's own
@@ -351,13 +367,21 @@ class HardenedServer(Server):
             if conn in self.server_state.connections:
                 conn.shutdown()  # a client that did not answer the close frame in time
 
-    def _deadline_passed(self, plan: drain.DrainPlan) -> None:
+    async def _deadline_passed(self, plan: drain.DrainPlan) -> None:
         in_flight = [c.scope for c in self.server_state.connections
                      if _is_http(c) and not _is_idle(c) and isinstance(getattr(c, "scope", None), dict)]
         self.host.log.warning(
             "hardened_worker: worker %s drain deadline passed; closing %d connections, in flight: %s",
             self.host.pid, len(self.server_state.connections),
             drain.describe_in_flight(in_flight, time.monotonic(), self.drain_started or plan.drain_at))
+        # Cancelled first, closed after: an event stream gets its terminating chunk on the way out
+        # (deadline.RequestGuard), anything else is cut when its task ends or at the close below.
+        self.drain_signal.deadline_passed = True
+        tasks = list(self.server_state.tasks)
+        for task in tasks:
+            task.cancel(msg="hardened_worker: drain deadline")
+        if tasks:
+            await asyncio.wait(tasks, timeout=STREAM_END_WAIT)
         self._close_all()
 
     def _close_all(self) -> None:

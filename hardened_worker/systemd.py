@@ -21,6 +21,26 @@ The address is also kept in ``_HARDENED_WORKER_NOTIFY_SOCKET`` in the environmen
 USR2 re-executes after a HUP (whose configuration no longer saw ``NOTIFY_SOCKET``) still finds it.
 The name must not start with ``HARDENED_``: the settings validator rejects unknown names.
 
+Reloads (``systemctl reload``, a HUP to the master):
+
+* :func:`notify_reloading`, in the master as it forks the first worker of a new generation:
+  ``RELOADING=1`` with ``MONOTONIC_USEC=`` (``Type=notify-reload``, systemd 253+, requires it;
+  older systemd ignores the field) and ``STATUS=``;
+* :func:`notify_reloaded`, in the first worker of that generation to become ready: ``READY=1``, so
+  ``systemctl reload`` returns once the new code serves;
+* :func:`notify_reload_rejected`, in the first failed worker of a rejected generation: ``READY=1``
+  too, with ``STATUS=reload rejected: ...``. systemd (up to 258 at least) has no way for a
+  notify-reload service to fail a reload job (``RELOADING=1``/``READY=1`` is all there is; a
+  reload-failure field is proposed in systemd PR #39745): the job ends, ``systemctl status``
+  shows the rejection. Withholding ``READY=1`` instead would fail the job only after
+  ``TimeoutStartSec=`` and block further reloads meanwhile.
+
+:class:`Watchdog` (``WatchdogSec=``, any systemd with ``sd_notify``): a thread in the master sends
+``WATCHDOG=1`` (and ``STATUS=`` with a one-line pool summary) every half ``WATCHDOG_USEC``, only
+while the pool is healthy (the callable it is given says so: see ``metrics.health``). It is a
+thread, not the arbiter's loop, because gunicorn's ``Arbiter.reload`` blocks that loop for up to
+``--graceful-timeout`` while old workers leave.
+
 No gunicorn import: the datagram is written here, as ``sd_notify(3)`` describes (``AF_UNIX``
 ``SOCK_DGRAM``; a leading ``@`` means the abstract namespace).
 """
@@ -30,7 +50,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any, MutableMapping, Optional
+import threading
+import time
+from typing import Any, Callable, Mapping, MutableMapping, Optional
 
 NOTIFY_SOCKET = "NOTIFY_SOCKET"
 STASH = "_HARDENED_WORKER_NOTIFY_SOCKET"
@@ -97,6 +119,98 @@ def notify_ready(mainpid: int, log: Any = None) -> bool:
         return False
     log.info("hardened_worker: worker %s told systemd READY=1 (main pid %s)", pid, mainpid)
     return True
+
+
+def address() -> Optional[str]:
+    """Where systemd listens: the deferred address, else this process's environment's."""
+    found = _address or os.environ.get(NOTIFY_SOCKET) or os.environ.get(STASH)
+    return found if found and _supported(found) else None
+
+
+def _send(state: str, log: Any, what: str) -> bool:
+    target = address()
+    if target is None:
+        return False
+    log = log if log is not None else logging.getLogger("gunicorn.error")
+    try:
+        notify(state, target)
+    except OSError as exc:
+        log.warning("hardened_worker: could not tell systemd %s at %s: %s", what, target, exc)
+        return False
+    return True
+
+
+def monotonic_usec() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def notify_reloading(generation: int, log: Any = None) -> bool:
+    """In the master, as a HUP's new generation is forked: a reload has begun."""
+    sent = _send(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}\n"
+                 f"STATUS=reloading: generation {generation} starting", log, "RELOADING=1")
+    if sent and log is not None:
+        log.info("hardened_worker: told systemd RELOADING=1 (generation %d)", generation)
+    return sent
+
+
+def notify_reloaded(mainpid: int, generation: int, log: Any = None) -> bool:
+    """In the first ready worker of a reloaded generation: the reload is done."""
+    pid = os.getpid()
+    sent = _send(f"READY=1\nMAINPID={mainpid}\nSTATUS=serving: reloaded, generation {generation} "
+                 f"ready (worker {pid})", log, "READY=1")
+    if sent and log is not None:
+        log.info("hardened_worker: worker %s told systemd the reload is done (generation %d)",
+                 pid, generation)
+    return sent
+
+
+def notify_reload_rejected(mainpid: int, generation: int, detail: str, log: Any = None) -> bool:
+    """In the first failed worker of a rejected generation: the reload is over, and rejected."""
+    line = " ".join(f"reload rejected: generation {generation} cannot start ({detail}); the "
+                    "previous generation keeps serving".split())
+    return _send(f"READY=1\nMAINPID={mainpid}\nSTATUS={line}", log, "READY=1")
+
+
+class Watchdog:
+    """``WATCHDOG=1`` from the master every ``interval`` seconds while ``healthy()`` returns a
+    status line (None: unhealthy, nothing is sent, and systemd's watchdog runs out)."""
+
+    def __init__(self, interval: float, healthy: Callable[[], Optional[str]], log: Any = None) -> None:
+        self.interval = interval
+        self.healthy = healthy
+        self.log = log
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hardened-systemd-watchdog",
+                                        daemon=True)
+
+    @classmethod
+    def from_environ(cls, healthy: Callable[[], Optional[str]], log: Any = None,
+                     environ: Optional[Mapping[str, str]] = None) -> Optional["Watchdog"]:
+        """As ``sd_watchdog_enabled(3)``: ``WATCHDOG_USEC`` set, ``WATCHDOG_PID`` unset or ours."""
+        environ = os.environ if environ is None else environ
+        try:
+            usec = int(environ.get("WATCHDOG_USEC", ""))
+        except ValueError:
+            return None
+        pid = environ.get("WATCHDOG_PID")
+        if usec <= 0 or (pid and pid != str(os.getpid())):
+            return None
+        return cls(usec / 2e6, healthy, log)  # half the timeout, as sd_watchdog_enabled advises
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                status = self.healthy()
+            except Exception:  # a torn read, a table gone at exit: skip this beat
+                continue
+            if status is not None:
+                _send(f"WATCHDOG=1\nSTATUS={status}", self.log, "WATCHDOG=1")
 
 
 def notify(state: str, address: str) -> None:

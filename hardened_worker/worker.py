@@ -10,6 +10,7 @@ the records into events. gunicorn internals are in :mod:`hardened_worker._gunico
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import faulthandler
 import logging
@@ -26,19 +27,21 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError
 from uvicorn_worker import UvicornWorker
 
-from hardened_worker import (_gunicorn, checks, config, diagnostics, drain, forwarded, memory,
-                             readiness, systemd)
-from hardened_worker.health import HealthMiddleware, WorkerStatus, load_check
+from hardened_worker import (_gunicorn, accesslog, checks, config, diagnostics, drain, forwarded,
+                             memory, metrics, readiness, systemd)
+from hardened_worker.deadline import RequestGuard, skip_expected
+from hardened_worker.health import HealthCheck, HealthMiddleware, WorkerStatus, load_check
 from hardened_worker.lifecycle import Event, Lifecycle, Phase, Reason
 from hardened_worker.readiness import Gate, State
 from hardened_worker.recycling import MemoryRecycling
-from hardened_worker.server import HardenedServer, SkipPath
+from hardened_worker.server import HardenedServer
 
 # A failed start with no older serving worker halts the master, as gunicorn does (no crash loop);
 # with one, the worker leaves quietly so the old generation keeps serving.
 FAILED_WITH_OLDER_LIVE = 1
 CRASH_LOOP_WINDOW = 30.0
 CRASH_LOOP_PAUSE = 5.0
+READY_POLL = 0.25  # seconds between runs of the health check while a new worker waits for it
 
 
 class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
@@ -62,6 +65,9 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
             if cfg.errorlog != "-":
                 print(exc, file=sys.stderr, flush=True)
             sys.exit(1)
+        trust = forwarded.trust_warning(forwarded.trusted_from_gunicorn(cfg.forwarded_allow_ips))
+        if trust and cls._settings.forwarded != "off":
+            log.warning("%s", trust)
         cls._table = readiness.Table()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -71,8 +77,8 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         self.generation = type(self)._generations.of(self.cfg)
         self.table.record_spawn(self.generation, self._age)
         self.settings = self._current_settings()
-        if not self.log.access_log_enabled:
-            logging.getLogger("uvicorn.access").handlers = []
+        # uvicorn builds no access record at all: gunicorn's access log is ours (accesslog.py).
+        logging.getLogger("uvicorn.access").handlers = []
         self.server: Optional[HardenedServer] = None
         self.lifecycle = Lifecycle()
         self.status = WorkerStatus(lambda: self.server.stats().requests if self.server else 0)
@@ -90,6 +96,7 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         self.lifetime_limit: Optional[float] = None
         self._waiting_logged: Optional[str] = None
         self._next_orphan_check = 0.0
+        self._next_memory_publish = 0.0
 
     def _current_settings(self) -> config.Settings:
         try:
@@ -135,6 +142,7 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         signal.siginterrupt(signal.SIGUSR1, False)
         diagnostics.arm_abort_dump(self.log, self._on_abort)
         logging.getLogger("uvicorn.error").addFilter(diagnostics.skip_worker_timeout)
+        logging.getLogger("uvicorn.error").addFilter(skip_expected)  # requests ended by a deadline
         signal.signal(signal.SIGALRM, self._on_startup_timer)
         self._interruptible = True
 
@@ -221,25 +229,38 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         self.table.set_state(State.STOPPING)
         self.table.abandon(self.generation)
         self.log.info("hardened_worker: worker %s exiting while booting: reason %s, up %.1f s",
-                      self.pid, self.exit_reason, self._uptime())
+                      self.pid, self.exit_reason, self._uptime(),
+                      extra=self._facts(up_s=round(self._uptime(), 3)))
         sys.exit(1 if reason is Reason.TIMEOUT else 0)
 
     def wrap_app(self, app: Any) -> Any:
         """Our ASGI layers around the app uvicorn loaded (after its ASGI2/WSGI adaptation)."""
         s = self.settings
+        # One check, shared by the readiness gate (until_ready) and the health path.
+        self.health_check = HealthCheck(load_check(s.health_check), s.health_check_timeout) \
+            if s.health_check else None
         if s.forwarded != "off":
             # In place of uvicorn's proxy_headers (off in CONFIG_KWARGS), same trust list.
             trusted = forwarded.trusted_from_gunicorn(self.cfg.forwarded_allow_ips)
             app = forwarded.ForwardedMiddleware(app, trusted, s.forwarded, s.forwarded_host,
                                                 s.forwarded_port, s.forwarded_prefix)
+        assert self.server is not None
+        app = RequestGuard(app, self.server.drain_signal, s.request_timeout,
+                           lambda line: self.log.warning("hardened_worker: worker %s %s", self.pid, line))
         if self.memory is not None and s.memory_check_requests:
             app = memory.EveryRequests(app, s.memory_check_requests, self.check_memory)
         path = self.settings.health_path
         if path:
-            check = load_check(self.settings.health_check) if self.settings.health_check else None
-            app = HealthMiddleware(app, path, self.status, check, self.settings.health_check_timeout)
-            if not self.settings.health_access_log:
-                logging.getLogger("uvicorn.access").addFilter(SkipPath(path))
+            app = HealthMiddleware(app, path, self.status, self.health_check)
+        if s.metrics_path:  # outside the forwarded middleware: access goes by the socket peer
+            self.stall.log = metrics.StallCounting(self.stall.log, self.table)
+            app = metrics.MetricsMiddleware(
+                app, self.table, s.metrics_path,
+                metrics.Access(self.cfg.forwarded_allow_ips, s.metrics_allow),
+                lambda: metrics.backlog_of(self.sockets))
+        if self.log.access_log_enabled:  # outermost: sees the client forwarded handling settled on
+            skip = () if s.health_access_log or not path else (path,)
+            app = accesslog.AccessLogMiddleware(app, self.log, skip)
         return app
 
     def run(self) -> None:
@@ -251,9 +272,7 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
             pass  # raised outside a request: handled below like one inside
         self._handle_signals()
         if not self.server.stats().started and self.lifecycle.phase is Phase.BOOTING:
-            self.fail_start(f"lifespan startup failed: {self.server.startup_failure}"
-                            if self.server.startup_failure else "lifespan startup failed",
-                            Arbiter.WORKER_BOOT_ERROR)
+            self.fail_start(self.server.startup_failure, Arbiter.WORKER_BOOT_ERROR)
         if self.lifecycle.allows(Event.DRAIN_DONE):
             self._post(Event.DRAIN_DONE)
         if self.surge is not None and not self.surge.retired:
@@ -264,7 +283,8 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         self.table.set_state(State.FREE)  # gone as far as the others are concerned (not yet reaped)
         self.log.info(
             "hardened_worker: worker %s exiting: reason %s, served %d requests, up %.1f s",
-            self.pid, self.exit_reason, self.server.stats().requests, self._uptime())
+            self.pid, self.exit_reason, self.server.stats().requests, self._uptime(),
+            extra=self._facts(requests=self.server.stats().requests, up_s=round(self._uptime(), 3)))
         if self.aborted:
             sys.exit(1)
 
@@ -276,7 +296,8 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         self.table.set_reason(diagnostics.EXIT_REASONS.index(self.exit_reason))
         self.table.set_state(State.FAILED)
         peers = self.table.peers()
-        self.log.error("hardened_worker: worker %s failed to start: %s", self.pid, detail)
+        self.log.error("hardened_worker: worker %s failed to start: %s", self.pid, detail,
+                       extra=self._facts(detail=detail))
         if not readiness.has_older_live(self._age, peers):
             sys.exit(cold_status)
         serving = [p for p in peers if p.age < self._age and p.state in readiness.SERVING]
@@ -284,12 +305,28 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         if reload and self.table.reject(self.generation):
             self.log.error(
                 "hardened_worker: reload rejected: generation %d cannot start (%s); %d workers of "
-                "the previous generation keep serving", self.generation, detail, len(serving))
+                "the previous generation keep serving", self.generation, detail, len(serving),
+                extra=self._facts(detail=detail, serving=len(serving)))
         if self.table.record_failure() < CRASH_LOOP_WINDOW:
             time.sleep(CRASH_LOOP_PAUSE)  # holds the slot, so the master does not respawn at once
         if reload:
-            self.table.reject(self.generation)  # see readiness.REJECTION_WINDOW
+            self.table.reject(self.generation)  # rejected_at = now: see readiness.retirement_gate
         sys.exit(FAILED_WITH_OLDER_LIVE)
+
+    async def until_ready(self) -> str:
+        """After lifespan startup, before accepting: "" once the app says it is ready (its
+        HARDENED_HEALTH_CHECK passes), else the check's last answer after HARDENED_READY_TIMEOUT,
+        which fails the start (a reload is then rejected, with that answer)."""
+        if self.health_check is None:
+            return ""
+        deadline = time.monotonic() + self._ready_timeout()
+        while True:
+            ok, answer = await self.health_check.run()
+            if ok:
+                return ""
+            if time.monotonic() >= deadline:
+                return f"health check not passing after {self._ready_timeout():g} s: {answer}"
+            await asyncio.sleep(READY_POLL)
 
     def on_ready(self) -> None:
         self._interruptible = False
@@ -304,6 +341,7 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         self.status.state = self.lifecycle.health
         if self.lifecycle.phase is not before:
             self.table.set_state(_PUBLISHED[self.lifecycle.phase])
+            self.table.counters()[readiness.C_PHASE] = metrics.phase_code(self.lifecycle.phase)
             if self.lifecycle.reason is not None:
                 self.table.set_reason(diagnostics.EXIT_REASONS.index(self.lifecycle.reason.value))
         for action in actions:
@@ -346,7 +384,11 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         self.stall.start()
         self.check_memory(now_due=True)
         self.log.info("hardened_worker: worker %s ready in %.2f s (generation %d)",
-                      self.pid, self._uptime(), self.generation)
+                      self.pid, self._uptime(), self.generation,
+                      extra=self._facts(up_s=round(self._uptime(), 3)))
+        if self.table.count_accepted(self.generation):
+            self.log.info("hardened_worker: reload accepted: generation %d serves", self.generation,
+                          extra=self._facts())
         systemd.notify_ready(self.ppid)
 
     def _do_start_successor(self, event: Event) -> None:
@@ -362,7 +404,8 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         self.log.info("hardened_worker: worker %s retiring: reason %s, its successor %s after "
                       "%.2f s", self.pid, self.exit_reason,
                       "is ready" if event is Event.SUCCESSORS_READY else "is not ready",
-                      time.monotonic() - self.surge.started)
+                      time.monotonic() - self.surge.started,
+                      extra=self._facts(successor_ready=event is Event.SUCCESSORS_READY))
 
     def _do_cancel_surge(self, event: Event) -> None:
         self.surge = None
@@ -384,7 +427,9 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         self.log.info(
             "hardened_worker: worker %s draining: reason %s, %d connections open, %d requests in "
             "flight, served %d requests, up %.1f s", self.pid, self.exit_reason, stats.connections,
-            stats.in_flight, stats.requests, self._uptime())
+            stats.in_flight, stats.requests, self._uptime(),
+            extra=self._facts(connections=stats.connections, in_flight=stats.in_flight,
+                              requests=stats.requests, up_s=round(self._uptime(), 3)))
         self.drain_plan()
         server.begin_drain()  # at once, not at the next tick: a fast leak grows with every request
         server.request_stop(force=False)
@@ -396,17 +441,20 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
     def _do_log_rollback(self, event: Event) -> None:
         if self.surge is not None:
             self.log.warning("hardened_worker: worker %s keeps serving: its successor cannot start "
-                             "(generation %d is rejected)", self.pid, self.generation)
+                             "(generation %d is rejected)", self.pid, self.generation,
+                             extra=self._facts())
         else:
             self.log.warning("hardened_worker: worker %s keeps serving: generation %d failed to "
-                             "start", self.pid, self.table.reloads().rejected)
+                             "start", self.pid, self.table.reloads().rejected,
+                             extra=self._facts(rejected=self.table.reloads().rejected))
         self.stop = None
 
     def _do_log_not_ready(self, event: Event) -> None:
         self.log.warning("hardened_worker: worker %s %s although its successor%s not ready after "
                          "%.1f s (HARDENED_READY_TIMEOUT)", self.pid,
                          "recycling" if self.surge else "stopping",
-                         " is" if self.surge else "s are", self._ready_timeout())
+                         " is" if self.surge else "s are", self._ready_timeout(),
+                         extra=self._facts())
 
     def _do_exit(self, event: Event) -> None:
         if self.server is not None and self.lifecycle.reason is Reason.TIMEOUT:
@@ -417,6 +465,7 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
     def on_tick(self) -> bool:
         """True when the server should stop serving and drain."""
         self._handle_signals()
+        self._publish_memory()
         if os.getppid() != self.ppid and self.lifecycle.allows(Event.PARENT_GONE):
             if self.lifecycle.serving:
                 self.log.warning("hardened_worker: worker %s lost its master (parent %s); stopping",
@@ -476,7 +525,7 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
                               "worker is recycling", self.pid, why)
             return False
         self.log.log(level, "hardened_worker: worker %s recycling: %s; its successor starts "
-                     "first", self.pid, why)
+                     "first", self.pid, why, extra=self._facts(recycle=reason.value, why=why))
         self._post(event)
         return True
 
@@ -525,6 +574,20 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
 
     def _uptime(self) -> float:
         return time.monotonic() - self.started_at
+
+    def _facts(self, **figures: Any) -> dict[str, Any]:
+        """The lifecycle facts of a log line as fields (``extra=``; the JSON log shows them)."""
+        reason = self.lifecycle.reason
+        return {"hardened_worker": {"pid": self.pid, "generation": self.generation,
+                                    "reason": reason.value if reason else None,
+                                    "phase": self.lifecycle.phase.value, **figures}}
+
+    def _publish_memory(self) -> None:
+        """HARDENED_METRICS_PATH: this worker's memory in its row, once a second."""
+        now = time.monotonic()
+        if self.settings.metrics_path and now >= self._next_memory_publish:
+            self._next_memory_publish = now + 1.0
+            self.table.counters()[readiness.C_MEMORY] = metrics.rss_bytes()
 
 
 class BootInterrupted(SystemExit):

@@ -486,3 +486,37 @@ request = function()
   return wrk.format("GET")
 end
 """
+
+
+# --- websockets ---------------------------------------------------------------------------------
+
+
+def websocket_close_codes(port: int, action: Callable[[], object], sessions: int = 4,
+                          path: str = "/ws", timeout: float = 30.0) -> list:
+    """Open ``sessions`` echo websockets to ``port``; once each has echoed, run ``action()`` (in a
+    thread) and return the close code each one then receives (None: closed without a close frame)."""
+    import asyncio
+
+    import websockets
+
+    async def close_code(ws) -> object:
+        try:
+            await asyncio.wait_for(ws.recv(), timeout)
+            return "a message"
+        except websockets.ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+
+    async def main() -> list:
+        sockets = [await websockets.connect(f"ws://127.0.0.1:{port}{path}", open_timeout=10)
+                   for _ in range(sessions)]
+        try:
+            for ws in sockets:
+                await ws.send("hello")
+                assert await ws.recv() == "hello"
+            await asyncio.to_thread(action)
+            return list(await asyncio.gather(*(close_code(ws) for ws in sockets)))
+        finally:
+            for ws in sockets:
+                await ws.close()
+
+    return asyncio.run(main())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hardened_worker.cgroup import cpu_quota, memory_current, memory_limit, worker_count
+from hardened_worker import config
+from hardened_worker.cgroup import Location, cpu_quota, find, memory_current, memory_limit, own, worker_count
 
 GiB = 1024**3
 V1_UNLIMITED = "9223372036854771712"  # what cgroup v1 prints for "no limit" on 64-bit
@@ -116,3 +117,82 @@ def test_web_concurrency_overrides_cgroup(tmp_path, value, workers):
 def test_web_concurrency_must_be_positive_whole_number(tmp_path, value):
     with pytest.raises(ValueError, match=r"WEB_CONCURRENCY=.* is not a positive whole number"):
         worker_count(str(tmp_path), {"WEB_CONCURRENCY": value}, 8)
+
+
+# --- which cgroup: this process's own, from /proc/self/cgroup and /proc/self/mountinfo -----------
+
+V2_MOUNT = "31 23 0:26 / {mnt} rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
+V1_MOUNTS = (
+    "25 23 0:22 / {mnt} ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755\n"
+    "26 25 0:23 / {mnt}/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw\n"
+    "30 25 0:27 / {mnt}/memory rw,nosuid,nodev,noexec,relatime shared:14 - cgroup cgroup rw,memory\n"
+    "31 25 0:28 / {mnt}/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup "
+    "rw,cpu,cpuacct\n"
+)
+SERVICE = "/system.slice/myapp.service"
+V1_CGROUP = f"12:memory:{SERVICE}\n4:cpu,cpuacct:{SERVICE}\n1:name=systemd:{SERVICE}\n0::{SERVICE}\n"
+
+
+def test_v2_service_on_a_vm_gets_its_own_quota_and_memory_max(tmp_path):
+    # CPUQuota=200%, MemoryMax=1G on a 32-CPU host: the limits are in the service's directory of
+    # the host's cgroup mount, none at its root. 2 workers and the 1 GiB limit.
+    mnt = tree(tmp_path, {f"{SERVICE[1:]}/cpu.max": "200000 100000\n",
+                          f"{SERVICE[1:]}/memory.max": "1073741824\n",
+                          f"{SERVICE[1:]}/memory.current": "4096\n"})
+    where = find(f"0::{SERVICE}\n", V2_MOUNT.format(mnt=mnt))
+    assert where.unified == f"{mnt}{SERVICE}"
+    assert worker_count(where, {}, 32) == 2
+    assert (memory_limit(where), memory_current(where)) == (GiB, 4096)
+    # The old default, the mount point itself, is the host's root cgroup: nothing there.
+    assert (worker_count(mnt, {}, 32), memory_limit(mnt)) == (32, None)
+
+
+def test_v1_service_reads_each_controller_in_its_own_hierarchy(tmp_path):
+    mnt = tree(tmp_path, {f"memory{SERVICE}/memory.limit_in_bytes": "536870912\n",
+                          f"cpu,cpuacct{SERVICE}/cpu.cfs_quota_us": "300000\n",
+                          f"cpu,cpuacct{SERVICE}/cpu.cfs_period_us": "100000\n"})
+    where = find(V1_CGROUP, V1_MOUNTS.format(mnt=mnt))
+    assert where == Location(f"{mnt}/unified{SERVICE}", f"{mnt}/memory{SERVICE}",
+                             (f"{mnt}/cpu,cpuacct{SERVICE}",))
+    assert (memory_limit(where), cpu_quota(where), worker_count(where, {}, 32)) == (GiB // 2, 3.0, 3)
+
+
+@pytest.mark.parametrize(
+    "proc_cgroup, mountinfo, expected",
+    [
+        # a container with a cgroup namespace: its cgroup is the mount's root
+        ("0::/\n", V2_MOUNT.format(mnt="/sys/fs/cgroup"), Location("/sys/fs/cgroup")),
+        # Docker on cgroup v1 without a namespace: the container's cgroup is bind-mounted
+        ("9:memory:/docker/abc\n",
+         "40 30 0:33 /docker/abc /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n",
+         Location(memory="/sys/fs/cgroup/memory")),
+        # the process's cgroup is outside what the mount shows: unknown, never another cgroup
+        ("0::/elsewhere\n", "31 23 0:26 /kubepods /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n", Location()),
+        # the first mount that shows the cgroup wins
+        ("0::/a/b\n",
+         "1 0 0:1 /x /mnt/x rw - cgroup2 cgroup2 rw\n2 0 0:1 /a /mnt/a rw - cgroup2 cgroup2 rw\n",
+         Location("/mnt/a/b")),
+        # mountinfo escapes a space as \040
+        ("0::/my app.service\n", "31 23 0:26 / /c\\040g rw - cgroup2 cgroup2 rw\n",
+         Location("/c g/my app.service")),
+        # no cgroup mounted at all, or a hierarchy missing from /proc/self/cgroup
+        ("0::/\n", "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n", Location()),
+        ("", V2_MOUNT.format(mnt="/sys/fs/cgroup"), Location()),
+        # garbage in either file
+        ("garbage\n0:x\n::\n0::relative\n", "x\n1 2 3\n- - -\n1 2 3 4 5 6 - cgroup2\n", Location()),
+        ("", "", Location()),
+    ],
+)
+def test_find_own_cgroup(proc_cgroup, mountinfo, expected):
+    assert find(proc_cgroup, mountinfo) == expected
+
+
+def test_unknown_location_reads_as_unknown():
+    assert (memory_limit(Location()), memory_current(Location()), cpu_quota(Location())) == (None, None, None)
+
+
+def test_default_is_this_process_own_cgroup():
+    # On this machine too: whatever it is, the default reads what own() locates, and never raises.
+    assert own() == find(open("/proc/self/cgroup").read(), open("/proc/self/mountinfo").read())
+    assert memory_limit() == memory_limit(own()) and cpu_quota() == cpu_quota(own())
+    assert config.load({}).cgroup_root is None  # no HARDENED_CGROUP_ROOT: the worker reads own()

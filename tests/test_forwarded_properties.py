@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
+from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -315,3 +317,194 @@ def test_middleware_hands_over_the_same_scope_without_forwarding_headers(hdrs, k
              "path": "/", "raw_path": b"/", "root_path": "", "server": ("10.0.0.1", 80)}
     asyncio.run(middleware(scope, None, None))
     assert seen == [scope] and seen[0] is scope
+
+
+# --- Issue 13: the right-to-left Forwarded parser, and the middleware itself ------------------
+
+# Forwarded elements with quoted-strings that hold what makes reading backwards hard: ",", ";",
+# escaped DQUOTEs and runs of escaped backslashes.
+quoted_contents = st.lists(st.sampled_from(["a", ",", ";", " ", "=", '\\"', "\\\\", "\\a", "\xe9"]),
+                           max_size=6).map("".join)
+
+
+@st.composite
+def tricky_elements(draw):
+    pairs = []
+    if draw(st.booleans()):
+        ip, port = draw(ips), draw(st.none() | ports)
+        pairs.append("for=" + draw(st.sampled_from([forwarded_node(ip, port), "unknown"])))
+    for name in draw(st.lists(st.sampled_from(["ext", "x", "secret"]), unique=True, max_size=2)):
+        pairs.append(f'{name}="{draw(quoted_contents)}"')
+    draw(st.randoms()).shuffle(pairs)
+    return draw(st.sampled_from([";", "; "])).join(pairs)
+
+
+_FORWARD_ELEMENT = re.compile(rf'(?:[^",]|{forwarded._QUOTED_STRING})*')
+
+
+def split_left_to_right(line):
+    """The reference: a line's elements as the RFC reads them, left to right, or None."""
+    texts, pos = [], 0
+    while True:
+        end = _FORWARD_ELEMENT.match(line, pos).end()
+        texts.append(line[pos:end])
+        if end == len(line):
+            return texts
+        if line[end] != ",":
+            return None
+        pos = end + 1
+
+
+def up_to_the_first_error(results):
+    """Elements, last first, as the walk sees them: it stops at the first error, whatever it is."""
+    seen = []
+    for result in results:
+        if isinstance(result, str):
+            return seen + ["error"]
+        seen.append(result)
+    return seen
+
+
+def parse_left_to_right(line):
+    texts = split_left_to_right(line)
+    if texts is None:
+        return None
+    parsed = [forwarded._parse_element(text) for text in reversed(texts)]
+    return up_to_the_first_error(element for element in parsed if element is not None)
+
+
+def parse_right_to_left(line):
+    return up_to_the_first_error(forwarded._elements_from_right(line))
+
+
+@settings(max_examples=800)
+@given(st.lists(tricky_elements(), min_size=1, max_size=5), st.sampled_from([",", ", ", " ,\t"]))
+def test_reading_backwards_finds_the_elements_reading_forwards_does(elements, separator):
+    line = separator.join(elements)
+    assert parse_right_to_left(line) == parse_left_to_right(line)
+    assert "error" not in parse_right_to_left(line)
+
+
+@settings(max_examples=1500)
+@given(st.lists(tricky_elements(), min_size=1, max_size=4).map(", ".join).flatmap(mutated)
+       .flatmap(mutated))
+def test_reading_backwards_agrees_on_any_line_that_is_valid_forwards(line):
+    """Mutated lines too: wherever the forward reading finds valid elements only, the backward
+    one finds the same. (Where it does not, the two may differ, on purpose: a client's
+    unterminated quoted-string swallows, read forwards, the element a proxy appended.)"""
+    forwards = parse_left_to_right(line)
+    if forwards is not None and "error" not in forwards:
+        assert parse_right_to_left(line) == forwards
+
+
+@settings(max_examples=800)
+@given(st.text(alphabet=GRAMMAR_CHARS, max_size=40), st.lists(tricky_elements(), min_size=1,
+                                                               max_size=3))
+def test_reading_backwards_finds_appended_elements_whatever_precedes_them(junk, elements):
+    line = junk + ", " + ", ".join(elements)
+    parsed = [forwarded._parse_element(element) for element in reversed(elements)]
+    expected = [element for element in parsed if element is not None]
+    assert parse_right_to_left(line)[:len(expected)] == expected
+
+
+@settings(max_examples=1000)
+@given(st.lists(tricky_elements(), min_size=1, max_size=4).map(", ".join), st.integers(1, 40))
+def test_an_element_cut_short_by_the_window_is_refused_never_shortened(line, limit):
+    """Elements longer than _MAX_ELEMENT (here made small) stop the walk with an error; the
+    ones before it are read as without the limit."""
+    expected = []
+    for text in reversed(split_left_to_right(line)):
+        if len(text) > limit:
+            expected.append("error")
+            break
+        element = forwarded._parse_element(text)
+        if element is not None:
+            expected.append(element)
+    with mock.patch.object(forwarded, "_MAX_ELEMENT", limit):
+        assert parse_right_to_left(line) == expected
+
+
+@given(st.text(alphabet=GRAMMAR_CHARS, max_size=60) | st.binary(max_size=60).map(
+           lambda b: b.decode("latin-1")),
+       outside_ips, st.none() | st.integers(1, 65535),
+       st.lists(internal_ips, max_size=2), st.sampled_from(["http", "https"]))
+def test_client_written_prefix_of_the_same_line_never_matters(spoof, client, port, hops, proto):
+    """nginx appends its element to the client's Forwarded value on the same line."""
+    trusted = parse_trusted("10.0.0.0/8")
+    ours = [f"for={forwarded_node(client, port)};proto={proto}"]
+    ours += [f"for={forwarded_node(hop, None)}" for hop in hops]
+    line = (spoof + ", " + ", ".join(ours)).encode("latin-1")
+    result = resolve(("10.0.0.2", 1), [(b"forwarded", line)], trusted, "forwarded")
+    canonical = client.ipv4_mapped if client.version == 6 and client.ipv4_mapped else client
+    assert result is not None
+    assert result.client == (str(canonical), port or 0) and result.scheme == proto
+
+
+@given(st.sampled_from(["/", "/api", "/a/b"]).flatmap(mutated) | st.text(max_size=12))
+def test_prefix_accepted_only_with_unreserved_characters(text):
+    prefix = forwarded._safe_prefix(text)
+    if prefix:
+        assert re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", prefix)
+
+
+UNIX_SERVER = ("/run/gunicorn.sock", None)
+servers = st.sampled_from([("10.0.0.1", 80), ("10.0.0.1", 80), UNIX_SERVER,
+                           ["/run/gunicorn.sock", None], None])
+
+
+def as_asgi(hdrs, shape):
+    """The same headers as the server may hand them over: pairs as tuples or as lists."""
+    return [list(h) if shape == "lists" or (shape == "mixed" and i % 2) else tuple(h)
+            for i, h in enumerate(hdrs)]
+
+
+def check_scope(seen, before, websocket):
+    """What the middleware passes on is a well-formed ASGI scope derived from ``before``."""
+    assert seen.keys() - {"extensions"} == before.keys()
+    assert seen["type"] == before["type"]
+    client = seen["client"]
+    if client != before["client"]:
+        host, port = client
+        assert str(ipaddress.ip_address(host)) == host and 0 <= port <= 65535
+        assert seen["extensions"]["hardened_worker"]["peer"] == before["client"]
+    else:
+        assert "extensions" not in seen
+    assert seen["scheme"] in (("ws", "wss") if websocket else ("http", "https"))
+    for header in seen["headers"]:
+        name, value = header
+        assert isinstance(name, bytes) and isinstance(value, bytes)
+    hosts = [value for name, value in seen["headers"] if name == b"host"]
+    if seen["headers"] != before["headers"]:
+        assert len(hosts) == 1 and hosts[0].isascii()
+    assert seen["path"].startswith(seen["root_path"])
+    assert seen["raw_path"].endswith(before["raw_path"])
+    assert seen["raw_path"].decode("ascii") == seen["path"]
+    server = seen["server"]
+    if server != before["server"]:
+        assert server[0] == before["server"][0] and 1 <= server[1] <= 65535
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(peers, servers, headers, st.sampled_from(["tuples", "lists", "mixed"]), trusts,
+       st.sampled_from(FAMILIES), st.booleans(), extras)
+def test_middleware_never_raises_and_passes_a_well_formed_scope(peer, server, hdrs, shape, trust,
+                                                                 family, websocket, extra):
+    """Issue 13 item 4: the middleware itself, with any headers, as tuples and as lists."""
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope)
+
+    middleware = ForwardedMiddleware(app, trust, family, extra.host, extra.port, extra.prefix)
+    kind = "websocket" if websocket else "http"
+    scope = {"type": kind, "client": peer, "server": server, "headers": as_asgi(hdrs, shape),
+             "scheme": "ws" if websocket else "http", "path": "/x", "raw_path": b"/x",
+             "root_path": ""}
+    before = {**scope, "headers": list(scope["headers"])}
+    asyncio.run(middleware(scope, None, None))
+    assert seen == [scope]
+    check_scope(seen[0], before, websocket)
+    expected = resolve(peer, hdrs, parse_trusted(trust), family, websocket=websocket,
+                       extras=extra, server=server)
+    if expected is not None and expected.client is not None:
+        assert seen[0]["client"] == expected.client

@@ -20,6 +20,7 @@ from hardened_worker.forwarded import (
     TrustedProxies,
     parse_trusted,
     resolve,
+    trust_warning,
     trusted_from_gunicorn,
 )
 
@@ -29,12 +30,14 @@ STRANGER = ("198.51.100.9", 52000)  # a client that reached us directly
 CLIENT = ("203.0.113.7", 0)
 NO_EXTRAS = Extras()
 ALL_EXTRAS = Extras(host=True, port=True, prefix=True)
+TCP = ("10.0.0.10", 8000)  # ASGI scope["server"] of a TCP listener
+UNIX = ("/run/gunicorn.sock", None)  # and of a UNIX socket
 
 
-def case(id, *headers, trust=INTERNAL, peer=PROXY, family="x-forwarded", ws=False,
+def case(id, *headers, trust=INTERNAL, peer=PROXY, server=TCP, family="x-forwarded", ws=False,
          extras=NO_EXTRAS, client=None, scheme=None, host=None, port=None, prefix=None):
     expected = Resolution(client, scheme, host, port, prefix)
-    return pytest.param(trust, peer, list(headers), family, ws, extras,
+    return pytest.param(trust, peer, server, list(headers), family, ws, extras,
                         None if expected == Resolution() else expected, id=id)
 
 
@@ -69,6 +72,12 @@ X_FORWARDED_FOR = [
     case("trailing-comma-peer-stands", xff("203.0.113.7,")),
     case("empty-entry-reached-by-the-walk", xff("203.0.113.7, , 10.0.0.3")),
     case("hostname-entry", xff("client.example.com")),
+    case("32-trusted-hops-and-the-client", xff(", ".join(["203.0.113.7"] + ["10.0.0.3"] * 32)),
+         client=CLIENT),
+    case("33-trusted-hops-leftmost", xff(", ".join(["10.0.0.9"] + ["10.0.0.3"] * 32)),
+         client=("10.0.0.9", 0)),
+    case("more-than-32-trusted-hops-peer-stands",
+         xff(", ".join(["203.0.113.7"] + ["10.0.0.3"] * 33))),
     case("ipv4-with-port", xff("203.0.113.7:5678"), client=("203.0.113.7", 5678)),
     case("ipv4-port-zero", xff("203.0.113.7:0"), client=CLIENT),
     case("ipv4-port-too-big", xff("203.0.113.7:70000")),
@@ -151,18 +160,31 @@ TRUST = [
     case("link-local-peer-zone-ignored", xff("203.0.113.7"), trust="fe80::/10",
          peer=("fe80::1%eth0", 1), client=CLIENT),
     case("unix-peer-none-not-trusted-by-non-loopback", xff("203.0.113.7"), trust="10.0.0.1",
-         peer=None),
+         peer=None, server=UNIX),
     case("unix-peer-none-trusted-like-loopback", xff("203.0.113.7"), trust="127.0.0.1",
-         peer=None, client=CLIENT),
+         peer=None, server=UNIX, client=CLIENT),
     case("unix-peer-trusted-like-loopback-v6", xff("203.0.113.7"), trust="::1",
-         peer=("/run/gunicorn.sock", 0), client=CLIENT),
+         peer=("/run/gunicorn.sock", 0), server=UNIX, client=CLIENT),
     case("unix-peer-none-trusted-by-unix", xff("203.0.113.7"), trust="unix", peer=None,
-         client=CLIENT),
+         server=UNIX, client=CLIENT),
     case("unix-peer-socket-path-trusted-by-unix", xff("203.0.113.7"), trust="127.0.0.1, unix",
-         peer=("/run/gunicorn.sock", 0), client=CLIENT),
+         peer=("/run/gunicorn.sock", 0), server=UNIX, client=CLIENT),
     case("unix-peer-empty-host-trusted-by-unix", xff("203.0.113.7"), trust="unix",
-         peer=("", 0), client=CLIENT),
-    case("unix-peer-trusted-by-star", xff("203.0.113.7"), trust="*", peer=None, client=CLIENT),
+         peer=("", 0), server=UNIX, client=CLIENT),
+    case("unix-listener-as-a-list", xff("203.0.113.7"), trust="127.0.0.1",
+         peer=None, server=["/run/gunicorn.sock", None], client=CLIENT),
+    case("unix-peer-trusted-by-star", xff("203.0.113.7"), trust="*", peer=None, server=UNIX,
+         client=CLIENT),
+    # Issue 13 item 2: no address on a TCP listener (getpeername() failed) is not a UNIX peer.
+    case("no-address-on-tcp-not-trusted-by-loopback", xff("127.0.0.1"), trust="127.0.0.1,::1",
+         peer=None),
+    case("no-address-on-tcp-not-trusted-by-unix", xff("203.0.113.7"), trust="unix", peer=None),
+    case("no-address-no-server-not-trusted", xff("203.0.113.7"), trust="127.0.0.1", peer=None,
+         server=None),
+    case("socket-path-peer-on-tcp-not-trusted", xff("203.0.113.7"), trust="127.0.0.1, unix",
+         peer=("/run/gunicorn.sock", 0)),
+    case("no-address-on-tcp-trusted-by-star", xff("203.0.113.7"), trust="*", peer=None,
+         client=CLIENT),
     case("non-ip-peer-name-is-not-an-address", xff("203.0.113.7"), peer=("testclient", 50000)),
     case("unix-entry-does-not-trust-ip-peers", xff("203.0.113.7"), trust="unix"),
     case("star-picks-rightmost", xff("6.6.6.6, 203.0.113.7"), trust="*", peer=STRANGER,
@@ -189,6 +211,10 @@ PROTO = [
          client=CLIENT, scheme="https"),
     case("proto-list-aligned-leftmost-when-all-trusted", xff("10.0.0.9, 10.0.0.3"),
          xfp("http, https"), client=("10.0.0.9", 0), scheme="http"),
+    case("proto-list-aligned-across-lines", xff("203.0.113.7"), xff("10.0.0.3"),
+         xfp("https, http"), client=CLIENT, scheme="https"),
+    case("proto-lines-aligned-with-one-xff-line", xff("203.0.113.7, 10.0.0.3"), xfp("https"),
+         xfp("http"), client=CLIENT, scheme="https"),
     case("proto-list-shorter-rightmost", xff("203.0.113.7, 10.0.0.3"), xfp("https"),
          client=CLIENT, scheme="https"),
     case("proto-list-longer-rightmost", xff("203.0.113.7"), xfp("http, https"),
@@ -311,8 +337,50 @@ FORWARDED = [
          family="forwarded", client=CLIENT),
     case("client-broken-line-is-never-read", fwd('for="'), fwd("for=203.0.113.7"),
          family="forwarded", client=CLIENT),
-    case("broken-prefix-in-the-same-line-spoils-it", fwd('for="oops, for=203.0.113.7'),
+    # Issue 13 item 1: elements left of the first untrusted hop, in the same line, never matter.
+    case("client-broken-prefix-in-the-same-line-is-never-read",
+         fwd('for="oops, for=203.0.113.7'), family="forwarded", client=CLIENT),
+    case("client-bad-host-left-of-the-proxy-element", fwd('host="a b", for=203.0.113.9'),
+         trust="127.0.0.1", peer=("127.0.0.1", 40000), family="forwarded",
+         client=("203.0.113.9", 0)),
+    case("client-bad-proto-never-read", fwd('proto="ht tp", for=203.0.113.7'),
+         family="forwarded", client=CLIENT),
+    case("client-bad-for-never-read", fwd("for=[::1], for=203.0.113.7"), family="forwarded",
+         client=CLIENT),
+    case("client-repeated-parameter-never-read", fwd("for=1.1.1.1;for=2.2.2.2, for=203.0.113.7"),
+         family="forwarded", client=CLIENT),
+    case("client-stray-backslash-never-read", fwd("a=\\b, for=203.0.113.7"),
+         family="forwarded", client=CLIENT),
+    case("client-stray-quote-never-read", fwd('a"b, for=203.0.113.7'), family="forwarded",
+         client=CLIENT),
+    case("32-trusted-elements-and-the-client", fwd("for=203.0.113.7"),
+         fwd(", ".join(["for=10.0.0.3"] * 32)), family="forwarded", client=CLIENT),
+    case("more-than-32-trusted-elements-ignored", fwd("for=203.0.113.7, for=10.0.0.3"),
+         fwd(", ".join(["for=10.0.0.3"] * 32)), family="forwarded"),
+    case("element-of-1024-characters", fwd(f'for=203.0.113.7;ext="{"a" * 1002}"'),
+         family="forwarded", client=CLIENT),
+    case("element-over-1024-characters-reached", fwd(f'for=203.0.113.7;ext="{"a" * 1003}"'),
          family="forwarded"),
+    case("client-element-over-1024-characters-never-read",
+         fwd(f'ext="{"a" * 5000}", for=203.0.113.7'), family="forwarded", client=CLIENT),
+    case("bad-element-reached-after-a-trusted-hop",
+         fwd('for=203.0.113.7;host="a b", for=10.0.0.3'), family="forwarded"),
+    case("stray-quote-reached-by-the-walk", fwd('for=203.0.113.7;a"b'), family="forwarded"),
+    # Quoted-strings read from the right: escapes decide where they begin.
+    case("escaped-quote-and-comma-inside-quotes", fwd(r'for=203.0.113.7;ext="a\",b"'),
+         family="forwarded", client=CLIENT),
+    case("escaped-backslash-before-closing-quote", fwd(r'for=203.0.113.7;ext="a\\"'),
+         family="forwarded", client=CLIENT),
+    case("escaped-closing-quote-is-unterminated", fwd(r'for=203.0.113.7;ext="a\"'),
+         family="forwarded"),
+    case("three-backslashes-then-quote", fwd(r'for=203.0.113.7;ext="\\\",x"'),
+         family="forwarded", client=CLIENT),
+    case("quoted-pairs-in-the-chosen-node", fwd(r'for="\2\0\3.0.113.7", for=10.0.0.3'),
+         family="forwarded", client=CLIENT),
+    case("backslash-outside-quotes-reached", fwd(r'for=203.0.113.7;ext=\"a"'),
+         family="forwarded"),
+    case("empty-quoted-string-and-empty-elements", fwd('for=203.0.113.7;ext="",,'),
+         family="forwarded", client=CLIENT),
     case("broken-line-reached-by-the-walk", fwd("for=203.0.113.7 junk"), fwd("for=10.0.0.3"),
          family="forwarded"),
     case("walk-stops-at-unknown-hop", fwd("for=203.0.113.7;proto=http, for=unknown;proto=https"),
@@ -383,6 +451,12 @@ EXTRAS = [
     case("prefix-protocol-relative", xfprefix("//evil.com"), extras=PREFIX),
     case("prefix-backslash", xfprefix("/\\evil.com"), extras=PREFIX),
     case("prefix-pct-encoded", xfprefix("/%2e%2e"), extras=PREFIX),
+    case("prefix-pct-encoded-letter", xfprefix("/%61pi"), extras=PREFIX),
+    case("prefix-unreserved", xfprefix("/team_a/v1.2/~shop-x"), extras=PREFIX,
+         prefix="/team_a/v1.2/~shop-x"),
+    # Issue 13 item 6: sub-delims, ":" and "@" have no place in a mount point.
+    *[case(f"prefix-refuses-{ord(char):02x}", xfprefix(f"/a{char}b"), extras=PREFIX)
+      for char in "'();*+$!&=:@"],
     case("prefix-control-char", xfprefix("/a\x00"), extras=PREFIX),
     case("prefix-rightmost", xfprefix("/v1, /api"), extras=PREFIX, prefix="/api"),
     case("prefix-off-by-default", xfprefix("/api")),
@@ -397,11 +471,30 @@ def encode(headers):
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
-@pytest.mark.parametrize("trust, peer, headers, family, ws, extras, expected", CASES)
-def test_resolve(trust, peer, headers, family, ws, extras, expected):
+@pytest.mark.parametrize("trust, peer, server, headers, family, ws, extras, expected", CASES)
+def test_resolve(trust, peer, server, headers, family, ws, extras, expected):
     got = resolve(peer, encode(headers), parse_trusted(trust), family, websocket=ws,
-                  extras=extras)
+                  extras=extras, server=server)
     assert got == expected
+
+
+@pytest.mark.parametrize("trust, peer, server, headers, family, ws, extras, expected", CASES)
+def test_middleware_agrees_with_resolve(trust, peer, server, headers, family, ws, extras,
+                                        expected):
+    """Every row through the middleware too, with its headers as ASGI lists (issue 13 item 4)."""
+    middleware = ForwardedMiddleware(RecordingApp(), trust, family, extras.host, extras.port,
+                                     extras.prefix)
+    kind = "websocket" if ws else "http"
+    scope = http_scope(headers, client=peer, type=kind, server=server)
+    scope["headers"] = [list(header) for header in scope["headers"]]
+    seen = run(middleware, scope)
+    if expected is None or expected.client is None:
+        assert seen["client"] == peer
+        assert "extensions" not in seen
+    else:
+        assert seen["client"] == expected.client
+        assert seen["extensions"] == {"hardened_worker": {"peer": peer}}
+    assert seen["scheme"] == (expected and expected.scheme or ("ws" if ws else "http"))
 
 
 def test_table_is_big_enough():
@@ -411,33 +504,41 @@ def test_table_is_big_enough():
 # --- The trust list --------------------------------------------------------------------------
 
 VALID_TRUST = [
-    ("127.0.0.1,::1", "127.0.0.1", True),
-    ("127.0.0.1,::1", "::1", True),
-    ("127.0.0.1, ::1 ,", "10.0.0.1", False),
-    (["10.0.0.0/8", "192.168.0.0/16"], "192.168.4.4", True),
-    (["10.0.0.0/8", "192.168.0.0/16"], "172.16.0.1", False),
-    ("*", "8.8.8.8", True),
-    ("*", None, True),
-    ("unix", None, True),
-    ("UNIX", "/tmp/app.sock", True),
-    ("unix", "127.0.0.1", False),
-    ("127.0.0.1", None, True),  # a UNIX socket is as local as loopback
-    ("10.0.0.1", None, False),
-    ("::ffff:127.0.0.1", "127.0.0.1", True),
-    ("127.0.0.1", "::ffff:127.0.0.1", True),
-    ("::ffff:0:0/96", "192.0.2.1", True),
-    ("0.0.0.0/0", "::ffff:192.0.2.1", True),
-    ("2001:db8::/32", "::ffff:192.0.2.1", False),
-    ("", "127.0.0.1", False),
-    ([], "127.0.0.1", False),
+    ("127.0.0.1,::1", "127.0.0.1", False, True),
+    ("127.0.0.1,::1", "::1", False, True),
+    ("127.0.0.1, ::1 ,", "10.0.0.1", False, False),
+    (["10.0.0.0/8", "192.168.0.0/16"], "192.168.4.4", False, True),
+    (["10.0.0.0/8", "192.168.0.0/16"], "172.16.0.1", False, False),
+    ("*", "8.8.8.8", False, True),
+    ("*", None, False, True),
+    ("unix", None, True, True),
+    ("UNIX", "/tmp/app.sock", True, True),
+    ("unix", "127.0.0.1", False, False),
+    ("unix", "127.0.0.1", True, False),  # an IP peer is judged by its address
+    ("127.0.0.1", None, True, True),  # a UNIX socket is as local as loopback
+    ("10.0.0.1", None, True, False),
+    ("127.0.0.1,::1", None, False, False),  # no address on TCP: nobody we can name
+    ("unix", None, False, False),
+    ("unix", "/tmp/app.sock", False, False),
+    ("::ffff:127.0.0.1", "127.0.0.1", False, True),
+    ("127.0.0.1", "::ffff:127.0.0.1", False, True),
+    ("::ffff:0:0/96", "192.0.2.1", False, True),
+    ("0.0.0.0/0", "::ffff:192.0.2.1", False, True),
+    ("2001:db8::/32", "::ffff:192.0.2.1", False, False),
+    ("", "127.0.0.1", False, False),
+    ([], "127.0.0.1", False, False),
 ]
 
 
-@pytest.mark.parametrize("value, peer_host, trusted", VALID_TRUST)
-def test_trust_list(value, peer_host, trusted):
-    assert parse_trusted(value).trusts_peer(peer_host) is trusted
-    # The verdict is cached; asking again must not change it.
-    assert parse_trusted(value).trusts_peer(peer_host) is trusted
+@pytest.mark.parametrize("value, peer_host, unix, trusted", VALID_TRUST)
+def test_trust_list(value, peer_host, unix, trusted):
+    proxies = parse_trusted(value)
+    assert proxies.trusts_peer(peer_host, unix) is trusted
+    # The verdict is memoised; asking again, or on the other kind of listener, must not change
+    # an IP peer's.
+    assert proxies.trusts_peer(peer_host, unix) is trusted
+    if peer_host is not None and peer_host[:1].isdigit():
+        assert proxies.trusts_peer(peer_host, not unix) is trusted
 
 
 INVALID_TRUST = [
@@ -589,10 +690,10 @@ def test_middleware_extras_host_port_prefix():
 
 def test_middleware_host_added_when_missing_and_port_needs_a_server():
     middleware = ForwardedMiddleware(RecordingApp(), "unix", host=True, port=True)
-    scope = http_scope([xfh("example.com"), xfport("443")], client=None, server=None)
+    scope = http_scope([xfh("example.com"), xfport("443")], client=None, server=UNIX)
     seen = run(middleware, scope)
     assert (b"host", b"example.com") in seen["headers"]
-    assert seen["server"] is None
+    assert seen["server"] == UNIX
 
 
 def test_middleware_prefix_without_raw_path():
@@ -655,3 +756,74 @@ def test_middleware_memoised_verdicts_stay_per_scope_type_and_per_values():
     assert first["client"] == again["client"] == socket["client"] == ("203.0.113.7", 0)
     assert (first["scheme"], socket["scheme"]) == ("https", "wss")
     assert other["client"] == ("198.51.100.1", 0)
+
+
+# --- Issue 13 item 5: the socket peer, for the app ----------------------------------------------
+
+
+def test_middleware_keeps_the_socket_peer_in_a_scope_extension():
+    middleware = ForwardedMiddleware(RecordingApp(), "10.0.0.0/8")
+    seen = run(middleware, http_scope([xff("203.0.113.7"), xfp("https")]))
+    assert seen["client"] == CLIENT
+    assert seen["extensions"] == {"hardened_worker": {"peer": PROXY}}
+
+
+def test_middleware_adds_to_the_servers_extensions():
+    middleware = ForwardedMiddleware(RecordingApp(), "10.0.0.0/8")
+    trailers = {}
+    scope = http_scope([xff("203.0.113.7")], extensions={
+        "http.response.trailers": trailers, "hardened_worker": {"other": 1}})
+    seen = run(middleware, scope)
+    assert seen["extensions"]["http.response.trailers"] is trailers
+    assert seen["extensions"]["hardened_worker"] == {"other": 1, "peer": PROXY}
+
+
+def test_two_middlewares_record_the_socket_peer_not_the_first_claim():
+    inner = ForwardedMiddleware(RecordingApp(), "10.0.0.0/8, 203.0.113.7")
+    outer = ForwardedMiddleware(inner, "10.0.0.0/8")
+    scope = http_scope([xff("198.51.100.1, 203.0.113.7")])
+    asyncio.run(outer(scope, _receive, _send))
+    seen = inner.app.scopes[-1]
+    assert seen["client"] == ("198.51.100.1", 0)
+    assert seen["extensions"]["hardened_worker"]["peer"] == PROXY
+
+
+def test_no_extension_when_the_client_stands():
+    middleware = ForwardedMiddleware(RecordingApp(), "10.0.0.0/8")
+    seen = run(middleware, http_scope([xfp("https")]))
+    assert seen["scheme"] == "https" and "extensions" not in seen
+
+
+def test_unix_peer_recorded_as_none():
+    middleware = ForwardedMiddleware(RecordingApp(), "127.0.0.1")
+    seen = run(middleware, http_scope([xff("203.0.113.7")], client=None, server=UNIX))
+    assert seen["client"] == CLIENT and seen["extensions"]["hardened_worker"]["peer"] is None
+
+
+def test_no_address_peer_on_tcp_is_not_trusted_by_the_middleware():
+    middleware = ForwardedMiddleware(RecordingApp(), "127.0.0.1,::1")
+    scope = http_scope([xff("127.0.0.1")], client=None)
+    assert run(middleware, scope)["client"] is None
+
+
+# --- Issue 13 item 6: a trust list that trusts every hop -----------------------------------------
+
+
+@pytest.mark.parametrize("value, warns, what", [
+    ("0.0.0.0/0", True, "every IPv4 address"),
+    ("0.0.0.0/0,::/0", True, "every address"),
+    ("::/0", True, "every address"),  # ::ffff:0:0/96 is inside: IPv4 too
+    ("::ffff:0:0/96", True, "every IPv4 address"),  # every IPv4-mapped address is every one
+    ("2001:db8::/32", False, None),
+    ("::/1", True, "every IPv4 address"),  # holds ::ffff:0:0/96
+    ("*", False, None),
+    ("127.0.0.1,::1", False, None),
+    ("10.0.0.0/8, 0.0.0.0/1", False, None),
+    ("", False, None),
+])
+def test_trust_warning(value, warns, what):
+    warning = trust_warning(parse_trusted(value))
+    assert (warning is not None) is warns
+    if warns:
+        assert "\n" not in warning and what in warning and "'*'" in warning
+        assert warning.startswith("hardened_worker: forwarded_allow_ips trusts ")

@@ -77,8 +77,8 @@ def fake_cgroup(path: Path, cpu_max: str | None = None, memory_max: str | None =
 def clean_env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("HARDENED_", "TESTAPP_", "PROMETHEUS_")) and k not in (
-               "WEB_CONCURRENCY", "PORT", "BIND", "LOG_FORMAT", "ACCESS_LOG", "NOTIFY_SOCKET",
-               "TERMINATION_GRACE_PERIOD_SECONDS", "RUNTIME_DIRECTORY", "PIDFILE")}
+               "WEB_CONCURRENCY", "PORT", "NOTIFY_SOCKET", "RUNTIME_DIRECTORY",
+               "TERMINATION_GRACE_PERIOD_SECONDS")}
     return {**env, **extra}
 
 
@@ -175,10 +175,15 @@ def test_serves_reloads_on_hup_and_stops_on_term(name, unstarted, tmp_path):
 
 def test_a_bad_preset_variable_stops_gunicorn_with_one_line():
     for env, line in [
-        ({"LOG_FORMAT": "xml"}, "hardened_worker: LOG_FORMAT='xml' is not one of text|json"),
-        ({"ACCESS_LOG": "maybe"}, "hardened_worker: ACCESS_LOG='maybe' is not a boolean"),
-        ({"TERMINATION_GRACE_PERIOD_SECONDS": "30s"},
-         "hardened_worker: TERMINATION_GRACE_PERIOD_SECONDS='30s' is not a positive whole number"),
+        ({"HARDENED_LOG_FORMAT": "xml"}, "hardened_worker: HARDENED_LOG_FORMAT='xml' is not one of text|json"),
+        ({"HARDENED_ACCESS_LOG": "maybe"}, "hardened_worker: HARDENED_ACCESS_LOG='maybe' is not a boolean"),
+        ({"HARDENED_TERMINATION_GRACE_PERIOD": "30 sec"},
+         "hardened_worker: HARDENED_TERMINATION_GRACE_PERIOD='30 sec' is not a duration"),
+        ({"HARDENED_TERMINATION_GRACE_PERIOD": "0"},
+         "hardened_worker: HARDENED_TERMINATION_GRACE_PERIOD='0' must be more than 0"),
+        ({"PORT": "http"}, "hardened_worker: PORT='http' is not a positive whole number"),
+        ({"TERMINATION_GRACE_PERIOD_SECONDS": "60"},  # renamed: refused, not silently ignored
+         "hardened_worker: TERMINATION_GRACE_PERIOD_SECONDS is now called HARDENED_TERMINATION_GRACE_PERIOD"),
     ]:
         done = gunicorn_cli("--check-config", "-c", "python:hardened_worker.presets.kubernetes",
                             env=clean_env(**env))
@@ -220,7 +225,7 @@ def test_kubernetes_grace_period_sets_graceful_timeout_and_drain_delay():
     if os.path.isdir("/dev/shm"):
         assert config["worker_tmp_dir"] == "/dev/shm"
     short = printed_config("python:hardened_worker.presets.kubernetes",
-                           TERMINATION_GRACE_PERIOD_SECONDS="10", HARDENED_HEALTH_PATH="/ready")
+                           HARDENED_TERMINATION_GRACE_PERIOD="10s", HARDENED_HEALTH_PATH="/ready")
     assert short["graceful_timeout"] == "5"
     # The environment's own value is kept (not clobbered); the delay shrinks to fit.
     assert short["raw_env"] == "['HARDENED_DRAIN_DELAY=2s']"
@@ -234,6 +239,75 @@ def test_kubernetes_defaults_always_fit_the_drain_budget():
         assert 0 <= delay <= kubernetes.MAX_DRAIN_DELAY
         assert drain.check_budget(graceful, delay) is None, grace
     assert kubernetes.drain_delay_for(25) == 5.0
+
+
+# --- the presets' own variables: HARDENED_*, in the one settings table -------------------------
+
+
+def test_the_apps_own_unprefixed_variables_are_left_alone():
+    # Common app settings (structlog's LOG_FORMAT=console) once stopped gunicorn or moved its bind.
+    app_env = {"LOG_FORMAT": "console", "ACCESS_LOG": "maybe", "BIND": "db:5432", "PIDFILE": "/nowhere/x"}
+    for config in ("python:hardened_worker.presets.vm", "python:hardened_worker.presets.kubernetes"):
+        done = gunicorn_cli("--check-config", "-c", config, env=clean_env(**app_env))
+        assert done.returncode == 0, done.stderr
+    vm = printed_config("python:hardened_worker.presets.vm", **app_env)
+    assert (vm["bind"], vm["pidfile"], vm["accesslog"]) == ("['127.0.0.1:8000']", "None", "None")
+    k8s = printed_config("python:hardened_worker.presets.kubernetes", **app_env)
+    assert k8s["graceful_timeout"] == "25" and k8s["logconfig_dict"] == "{}"
+
+
+def test_the_prefixed_preset_variables_configure_the_presets(tmp_path):
+    vm = printed_config("python:hardened_worker.presets.vm", HARDENED_BIND="127.0.0.1:9001, unix:/run/a.sock",
+                        HARDENED_PIDFILE=str(tmp_path / "app.pid"), HARDENED_ACCESS_LOG="true")
+    assert vm["bind"] == "['127.0.0.1:9001', 'unix:/run/a.sock']"
+    assert vm["pidfile"] == str(tmp_path / "app.pid") and vm["accesslog"] == "-"
+    k8s = printed_config("python:hardened_worker.presets.kubernetes", HARDENED_TERMINATION_GRACE_PERIOD="1m",
+                         HARDENED_LOG_FORMAT="json")
+    assert k8s["graceful_timeout"] == "55" and "JsonFormatter" in k8s["logconfig_dict"]
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_check_config_refuses_a_bad_hardened_value_with_one_line(name):
+    # gunicorn --check-config never imports the worker class; the preset checks at its import.
+    done = gunicorn_cli("--check-config", "-c", CONFIGS[name][0], env=clean_env(HARDENED_MEMORY_LIMIT="lots"))
+    assert done.returncode == 1
+    assert done.stderr.strip() == "hardened_worker: HARDENED_MEMORY_LIMIT='lots' is not a size; use e.g. 512Mi"
+
+
+REPLACING_CONF = '''
+from hardened_worker.presets.kubernetes import *
+
+raw_env = ["HARDENED_LOG_FORMAT=json"]  # replaces the preset's defaults, and is too late for LOG_FORMAT
+'''
+
+
+def test_a_config_that_replaces_the_presets_raw_env_is_warned_about(master, tmp_path):
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(REPLACING_CONF)
+    m = master(args=["-c", str(conf)])
+    m.wait_log(r"ready in [\d.]+ s \(generation 1\)", count=2)
+    log = m.log()
+    assert ("hardened_worker: the configuration replaced the kubernetes preset's raw_env and lost "
+            "HARDENED_HEALTH_PATH=/healthz, HARDENED_DRAIN_DELAY=5s; extend it instead") in log
+    assert ("hardened_worker: HARDENED_LOG_FORMAT in raw_env has no effect: the base preset reads it "
+            "from the environment when the configuration loads; set it there") in log
+    assert get(m.port, "/healthz")[0] == 404  # the app's: what the warning is about
+    m.signal(signal.SIGTERM)
+    assert m.wait_exit(15) == 0
+
+
+def test_warnings_are_silent_for_a_config_that_extends_raw_env(monkeypatch):
+    from gunicorn.config import Config
+
+    from hardened_worker import checks, presets
+
+    monkeypatch.setattr(presets, "RAW_ENV_DEFAULTS", {"test": {"HARDENED_HEALTH_PATH": "/healthz"}})
+    cfg = Config()
+    cfg.set("raw_env", ["HARDENED_HEALTH_PATH=/healthz", "HARDENED_MEMORY_LIMIT=400Mi"])
+    assert checks.warnings(cfg) == []
+    cfg.set("raw_env", ["HARDENED_MEMORY_LIMIT=400Mi", "HARDENED_BIND=0.0.0.0:80"])
+    assert [line.split(": ", 1)[1].split()[:3] for line in checks.warnings(cfg)] == [
+        ["the", "configuration", "replaced"], ["HARDENED_BIND", "in", "raw_env"]]
 
 
 # --- hook composition -------------------------------------------------------------------------
@@ -403,7 +477,7 @@ def test_json_formatter_keeps_a_stack_on_one_line():
 
 def test_log_format_json_makes_every_line_json(unstarted):
     m = unstarted(args=["-c", "python:hardened_worker.presets.base"],
-                  env={"LOG_FORMAT": "json", "ACCESS_LOG": "true"})
+                  env={"HARDENED_LOG_FORMAT": "json", "HARDENED_ACCESS_LOG": "true"})
     m.start()
     assert get(m.port, "/")[0] == 200
     m.signal(signal.SIGTERM)

@@ -37,11 +37,12 @@ OLD_SIBLING = peer(2, 1, State.READY)
     ([peer(2, 1, State.BOOTING)], Reloads(1), Gate.RETIRE),
     # HUP just happened: the new workers have not claimed their slots yet.
     ([OLD_SIBLING], Reloads(2), Gate.WAIT),
-    # The reload was rejected: just now, or its failed workers are still there.
-    ([OLD_SIBLING], Reloads(2, rejected=2, rejected_at=NOW - 0.5), Gate.ROLLBACK),
+    # The reload was rejected: its last failed worker left after our SIGTERM, or is still there.
+    ([OLD_SIBLING], Reloads(2, rejected=2, rejected_at=NOW + 0.5), Gate.ROLLBACK),
     ([OLD_SIBLING, peer(3, 2, State.FAILED)], Reloads(2, rejected=2, rejected_at=NOW - 30), Gate.ROLLBACK),
-    # A stop long after a rejected reload is a real stop (TTOU, shutdown).
+    # A stop after a rejected reload's last failure is a real stop (TTOU, shutdown), however soon.
     ([OLD_SIBLING], Reloads(2, rejected=2, rejected_at=NOW - 30), Gate.RETIRE),
+    ([OLD_SIBLING], Reloads(2, rejected=2, rejected_at=NOW - 0.5), Gate.RETIRE),
     # One successor failed while another is ready: the new generation serves.
     ([peer(3, 2, State.FAILED), peer(4, 2, State.READY)], Reloads(2, rejected=2, rejected_at=NOW), Gate.RETIRE),
     # A shutdown during a reload: the booting successors were stopped.

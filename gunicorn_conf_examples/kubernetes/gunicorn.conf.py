@@ -1,7 +1,7 @@
 """gunicorn configuration for a container in a Kubernetes pod (see deployment.yaml, Dockerfile).
 
 Everything comes from the preset (hardened_worker/presets/kubernetes.py): bind 0.0.0.0:$PORT,
-workers from the container's CPU limit, graceful timeout from $TERMINATION_GRACE_PERIOD_SECONDS,
+workers from the container's CPU limit, graceful timeout from $HARDENED_TERMINATION_GRACE_PERIOD,
 health path /healthz and a 5 s drain delay (unless the pod's env sets them), logs to stdout.
 Override below; command-line options override this file.
 """

@@ -23,12 +23,21 @@ Do not import prometheus_client in this file.
 """
 
 import os
+import sys
 
 from hardened_worker.presets.kubernetes import *  # noqa: F401,F403
 
-# In Kubernetes, an emptyDir volume (medium: Memory) mounted here; on a VM, a tmpfs directory.
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    raw_env = [*raw_env, "PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus-multiproc"]  # noqa: F405
+# The directory must be this service's alone: the presets remove its stale files at start, so two
+# services sharing one (a fixed /tmp path) would wipe each other's metrics. In Kubernetes, set
+# PROMETHEUS_MULTIPROC_DIR to an emptyDir mount (deployment.yaml does). Under systemd it defaults
+# to "prometheus" in the unit's RuntimeDirectory= ($RUNTIME_DIRECTORY: tmpfs, private, removed
+# when the service stops; app.service sets it).
+_run_dir = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ and _run_dir:
+    raw_env = [*raw_env, f"PROMETHEUS_MULTIPROC_DIR={os.path.join(_run_dir, 'prometheus')}"]  # noqa: F405
+elif "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    print("hardened_worker: prometheus example: neither PROMETHEUS_MULTIPROC_DIR nor RUNTIME_DIRECTORY "
+          "is set, so each worker keeps its own metrics; set PROMETHEUS_MULTIPROC_DIR", file=sys.stderr)
 
 # gunicorn's own statsd client is another option (no app endpoint needed); it sends the worker
 # count, log-level counters and hardened_worker.worker_exits.<reason>:

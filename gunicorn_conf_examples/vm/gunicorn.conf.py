@@ -8,7 +8,7 @@ Command-line options override this file; ``gunicorn --check-config -c this-file 
 from hardened_worker.presets.vm import *  # noqa: F401,F403
 
 # --- where ---------------------------------------------------------------------------------
-# bind = ["127.0.0.1:8000"]      # default ($BIND); nginx-site.conf's upstream must name it.
+# bind = ["127.0.0.1:8000"]      # default ($HARDENED_BIND); nginx-site.conf's upstream must name it.
 # A UNIX socket instead (then nginx: `server unix:/run/myapp/gunicorn.sock;`):
 # bind = ["unix:/run/myapp/gunicorn.sock"]
 

@@ -9,3 +9,7 @@ or ``from hardened_worker.presets.vm import *`` at the top of a ``gunicorn.conf.
 overrides what it needs. Hooks defined there run after the preset's
 (:mod:`~.hooks`). Copyable examples: ``gunicorn_conf_examples/``.
 """
+
+# preset name -> the raw_env entries it exports as defaults ({name: value}), registered at its import;
+# hardened_worker.checks.warnings says so when the final configuration dropped some.
+RAW_ENV_DEFAULTS: dict[str, dict[str, str]] = {}

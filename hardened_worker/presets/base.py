@@ -12,14 +12,19 @@ or as the first line of your own ``gunicorn.conf.py``, then override any value::
 Hooks you define there run after the preset's (see :mod:`hardened_worker.presets.hooks`; say so
 with ``@also``). Command-line options override both.
 
-Environment, read when the configuration loads:
+Environment, read when the configuration loads (so through the environment, not ``raw_env``,
+which gunicorn applies later):
 
-* ``LOG_FORMAT``: ``text`` (default) or ``json`` (one JSON object per line,
+* ``HARDENED_LOG_FORMAT``: ``text`` (default) or ``json`` (one JSON object per line,
   :mod:`hardened_worker.presets.jsonlog`);
-* ``ACCESS_LOG``: ``true`` turns the access log on (stdout); off by default, the proxy in front
-  usually keeps one already;
+* ``HARDENED_ACCESS_LOG``: ``true`` turns the access log on (stdout); off by default, the proxy in
+  front usually keeps one already;
 * ``PROMETHEUS_MULTIPROC_DIR``: with ``prometheus_client`` installed, multiprocess bookkeeping
   (:mod:`hardened_worker.presets.prometheus`).
+
+Importing a preset validates every ``HARDENED_*`` variable of the environment (the table of
+:mod:`hardened_worker.config`): a bad one stops gunicorn with its one line, ``--check-config``
+included, which runs none of the worker's own code.
 """
 
 from __future__ import annotations
@@ -28,34 +33,28 @@ import logging
 import os
 
 from hardened_worker import cgroup as _cgroup
+from hardened_worker import checks as _checks
 from hardened_worker import config as _config
 from hardened_worker.presets import hooks as _hooks
 from hardened_worker.presets import jsonlog as _jsonlog
 from hardened_worker.presets import prometheus as _prometheus
 
 
-def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
-    value = os.environ.get(name, default).strip().lower() or default
-    if value not in choices:
-        raise SystemExit(f"hardened_worker: {name}={os.environ[name]!r} is not one of "
-                         f"{'|'.join(choices)}; use e.g. {name}={choices[-1]}")
-    return value
-
-
-def _env_bool(name: str) -> bool:
-    raw = os.environ.get(name, "")
+def _load() -> _config.Settings:
     try:
-        return _config.parse_bool(raw)
-    except ValueError:
-        raise SystemExit(f"hardened_worker: {name}={raw!r} is not a boolean; use e.g. {name}=true") from None
+        return _config.load(os.environ)
+    except _config.ConfigError as exc:
+        raise SystemExit(str(exc)) from None
 
 
-def cgroup_root() -> str:
+# Once per process: gunicorn re-reads a configuration file at HUP, but the preset modules it
+# imports stay imported, so a HUP never gets here (where SystemExit would stop the master).
+settings = _load()
+
+
+def cgroup_root() -> str | None:
     """``HARDENED_CGROUP_ROOT``, for the presets that size themselves from the cgroup."""
-    try:
-        return _config.load(os.environ).cgroup_root
-    except _config.ConfigError:
-        return _cgroup.DEFAULT_ROOT  # the worker stops gunicorn with the one-line error at start
+    return settings.cgroup_root
 
 
 def worker_count(root: str) -> int:
@@ -84,9 +83,9 @@ keepalive = 75
 
 errorlog = "-"
 loglevel = "info"
-accesslog = "-" if _env_bool("ACCESS_LOG") else None
+accesslog = "-" if settings.access_log else None
 logconfig_dict = (_jsonlog.logconfig_dict(access=accesslog is not None)
-                  if _env_choice("LOG_FORMAT", ("text", "json"), "text") == "json" else {})
+                  if settings.log_format == "json" else {})
 
 HOOKS = _hooks.Hooks("base")
 
@@ -107,6 +106,13 @@ def _log_started(server) -> None:
 def _log_reload(server) -> None:
     server.log.info("hardened_worker: master %s reloading (HUP): %d new workers boot; the old ones "
                     "serve until those are ready", server.pid, server.cfg.workers)
+
+
+@HOOKS.on("when_ready")
+@HOOKS.on("on_reload")
+def _warn_lost_settings(server) -> None:
+    for line in _checks.warnings(server.cfg):
+        server.log.warning("%s", line)
 
 
 @HOOKS.on("nworkers_changed")

@@ -1,9 +1,12 @@
-"""One JSON object per log line, for log collectors (``LOG_FORMAT=json`` in the presets). Stdlib only.
+"""One JSON object per log line for log collectors (``HARDENED_LOG_FORMAT=json``); stdlib only.
 
 Each line has ``time`` (UTC, RFC 3339 with milliseconds), ``level``, ``logger``, ``pid`` and
 ``message``; ``exception`` / ``stack`` when the record carries them (multi-line stacks stay inside
-one line, so a collector never splits them). uvicorn's access records also get ``client``,
-``method``, ``path``, ``http_version`` and ``status``.
+one line, so a collector never splits them). Access records (gunicorn's, written by
+:mod:`hardened_worker.accesslog`) also get ``client`` (after forwarded handling), ``peer`` (the TCP
+peer), ``method``, ``path``, ``http_version``, ``status``, ``bytes``, ``duration_ms`` and
+``user_agent``; the worker's lifecycle lines get their facts as fields (``pid``, ``generation``,
+``reason``, ``phase`` and the figures of the line: ``requests``, ``up_s``, ...).
 
 :func:`logconfig_dict` is a gunicorn ``logconfig_dict`` value: gunicorn merges it over its own
 defaults key by key (``loggers``, ``handlers`` ... are replaced whole), after it installed its own
@@ -17,9 +20,23 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Mapping
 
 _ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
+
+
+def _access_fields(atoms: Mapping) -> dict[str, Any]:
+    """gunicorn's access atoms (``hardened_worker.accesslog``: its record's args) as fields."""
+    protocol = str(atoms.get("H") or "")
+    status = atoms.get("s")
+    return {
+        "client": atoms.get("h"), "peer": atoms.get("{peer_addr}e"),
+        "method": atoms.get("m"), "path": atoms.get("{raw_uri}e"),
+        "http_version": protocol[5:] if protocol.startswith("HTTP/") else protocol,
+        "status": int(status) if str(status).isdigit() else status,
+        "bytes": atoms.get("B") or 0, "duration_ms": (atoms.get("D") or 0) / 1000,
+        "user_agent": atoms.get("a"),
+    }
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,6 +53,11 @@ class JsonFormatter(logging.Formatter):
         args = record.args
         if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
             doc.update(zip(_ACCESS_FIELDS, args))
+        elif record.name == "gunicorn.access" and isinstance(args, Mapping):
+            doc.update(_access_fields(args))
+        facts = getattr(record, "hardened_worker", None)  # the worker's lifecycle lines (extra=)
+        if isinstance(facts, Mapping):
+            doc.update(facts)
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:

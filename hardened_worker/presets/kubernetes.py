@@ -8,18 +8,20 @@ of :mod:`~.base`, plus:
 * ``workers``: ``$WEB_CONCURRENCY``, else ``ceil`` of the container's CPU limit (cgroup v2
   ``cpu.max``, v1 ``cpu.cfs_quota_us``, under ``HARDENED_CGROUP_ROOT``), at least 1 and at most the
   CPUs available; with no limit, the CPUs available (:func:`hardened_worker.cgroup.worker_count`).
-* ``graceful_timeout``: ``$TERMINATION_GRACE_PERIOD_SECONDS`` (default 30, keep it equal to the
-  pod's ``terminationGracePeriodSeconds``) minus a 5 s margin, so the master's SIGKILL of late
-  workers comes before the kubelet's SIGKILL of the whole container, and the exit is logged.
+* ``graceful_timeout``: ``$HARDENED_TERMINATION_GRACE_PERIOD`` (default 30s, keep it equal to the
+  pod's ``terminationGracePeriodSeconds``) minus a 5 s margin, in whole seconds, so the master's
+  SIGKILL of late workers comes before the kubelet's SIGKILL of the whole container, and the exit
+  is logged.
 * ``raw_env`` defaults, each only when the environment does not set it already:
   ``HARDENED_HEALTH_PATH=/healthz`` (point the readiness probe at it) and
   ``HARDENED_DRAIN_DELAY=5s`` (keep serving after SIGTERM while the endpoint removal reaches
   every kube-proxy and ingress; health answers 503 meanwhile, so no ``preStop`` sleep is needed).
   The delay is counted inside ``graceful_timeout``; with a short grace period it shrinks to half
-  of what is left after the 1 s minimum drain.
+  of what is left after the 1 s minimum drain. Extend ``raw_env`` in your own configuration
+  (``raw_env = [*raw_env, ...]``); one that replaces it loses these, and a warning says so.
 * ``worker_tmp_dir = "/dev/shm"`` when it exists: the heartbeat file off the container's overlay
   filesystem, whose writes can stall.
-* Logs to stdout/stderr (from :mod:`~.base`); ``LOG_FORMAT=json`` for JSON lines.
+* Logs to stdout/stderr (from :mod:`~.base`); ``HARDENED_LOG_FORMAT=json`` for JSON lines.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import os
 
 from hardened_worker import cgroup as _cgroup
+from hardened_worker import presets as _presets
 from hardened_worker.presets import base as _base
 from hardened_worker.presets import hooks as _hooks
 from hardened_worker.presets.base import *  # noqa: F401,F403
@@ -44,9 +47,9 @@ def _whole(name: str, default: str) -> int:
     return int(text)
 
 
-def graceful_timeout_for(grace_period: int) -> int:
+def graceful_timeout_for(grace_period: float) -> int:
     """``--graceful-timeout`` (whole seconds) that ends ``MARGIN`` s before the kubelet's SIGKILL."""
-    return max(1, grace_period - MARGIN)
+    return max(1, int(grace_period) - MARGIN)
 
 
 def drain_delay_for(graceful: float) -> float:
@@ -69,7 +72,10 @@ _port = _whole("PORT", "8000")
 bind = [f"0.0.0.0:{_port}"]
 _root = _base.cgroup_root()
 workers = _base.worker_count(_root)
-_grace = _whole("TERMINATION_GRACE_PERIOD_SECONDS", "30")
+if "TERMINATION_GRACE_PERIOD_SECONDS" in os.environ:  # its old name: never ignored silently
+    raise SystemExit("hardened_worker: TERMINATION_GRACE_PERIOD_SECONDS is now called "
+                     "HARDENED_TERMINATION_GRACE_PERIOD; use e.g. HARDENED_TERMINATION_GRACE_PERIOD=30s")
+_grace = _base.settings.termination_grace_period
 graceful_timeout = graceful_timeout_for(_grace)
 _extra = ["bind", "workers", "graceful_timeout", "raw_env"]
 if os.path.isdir("/dev/shm"):
@@ -81,7 +87,9 @@ _ENV_DEFAULTS = {
     "HARDENED_DRAIN_DELAY": f"{drain_delay_for(graceful_timeout):g}s",
 }
 # Defaults only: a value the environment already has (the pod spec's env) wins.
-raw_env = [f"{k}={v}" for k, v in _ENV_DEFAULTS.items() if k not in os.environ]
+_presets.RAW_ENV_DEFAULTS["kubernetes"] = _defaults = {
+    k: v for k, v in _ENV_DEFAULTS.items() if k not in os.environ}
+raw_env = [f"{k}={v}" for k, v in _defaults.items()]
 
 HOOKS = _hooks.Hooks("kubernetes", parent=_base.HOOKS)
 

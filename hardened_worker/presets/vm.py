@@ -3,7 +3,7 @@
 ``gunicorn -c python:hardened_worker.presets.vm app:app``, or ``from hardened_worker.presets.vm
 import *`` at the top of your ``gunicorn.conf.py``. Everything of :mod:`~.base`, plus:
 
-* ``bind``: ``$BIND`` (comma-separated for several), default ``127.0.0.1:8000``: only nginx on
+* ``bind``: ``$HARDENED_BIND`` (comma-separated for several), default ``127.0.0.1:8000``: only nginx on
   this host reaches it, and the default ``forwarded_allow_ips`` (127.0.0.1, ::1, or
   ``$FORWARDED_ALLOW_IPS``) trusts exactly that nginx. (A ``unix:`` bind works too; note that
   gunicorn's ``forwarded_allow_ips`` validator does not accept the word ``unix``.)
@@ -11,7 +11,8 @@ import *`` at the top of your ``gunicorn.conf.py``. Everything of :mod:`~.base`,
   ``CPUQuota=`` seen through ``HARDENED_CGROUP_ROOT``, else the CPUs of its affinity mask). An
   async worker keeps one CPU busy; more only add memory.
 * with systemd's ``RuntimeDirectory=`` (``$RUNTIME_DIRECTORY``): the pid file and gunicorn's
-  control socket live there, one per service instead of one per user; ``$PIDFILE`` overrides.
+  control socket live there, one per service instead of one per user; ``$HARDENED_PIDFILE``
+  overrides.
 * systemd readiness: ``on_starting`` holds back gunicorn's early ``READY=1`` and the first worker
   whose lifespan startup completed sends it (:mod:`hardened_worker.systemd`); the unit needs
   ``Type=notify`` and ``NotifyAccess=all``. See ``gunicorn_conf_examples/vm/app.service``.
@@ -27,11 +28,11 @@ from hardened_worker.presets import hooks as _hooks
 from hardened_worker.presets.base import *  # noqa: F401,F403
 
 
-bind = [b.strip() for b in os.environ.get("BIND", "127.0.0.1:8000").split(",") if b.strip()]
+bind = _base.settings.bind
 workers = _base.worker_count(_base.cgroup_root())
 
 _run_dir = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
-pidfile = os.environ.get("PIDFILE") or (os.path.join(_run_dir, "gunicorn.pid") if _run_dir else None)
+pidfile = _base.settings.pidfile or (os.path.join(_run_dir, "gunicorn.pid") if _run_dir else None)
 _extra = ["bind", "workers", "pidfile"]
 if _run_dir:
     control_socket = os.path.join(_run_dir, "gunicorn.ctl")

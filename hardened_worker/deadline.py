@@ -1,0 +1,254 @@
+"""How a request that runs too long ends: the per-request deadline, and event streams at the drain.
+
+Two clocks can end a request the app has not finished: its own deadline
+(``HARDENED_REQUEST_TIMEOUT``, off by default) and the drain deadline (the end of the share of
+``--graceful-timeout`` that in-flight requests get, see :mod:`hardened_worker.drain`). Either way
+the request's task is cancelled, and what the client then sees is one decision, :func:`ending`,
+from :data:`ENDINGS`:
+
+* no response started: a request deadline answers ``504`` with ``Connection: close``; at the drain
+  deadline the connection is closed (as before this module: the client never got an answer, so a
+  proxy may retry an idempotent request elsewhere);
+* a ``text/event-stream`` response in progress gets its terminating chunk, a complete chunked
+  response, so a browser's ``EventSource`` reconnects quietly (to a sibling, once this worker
+  stopped accepting);
+* any other response in progress is cut (the connection closes mid-body), so the client sees it
+  incomplete, never a clean end that looks like a whole download.
+
+The app can see both clocks, in its scope (:data:`EXTENSION`)::
+
+    scope["extensions"]["hardened_worker"]["draining"]  # asyncio.Event, set when the drain starts
+    scope["extensions"]["hardened_worker"]["deadline"]  # loop.time() instant, or None (no timeout)
+
+``deadline`` is on the event loop's clock (``asyncio.get_running_loop().time()``, monotonic), the
+one ``asyncio.timeout_at`` takes: ``async with asyncio.timeout_at(deadline): ...``; what is left is
+``deadline - loop.time()``, the value to pass to an upstream client's timeout.
+
+A handler that *blocks* the loop (``time.sleep``, a CPU-bound loop) cannot be cancelled: nothing
+runs to cancel it. The stall watchdog logs where it blocks and gunicorn's ``--timeout`` replaces
+the worker (:mod:`hardened_worker.diagnostics`).
+
+Pure apart from :class:`RequestGuard`, the ASGI layer that carries the decision out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import time
+from typing import Any, Callable, Optional
+
+import uvicorn
+
+from hardened_worker import diagnostics
+from hardened_worker.drain import ASGIApp, DrainSignal, Message, Receive, Scope, Send
+
+EXTENSION = "hardened_worker"
+CANCEL_MESSAGE = "hardened_worker: request deadline"
+
+
+class Cause(enum.Enum):
+    REQUEST_DEADLINE = "request deadline"  # HARDENED_REQUEST_TIMEOUT
+    DRAIN_DEADLINE = "drain deadline"  # the end of --graceful-timeout's share for requests
+
+
+class Response(enum.Enum):
+    """How far the response had got when its request was ended."""
+
+    NOT_STARTED = "no response started"
+    EVENT_STREAM = "a text/event-stream response in progress"
+    STARTED = "a response in progress"
+    COMPLETE = "the response complete"  # the app was still running after sending it all
+
+
+class Ending(enum.Enum):
+    GATEWAY_TIMEOUT = "answered 504"
+    END_STREAM = "stream ended"  # the terminating chunk: a complete response
+    CUT = "connection closed"  # mid-response (or before one): the client sees it incomplete
+    NOTHING = "nothing to send"  # the client has its whole response
+
+
+ENDINGS: dict[tuple[Cause, Response], Ending] = {
+    (Cause.REQUEST_DEADLINE, Response.NOT_STARTED): Ending.GATEWAY_TIMEOUT,
+    (Cause.REQUEST_DEADLINE, Response.EVENT_STREAM): Ending.END_STREAM,
+    (Cause.REQUEST_DEADLINE, Response.STARTED): Ending.CUT,
+    (Cause.REQUEST_DEADLINE, Response.COMPLETE): Ending.NOTHING,
+    (Cause.DRAIN_DEADLINE, Response.NOT_STARTED): Ending.CUT,
+    (Cause.DRAIN_DEADLINE, Response.EVENT_STREAM): Ending.END_STREAM,
+    (Cause.DRAIN_DEADLINE, Response.STARTED): Ending.CUT,
+    (Cause.DRAIN_DEADLINE, Response.COMPLETE): Ending.NOTHING,
+}
+
+
+def ending(cause: Cause, response: Response) -> Ending:
+    return ENDINGS[(cause, response)]
+
+
+def is_event_stream(headers: Any) -> bool:
+    """True when an ASGI ``http.response.start``'s headers say ``Content-Type: text/event-stream``
+    (any parameters, any case: RFC 9110 section 8.3.1, the media type is case-insensitive)."""
+    for name, value in headers or ():
+        if name.lower() == b"content-type":
+            return value.split(b";", 1)[0].strip(b" \t").lower() == b"text/event-stream"
+    return False
+
+
+def response_state(start: Optional[Message], complete: bool) -> Response:
+    if start is None:
+        return Response.NOT_STARTED
+    if complete:
+        return Response.COMPLETE
+    if is_event_stream(start.get("headers")):
+        return Response.EVENT_STREAM
+    return Response.STARTED
+
+
+_GATEWAY_TIMEOUT_BODY = b"Gateway Timeout: the request ran past the server's deadline\n"
+GATEWAY_TIMEOUT = {
+    "type": "http.response.start", "status": 504,
+    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(_GATEWAY_TIMEOUT_BODY)).encode()),
+                (b"connection", b"close")],
+}
+END_OF_STREAM = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class Cut(Exception):
+    """Raised out of the app's request so the server closes its connection mid-response.
+
+    An exception after the response started is how ASGI servers close a connection (uvicorn:
+    ``run_asgi`` closes the transport); :func:`skip_expected` keeps the traceback uvicorn would
+    log for it out of the error log: the guard has already said what happened, in one line.
+    """
+
+
+def skip_expected(record: logging.LogRecord) -> bool:
+    """Logging filter for ``uvicorn.error``: no "Exception in ASGI application" traceback for a
+    request this module ended (:class:`Cut`), or for one the drain deadline cancelled."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, Cut):
+        return False
+    if isinstance(exc, asyncio.CancelledError) and exc.args and \
+            str(exc.args[0]).startswith("hardened_worker:"):
+        return False
+    return True
+
+
+def describe(scope: Scope, cause: Cause, elapsed: float, outcome: Ending, response: Response,
+             timeout: Optional[float], stack: str) -> str:
+    """The one log line (plus the stack where the request was waiting) for an ended request."""
+    what = f"{scope.get('method', '?')} {scope.get('path', '?')}"
+    limit = f" (HARDENED_REQUEST_TIMEOUT {timeout:g} s)" if cause is Cause.REQUEST_DEADLINE \
+        and timeout is not None else ""
+    line = f"{cause.value}: {what} ended after {elapsed:.2f} s{limit}, {response.value}: {outcome.value}"
+    if stack:
+        line += "; it was waiting at:\n" + stack.rstrip()
+    return line
+
+
+_PLUMBING = tuple(os.path.dirname(module.__file__ or "") + os.sep for module in (uvicorn, diagnostics))
+
+
+def app_stack(coro: Any) -> str:
+    """Where a suspended request coroutine waits, from the first frame that is not the server's
+    (uvicorn's ``run_asgi``, our layers): the app's file and line first."""
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None and not frame.f_code.co_filename.startswith(_PLUMBING):
+            return diagnostics.coroutine_stack(coro)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return ""
+
+
+class _Request:
+    """One request's progress, as the guard's ``send`` saw it."""
+
+    __slots__ = ("send", "start", "complete", "expired", "stack")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.start: Optional[Message] = None
+        self.complete = False
+        self.expired = False
+        self.stack = ""
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.start = message
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.complete = True
+        await self.send(message)
+
+
+class RequestGuard:
+    """The ASGI layer that shows the app its deadline and the drain, and ends requests that run
+    past either (see the module docstring). Plain ASGI: ``signal`` is the server's
+    :class:`~hardened_worker.drain.DrainSignal`; ``timeout`` None means no request deadline.
+
+    Only ``http`` requests: websockets pass through untouched (the drain closes them with 1001),
+    and the health path is answered before this layer.
+    """
+
+    def __init__(self, app: ASGIApp, signal: DrainSignal, timeout: Optional[float] = None,
+                 log: Callable[[str], None] = logging.getLogger("hardened_worker").warning) -> None:
+        self.app = app
+        self.signal = signal
+        self.timeout = timeout
+        self.log = log
+        self._shared = {"draining": signal.event, "deadline": None}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = _Request(send)
+        extensions = scope.get("extensions")
+        if extensions is None:
+            extensions = scope["extensions"] = {}
+        task = asyncio.current_task()
+        timer = None
+        if self.timeout is None:
+            extensions[EXTENSION] = self._shared
+        else:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.timeout
+            extensions[EXTENSION] = {"draining": self.signal.event, "deadline": deadline}
+            timer = loop.call_at(deadline, self._expire, request, task)
+        began = time.monotonic()
+        try:
+            await self.app(scope, receive, request)
+        except asyncio.CancelledError:
+            cause = Cause.REQUEST_DEADLINE if request.expired else \
+                Cause.DRAIN_DEADLINE if self.signal.deadline_passed else None
+            if cause is None:
+                raise  # a quick stop, the client went away: not ours to decide
+            if task is not None and hasattr(task, "uncancel"):  # Python 3.11+
+                task.uncancel()  # handled here: the answer's awaits must not count as cancelled
+            await self._end(scope, request, cause, time.monotonic() - began)
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, request: _Request, task: Optional[asyncio.Task[Any]]) -> None:
+        """The request's deadline (a loop timer): note where it waits, then cancel it."""
+        if task is None or task.done():
+            return
+        request.expired = True
+        coro = task.get_coro()
+        request.stack = app_stack(coro)
+        task.cancel(msg=CANCEL_MESSAGE)
+
+    async def _end(self, scope: Scope, request: _Request, cause: Cause, elapsed: float) -> None:
+        response = response_state(request.start, request.complete)
+        outcome = ending(cause, response)
+        if cause is Cause.REQUEST_DEADLINE:  # the drain deadline's line is the server's, one for all
+            self.log(describe(scope, cause, elapsed, outcome, response, self.timeout, request.stack))
+        if outcome is Ending.GATEWAY_TIMEOUT:
+            await request.send(GATEWAY_TIMEOUT)
+            await request.send({"type": "http.response.body", "body": _GATEWAY_TIMEOUT_BODY})
+        elif outcome is Ending.END_STREAM:
+            await request.send(END_OF_STREAM)
+        elif outcome is Ending.CUT:
+            raise Cut(f"{cause.value}: {scope.get('method')} {scope.get('path')}")

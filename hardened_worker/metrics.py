@@ -1,0 +1,327 @@
+"""Pool metrics in the Prometheus text format, answered by whichever worker gets the scrape.
+
+No ``prometheus_client`` multiprocess directory: every worker counts in its own row of the shared
+table (:mod:`hardened_worker.readiness`, ``COUNTERS``), with plain int64 stores through a
+memoryview on the request path (no lock, no syscall), and the worker that answers
+``HARDENED_METRICS_PATH`` reads every row, lock-free, and renders the whole pool. What workers that
+have left counted is folded into the table's retired row before their slot is reused, so totals
+never go back (a recycled worker's requests stay counted).
+
+Three parts: :class:`MetricsMiddleware` (counting, the endpoint, who may read it), :func:`pool`
+(a table snapshot as plain data, also the ``?format=json`` answer the status command reads) and
+:func:`render` (that data as Prometheus text): the last two are pure.
+
+Who may read it: loopback peers (and peers on a UNIX socket listener), the trusted proxies (``--forwarded-allow-ips``) and
+``HARDENED_METRICS_ALLOW``; the peer is the socket's, never a forwarded header's. Others get 403.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import time
+from typing import Any, Callable, Iterable, Optional
+
+from hardened_worker import diagnostics, forwarded
+from hardened_worker.lifecycle import Phase
+from hardened_worker.readiness import (BUCKETS, C_BEAT, C_BUCKET0, C_DURATION_US, C_INFLIGHT, C_MEMORY,
+                                       C_PHASE, C_REQUESTS, C_STALLS, EXIT_KINDS, R_ACCEPTED,
+                                       R_EXITS, R_REJECTED, R_RING, R_RING_NEXT, R_TOTALS, RING,
+                                       Snapshot, State)
+
+PREFIX = "hardened_worker_"
+PHASES = tuple(Phase)  # C_PHASE holds the index + 1 (0: not yet published)
+STATES = ("booting", "ready", "stopping", "draining")
+_STATE_OF_PHASE = {
+    Phase.BOOTING: "booting", Phase.WAITING: "booting", Phase.READY: "ready",
+    Phase.SURGING: "ready", Phase.DEFERRING: "stopping", Phase.STOPPING: "stopping",
+    Phase.DRAINING: "draining", Phase.EXITING: "draining",
+}
+RECYCLE_CAUSES = ("max-requests", "max-lifetime", "memory")
+LOCAL = ("127.0.0.0/8", "::1", "unix")  # loopback, and peers on a UNIX socket listener
+
+
+def phase_code(phase: Phase) -> int:
+    return PHASES.index(phase) + 1
+
+
+def _reason(code: int) -> str:
+    """A slot's reason field (EXIT_REASONS index + 1) as a label; 0 means none was recorded."""
+    if 0 < code <= len(diagnostics.EXIT_REASONS):
+        return diagnostics.EXIT_REASONS[code - 1]
+    return "unknown"  # SIGKILLed (the OOM killer) or died before recording a reason
+
+
+def _state(peer_state: State, phase: int) -> str:
+    if peer_state in (State.FAILED,):
+        return "failed"
+    if peer_state == State.RETIRING:
+        return "draining"
+    if 0 < phase <= len(PHASES):
+        return _STATE_OF_PHASE[PHASES[phase - 1]]
+    return "booting"
+
+
+# --- the pool as data (pure) --------------------------------------------------------------------
+
+
+def pool(snapshot: Snapshot, now: float, backlog: int = -1) -> dict[str, Any]:
+    """Everything the metrics show, as plain data (JSON-ready), from one table snapshot."""
+    retired = snapshot.retired
+    totals = {"requests": retired[R_TOTALS + C_REQUESTS],
+              "duration_us": retired[R_TOTALS + C_DURATION_US],
+              "stalls": retired[R_TOTALS + C_STALLS]}
+    buckets = [retired[R_TOTALS + C_BUCKET0 + i] for i in range(len(BUCKETS) + 1)]
+    exits = {_reason(kind): retired[R_EXITS + kind] for kind in range(EXIT_KINDS)
+             if retired[R_EXITS + kind]}
+    last_exits = []
+    for n in range(min(retired[R_RING_NEXT], RING)):
+        at = R_RING + 3 * ((retired[R_RING_NEXT] - 1 - n) % RING)
+        last_exits.append({"pid": retired[at], "reason": _reason(retired[at + 1]),
+                           "at": retired[at + 2]})
+    workers = []
+    for slot in snapshot.slots:
+        row = slot.counters
+        totals["requests"] += row[C_REQUESTS]
+        totals["duration_us"] += row[C_DURATION_US]
+        totals["stalls"] += row[C_STALLS]
+        for i in range(len(buckets)):
+            buckets[i] += row[C_BUCKET0 + i]
+        peer = slot.peer
+        if not slot.alive:  # gone, its slot not yet reused: its exit counts already
+            reason = _reason(peer.reason)
+            exits[reason] = exits.get(reason, 0) + 1
+            last_exits.insert(0, {"pid": peer.pid, "reason": reason, "at": int(peer.changed)})
+            continue
+        if peer.state == State.FREE:
+            continue  # leaving: no longer part of the pool
+        workers.append({
+            "pid": peer.pid, "state": _state(peer.state, row[C_PHASE]),
+            "generation": peer.generation, "age": peer.age, "up_s": round(now - peer.started, 3),
+            "requests": row[C_REQUESTS], "in_flight": row[C_INFLIGHT],
+            "memory_bytes": row[C_MEMORY] or peer.memory,
+        })
+    workers.sort(key=lambda w: w["age"])
+    last_exits.sort(key=lambda e: -e["at"])
+    return {
+        "workers": workers,
+        "requests": totals["requests"],
+        "in_flight": sum(w["in_flight"] for w in workers),
+        "duration": {"buckets": list(zip((*BUCKETS, float("inf")), buckets)),
+                     "sum_s": totals["duration_us"] / 1e6, "count": sum(buckets)},
+        "exits": exits,
+        "last_exits": last_exits[:RING],
+        "reloads": {"accepted": retired[R_ACCEPTED], "rejected": retired[R_REJECTED]},
+        "generation": snapshot.reloads.generation,
+        "stalls": totals["stalls"],
+        "listen_backlog": backlog,
+    }
+
+
+# --- Prometheus text (pure) ---------------------------------------------------------------------
+
+
+def _number(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _labels(**labels: Any) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{str(v)}"' for k, v in labels.items())
+    return "{" + inner + "}"
+
+
+def render(data: dict[str, Any]) -> str:
+    """The Prometheus text exposition format (version 0.0.4) of :func:`pool`'s data."""
+    out: list[str] = []
+
+    def family(name: str, kind: str, help_: str, samples: Iterable[tuple[str, dict, float]]) -> None:
+        full = PREFIX + name
+        out.append(f"# HELP {full} {help_}")
+        out.append(f"# TYPE {full} {kind}")
+        for suffix, labels, value in samples:
+            out.append(f"{full}{suffix}{_labels(**labels)} {_number(value)}")
+
+    workers = data["workers"]
+    counts = {state: 0 for state in STATES}
+    for w in workers:
+        counts[w["state"]] = counts.get(w["state"], 0) + 1
+    family("workers", "gauge", "Workers of the pool by state.",
+           [("", {"state": s}, n) for s, n in counts.items()])
+    family("requests_total", "counter",
+           "HTTP requests completed: the pool (no pid label, including workers that left) and "
+           "each live worker (pid label).",
+           [("", {}, data["requests"])] + [("", {"pid": w["pid"]}, w["requests"]) for w in workers])
+    family("inflight_requests", "gauge", "HTTP requests in progress: the pool and each worker.",
+           [("", {}, data["in_flight"])] + [("", {"pid": w["pid"]}, w["in_flight"])
+                                           for w in workers])
+    duration = data["duration"]
+    cumulative = 0
+    samples = []
+    for bound, count in duration["buckets"]:
+        cumulative += count
+        samples.append(("_bucket", {"le": _number(float(bound))}, cumulative))
+    samples += [("_sum", {}, duration["sum_s"]), ("_count", {}, duration["count"])]
+    family("request_duration_seconds", "histogram",
+           "From the app call to the last body byte written, pool-wide.", samples)
+    family("worker_exits_total", "counter", "Workers that exited, by reason.",
+           [("", {"reason": r}, n) for r, n in sorted(data["exits"].items())])
+    family("recycles_total", "counter", "Planned replacements (counted once the worker left), by cause.",
+           [("", {"cause": c}, data["exits"].get(c, 0)) for c in RECYCLE_CAUSES])
+    family("reloads_total", "counter", "HUP reloads: accepted (the new generation serves) or rejected.",
+           [("", {"result": r}, data["reloads"][r]) for r in ("accepted", "rejected")])
+    family("worker_memory_bytes", "gauge", "Each worker's resident memory, last published.",
+           [("", {"pid": w["pid"]}, w["memory_bytes"]) for w in workers])
+    family("event_loop_stalls_total", "counter",
+           "Event loop stalls past HARDENED_STALL_THRESHOLD, pool-wide.", [("", {}, data["stalls"])])
+    family("listen_backlog", "gauge",
+           "Connections waiting in the accept queue (gunicorn's get_backlog; -1 unknown).",
+           [("", {}, data["listen_backlog"])])
+    family("generation", "gauge", "The master's configuration generation (1 + HUPs).",
+           [("", {}, data["generation"])])
+    return "\n".join(out) + "\n"
+
+
+# --- the middleware -----------------------------------------------------------------------------
+
+
+class Access:
+    """Who may read the metrics: loopback, the trusted proxies, ``HARDENED_METRICS_ALLOW``."""
+
+    def __init__(self, forwarded_allow_ips: Any, allow: Optional[str]) -> None:
+        self.lists = [forwarded.parse_trusted(LOCAL),
+                      forwarded.trusted_from_gunicorn(forwarded_allow_ips)]
+        if allow:
+            self.lists.append(forwarded.parse_trusted(allow))
+
+    def allows(self, scope: dict) -> bool:
+        client = scope.get("client")
+        host = client[0] if client else None
+        unix = forwarded.is_unix_listener(scope.get("server"))
+        return any(trusted.trusts_peer(host, unix) for trusted in self.lists)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request in this worker's row and answers ``path`` for the whole pool.
+
+    ``table`` is the shared table; ``backlog`` returns the listen backlog; ``access`` an
+    :class:`Access`. Install it outside the forwarded middleware: the peer it checks must be the
+    socket's.
+    """
+
+    def __init__(self, app: Any, table: Any, path: str, access: Access,
+                 backlog: Callable[[], int] = lambda: -1,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.app = app
+        self.table = table
+        self.path = path
+        self.access = access
+        self.backlog = backlog
+        self.clock = clock
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"] == self.path:
+            return await self.answer(scope, send)
+        row = self.table.counters()
+        clock = self.clock
+        start = clock()
+        end = 0.0
+        row[C_INFLIGHT] += 1
+
+        async def timed_send(message: dict) -> None:
+            nonlocal end
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                end = clock()
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            seconds = (end or clock()) - start
+            row[C_INFLIGHT] -= 1
+            row[C_REQUESTS] += 1
+            row[C_DURATION_US] += int(seconds * 1_000_000)
+            row[C_BUCKET0 + bisect.bisect_left(BUCKETS, seconds)] += 1
+
+    async def answer(self, scope: dict, send: Any) -> None:
+        if not self.access.allows(scope):
+            return await _respond(send, 403, b"text/plain", b"forbidden\n")
+        data = pool(self.table.snapshot(), time.time(), self.backlog())
+        if b"format=json" in scope.get("query_string", b""):
+            data["answered_by"] = os.getpid()
+            return await _respond(send, 200, b"application/json", json.dumps(data).encode())
+        await _respond(send, 200, b"text/plain; version=0.0.4; charset=utf-8",
+                       render(data).encode())
+
+
+async def _respond(send: Any, status: int, content_type: bytes, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"cache-control", b"no-store"),
+                            (b"x-hardened-worker-pid", str(os.getpid()).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def backlog_of(sockets: Iterable[Any]) -> int:
+    """The accept queue of the listeners, as gunicorn's ``get_backlog`` reads it (-1: unknown)."""
+    total, known = 0, False
+    for sock in sockets:
+        get = getattr(sock, "get_backlog", None)
+        value = get() if get else -1
+        if value is not None and value >= 0:
+            total, known = total + value, True
+    return total if known else -1
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (``/proc/self/statm``), 0 where unreadable."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class StallCounting:
+    """The stall watchdog's log, counting each stall warning into the worker's row."""
+
+    def __init__(self, log: Any, table: Any) -> None:
+        self._log = log
+        self._table = table
+
+    def warning(self, *args: Any, **kwargs: Any) -> None:
+        self._table.counters()[C_STALLS] += 1
+        self._log.warning(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+
+def health(snapshot: Snapshot, now_ms: int, stale_ms: int) -> Optional[str]:
+    """The systemd watchdog's rule: the pool is healthy while at least one ready worker has
+    ticked (its event loop ran: ``C_BEAT``) within ``stale_ms``. Returns the one-line pool summary
+    for ``STATUS=``, or None when unhealthy. A single stuck worker is gunicorn's ``--timeout``'s
+    business; a pool with none serving is the watchdog's."""
+    beating = [slot for slot in snapshot.slots
+               if slot.alive and slot.peer.state in (State.READY, State.SURGING)
+               and _state(slot.peer.state, slot.counters[C_PHASE]) == "ready"
+               and now_ms - slot.counters[C_BEAT] <= stale_ms]
+    if not beating:
+        return None
+    data = pool(snapshot, time.time())
+    counts: dict[str, int] = {}
+    for w in data["workers"]:
+        counts[w["state"]] = counts.get(w["state"], 0) + 1
+    states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: i[0] != "ready"))
+    line = (f"serving: {states} (generation {data['generation']}); {data['requests']} requests, "
+            f"{data['in_flight']} in flight")
+    if data["reloads"]["rejected"] and snapshot.reloads.rejected >= snapshot.reloads.generation:
+        line += f"; reload rejected: generation {snapshot.reloads.rejected} cannot start"
+    return line

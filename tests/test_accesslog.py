@@ -1,0 +1,138 @@
+"""gunicorn's access log, written by the hardened worker (hardened_worker/accesslog.py).
+
+Real masters with ``--access-logfile``: gunicorn's own logger and ``--access-logformat``; one line
+per request with the duration from the app call to the last body byte; ``h`` after forwarded
+handling, the TCP peer as ``{peer_addr}e``; one line per websocket at its close; nothing built at
+all without an access log; the JSON preset's fields. Plus the pure environ builder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+
+from rig import get, wait_for
+
+from hardened_worker.accesslog import environ_of
+
+FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(D)s "%({user-agent}i)s" peer=%({peer_addr}e)s'
+LINE = re.compile(r'^(\S+) "([^"]*)" (\d+) (\S+) (\d+) "([^"]*)" peer=(\S+)$')
+
+
+def access_lines(path, request: str = "") -> list[re.Match]:
+    """The access log's lines (those for ``request``, e.g. ``GET /x HTTP/1.1``, if given)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return [m for m in map(LINE.match, text.splitlines()) if m and m.group(2).startswith(request)]
+
+
+def wait_lines(path, request: str) -> list[re.Match]:
+    return wait_for(lambda: access_lines(path, request), 10)
+
+
+@pytest.fixture
+def logged(master, tmp_path):
+    access = tmp_path / "access.log"
+    m = master(app="obsapp:app", args=["--access-logfile", str(access),
+                                       "--access-logformat", FORMAT])
+    m.access = access
+    return m
+
+
+def test_one_line_per_request_with_duration_status_size_and_user_agent(logged):
+    status, body = get(logged.port, "/sleep?s=0.2", headers={"User-Agent": "probe/1.0"})
+    assert (status, body) == (200, b"slept")
+    lines = wait_lines(logged.access, "GET /sleep")
+    assert get(logged.port, "/?after")[0] == 200
+    wait_lines(logged.access, "GET /?after")  # written after the first: no second line for it
+    assert len(access_lines(logged.access, "GET /sleep")) == 1
+    h, request, status, size, micros, agent, peer = lines[0].groups()
+    assert request == "GET /sleep?s=0.2 HTTP/1.1"
+    assert (status, size, agent) == ("200", "5", "probe/1.0")
+    assert int(micros) >= 200_000
+    assert h == peer == "127.0.0.1"
+
+
+def test_h_is_the_forwarded_client_and_the_peer_stays_available(logged):
+    # 127.0.0.1 is in gunicorn's default --forwarded-allow-ips: a trusted proxy.
+    assert get(logged.port, "/?fwd", headers={"X-Forwarded-For": "203.0.113.7"})[0] == 200
+    [line] = wait_lines(logged.access, "GET /?fwd")
+    assert line.group(1) == "203.0.113.7"
+    assert line.group(7) == "127.0.0.1"
+
+
+def test_a_websocket_logs_one_line_when_it_closes(logged):
+    import websockets
+
+    async def session() -> None:
+        async with websockets.connect(f"ws://127.0.0.1:{logged.port}/ws", open_timeout=10) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            assert access_lines(logged.access, "GET /ws") == []  # nothing while it is open
+
+    asyncio.run(session())
+    lines = wait_lines(logged.access, "GET /ws")
+    assert get(logged.port, "/?after")[0] == 200
+    wait_lines(logged.access, "GET /?after")
+    assert len(access_lines(logged.access, "GET /ws")) == 1
+    assert lines[0].group(2) == "GET /ws HTTP/1.1" and lines[0].group(3) == "101"
+    assert lines[0].group(4) == "5"  # the echoed message
+
+
+def test_without_an_access_log_no_record_is_built(master):
+    m = master(app="obsapp:app")
+    status, body = get(m.port, "/introspect")
+    assert status == 200
+    assert json.loads(body) == {"uvicorn_access_handlers": False, "access_middlewares": 0}
+
+
+def test_with_an_access_log_uvicorn_builds_none_of_its_own(logged):
+    status, body = get(logged.port, "/introspect")
+    assert json.loads(body) == {"uvicorn_access_handlers": False, "access_middlewares": 1}
+
+
+def test_json_access_records_carry_duration_and_peer_and_lifecycle_lines_their_facts(master, tmp_path):
+    conf = tmp_path / "json_conf.py"
+    conf.write_text("from hardened_worker.presets import jsonlog\n"
+                    "logconfig_dict = jsonlog.logconfig_dict(access=True)\n"
+                    "accesslog = '-'\n")
+    m = master(app="obsapp:app", args=["-c", str(conf)], workers=1)
+    assert get(m.port, "/sleep?s=0.05", headers={"X-Forwarded-For": "198.51.100.9"})[0] == 200
+    m.signal(15)
+    m.wait_exit(30)
+    docs = [json.loads(line) for line in m.output().splitlines() if line.startswith("{")]
+    [access] = [d for d in docs if d["logger"] == "gunicorn.access" and d.get("path") == "/sleep?s=0.05"]
+    assert access["client"] == "198.51.100.9" and access["peer"] == "127.0.0.1"
+    assert access["status"] == 200 and access["method"] == "GET"
+    assert access["duration_ms"] >= 50
+    [ready] = [d for d in docs if " ready in " in d["message"]]
+    assert ready["generation"] == 1 and ready["pid"] == ready["pid"] > 0 and "up_s" in ready
+    [exiting] = [d for d in docs if " exiting: reason " in d["message"]]
+    assert exiting["reason"] == "shutdown" and exiting["requests"] >= 1
+
+
+@pytest.mark.parametrize("scope, peer, expected", [
+    ({"method": "GET", "path": "/a b", "raw_path": b"/a%20b", "query_string": b"x=1",
+      "http_version": "1.1", "scheme": "https", "client": ("10.0.0.2", 5), "server": ("h", 80),
+      "headers": [(b"user-agent", b"ua"), (b"content-type", b"text/plain"), (b"x-a", b"1"),
+                  (b"x-a", b"2")]},
+     ("127.0.0.1", 9),
+     {"REQUEST_METHOD": "GET", "RAW_URI": "/a%20b?x=1", "PATH_INFO": "/a b", "SCRIPT_NAME": "",
+      "QUERY_STRING": "x=1", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "https",
+      "REMOTE_ADDR": "10.0.0.2", "REMOTE_PORT": "5", "PEER_ADDR": "127.0.0.1", "PEER_PORT": "9",
+      "SERVER_NAME": "h", "SERVER_PORT": "80", "HTTP_USER_AGENT": "ua",
+      "CONTENT_TYPE": "text/plain", "HTTP_X_A": "1,2"}),
+    ({"method": "POST", "path": "/app/x", "root_path": "/app", "query_string": b"",
+      "http_version": "2", "client": None, "server": ("/run/s.sock", None), "headers": []},
+     None,
+     {"REQUEST_METHOD": "POST", "RAW_URI": "/app/x", "PATH_INFO": "/x", "SCRIPT_NAME": "/app",
+      "QUERY_STRING": "", "SERVER_PROTOCOL": "HTTP/2", "wsgi.url_scheme": "http",
+      "SERVER_NAME": "/run/s.sock", "SERVER_PORT": ""}),
+])
+def test_environ_of(scope, peer, expected):
+    assert environ_of(scope, peer) == expected

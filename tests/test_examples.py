@@ -1,0 +1,222 @@
+"""The deployment examples users copy (gunicorn_conf_examples/): the systemd unit, the Prometheus
+configuration, the Kubernetes manifests and the Dockerfile, checked against the worker's own numbers
+and against the tools that read them (systemd-analyze, Kubernetes' schemas, a real gunicorn)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from hardened_worker import config, drain
+from hardened_worker.presets import base, kubernetes
+from rig import GUNICORN, ROOT, Master, have
+from test_presets import clean_env, gunicorn_cli
+
+EXAMPLES = ROOT / "gunicorn_conf_examples"
+UNIT = EXAMPLES / "vm" / "app.service"
+MANIFEST = EXAMPLES / "kubernetes" / "deployment.yaml"
+DOCKERFILE = EXAMPLES / "kubernetes" / "Dockerfile"
+MiB = 1024**2
+# What a master may hold: gunicorn, uvicorn and this package, not the app (no preload_app). The
+# packaging test measures a real one against it.
+MASTER_BUDGET = 100 * MiB
+
+
+# --- systemd -----------------------------------------------------------------------------------
+
+
+def unit_directives(text: str) -> dict[str, dict[str, list[str]]]:
+    """``{section: {key: [values, in order]}}`` of a systemd unit file."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+        else:
+            key, _, value = line.partition("=")
+            current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def test_systemd_unit_is_sandboxed_and_agrees_with_the_worker():
+    service = unit_directives(UNIT.read_text())["Service"]
+    one = {key: values[-1] for key, values in service.items()}
+    for key, value in {"NoNewPrivileges": "yes", "PrivateTmp": "yes", "ProtectSystem": "strict",
+                       "ProtectHome": "yes", "RuntimeDirectory": "myapp", "Type": "notify",
+                       "NotifyAccess": "all", "KillMode": "mixed"}.items():
+        assert one.get(key) == value, key
+    assert one["RestrictAddressFamilies"].split() == ["AF_UNIX", "AF_INET", "AF_INET6"]
+    # Everything but these is read-only; "-": a path that does not exist is no error.
+    assert all(path.startswith("-/") for path in one["ReadWritePaths"].split())
+    assert int(one["TimeoutStopSec"]) > base.graceful_timeout
+    assert int(one["TimeoutStartSec"]) > config.load({}).startup_timeout
+    assert one["ExecReload"] == "/bin/kill -s HUP $MAINPID"
+
+
+@pytest.mark.skipif(not have("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_systemd_analyze_verifies_the_unit(tmp_path):
+    # verify checks that ExecStart's program exists: point it at this venv's gunicorn.
+    unit = tmp_path / "myapp.service"
+    unit.write_text(UNIT.read_text().replace("/srv/myapp/.venv/bin/gunicorn", GUNICORN[0]))
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
+                          timeout=60)
+    complaints = [line for line in (done.stdout + done.stderr).splitlines() if "myapp" in line]
+    assert done.returncode == 0 and complaints == [], done.stdout + done.stderr
+
+
+# --- Prometheus --------------------------------------------------------------------------------
+
+PROMETHEUS_CONF = str(EXAMPLES / "prometheus" / "gunicorn.conf.py")
+
+
+def test_prometheus_example_keeps_its_metrics_in_the_units_runtime_directory(master, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    # The master prepares the directory before it forks a worker.
+    m = master(wait=False, args=["-c", PROMETHEUS_CONF], env={"RUNTIME_DIRECTORY": str(run)})
+    m.wait_log(re.escape(f"prometheus multiprocess directory {run / 'prometheus'} ready"))
+
+
+def test_prometheus_example_has_no_shared_default_directory():
+    done = gunicorn_cli("--print-config", "-c", PROMETHEUS_CONF, env=clean_env())
+    assert done.returncode == 0, done.stderr
+    assert "PROMETHEUS_MULTIPROC_DIR" not in done.stdout
+    assert "neither PROMETHEUS_MULTIPROC_DIR nor RUNTIME_DIRECTORY is set" in done.stderr
+
+
+# --- Kubernetes --------------------------------------------------------------------------------
+
+_QUANTITY = {"": 1, "Ki": 1024, "Mi": MiB, "Gi": 1024**3, "k": 1000, "M": 1000**2, "G": 1000**3}
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes quantity: ``1Gi`` -> bytes, ``1500m`` -> 1.5."""
+    number, unit = re.fullmatch(r"([\d.]+)(m|Ki|Mi|Gi|k|M|G|)", str(text)).groups()
+    return float(number) / 1000 if unit == "m" else float(number) * _QUANTITY[unit]
+
+
+def documents() -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(MANIFEST.read_text()) if doc]
+
+
+def kind(name: str) -> dict:
+    [doc] = [d for d in documents() if d["kind"] == name]
+    return doc
+
+
+def container() -> tuple[dict, dict, dict]:
+    """The Deployment's pod spec, its one container, and that container's env as a dict."""
+    pod = kind("Deployment")["spec"]["template"]["spec"]
+    [app] = pod["containers"]
+    return pod, app, {e["name"]: e["value"] for e in app.get("env", [])}
+
+
+@pytest.mark.parametrize("version", ["1.27.0", kubernetes_validate.latest_version()])
+def test_every_manifest_passes_kubernetes_schemas(version):
+    docs = documents()
+    assert {d["kind"] for d in docs} == {"Deployment", "Service", "PodDisruptionBudget"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)  # raises on any unknown or bad field
+
+
+def settings_of(env: dict) -> config.Settings:
+    """The worker's settings from the pod's env (a renamed or bad HARDENED_* value raises)."""
+    return config.load({k: v for k, v in env.items() if k.startswith(config.PREFIX)})
+
+
+def test_stop_budget_fits_the_grace_period():
+    pod, _, env = container()
+    grace = pod["terminationGracePeriodSeconds"]
+    settings = settings_of(env)
+    assert settings.termination_grace_period == grace
+    graceful = kubernetes.graceful_timeout_for(grace)
+    delay = settings.drain_delay if "HARDENED_DRAIN_DELAY" in env else kubernetes.drain_delay_for(graceful)
+    # The drain delay runs inside graceful_timeout (drain.plan counts both from SIGTERM), which
+    # the master ends with its own SIGKILL of late workers: the kubelet's must come later.
+    assert delay > 0 and drain.check_budget(graceful, delay) is None
+    assert grace >= graceful + 1
+
+
+def test_workers_at_their_hard_limit_plus_the_master_fit_the_container():
+    _, app, env = container()
+    limits = app["resources"]["limits"]
+    workers = int(env.get("WEB_CONCURRENCY") or math.ceil(quantity(limits["cpu"])))
+    settings = settings_of(env)
+    soft, hard = settings.memory_limit, settings.memory_hard_limit or settings.memory_limit * 1.25
+    assert soft < hard
+    assert workers * hard + MASTER_BUDGET < quantity(limits["memory"])
+    assert app["resources"]["requests"]["memory"] == limits["memory"]
+
+
+def test_probes_security_and_volumes():
+    pod, app, env = container()
+    assert app["readinessProbe"]["failureThreshold"] > 1
+    startup = app["startupProbe"]
+    assert startup["httpGet"]["path"] == app["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    # The startup probe must not give up before the worker's own startup timeout does.
+    assert startup["periodSeconds"] * startup["failureThreshold"] > config.load({}).startup_timeout
+    assert "livenessProbe" not in app  # /healthz answers 503 during a normal drain
+    security = {**pod["securityContext"], **app["securityContext"]}
+    assert security["runAsNonRoot"] is True and security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert f"USER {security['runAsUser']}:{security['runAsGroup']}" in DOCKERFILE.read_text()
+    mounts = {m["mountPath"]: m["name"] for m in app["volumeMounts"]}
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    assert mounts["/tmp"] in empty_dirs and mounts[env["PROMETHEUS_MULTIPROC_DIR"]] in empty_dirs
+
+
+def test_disruption_budget_covers_the_deployment_and_leaves_a_pod():
+    deployment, budget = kind("Deployment"), kind("PodDisruptionBudget")
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+    assert 0 < budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+
+
+# --- Dockerfile (no Docker engine here: read statically; test_packaging runs its HEALTHCHECK) ---
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """``[(INSTRUCTION, arguments)]``, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n(\s*#.*\n)*", " ", DOCKERFILE.read_text())
+    return [(word.upper(), rest.strip()) for word, _, rest in
+            (line.strip().partition(" ") for line in text.splitlines())
+            if word and not word.startswith("#")]
+
+
+def healthcheck_command() -> list[str]:
+    """The HEALTHCHECK's command, exec form."""
+    [args] = [args for word, args in dockerfile() if word == "HEALTHCHECK"]
+    return json.loads(args[args.index("CMD") + 3:])
+
+
+def test_dockerfile_pins_the_base_image_and_runs_as_a_user():
+    steps = dockerfile()
+    [image] = [args for word, args in steps if word == "FROM"]
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-[a-z]+@sha256:[0-9a-f]{64}", image)
+    words = [word for word, _ in steps]
+    user = words.index("USER")
+    assert steps[user][1].split(":")[0] not in ("root", "0")
+    assert user > max(i for i, w in enumerate(words) if w == "RUN")  # installs as root, serves as not
+    # The app's own requirements are installed, from a layer of their own.
+    copy = steps.index(("COPY", "requirements.txt /app/requirements.txt"))
+    assert steps[copy + 1] == ("RUN", "pip install -r /app/requirements.txt")
+    [cmd] = [args for word, args in steps if word == "CMD"]
+    assert json.loads(cmd)[0] == "gunicorn"  # exec form: gunicorn is PID 1 and gets SIGTERM
+
+
+def test_dockerfile_healthcheck_needs_no_curl():
+    command = healthcheck_command()
+    assert command[:2] == ["python", "-c"] and "urllib.request" in command[2]
+    assert not re.search(r"\b(curl|wget)\b", shlex.join(command))
