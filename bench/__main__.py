@@ -13,10 +13,11 @@ import sys
 import time
 import traceback
 
-from bench import bad_deploy, common, drain, hung, hup, leak, nginx, overhead, recycle
+from bench import bad_deploy, common, drain, hung, hup, leak, nginx, overhead, profile, recycle, spread
 
-SCENARIOS = [overhead, hup, bad_deploy, drain, leak, hung, nginx, recycle]
-BY_NAME = {module.NAME: module for module in SCENARIOS}
+SCENARIOS = [overhead, hup, bad_deploy, drain, leak, hung, nginx, recycle, spread]
+TOOLS = [profile]  # run on their own, never by `all`
+BY_NAME = {module.NAME: module for module in SCENARIOS + TOOLS}
 
 
 def _classes(text: str) -> list[str]:
@@ -37,7 +38,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = top.add_subparsers(dest="scenario", required=True, metavar="scenario")
-    for module in SCENARIOS:
+    for module in SCENARIOS + TOOLS:
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__)
         module.add_arguments(p)
         _add_common(p)

@@ -275,26 +275,21 @@ def cpu_seconds(pids: Iterable[int]) -> float:
 
 
 def wrk_summary(result: rig.WrkResult) -> dict:
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", result.raw)
-    breakdown = dict(zip(("connect", "read", "write", "timeout"), map(int, errors.groups()))) if errors \
-        else {"connect": 0, "read": 0, "write": 0, "timeout": 0}
+    """``rig.parse_wrk``'s figures as JSON (the one wrk parser, shared with the tests)."""
     return {"rps": result.rps, "p99_ms": result.p99_ms, "requests": result.requests,
             "socket_errors": result.socket_errors, "non_2xx": result.non_2xx,
-            "socket_error_kinds": breakdown}
+            "socket_error_kinds": result.socket_error_kinds}
 
 
 class WrkRun:
-    """wrk in the background, with rig.wrk's command line; ``stop()`` ends it early (SIGINT makes
+    """wrk in the background, with rig.wrk's command line (``rig.wrk_command``); ``stop()`` ends it early (SIGINT makes
     wrk print its statistics so far) and ``result()`` parses the report with ``rig.parse_wrk``.
     Use it as a context manager: it is killed on the way out whatever happened."""
 
     def __init__(self, port: int, path: str = "/", duration: int = 10, connections: int = 32,
                  threads: int = 2, timeout: str = "10s", script: Optional[Path] = None) -> None:
         duration = max(1, round(duration))  # wrk takes whole seconds only
-        cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
-               f"--timeout={timeout}", f"http://127.0.0.1:{port}{path}"]
-        if script is not None:
-            cmd[1:1] = ["-s", str(script)]
+        cmd = rig.wrk_command(port, path, duration, connections, threads, timeout, script)
         self.duration = duration
         self.started = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -331,15 +326,6 @@ def lua_script(directory: Path, name: str, text: str) -> Path:
     return path
 
 
-# Every other request a POST (16-byte body): a proxy may retry a failed GET, never a POST.
-MIXED_LUA = """\
-local n = 0
-request = function()
-  n = n + 1
-  if n % 2 == 0 then
-    return wrk.format("POST", nil, {["Content-Type"] = "application/octet-stream"}, "xxxxxxxxxxxxxxxx")
-  end
-  return wrk.format("GET", nil)
-end
-"""
+# Every other request a POST: a proxy may retry a failed GET, never a POST. The tests' own mix.
+MIXED_LUA = rig.POST_LUA
 

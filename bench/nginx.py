@@ -3,15 +3,14 @@ half the requests POSTs (nginx retries a GET that failed on a cached keep-alive 
 a POST, so only non-idempotent load shows lost requests). Counts non-2xx (502s) at the client and
 "upstream prematurely closed" / "reset by peer" lines in nginx's error log. A Python client beside
 wrk (``bench/timeline.py``, 4 keep-alive connections to nginx, GET and POST alternating) records
-each request's outcome and time for the per-0.5 s timeline."""
+each request's outcome and time for the per-0.5 s timeline. nginx is the test rig's
+(``rig.Nginx``), running the shipped ``gunicorn_conf_examples/vm/nginx-site.conf``: the bench
+measures the configuration the tests prove."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -21,35 +20,6 @@ from bench.common import log, rig
 
 NAME = "nginx"
 HELP = "HUPs behind nginx keep-alive, mixed GET/POST: 502s and upstream resets"
-
-CONF = """\
-{user}worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    upstream app {{
-        server 127.0.0.1:{upstream};
-        keepalive 32;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-        }}
-    }}
-}}
-"""
 
 PATTERNS = {
     "upstream_prematurely_closed": "upstream prematurely closed",
@@ -69,59 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="connections of the timeline client beside wrk (default 4)")
 
 
-class Nginx:
-    """nginx in the foreground in its own session, its files in ``tmp``; ``stop()`` is idempotent."""
-
-    def __init__(self, tmp: Path, upstream: int) -> None:
-        self.tmp = tmp
-        self.port = rig.free_port()
-        self.conf = tmp / "nginx.conf"
-        self.error_log = tmp / "error.log"
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        self.conf.write_text(CONF.format(user=user, tmp=tmp, upstream=upstream, port=self.port))
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.proc = subprocess.Popen([binary, "-p", str(tmp), "-c", str(self.conf), "-e", str(self.error_log)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-
-    def wait_serving(self, timeout: float = 10.0) -> None:
-        def serving() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.proc.returncode}: {self.proc.stderr.read().decode()}")
-            try:
-                return rig.get(self.port, "/", timeout=1)[0] == 200
-            except OSError:
-                return False
-        rig.wait_for(serving, timeout)
-
-    def errors(self) -> str:
-        try:
-            return self.error_log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its workers, whatever became of the master
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait(5)
-        if self.proc.stderr:
-            self.proc.stderr.close()
-
-
 def run_one(cls: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-nginx-") as tmp, common.master(cls, workers=args.workers) as m:
         tmp_path = Path(tmp)
         script = common.lua_script(tmp_path, "mixed.lua", common.MIXED_LUA)
-        proxy = Nginx(tmp_path, m.port)
+        # The rig's nginx: the shipped gunicorn_conf_examples/vm/nginx-site.conf, as the tests run it.
+        proxy = rig.Nginx(tmp_path, m.port).start()
         try:
-            proxy.wait_serving()
             t0 = time.monotonic()
             with timeline.Running(proxy.port, t0, args.client_connections) as client, \
                     common.WrkRun(proxy.port, "/", duration=args.duration, connections=args.connections,
@@ -130,7 +54,7 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
                 result = load.result()
             client_run = timeline.summary(client, args.duration)
             time.sleep(0.2)
-            errors = proxy.errors()
+            errors = proxy.log()
         finally:
             proxy.stop()
         counts = {name: errors.count(text) for name, text in PATTERNS.items()}
@@ -168,7 +92,7 @@ def run(args: argparse.Namespace) -> dict:
         "per_class": per_class,
         "config": {"workers": args.workers, "connections": args.connections, "duration_s": args.duration,
                    "hup_interval_s": args.interval, "load": "wrk Lua request(): GET and POST alternating",
-                   "nginx": "upstream keepalive 32, proxy_http_version 1.1, Connection \"\"",
+                   "nginx": "the shipped gunicorn_conf_examples/vm/nginx-site.conf (rig.Nginx)",
                    "timeline_client": {"connections": args.client_connections, "bucket_s": timeline.BUCKET_S,
                                        "load": "rig.Client through nginx: keep-alive, GET and POST alternating"}},
     }

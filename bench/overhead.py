@@ -1,6 +1,8 @@
 """Per-request overhead: the same app under the same wrk load, worker classes alternating round by
-round (ABCABC...) so the machine's drift hits every class alike. Ratios are taken per round against
-UvicornWorker (the neighbouring run) and the median over rounds is reported."""
+round, the order reversed every other round (AB BA AB ...) so neither class always runs first on a
+machine whose load drifts. Ratios are taken per round against UvicornWorker (the neighbouring run)
+and the median over rounds is reported, with the quartiles of the per-round ratios as the noise
+band: a ratio whose band straddles 1.00 is graded "within noise", never a win."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import argparse
 import contextlib
 import json
 import re
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -63,6 +66,27 @@ def result_name(variant: str) -> str:
     return f"{NAME}-{slug}"
 
 
+def quartiles(values: list) -> list:
+    """[lower quartile, upper quartile] of the finite values (the noise band of a median)."""
+    finite = sorted(v for v in values if v is not None and v == v)
+    if len(finite) < 2:
+        return [None, None]
+    q = statistics.quantiles(finite, n=4, method="inclusive")
+    return [q[0], q[2]]
+
+
+def verdict(ratios: list, higher_is_better: bool) -> str:
+    """"better"/"worse" only when the whole noise band is on one side of 1.00."""
+    low, high = quartiles(ratios)
+    if low is None:
+        return "not measured"
+    if low > 1.0:
+        return "better" if higher_is_better else "worse"
+    if high < 1.0:
+        return "worse" if higher_is_better else "better"
+    return "within noise"
+
+
 def run(args: argparse.Namespace) -> dict:
     if args.rounds < 3:
         raise SystemExit("--rounds must be at least 3")
@@ -93,7 +117,8 @@ def run(args: argparse.Namespace) -> dict:
                     threads=args.threads, script=script)
         for index in range(1, args.rounds + 1):
             entry: dict = {"round": index}
-            for cls, m in masters.items():
+            order = list(masters.items())
+            for cls, m in (order if index % 2 else order[::-1]):
                 workers = m.workers()
                 cpu_before = common.cpu_seconds(workers)
                 result = rig.wrk(m.port, args.path, duration=args.duration, connections=args.connections,
@@ -124,11 +149,17 @@ def run(args: argparse.Namespace) -> dict:
         for cls in classes:
             if cls == common.BASELINE:
                 continue
+            per_round = {key: [r["ratios_vs_uvicorn"][cls][key] for r in rounds]
+                         for key in ("rps", "p99", "cpu_per_request")}
             ratios[f"{cls}/uvicorn"] = {
-                "median_rps_ratio": common.median(r["ratios_vs_uvicorn"][cls]["rps"] for r in rounds),
-                "median_p99_ratio": common.median(r["ratios_vs_uvicorn"][cls]["p99"] for r in rounds),
-                "median_cpu_per_request_ratio": common.median(
-                    r["ratios_vs_uvicorn"][cls]["cpu_per_request"] for r in rounds),
+                "median_rps_ratio": common.median(per_round["rps"]),
+                "median_p99_ratio": common.median(per_round["p99"]),
+                "median_cpu_per_request_ratio": common.median(per_round["cpu_per_request"]),
+                # Quartiles of the per-round ratios, and what they allow one to say.
+                "rps_ratio_band": quartiles(per_round["rps"]),
+                "cpu_per_request_ratio_band": quartiles(per_round["cpu_per_request"]),
+                "rps_verdict": verdict(per_round["rps"], higher_is_better=True),
+                "cpu_per_request_verdict": verdict(per_round["cpu_per_request"], higher_is_better=False),
             }
     medians = {cls: {"rps": common.median(r[cls]["rps"] for r in rounds),
                      "p99_ms": common.median(r[cls]["p99_ms"] for r in rounds),
@@ -138,7 +169,8 @@ def run(args: argparse.Namespace) -> dict:
         "scenario": NAME,
         "variant": variant,
         "ratios": ratios,
-        "ratio_method": "per round: class / UvicornWorker of the same round; median over rounds",
+        "ratio_method": "per round: class / UvicornWorker of the same round (order reversed every other "
+                        "round); median over rounds, quartiles as the noise band",
         "absolute_medians": medians,
         "rounds": rounds,
     }
@@ -150,7 +182,7 @@ def run(args: argparse.Namespace) -> dict:
         "config": {"workers": args.workers, "connections": args.connections, "wrk_threads": args.threads,
                    "rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
                    "path": args.path, "forwarded_headers": args.forwarded, "env": env,
-                   "order": "".join(c[0].upper() for c in classes) + " repeated",
+                   "order": "".join(c[0].upper() for c in classes) + ", reversed every other round",
                    "classes": {c: common.WORKERS[c] for c in classes}},
         "result_file": result_name(variant),
     })

@@ -192,7 +192,16 @@ def overhead_row(data: Optional[dict], forwarded: bool) -> Row:
         behind.append(f"{x(h_p99)} UvicornWorker's p99" if best_p99 == 1.0
                       else f"{x(h_p99)} UvicornWorker's p99 (best peer {x(best_p99)})")
     rerun = f"`.venv/bin/python -m bench overhead{' --forwarded' if forwarded else ''} --rounds 9`"
-    if not behind:
+    band = ratios.get("hardened/uvicorn", {}).get("rps_ratio_band") or [None, None]
+    if not behind and band[0] is not None and band[0] <= 1.0:
+        # Ahead on the median, but the per-round ratios' lower quartile is at or below parity:
+        # not a win this run can tell from the machine's noise.
+        row.verdict = NOISE
+        row.notes.append(
+            f"**{title}**: hardened_worker's median is {x(h_rps)} UvicornWorker's requests/s, but a "
+            f"quarter of the rounds or more were at or below parity (per-round quartiles "
+            f"{band[0]:.2f}–{band[1]:.2f}; {context}): within noise, not graded a win.")
+    elif not behind:
         row.verdict = YES
     elif rps_par and p99_par:
         row.verdict = NOISE

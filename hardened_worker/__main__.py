@@ -1,4 +1,6 @@
-"""``python -m hardened_worker check-config|print-config [gunicorn options] [APP_MODULE]``.
+"""``python -m hardened_worker check-config|print-config [gunicorn options] [APP_MODULE]``, and
+``python -m hardened_worker status [--json] [METRICS_URL]`` (the running pool: see
+:mod:`hardened_worker.status`).
 
 gunicorn 27's own ``--check-config`` loads the configuration, imports the app and exits: it never
 builds the Arbiter, so the worker class is not even imported and none of its checks run
@@ -28,8 +30,9 @@ from gunicorn.app.wsgiapp import WSGIApplication
 
 from hardened_worker import checks, config
 
-COMMANDS = ("check-config", "print-config")
-USAGE = "python -m hardened_worker {check-config|print-config} [gunicorn options] [APP_MODULE]"
+COMMANDS = ("check-config", "print-config", "status")
+USAGE = ("python -m hardened_worker {check-config|print-config} [gunicorn options] [APP_MODULE]\n"
+         "       python -m hardened_worker status [--json] [METRICS_URL]")
 
 
 class _Configuration(WSGIApplication):
@@ -52,6 +55,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"usage: {USAGE}", file=sys.stderr)
         return 2
     command = args[0]
+    if command == "status":  # the running pool, through its metrics path (hardened_worker.status)
+        from hardened_worker import status
+
+        return status.main(args[1:])
     sys.argv = [f"python -m hardened_worker {command}", *args[1:]]  # what gunicorn's parser reads
     app = _Configuration(sys.argv[0], need_app=command == "check-config")
     cfg = app.cfg

@@ -16,36 +16,60 @@ What the atoms are filled from:
   forwarded middleware rewrites the scope in place). The TCP peer is ``%({peer_addr}e)s`` (and
   ``%({peer_port}e)s``): environ ``PEER_ADDR``/``PEER_PORT``, the socket's other end.
 * ``r`` is ``METHOD RAW_URI PROTOCOL`` with ``RAW_URI`` the path as received plus ``?query``.
-* ``T D M L``: from the moment the app is called (uvicorn calls it as soon as the request head is
-  parsed; nothing earlier is exposed by its protocols) to the moment the last body chunk was
-  written to the transport. A websocket's run from the handshake to the close.
+* ``T D M L``: from the moment the event loop woke up to read the request's head (the loop's time
+  when the app is called: uvicorn calls it in the same loop iteration that parsed the head, and
+  exposes nothing earlier) to the moment the last body chunk was written to the transport. With
+  uvloop the loop's time is cached per iteration, so this is earlier than the app call by the
+  parsing (and, at most, the clock's coarseness); it is also the base of the app's own
+  ``asyncio.sleep``, so a handler that sleeps 200 ms never logs less. A websocket's run from the
+  handshake to the close.
 * ``s``: the status sent; 500 when the app raised or returned before starting a response (uvicorn
   then sends 500). A websocket: 101 once accepted, 403 when refused before the accept.
 * ``b``/``B``: body bytes the app sent (a websocket: message bytes).
 
 Nothing is built when the access log is off: the worker installs this middleware only when
 gunicorn's ``access_log_enabled`` is true, and turns uvicorn's own access logging off in any case.
+
+Cost. gunicorn's ``Logger.atoms`` builds every atom of every request (all request and response
+headers, the whole environ, ``strftime``) and ``SafeAtoms`` copies them once more, whatever the
+format uses: about twice uvicorn's per-request cost. With gunicorn's own ``Logger`` (the default
+``--logger-class``, atoms and wrapper not overridden) the middleware therefore hands gunicorn's
+access logger, exactly as ``Logger.access`` does (``access_log.info(cfg.access_log_format,
+atoms)``), an :class:`Atoms` mapping that computes only the atoms the format asks for, with
+``SafeAtoms``' rules (quotes escaped, unknown atoms ``-``, ``{header}`` names case-insensitive).
+Any other logger class gets the WSGI-shaped adapter and its own ``access()``. What this relies on
+in ``gunicorn/glogging.py`` (gunicorn 27): ``Logger.access``/``atoms``/``atoms_wrapper_class``,
+``access_log``, ``cfg.access_log_format``, ``now()`` and ``_get_user()``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import logging
+import os
+import re
 import time
-from typing import Any, Callable, Iterable
+import traceback
+from typing import Any, Callable, Iterable, Optional
 
 Scope = dict
 _TYPES = ("http", "websocket")
 
 
 class Response:
-    """What gunicorn's ``Logger.atoms`` reads of a WSGI response."""
+    """What gunicorn's ``Logger.atoms`` reads of a WSGI response (``raw``: the ASGI headers)."""
 
-    __slots__ = ("status", "sent", "headers")
+    __slots__ = ("status", "sent", "raw")
 
     def __init__(self) -> None:
         self.status: Any = None
         self.sent = 0
-        self.headers: list[tuple[str, str]] = []
+        self.raw: Any = ()
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [(_text(k), _text(v)) for k, v in self.raw]
 
 
 def _text(value: bytes) -> str:
@@ -55,15 +79,12 @@ def _text(value: bytes) -> str:
 def environ_of(scope: Scope, peer: Any) -> dict[str, Any]:
     """A WSGI-shaped environ (PEP 3333 names) for ``scope``; ``peer`` is the socket peer."""
     query = scope.get("query_string", b"")
-    raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "surrogateescape")
-    raw_uri = _text(raw_path) + ("?" + _text(query) if query else "")
-    path = scope.get("path", "")
-    root = scope.get("root_path", "")
+    raw_uri = _raw_uri(scope)
     environ: dict[str, Any] = {
         "REQUEST_METHOD": scope.get("method", "GET"),
         "RAW_URI": raw_uri,
-        "SCRIPT_NAME": root,
-        "PATH_INFO": path[len(root):] if root and path.startswith(root) else path,
+        "SCRIPT_NAME": scope.get("root_path", ""),
+        "PATH_INFO": _path_info(scope),
         "QUERY_STRING": _text(query),
         "SERVER_PROTOCOL": "HTTP/" + scope.get("http_version", "1.1"),
         "wsgi.url_scheme": scope.get("scheme", "http"),
@@ -89,6 +110,177 @@ def request_headers(scope: Scope) -> list[tuple[str, str]]:
     return [(_text(name), _text(value)) for name, value in scope.get("headers", ())]
 
 
+def request_start(clock: Callable[[], float] = time.perf_counter) -> float:
+    """``clock()`` at the moment the running loop's current iteration began (see ``T D M L``)."""
+    stale = time.monotonic() - asyncio.get_running_loop().time()
+    return clock() - stale if stale > 0 else clock()
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> Optional[str]:
+    found = None
+    for key, value in headers:  # the last one wins, as in gunicorn's dict of headers
+        if key.lower() == name:
+            found = value
+    return None if found is None else _text(found)
+
+
+class Atoms(dict):
+    """gunicorn's atoms for one request, with ``SafeAtoms``' rules, computed only as asked for:
+    the atoms ``keys`` names (those of the format) at once, into the dict itself, so ``%``
+    formatting reads them at C speed; any other (``get``, as the JSON formatter does, or a key
+    the format did not name) on demand. Never empty (``p``): logging takes a lone mapping
+    argument as the record's args only when it is a non-empty mapping.
+    """
+
+    __slots__ = ("_scope", "_peer", "_response", "_seconds", "_log", "_environ", "_headers")
+
+    def __init__(self, scope: Scope, peer: Any, response: Response, seconds: float, log: Any,
+                 keys: Iterable[str] = (), pid: str = "") -> None:
+        dict.__init__(self, p=pid or f"<{os.getpid()}>")
+        self._scope, self._peer, self._response, self._log = scope, peer, response, log
+        self._seconds = max(seconds, 0.0)
+        self._environ: Optional[dict] = None
+        self._headers: Optional[dict] = None
+        for key in keys:  # __missing__, inlined: this is the per-request cost
+            getter = _ATOMS.get(key)
+            value = getter(self) if getter is not None else self._atom(key)
+            if value is None:
+                value = "-"
+            elif value.__class__ is str and '"' in value:
+                value = value.replace('"', '\\"')
+            self[key] = value
+
+    def __missing__(self, key: str) -> Any:
+        value = self._atom(key)
+        if value is None:
+            return "-"
+        return value.replace('"', '\\"') if isinstance(value, str) else value
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        value = self._atom(key)
+        return default if value is None else value
+
+    def _header(self, name: str) -> Optional[str]:
+        if self._headers is None:  # one pass; the last of repeated headers wins, as in gunicorn
+            self._headers = {_text(k).lower(): v for k, v in self._scope.get("headers", ())}
+        value = self._headers.get(name)
+        return None if value is None else _text(value)
+
+    def _micros(self) -> int:
+        return int(round(self._seconds * 1_000_000))
+
+    def _atom(self, key: str) -> Any:
+        if key[:1] == "{" and len(key) > 3:
+            name, kind = key[1:-2].lower(), key[-1]
+            if kind == "i":
+                return self._header(name)
+            if kind == "o":
+                return _header(self._response.raw, name.encode("latin-1", "replace"))
+            if kind == "e":
+                if name in ("raw_uri", "peer_addr", "peer_port"):  # the JSON log's: no environ
+                    return _raw_uri(self._scope) if name == "raw_uri" else (
+                        str(self._peer[name == "peer_port"]) if self._peer else None)
+                if self._environ is None:
+                    self._environ = {k.lower(): v for k, v in
+                                     environ_of(self._scope, self._peer).items()}
+                return self._environ.get(name)
+            return None
+        getter = _ATOMS.get(key)
+        return getter(self) if getter is not None else (dict.get(self, "p") if key == "p" else None)
+
+
+_clock: list = [0, ""]  # (second, gunicorn's now() for it)
+
+
+def _now(log: Any) -> str:
+    """gunicorn's ``now()`` (``strftime``, a second's resolution), computed once a second."""
+    second = int(time.time())
+    if _clock[0] != second:
+        _clock[0], _clock[1] = second, log.now()
+    return _clock[1]
+
+
+def _user(atoms: Atoms) -> str:
+    auth = atoms._header("authorization")
+    return (atoms._log._get_user({"HTTP_AUTHORIZATION": auth}) if auth else None) or "-"
+
+
+def _request_line(atoms: Atoms) -> str:
+    scope = atoms._scope
+    return f"{scope.get('method', 'GET')} {_raw_uri(scope)} HTTP/{scope.get('http_version', '1.1')}"
+
+
+def _seconds_text(atoms: Atoms) -> str:
+    micros = atoms._micros()
+    return "%d.%06d" % (micros // 1_000_000, micros % 1_000_000)
+
+
+# gunicorn's atoms (glogging.Logger.atoms), one getter each.
+_ATOMS: dict[str, Callable[[Atoms], Any]] = {
+    "h": lambda a: a._scope["client"][0] if a._scope.get("client") else None,
+    "l": lambda a: "-",
+    "u": _user,
+    "t": lambda a: _now(a._log),
+    "r": _request_line,
+    "s": lambda a: a._response.status,
+    "m": lambda a: a._scope.get("method", "GET"),
+    "U": lambda a: _path_info(a._scope),
+    "q": lambda a: _text(a._scope.get("query_string", b"")),
+    "H": lambda a: "HTTP/" + a._scope.get("http_version", "1.1"),
+    "b": lambda a: str(a._response.sent),
+    "B": lambda a: a._response.sent,
+    "f": lambda a: a._header("referer"),
+    "a": lambda a: a._header("user-agent"),
+    "T": lambda a: int(a._seconds),
+    "D": lambda a: a._micros(),
+    "M": lambda a: a._micros() // 1000,
+    "L": _seconds_text,
+}
+
+
+def format_keys(fmt: str) -> tuple[str, ...]:
+    """The atoms a ``--access-logformat`` names, each once."""
+    return tuple(dict.fromkeys(re.findall(r"%\(([^)]*)\)", fmt)))
+
+
+def _raw_uri(scope: Scope) -> str:
+    query = scope.get("query_string", b"")
+    raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "surrogateescape")
+    return _text(raw_path) + ("?" + _text(query) if query else "")
+
+
+def _path_info(scope: Scope) -> str:
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+def configured(log: Any) -> bool:
+    """Would an access line go anywhere? gunicorn's ``access_log_enabled`` is also true for any
+    logging configuration (the JSON preset's sends ``gunicorn.access`` to a ``NullHandler`` when
+    the access log is off): then nothing is built either."""
+    if not log.access_log_enabled:
+        return False
+    logger = log.access_log
+    if not logger.isEnabledFor(logging.INFO):
+        return False
+    while logger is not None:
+        if any(not isinstance(h, logging.NullHandler) and h.level <= logging.INFO
+               for h in logger.handlers):
+            return True
+        logger = logger.parent if logger.propagate else None
+    return False
+
+
+def gunicorns_own(log: Any) -> bool:
+    """Is ``log`` gunicorn's ``Logger`` as to access lines (so :class:`Atoms` may stand in)?"""
+    from gunicorn import glogging
+
+    kind = type(log)
+    return (getattr(kind, "access", None) is glogging.Logger.access
+            and getattr(kind, "atoms", None) is glogging.Logger.atoms
+            and getattr(log, "atoms_wrapper_class", None) is glogging.SafeAtoms)
+
+
 class AccessLogMiddleware:
     """Writes one gunicorn access-log line per HTTP request and per websocket, through ``log``
     (the worker's gunicorn logger: ``log.access(resp, req, environ, request_time)``).
@@ -102,13 +294,18 @@ class AccessLogMiddleware:
         self.log = log
         self.skip = frozenset(skip)
         self.clock = clock
+        self.fast = gunicorns_own(log)
+        # A worker's cfg is the one it was forked with (a HUP forks new workers): read once.
+        self.format = log.cfg.access_log_format if self.fast else ""
+        self.keys = format_keys(self.format)
+        self.pid = f"<{os.getpid()}>"  # after the fork: the middleware is built in the worker
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         kind = scope["type"]
         if kind not in _TYPES or (self.skip and scope.get("path") in self.skip):
             return await self.app(scope, receive, send)
         clock = self.clock
-        start = clock()
+        start = request_start(clock)
         end = 0.0
         peer = scope.get("client")
         response = Response()
@@ -124,10 +321,10 @@ class AccessLogMiddleware:
                 return
             if kind == "http.response.start":
                 response.status = message["status"]
-                response.headers = [(_text(k), _text(v)) for k, v in message.get("headers", ())]
+                response.raw = message.get("headers", ())
             elif kind == "websocket.accept":
                 response.status = 101
-                response.headers = [(_text(k), _text(v)) for k, v in message.get("headers", ())]
+                response.raw = message.get("headers", ())
             elif kind == "websocket.send":
                 data = message.get("bytes")
                 response.sent += len(data) if data is not None else len(
@@ -144,8 +341,14 @@ class AccessLogMiddleware:
             self.write(scope, peer, response, (end or clock()) - start)
 
     def write(self, scope: Scope, peer: Any, response: Response, seconds: float) -> None:
+        log = self.log
         try:
-            self.log.access(response, request_headers(scope), environ_of(scope, peer),
-                            datetime.timedelta(seconds=max(seconds, 0.0)))
+            if self.fast:  # what Logger.access does, with only the atoms the format uses
+                log.access_log.info(self.format, Atoms(scope, peer, response, seconds, log,
+                                                       self.keys, self.pid))
+            else:
+                log.access(response, request_headers(scope), environ_of(scope, peer),
+                           datetime.timedelta(seconds=max(seconds, 0.0)))
         except Exception:  # a log line must never fail a request
-            self.log.exception("hardened_worker: could not write the access log line")
+            log.error("hardened_worker: could not write the access log line\n%s",
+                      traceback.format_exc())

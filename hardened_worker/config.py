@@ -147,6 +147,16 @@ def parse_file(text: str) -> str | None:
     return value or None
 
 
+def parse_port(text: str) -> int | None:
+    """A TCP port, 1 to 65535; empty means none."""
+    value = text.strip(_SPACE)
+    if not value:
+        return None
+    if not re.fullmatch("[0-9]{1,5}", value) or not 0 < int(value) < 65536:
+        raise ValueError("is not a TCP port (1 to 65535)")
+    return int(value)
+
+
 def parse_allow(text: str) -> str | None:
     """Comma-separated IP addresses, CIDR networks, ``*`` or ``unix`` (the trust-list grammar of
     :func:`hardened_worker.forwarded.parse_trusted`); empty means none."""
@@ -240,6 +250,15 @@ SETTINGS: tuple[Setting, ...] = (
             "An HTTP request still running this long is cancelled: 504 with Connection: close if "
             "no response started, else its connection is closed (an event stream gets its final "
             "chunk); websockets and the health path are exempt; off when empty."),
+    Setting("MAX_INFLIGHT", parse_count, "", "64",
+            "Backpressure: with this many requests in flight (open websockets count) a worker stops "
+            "accepting connections, so the kernel hands new ones to a sibling; requests on the "
+            "connections it holds are still served; off when empty or 0."),
+    Setting("MAX_QUEUE_TIME", parse_positive_duration, "", "2s",
+            "Load shedding: a request that already waited longer than this before the app would "
+            "run (X-Request-Start from a trusted proxy, else since its connection was accepted) "
+            "gets a fast 503 with Retry-After, and the health path answers 503 while shedding; "
+            "off when empty."),
     # Readiness
     Setting("READY_TIMEOUT", parse_positive_duration, "", "30s",
             "Longest an old worker keeps serving while waiting for its successors to become ready "
@@ -301,6 +320,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("METRICS_ALLOW", parse_allow, "", "10.0.0.0/8,192.168.1.7",
             "Peers allowed to read the metrics path besides loopback and --forwarded-allow-ips: IP "
             "addresses, CIDR networks, * (anyone) or unix; others get 403."),
+    Setting("METRICS_PORT", parse_port, "", "9100",
+            "Answer the metrics path only on connections to this local port (a second --bind, "
+            "e.g. 0.0.0.0:9100, a Kubernetes scrape port), where every other path gets 404; "
+            "empty: on every bind."),
     # Read by the presets (hardened_worker.presets) when gunicorn loads the configuration
     Setting("LOG_FORMAT", _choice("text", "json"), "text", "json",
             "text, or json: one JSON object per line, errors on stderr and access on stdout.",

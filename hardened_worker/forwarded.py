@@ -1096,11 +1096,14 @@ def rewrite_scope(scope: Scope, resolution: Resolution) -> Scope:
 def _keep_peer(extensions: dict, peer: Any) -> None:
     """Record the socket peer in extensions the server (or an outer layer) made: added to
     them, never replacing them; and never over a peer a first pass (two such middlewares)
-    recorded, which was the socket's, not a proxy's claim."""
+    recorded, which was the socket's, not a proxy's claim. An outer layer's dict is copied,
+    never written to: it may be one dict shared by every request (``deadline.RequestGuard``'s),
+    where the first request's peer would stay for all the others."""
     ours = extensions.get(EXTENSION)
     if ours is None:
-        ours = extensions[EXTENSION] = {}
-    ours.setdefault("peer", peer)
+        extensions[EXTENSION] = {"peer": peer}
+    elif "peer" not in ours:
+        extensions[EXTENSION] = {**ours, "peer": peer}
 
 
 def _with_host(headers: Iterable[Tuple[bytes, bytes]], host: bytes) -> list[tuple[bytes, bytes]]:
@@ -1173,30 +1176,40 @@ class ForwardedMiddleware:
             )
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] in _HTTP_TYPES and self._names:
-            client = scope.get("client")
-            host = client[0] if client else None
-            trusted = self._peer_verdict(host)  # memoised for IP peers: the usual answer
-            if trusted is None:
-                trusted = self.trusted.trusts_peer(host, is_unix_listener(scope.get("server")))
-            if trusted:
-                names = self._names
-                # Pairs, not the server's items: ASGI allows lists, and the memo key must hash.
-                found = tuple([(name, value) for name, value in scope["headers"]
-                               if name in names])
-                if found:
-                    # Behind a proxy every request carries these headers, and a client's next
-                    # requests carry the same values: the verdict, a pure function of them
-                    # once the peer is trusted, is memoised (see _Memo).
-                    key = (found, scope["type"])
-                    resolution = self._verdicts.get(key, _MISSING)
-                    if resolution is _MISSING:
-                        resolution = self._resolve(key, host)
-                    if resolution is not None:
-                        rewrite_scope(scope, resolution)
-            elif logger.isEnabledFor(logging.DEBUG):
-                self._explain_untrusted(scope, host)
+        # The per-request path: one pass over the header names, and a request that carries none
+        # of the family's headers (no proxy, or a proxy that writes none) goes straight on.
+        names = self._names
+        if names and scope["type"] in _HTTP_TYPES:
+            for name, _ in scope["headers"]:
+                if name in names:
+                    self._forwarded(scope)
+                    break
         await self.app(scope, receive, send)
+
+    def _forwarded(self, scope: Scope) -> None:
+        """A request with at least one of the family's headers: rewrite ``scope`` if its peer
+        is trusted and the headers hold up."""
+        client = scope.get("client")
+        host = client[0] if client else None
+        trusted = self._peer_verdict(host)  # memoised for IP peers: the usual answer
+        if trusted is None:
+            trusted = self.trusted.trusts_peer(host, is_unix_listener(scope.get("server")))
+        if not trusted:
+            if logger.isEnabledFor(logging.DEBUG):
+                self._explain_untrusted(scope, host)
+            return
+        names = self._names
+        # Pairs, not the server's items: ASGI allows lists, and the memo key must hash.
+        found = tuple([(name, value) for name, value in scope["headers"] if name in names])
+        # Behind a proxy every request carries these headers, and a client's next requests carry
+        # the same values: the verdict, a pure function of them once the peer is trusted, is
+        # memoised (see _Memo).
+        key = (found, scope["type"])
+        resolution = self._verdicts.get(key, _MISSING)
+        if resolution is _MISSING:
+            resolution = self._resolve(key, host)
+        if resolution is not None:
+            rewrite_scope(scope, resolution)
 
     def _resolve(self, key: tuple, peer_host: Any) -> Resolution | None:
         found, kind = key

@@ -134,16 +134,19 @@ class WorkerStatus:
         self.state = "booting"
         self.born = time.monotonic()
         self.requests = requests
+        # HARDENED_MAX_QUEUE_TIME: while the worker sheds late requests it is not ready either.
+        self.shedding: Callable[[], bool] = lambda: False
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready"
+        return self.state == "ready" and not self.shedding()
 
     def body(self, **extra: Any) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
             "state": self.state,
             "age": round(time.monotonic() - self.born, 3),
+            **({"shedding": True} if self.shedding() else {}),
             "requests": self.requests(),
             **extra,
         }

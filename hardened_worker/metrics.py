@@ -11,8 +11,9 @@ Three parts: :class:`MetricsMiddleware` (counting, the endpoint, who may read it
 (a table snapshot as plain data, also the ``?format=json`` answer the status command reads) and
 :func:`render` (that data as Prometheus text): the last two are pure.
 
-Who may read it: loopback peers (and peers on a UNIX socket listener), the trusted proxies (``--forwarded-allow-ips``) and
-``HARDENED_METRICS_ALLOW``; the peer is the socket's, never a forwarded header's. Others get 403.
+Who may read it: loopback peers (and peers on a UNIX socket listener), the trusted proxies
+(``--forwarded-allow-ips``) and ``HARDENED_METRICS_ALLOW``; the peer is the socket's, never a
+forwarded header's. Others get 403.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import time
 from typing import Any, Callable, Iterable, Optional
 
 from hardened_worker import diagnostics, forwarded
+from hardened_worker.accesslog import request_start
 from hardened_worker.lifecycle import Phase
-from hardened_worker.readiness import (BUCKETS, C_BEAT, C_BUCKET0, C_DURATION_US, C_INFLIGHT, C_MEMORY,
-                                       C_PHASE, C_REQUESTS, C_STALLS, EXIT_KINDS, R_ACCEPTED,
-                                       R_EXITS, R_REJECTED, R_RING, R_RING_NEXT, R_TOTALS, RING,
-                                       Snapshot, State)
+from hardened_worker.readiness import (BUCKETS, C_BEAT, C_BUCKET0, C_DURATION_US, C_INFLIGHT,
+                                       C_MEMORY, C_PHASE, C_REQUESTS, C_SHED, C_STALLS, EXIT_KINDS,
+                                       R_ACCEPTED, R_EXITS, R_REJECTED, R_RING, R_RING_NEXT,
+                                       R_TOTALS, RING, Snapshot, State)
 
 PREFIX = "hardened_worker_"
 PHASES = tuple(Phase)  # C_PHASE holds the index + 1 (0: not yet published)
@@ -54,7 +56,7 @@ def _reason(code: int) -> str:
 
 
 def _state(peer_state: State, phase: int) -> str:
-    if peer_state in (State.FAILED,):
+    if peer_state == State.FAILED:
         return "failed"
     if peer_state == State.RETIRING:
         return "draining"
@@ -71,7 +73,7 @@ def pool(snapshot: Snapshot, now: float, backlog: int = -1) -> dict[str, Any]:
     retired = snapshot.retired
     totals = {"requests": retired[R_TOTALS + C_REQUESTS],
               "duration_us": retired[R_TOTALS + C_DURATION_US],
-              "stalls": retired[R_TOTALS + C_STALLS]}
+              "stalls": retired[R_TOTALS + C_STALLS], "shed": retired[R_TOTALS + C_SHED]}
     buckets = [retired[R_TOTALS + C_BUCKET0 + i] for i in range(len(BUCKETS) + 1)]
     exits = {_reason(kind): retired[R_EXITS + kind] for kind in range(EXIT_KINDS)
              if retired[R_EXITS + kind]}
@@ -86,6 +88,7 @@ def pool(snapshot: Snapshot, now: float, backlog: int = -1) -> dict[str, Any]:
         totals["requests"] += row[C_REQUESTS]
         totals["duration_us"] += row[C_DURATION_US]
         totals["stalls"] += row[C_STALLS]
+        totals["shed"] += row[C_SHED]
         for i in range(len(buckets)):
             buckets[i] += row[C_BUCKET0 + i]
         peer = slot.peer
@@ -115,6 +118,7 @@ def pool(snapshot: Snapshot, now: float, backlog: int = -1) -> dict[str, Any]:
         "reloads": {"accepted": retired[R_ACCEPTED], "rejected": retired[R_REJECTED]},
         "generation": snapshot.reloads.generation,
         "stalls": totals["stalls"],
+        "shed": totals["shed"],
         "listen_backlog": backlog,
     }
 
@@ -167,7 +171,8 @@ def render(data: dict[str, Any]) -> str:
         samples.append(("_bucket", {"le": _number(float(bound))}, cumulative))
     samples += [("_sum", {}, duration["sum_s"]), ("_count", {}, duration["count"])]
     family("request_duration_seconds", "histogram",
-           "From the app call to the last body byte written, pool-wide.", samples)
+           "From the loop iteration that read the request head to the last body byte written, "
+           "pool-wide.", samples)
     family("worker_exits_total", "counter", "Workers that exited, by reason.",
            [("", {"reason": r}, n) for r, n in sorted(data["exits"].items())])
     family("recycles_total", "counter", "Planned replacements (counted once the worker left), by cause.",
@@ -178,6 +183,9 @@ def render(data: dict[str, Any]) -> str:
            [("", {"pid": w["pid"]}, w["memory_bytes"]) for w in workers])
     family("event_loop_stalls_total", "counter",
            "Event loop stalls past HARDENED_STALL_THRESHOLD, pool-wide.", [("", {}, data["stalls"])])
+    family("shed_requests_total", "counter",
+           "Requests answered 503 without running the app (HARDENED_MAX_QUEUE_TIME), pool-wide.",
+           [("", {}, data["shed"])])
     family("listen_backlog", "gauge",
            "Connections waiting in the accept queue (gunicorn's get_backlog; -1 unknown).",
            [("", {}, data["listen_backlog"])])
@@ -209,28 +217,38 @@ class MetricsMiddleware:
     """Counts every HTTP request in this worker's row and answers ``path`` for the whole pool.
 
     ``table`` is the shared table; ``backlog`` returns the listen backlog; ``access`` an
-    :class:`Access`. Install it outside the forwarded middleware: the peer it checks must be the
-    socket's.
+    :class:`Access`; ``port``: answer only on connections to that local port, and nothing else
+    there (404; a websocket is refused). Install it outside the forwarded middleware: the peer it
+    checks must be the socket's.
     """
 
     def __init__(self, app: Any, table: Any, path: str, access: Access,
-                 backlog: Callable[[], int] = lambda: -1,
+                 backlog: Callable[[], int] = lambda: -1, port: Optional[int] = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.app = app
         self.table = table
         self.path = path
         self.access = access
         self.backlog = backlog
+        self.port = port
         self.clock = clock
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if self.port is not None and scope["type"] in ("http", "websocket"):
+            server = scope.get("server")
+            if server and server[1] == self.port:  # the metrics port: nothing of the app
+                if scope["type"] == "websocket":
+                    return await send({"type": "websocket.close", "code": 1008})
+                if scope["path"] == self.path:
+                    return await self.answer(scope, send)
+                return await _respond(send, 404, b"text/plain", b"not found\n")
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if scope["path"] == self.path:
+        if scope["path"] == self.path and self.port is None:
             return await self.answer(scope, send)
         row = self.table.counters()
         clock = self.clock
-        start = clock()
+        start = request_start(clock)
         end = 0.0
         row[C_INFLIGHT] += 1
 
@@ -316,12 +334,20 @@ def health(snapshot: Snapshot, now_ms: int, stale_ms: int) -> Optional[str]:
     if not beating:
         return None
     data = pool(snapshot, time.time())
-    counts: dict[str, int] = {}
+    groups: dict[str, list[int]] = {}
     for w in data["workers"]:
-        counts[w["state"]] = counts.get(w["state"], 0) + 1
-    states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: i[0] != "ready"))
-    line = (f"serving: {states} (generation {data['generation']}); {data['requests']} requests, "
-            f"{data['in_flight']} in flight")
+        groups.setdefault(w["state"], []).append(w["generation"])
+    parts = []
+    for state, generations in sorted(groups.items(), key=lambda i: i[0] != "ready"):
+        shown = ", ".join(str(g) for g in sorted(set(generations)))
+        parts.append(f"{len(generations)} {state} (generation{'s' if ',' in shown else ''} {shown})")
+    line = "serving: " + ", ".join(parts)
     if data["reloads"]["rejected"] and snapshot.reloads.rejected >= snapshot.reloads.generation:
         line += f"; reload rejected: generation {snapshot.reloads.rejected} cannot start"
     return line
+
+
+def health_check(table: Any, interval: float) -> Callable[[], Optional[str]]:
+    """:func:`health` on ``table`` now; a worker counts as beating within ``interval`` (>= 1 s)."""
+    stale_ms = max(1000, int(interval * 1000))
+    return lambda: health(table.snapshot(), int(time.monotonic() * 1000), stale_ms)

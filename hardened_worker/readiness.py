@@ -13,6 +13,13 @@ index into :data:`hardened_worker.diagnostics.EXIT_REASONS`, plus one) is how th
 ``generation`` counts the master's configuration loads (1 at start, +1 per HUP). A slot whose pid
 no longer exists is free, so a SIGKILLed worker needs no clean-up.
 
+Behind the slots, a counters area (observability, see ``COUNTERS``): one row of int64 per slot,
+which only that slot's worker writes, on the request path, with plain stores through a memoryview
+(no lock, no syscall); whichever worker answers ``HARDENED_METRICS_PATH`` reads every row lock-free
+(:meth:`Table.snapshot`). A departed worker's counts are folded into the pool's retired row under
+the lock, by the worker that reuses its slot, with a sequence number readers retry on, so a total
+never counts a worker twice or not at all.
+
 The decisions are pure functions of a list of :class:`Peer` so they are tested without processes.
 """
 
@@ -163,7 +170,9 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
 C_REQUESTS, C_INFLIGHT, C_DURATION_US, C_STALLS, C_PHASE, C_MEMORY, C_BUCKET0 = range(7)
 C_BEAT = C_BUCKET0 + len(BUCKETS) + 1  # time.monotonic() in ms at the worker's last tick
 COUNTERS = 24  # per slot; C_BUCKET0 .. C_BUCKET0 + len(BUCKETS) are the buckets
-FOLDED = (C_REQUESTS, C_DURATION_US, C_STALLS, *range(C_BUCKET0, C_BUCKET0 + len(BUCKETS) + 1))
+C_SHED = C_BEAT + 1  # requests HARDENED_MAX_QUEUE_TIME answered 503
+FOLDED = (C_REQUESTS, C_DURATION_US, C_STALLS, *range(C_BUCKET0, C_BUCKET0 + len(BUCKETS) + 1), C_SHED)
+assert C_SHED < COUNTERS
 # The retired row: a sequence number (odd while a fold is in progress: readers retry), the newest
 # generation counted as an accepted reload, the reload counts, a ring of the last exits (pid,
 # reason, time), exits by reason (EXIT_REASONS index + 1; 0: none recorded), then the folded counters.
@@ -188,6 +197,7 @@ class Table:
         self._all = memoryview(self._map).cast("q")  # type: ignore[arg-type]
         self._retired = self._all[self._retired_at // 8:]
         self._private = memoryview(bytearray(COUNTERS * 8)).cast("q")  # no slot: counted nowhere
+        self._mine: tuple = (None, self._private)  # (slot, its row): counters() per request
 
     def _offset(self, index: int) -> int:
         return _HEADER.size + index * _SLOT.size
@@ -264,20 +274,20 @@ class Table:
             self.set_reason(reason)
             return True
 
-    def adopt_orphaned_surge(self) -> int:
-        """The pid of a worker that died SURGING (it asked the master for a successor, TTIN, and
-        never for one fewer), its slot now freed; 0 if none. The caller sends that TTOU, or the
+    def adopt_orphaned_surge(self) -> Peer | None:
+        """A worker that died SURGING (it asked the master for a successor, TTIN, and never for
+        one fewer), its slot now freed; None if there is none. The caller sends that TTOU, or the
         pool keeps one worker too many for good."""
         if not any(self._read(i).state == State.SURGING for i in range(SLOTS)):
-            return 0  # the common case, without the lock
+            return None  # the common case, without the lock
         with self._lock:
             for index in range(SLOTS):
                 peer = self._read(index)
                 if peer.state == State.SURGING and not _alive(peer.pid):
                     self._fold(index, peer)
                     _SLOT.pack_into(self._map, self._offset(index), 0, State.FREE, 0, 0, 0, 0, 0, 0)
-                    return peer.pid
-        return 0
+                    return peer
+        return None
 
     def recycling(self) -> int:
         """How many other live workers are recycling (lock-free read)."""
@@ -367,7 +377,11 @@ class Table:
 
     def counters(self) -> memoryview:
         """This worker's counter row (int64s, ``C_*``): the worker's to write, no lock needed."""
-        return self._private if self._slot is None else self._row(self._slot)
+        if self._slot is None:
+            return self._private
+        if self._mine[0] != self._slot:
+            self._mine = (self._slot, self._row(self._slot))
+        return self._mine[1]
 
     def _fold(self, index: int, peer: Peer) -> None:
         """Under the lock: add a departed worker's counts to the retired row, clear its row."""

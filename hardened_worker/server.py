@@ -4,17 +4,31 @@ Supported: uvicorn 0.54 (pinned ``>=0.54,<0.60`` in pyproject.toml). What it rel
 exercised by the real-process tests:
 
 * ``Server.main_loop`` / ``on_tick`` (the 100 ms tick) and ``server_state.connections``/``tasks``;
-* the HTTP protocols' ``cycle``, ``scope``, ``transport``, ``timeout_keep_alive_task`` and
-  ``shutdown()`` (httptools and h11 both have them);
+* the HTTP protocols' ``cycle`` (its ``response_started``/``response_complete``), ``scope``,
+  ``transport``, ``timeout_keep_alive_task`` and ``shutdown()`` (httptools and h11 both have them);
 * ``uvicorn._compat.asyncio_run`` (the event loop runner uvicorn-worker uses too);
-* the access log record's arguments (``SkipPath``: the path is the third);
+* that the HTTP protocols build no access record when the ``uvicorn.access`` logger has no
+  handlers (``access_log = logger.hasHandlers()``): the worker empties it, the access log is
+  :mod:`hardened_worker.accesslog`'s;
 * ``Server.should_exit`` / ``force_exit`` / ``started`` / ``servers`` and
   ``config.loaded_app`` (replaced at the drain);
 * the protocols' ``app`` attribute, reassigned on live connections when the drain starts (they
   read it per request), and websockets' ``asgi_send`` (websockets) or ``send`` (wsproto);
 * ``LifespanOn``'s ``receive``/``send``/events, subclassed for the lifespan rules below;
+* ``server_state.tasks`` replaced, before any protocol exists, by ``overload.InFlight`` (a ``set``
+  whose ``add``/``discard``, called by the protocols per request, pause and resume accepting);
+  the ``servers``' ``sockets`` (``fileno()``), dup'ed to listen again after a pause;
+* ``server_state.connections`` replaced likewise by ``_Accepted`` (HARDENED_MAX_QUEUE_TIME), and
+  an HTTP ``send`` being the bound method of a cycle with a ``transport`` (whose protocol is the
+  connection), for ``first_request_accepted_at``;
 * an exception out of the app after its response started makes ``run_asgi`` close the
-  connection (what ``deadline.Cut`` relies on to cut a response), logged on ``uvicorn.error``.
+  connection (what ``deadline.Cut`` relies on to cut a response), logged on ``uvicorn.error``;
+* the HTTP protocols' ``connection_made(transport)`` (subclassed to hand them a
+  ``writes.OneWrite`` around the transport, so a response's head and body leave in one write)
+  (the loop that runs them flushes what is held);
+* ``server_state.total_requests += 1`` once per response, in the protocols: ``count_requests``
+  swaps in a ``ServerState`` whose ``total_requests`` setter also counts down (the memory check
+  every N requests, without an ASGI layer).
 
 The phases read top to bottom: ``startup`` (lifespan, then accept), ``main_loop`` (serving; the
 host's ``on_tick`` decides when to stop), ``shutdown`` (the drain). The server knows its worker only
@@ -30,6 +44,8 @@ import asyncio
 import fcntl
 import importlib
 import logging
+import os
+import socket
 import struct
 import termios
 import time
@@ -38,9 +54,9 @@ from typing import Any, Optional, Protocol
 
 from uvicorn._compat import asyncio_run
 from uvicorn.lifespan.on import LifespanOn
-from uvicorn.server import Server
+from uvicorn.server import Server, ServerState
 
-from hardened_worker import diagnostics, drain
+from hardened_worker import diagnostics, drain, overload, writes
 
 WEBSOCKET_CLOSE_WAIT = 5.0  # seconds a client has to answer our close frame
 NOT_READY_SHUTDOWN = 5.0  # seconds of lifespan shutdown for a worker whose app never got ready
@@ -52,7 +68,7 @@ class Host(Protocol):
 
     pid: Any
     log: Any
-    settings: Any  # drain_idle_window
+    settings: Any  # drain_idle_window, max_inflight, max_queue_time
     stall: Any  # the stall watchdog: tick()
 
     def wrap_app(self, app: Any) -> Any: ...
@@ -179,6 +195,51 @@ def _is_http(conn: Any) -> bool:
     return isinstance(conn, _HTTP_PROTOCOLS)
 
 
+def _one_write(protocol_class: type, flusher: writes.Flusher) -> type:
+    """``protocol_class`` writing through :class:`writes.OneWrite` (one write per response)."""
+    class OneWriteProtocol(protocol_class):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(writes.OneWrite(transport, flusher))
+
+    OneWriteProtocol.__name__ = OneWriteProtocol.__qualname__ = "OneWrite" + protocol_class.__name__
+    return OneWriteProtocol
+
+
+class _CountedState(ServerState):
+    """``server_state`` whose request count, where the protocols keep it, also runs ``every``."""
+
+    every: Any = None  # memory.EveryRequests
+    _total = 0
+
+    @property  # type: ignore[override]
+    def total_requests(self) -> int:
+        return self._total
+
+    @total_requests.setter
+    def total_requests(self, value: int) -> None:
+        self._total = value
+        if self.every is not None:
+            self.every.count()
+
+
+class _Accepted(set):  # type: ignore[type-arg]
+    """``server_state.connections`` remembering when each connection was accepted (the protocols
+    add themselves in ``connection_made``): HARDENED_MAX_QUEUE_TIME's wait without a proxy's
+    X-Request-Start. Installed only with that setting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: dict[Any, float] = {}
+
+    def add(self, conn: Any) -> None:
+        set.add(self, conn)
+        self.at[conn] = asyncio.get_running_loop().time()
+
+    def discard(self, conn: Any) -> None:
+        set.discard(self, conn)
+        self.at.pop(conn, None)
+
+
 class HardenedServer(Server):
     def __init__(self, config: Any, host: Host) -> None:
         super().__init__(config)
@@ -187,6 +248,24 @@ class HardenedServer(Server):
         self.drain_started: Optional[float] = None
         self.not_ready = ""  # the app's check never passed (Host.until_ready)
         self.drain_signal = drain.DrainSignal()  # the app's view of the drain (deadline.RequestGuard)
+        self.pauses = 0  # HARDENED_MAX_INFLIGHT: times this worker stopped accepting
+        self._spares: list[socket.socket] = []
+        self._resuming: Optional[asyncio.Task[None]] = None
+        bound = getattr(host.settings, "max_inflight", None)
+        if bound:  # the protocols take the set when they are created: replace it before any is
+            self.server_state.tasks = overload.InFlight(bound, self._pause_accepting,
+                                                        self._resume_accepting)
+        if getattr(host.settings, "max_queue_time", None) is not None:
+            self.server_state.connections = _Accepted()
+
+    def count_requests(self, every: Any) -> None:
+        """``every.count()`` once per completed response, counted where uvicorn counts requests.
+        Before ``startup``: the protocols take ``server_state`` when they are created."""
+        state = _CountedState()
+        vars(state).update((k, v) for k, v in vars(self.server_state).items() if k != "total_requests")
+        state.total_requests = self.server_state.total_requests
+        state.every = every
+        self.server_state = state
 
     def stats(self) -> Stats:
         state = self.server_state
@@ -246,8 +325,10 @@ class HardenedServer(Server):
         config = self.config
         loop = asyncio.get_running_loop()
 
+        protocol_class = _one_write(config.http_protocol_class, writes.Flusher(loop))
+
         def create_protocol(_loop: Any = None) -> asyncio.Protocol:
-            return config.http_protocol_class(  # type: ignore[call-arg]
+            return protocol_class(  # type: ignore[call-arg]
                 config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=_loop)
 
         # gunicorn's socket wrappers close their socket again after the loop did, logging EBADF:
@@ -258,6 +339,7 @@ class HardenedServer(Server):
             for sock in sockets
         ]
         self.started = True
+        self._create_protocol = create_protocol  # to listen again after a pause (backpressure)
 
     async def main_loop(self) -> None:
         # uvicorn's loop, but a stop decided between ticks (memory) wakes it at once: a fast leak
@@ -272,6 +354,59 @@ class HardenedServer(Server):
             except asyncio.TimeoutError:
                 pass
             should_exit = await self.on_tick(counter)
+
+    def first_request_accepted_at(self, send: Any) -> Optional[float]:
+        """Loop time at which the connection of the request whose ASGI ``send`` this is was
+        accepted, for its first request only; None after that, or when unknown (a ``send``
+        wrapped by a middleware, no HARDENED_MAX_QUEUE_TIME)."""
+        accepted = self.server_state.connections
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if not isinstance(accepted, _Accepted) or transport is None:
+            return None
+        return accepted.at.pop(transport.get_protocol(), None)
+
+    # --- backpressure: HARDENED_MAX_INFLIGHT (overload.InFlight decides) ----------------------
+
+    def _pause_accepting(self) -> None:
+        """At the bound: this worker's listening sockets leave the loop, so the kernel hands new
+        connections to a sibling; the connections it holds are served as before."""
+        if self.drain_started is not None or not self.started or self._resuming is not None:
+            return  # draining: closed for good; resuming: it pauses again once it is done
+        self._spares = [socket.socket(fileno=os.dup(listening.fileno()))
+                        for server in self.servers for listening in server.sockets]
+        for server in self.servers:
+            server.close()  # this process's copy of the socket; the master's and siblings' stay
+        self.servers = []
+        self.pauses += 1
+        if self.pauses == 1:  # the first time only: under load it can happen many times a second
+            self.host.log.info(
+                "hardened_worker: worker %s reached its in-flight bound (HARDENED_MAX_INFLIGHT %d): "
+                "it leaves new connections to its siblings until below it", self.host.pid,
+                self.server_state.tasks.bound)
+
+    def _resume_accepting(self) -> None:
+        if self.drain_started is None and self._resuming is None and self._spares:
+            self._resuming = asyncio.get_running_loop().create_task(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        loop = asyncio.get_running_loop()
+        spares, self._spares = self._spares, []
+        try:
+            for sock in spares:
+                if self.drain_started is not None:
+                    sock.close()
+                    continue
+                server = await loop.create_server(self._create_protocol, sock=sock,
+                                                  ssl=self.config.ssl, backlog=self.config.backlog)
+                if self.drain_started is not None:
+                    server.close()  # the drain began while it was starting
+                else:
+                    self.servers.append(server)
+        finally:
+            self._resuming = None
+        tasks = self.server_state.tasks
+        if isinstance(tasks, overload.InFlight) and tasks.paused:
+            self._pause_accepting()  # full again while it was listening again
 
     def wake(self) -> None:
         self._wake.set()
@@ -374,8 +509,15 @@ class HardenedServer(Server):
             "hardened_worker: worker %s drain deadline passed; closing %d connections, in flight: %s",
             self.host.pid, len(self.server_state.connections),
             drain.describe_in_flight(in_flight, time.monotonic(), self.drain_started or plan.drain_at))
-        # Cancelled first, closed after: an event stream gets its terminating chunk on the way out
-        # (deadline.RequestGuard), anything else is cut when its task ends or at the close below.
+        # A connection with no response under way is closed at once (its request is cut before
+        # uvicorn could answer the cancellation with a 500). One whose response has started is
+        # cancelled first and closed after: an event stream gets its terminating chunk on the way
+        # out (deadline.RequestGuard), anything else is cut as its task ends or at the close below.
+        for conn in list(self.server_state.connections):
+            cycle = getattr(conn, "cycle", None)
+            if not (_is_http(conn) and cycle is not None and cycle.response_started
+                    and not cycle.response_complete):
+                conn.transport.close()
         self.drain_signal.deadline_passed = True
         tasks = list(self.server_state.tasks)
         for task in tasks:
@@ -409,15 +551,3 @@ class HardenedServer(Server):
         finally:
             beating.cancel()
 
-
-class SkipPath(logging.Filter):
-    """Keeps health-probe requests out of the access log (uvicorn's record args: path third)."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        return not (isinstance(args, tuple) and len(args) > 2
-                    and str(args[2]).split("?", 1)[0] == self.path)

@@ -186,14 +186,17 @@ class Watchdog:
     @classmethod
     def from_environ(cls, healthy: Callable[[], Optional[str]], log: Any = None,
                      environ: Optional[Mapping[str, str]] = None) -> Optional["Watchdog"]:
-        """As ``sd_watchdog_enabled(3)``: ``WATCHDOG_USEC`` set, ``WATCHDOG_PID`` unset or ours."""
+        """As ``sd_watchdog_enabled(3)``: ``WATCHDOG_USEC`` set, ``WATCHDOG_PID`` unset or ours,
+        or our parent's when we are the master a USR2 started (gunicorn sets ``GUNICORN_PID`` to
+        the old master's pid): it becomes the main process once the old master leaves."""
         environ = os.environ if environ is None else environ
         try:
             usec = int(environ.get("WATCHDOG_USEC", ""))
         except ValueError:
             return None
         pid = environ.get("WATCHDOG_PID")
-        if usec <= 0 or (pid and pid != str(os.getpid())):
+        ours = (str(os.getpid()), environ.get("GUNICORN_PID"))
+        if usec <= 0 or (pid and pid not in ours):
             return None
         return cls(usec / 2e6, healthy, log)  # half the timeout, as sd_watchdog_enabled advises
 

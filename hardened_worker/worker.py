@@ -29,6 +29,7 @@ from uvicorn_worker import UvicornWorker
 
 from hardened_worker import (_gunicorn, accesslog, checks, config, diagnostics, drain, forwarded,
                              memory, metrics, readiness, systemd)
+from hardened_worker import overload
 from hardened_worker.deadline import RequestGuard, skip_expected
 from hardened_worker.health import HealthCheck, HealthMiddleware, WorkerStatus, load_check
 from hardened_worker.lifecycle import Event, Lifecycle, Phase, Reason
@@ -69,13 +70,22 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         if trust and cls._settings.forwarded != "off":
             log.warning("%s", trust)
         cls._table = readiness.Table()
+        watchdog = systemd.Watchdog.from_environ(lambda: None, log)
+        if watchdog is not None:  # WatchdogSec=: pings from the master while the pool is healthy
+            watchdog.healthy = metrics.health_check(cls._table, watchdog.interval)
+            watchdog.start()
+            log.info("hardened_worker: systemd watchdog: WATCHDOG=1 every %.1f s while a ready "
+                     "worker's event loop runs", watchdog.interval)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.table = type(self)._table or readiness.Table()
         # In the master, before the fork: what it forks, for which configuration load.
         self.generation = type(self)._generations.of(self.cfg)
+        reloading = self.generation > max(1, self.table.reloads().generation)
         self.table.record_spawn(self.generation, self._age)
+        if reloading:  # the first worker of a HUP's new generation
+            systemd.notify_reloading(self.generation, self.log)
         self.settings = self._current_settings()
         # uvicorn builds no access record at all: gunicorn's access log is ours (accesslog.py).
         logging.getLogger("uvicorn.access").handlers = []
@@ -86,6 +96,7 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         # What the signal handlers record (appended, never acted on, there): (event, monotonic, wall).
         self.signals: collections.deque[tuple[Event, float, float]] = collections.deque()
         self._interruptible = False  # while booting a stop signal also interrupts the boot
+        self._reopen_logs = False  # SIGUSR1
         self._timed_out_at = ""  # where the startup timer found the worker
         self._abort_frame: Optional[FrameType] = None
         self.stop: Optional[StopRequest] = None
@@ -137,7 +148,7 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         signal.signal(signal.SIGTERM, lambda signum, frame: self._record(Event.STOP))
         signal.signal(signal.SIGINT, lambda signum, frame: self._record(Event.QUICK_STOP))
         signal.signal(signal.SIGQUIT, lambda signum, frame: self._record(Event.QUICK_STOP))
-        signal.signal(signal.SIGUSR1, self.handle_usr1)
+        signal.signal(signal.SIGUSR1, self.handle_usr1)  # recorded; the tick reopens the logs
         signal.signal(signal.SIGWINCH, signal.SIG_IGN)
         signal.siginterrupt(signal.SIGUSR1, False)
         diagnostics.arm_abort_dump(self.log, self._on_abort)
@@ -247,8 +258,16 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         assert self.server is not None
         app = RequestGuard(app, self.server.drain_signal, s.request_timeout,
                            lambda line: self.log.warning("hardened_worker: worker %s %s", self.pid, line))
-        if self.memory is not None and s.memory_check_requests:
-            app = memory.EveryRequests(app, s.memory_check_requests, self.check_memory)
+        if self.memory is not None and s.memory_check_requests:  # no layer: counted by the server
+            self.server.count_requests(memory.EveryRequests(s.memory_check_requests, self.check_memory))
+        if s.max_queue_time is not None:  # outside the forwarded layer: it trusts the socket peer
+            self.shedder = overload.ShedMiddleware(
+                app, s.max_queue_time, forwarded.trusted_from_gunicorn(self.cfg.forwarded_allow_ips),
+                self.server.first_request_accepted_at,
+                log=lambda line: self.log.warning("hardened_worker: worker %s %s", self.pid, line),
+                counted=self._count_shed)
+            app = self.shedder
+            self.status.shedding = self.shedder.shedding  # the health path answers 503 meanwhile
         path = self.settings.health_path
         if path:
             app = HealthMiddleware(app, path, self.status, self.health_check)
@@ -257,11 +276,14 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
             app = metrics.MetricsMiddleware(
                 app, self.table, s.metrics_path,
                 metrics.Access(self.cfg.forwarded_allow_ips, s.metrics_allow),
-                lambda: metrics.backlog_of(self.sockets))
-        if self.log.access_log_enabled:  # outermost: sees the client forwarded handling settled on
+                lambda: metrics.backlog_of(self.sockets), s.metrics_port)
+        if accesslog.configured(self.log):  # outermost: sees the client forwarded handling settled on
             skip = () if s.health_access_log or not path else (path,)
             app = accesslog.AccessLogMiddleware(app, self.log, skip)
         return app
+
+    def _count_shed(self) -> None:
+        self.table.counters()[readiness.C_SHED] += 1  # this worker's row: the metrics read it
 
     def run(self) -> None:
         self.config.app = self.wsgi
@@ -278,7 +300,7 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         if self.surge is not None and not self.surge.retired:
             # Leaving mid-surge (a timeout, a quick stop): give back the worker it asked for.
             self.table.set_state(State.RETIRING)
-            _gunicorn.ask_for_one_fewer(self.ppid)
+            self._give_back(self.generation)
         self.stall.stop()
         self.table.set_state(State.FREE)  # gone as far as the others are concerned (not yet reaped)
         self.log.info(
@@ -307,6 +329,7 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
                 "hardened_worker: reload rejected: generation %d cannot start (%s); %d workers of "
                 "the previous generation keep serving", self.generation, detail, len(serving),
                 extra=self._facts(detail=detail, serving=len(serving)))
+            systemd.notify_reload_rejected(self.ppid, self.generation, detail, self.log)
         if self.table.record_failure() < CRASH_LOOP_WINDOW:
             time.sleep(CRASH_LOOP_PAUSE)  # holds the slot, so the master does not respawn at once
         if reload:
@@ -347,8 +370,15 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         for action in actions:
             getattr(self, "_do_" + action.name.lower())(event)
 
+    def handle_usr1(self, signum: int, frame: Optional[FrameType]) -> None:
+        # gunicorn's handler reopens the log files right there, taking logging's locks.
+        self._reopen_logs = True
+
     def _handle_signals(self) -> None:
         """What the handlers recorded, in order, as lifecycle events (on the loop or boot thread)."""
+        if self._reopen_logs:
+            self._reopen_logs = False
+            self.log.reopen_files()
         while self.signals:
             event, at, at_wall = self.signals.popleft()
             if event is Event.STOP and self.table.reloads().generation > self.generation:
@@ -389,6 +419,7 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         if self.table.count_accepted(self.generation):
             self.log.info("hardened_worker: reload accepted: generation %d serves", self.generation,
                           extra=self._facts())
+            systemd.notify_reloaded(self.ppid, self.generation, self.log)
         systemd.notify_ready(self.ppid)
 
     def _do_start_successor(self, event: Event) -> None:
@@ -400,16 +431,22 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         assert self.surge is not None
         self.table.set_state(State.RETIRING)
         self.surge.retired = True
-        _gunicorn.ask_for_one_fewer(self.ppid)  # the master now stops this worker, the "oldest"
+        self._give_back(self.generation)  # the master now stops this worker, the "oldest"
         self.log.info("hardened_worker: worker %s retiring: reason %s, its successor %s after "
                       "%.2f s", self.pid, self.exit_reason,
                       "is ready" if event is Event.SUCCESSORS_READY else "is not ready",
                       time.monotonic() - self.surge.started,
                       extra=self._facts(successor_ready=event is Event.SUCCESSORS_READY))
 
+    def _give_back(self, generation: int) -> None:
+        """TTOU for the worker a surge of ``generation`` added, unless a reload has reset the
+        master's worker count since (it does on HUP): then there is nothing to give back."""
+        if self.table.reloads().generation == generation:
+            _gunicorn.ask_for_one_fewer(self.ppid)
+
     def _do_cancel_surge(self, event: Event) -> None:
         self.surge = None
-        _gunicorn.ask_for_one_fewer(self.ppid)  # the successor's slot is failed or gone: no victim
+        self._give_back(self.generation)  # the successor's slot is failed or gone: no victim
 
     def _do_plan_drain(self, event: Event) -> None:
         assert self.stop is not None
@@ -465,7 +502,7 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
     def on_tick(self) -> bool:
         """True when the server should stop serving and drain."""
         self._handle_signals()
-        self._publish_memory()
+        self._publish()
         if os.getppid() != self.ppid and self.lifecycle.allows(Event.PARENT_GONE):
             if self.lifecycle.serving:
                 self.log.warning("hardened_worker: worker %s lost its master (parent %s); stopping",
@@ -499,11 +536,11 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
         if now >= self._next_orphan_check:
             self._next_orphan_check = now + 1.0
             orphan = self.table.adopt_orphaned_surge()
-            if orphan:
+            if orphan is not None:
                 self.log.warning("hardened_worker: worker %s died while its successor started; "
                                  "worker %s asks the master for one fewer worker in its place",
-                                 orphan, self.pid)
-                _gunicorn.ask_for_one_fewer(self.ppid)
+                                 orphan.pid, self.pid)
+                self._give_back(orphan.generation)
         self.check_memory()
         self.check_cgroup()
         if self.lifecycle.phase is not Phase.READY or self.server is None:
@@ -582,12 +619,15 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
                                     "reason": reason.value if reason else None,
                                     "phase": self.lifecycle.phase.value, **figures}}
 
-    def _publish_memory(self) -> None:
-        """HARDENED_METRICS_PATH: this worker's memory in its row, once a second."""
+    def _publish(self) -> None:
+        """On the tick: this worker's beat (the systemd watchdog reads it) in its row; with
+        HARDENED_METRICS_PATH its memory too, once a second."""
         now = time.monotonic()
+        row = self.table.counters()
+        row[readiness.C_BEAT] = int(now * 1000)
         if self.settings.metrics_path and now >= self._next_memory_publish:
             self._next_memory_publish = now + 1.0
-            self.table.counters()[readiness.C_MEMORY] = metrics.rss_bytes()
+            row[readiness.C_MEMORY] = metrics.rss_bytes()
 
 
 class BootInterrupted(SystemExit):

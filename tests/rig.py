@@ -182,6 +182,11 @@ class Master:
         except FileNotFoundError:
             return []
 
+    def wait_started(self, path: str, count: int = 1, timeout: float = 30.0) -> None:
+        """Until ``count`` requests to ``path`` (``/sleep``, ``/block``) have reached the app."""
+        wait_for(lambda: sum(e.startswith(f"started {path} ") for e in self.events()) >= count,
+                 timeout)
+
     def wait_log(self, pattern: str, timeout: float = 30.0, count: int = 1) -> list[str]:
         regex = re.compile(pattern)
         return wait_for(lambda: len(found := regex.findall(self.log())) >= count and found, timeout)
@@ -345,6 +350,7 @@ class WrkResult:
     socket_errors: int
     non_2xx: int
     raw: str
+    socket_error_kinds: dict = field(default_factory=dict)  # connect, read, write, timeout
 
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -356,17 +362,26 @@ def parse_wrk(text: str) -> WrkResult:
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s|m)\b", text)
     p99_ms = float(p99.group(1)) * _UNITS_MS[p99.group(2)] if p99 else float("nan")
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    socket_errors = sum(int(g) for g in errors.groups()) if errors else 0
+    kinds = dict(zip(("connect", "read", "write", "timeout"), map(int, errors.groups()))) if errors \
+        else {"connect": 0, "read": 0, "write": 0, "timeout": 0}
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    return WrkResult(requests, rps, p99_ms, socket_errors, int(non_2xx.group(1)) if non_2xx else 0, text)
+    return WrkResult(requests, rps, p99_ms, sum(kinds.values()),
+                     int(non_2xx.group(1)) if non_2xx else 0, text, kinds)
 
 
-def wrk(port: int, path: str = "/", duration: float = 5.0, connections: int = 32, threads: int = 2,
-        timeout: str = "10s", script: Optional[Path] = None) -> WrkResult:
+def wrk_command(port: int, path: str = "/", duration: float = 5.0, connections: int = 32,
+                threads: int = 2, timeout: str = "10s", script: Optional[Path] = None) -> list[str]:
+    """wrk's command line, for :func:`wrk` and the bench's background runs alike."""
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
            f"--timeout={timeout}", f"http://127.0.0.1:{port}{path}"]
     if script is not None:
         cmd[1:1] = ["-s", str(script)]
+    return cmd
+
+
+def wrk(port: int, path: str = "/", duration: float = 5.0, connections: int = 32, threads: int = 2,
+        timeout: str = "10s", script: Optional[Path] = None) -> WrkResult:
+    cmd = wrk_command(port, path, duration, connections, threads, timeout, script)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed: {done.stderr}")

@@ -136,3 +136,55 @@ def test_json_access_records_carry_duration_and_peer_and_lifecycle_lines_their_f
 ])
 def test_environ_of(scope, peer, expected):
     assert environ_of(scope, peer) == expected
+
+
+# --- the lazy atoms: the same values as gunicorn's own Logger.atoms + SafeAtoms ----------------
+
+ATOM_KEYS = ["h", "l", "u", "r", "s", "m", "U", "q", "H", "b", "B", "f", "a", "T", "D", "M",
+             "L", "p", "{user-agent}i", "{User-Agent}i", "{x-a}i", "{missing}i",
+             "{content-type}o", "{X-Resp}o", "{nothing}o", "{raw_uri}e", "{peer_addr}e",
+             "{peer_port}e", "{remote_addr}e", "{http_x_a}e", "{path_info}e", "{nope}e", "x",
+             "{wsgi.url_scheme}e"]
+ATOM_SCOPES = [
+    {"type": "http", "method": "GET", "path": "/a b", "raw_path": b"/a%20b", "query_string": b"x=1",
+     "http_version": "1.1", "scheme": "https", "client": ("10.0.0.2", 5), "server": ("h", 80),
+     "headers": [(b"user-agent", b'say "hi"'), (b"x-a", b"1"), (b"x-a", b"2"),
+                 (b"authorization", b"Basic dXNlcjpwdw=="), (b"referer", b"http://r/")]},
+    {"type": "http", "method": "POST", "path": "/app/x", "root_path": "/app", "query_string": b"",
+     "http_version": "2", "client": None, "server": ("/run/s.sock", None), "headers": []},
+]
+
+
+@pytest.mark.parametrize("scope", ATOM_SCOPES)
+@pytest.mark.parametrize("seconds", [0.0, 0.2000004, 3.5])
+def test_lazy_atoms_match_gunicorns(scope, seconds):
+    import datetime
+
+    from gunicorn import glogging
+    from gunicorn.config import Config
+
+    from hardened_worker.accesslog import Atoms, Response, request_headers
+
+    log = glogging.Logger(Config())
+    response = Response()
+    response.status, response.sent = 201, 17
+    response.raw = [(b"content-type", b"text/plain"), (b"x-resp", b"1")]
+    peer = ("127.0.0.1", 9)
+    request_time = datetime.timedelta(seconds=round(seconds * 1e6) / 1e6)
+    theirs = glogging.SafeAtoms(log.atoms(response, request_headers(scope),
+                                          environ_of(scope, peer), request_time))
+    ours = Atoms(scope, peer, response, seconds, log)
+    assert {k: ours[k] for k in ATOM_KEYS} == {k: theirs[k] for k in ATOM_KEYS}
+    fmt = '%(h)s %(l)s %(u)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s %({x-a}i)s'
+    assert fmt % ours == fmt % theirs
+
+
+def test_a_logging_configuration_that_discards_access_lines_builds_none(master, tmp_path):
+    # gunicorn's access_log_enabled is true for any logconfig_dict; the JSON preset's, with the
+    # access log off, sends gunicorn.access to a NullHandler.
+    conf = tmp_path / "json_off.py"
+    conf.write_text("from hardened_worker.presets import jsonlog\n"
+                    "logconfig_dict = jsonlog.logconfig_dict(access=False)\n")
+    m = master(app="obsapp:app", args=["-c", str(conf)])
+    status, body = get(m.port, "/introspect")
+    assert json.loads(body) == {"uvicorn_access_handlers": False, "access_middlewares": 0}

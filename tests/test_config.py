@@ -109,11 +109,12 @@ def test_no_value_overflows():
 
 # Zero: refused where it would mean nothing sensible, documented where it means something.
 ZERO_REFUSED = ["STARTUP_TIMEOUT", "HEALTH_CHECK_TIMEOUT", "READY_TIMEOUT", "MEMORY_LIMIT",
-                "MEMORY_HARD_LIMIT", "MEMORY_CHECK_INTERVAL", "MAX_LIFETIME", "TERMINATION_GRACE_PERIOD"]
+                "MEMORY_HARD_LIMIT", "MEMORY_CHECK_INTERVAL", "MAX_LIFETIME", "TERMINATION_GRACE_PERIOD",
+                "REQUEST_TIMEOUT", "MAX_QUEUE_TIME"]
 ZERO_MEANS = {"DRAIN_DELAY": "0 drains at once", "DRAIN_IDLE_WINDOW": "0 closes it",
               "STALL_THRESHOLD": "0 turns the watchdog off", "MEMORY_CHECK_REQUESTS": "0 reads on the interval only",
               "MEMORY_MIN_LIFETIME": "0 sets no minimum", "MAX_LIFETIME_JITTER": "0 none",
-              "MEMORY_JITTER": "0% lowers none"}
+              "MEMORY_JITTER": "0% lowers none", "MAX_INFLIGHT": "off when empty or 0"}
 
 
 @pytest.mark.parametrize("name", ZERO_REFUSED)
@@ -162,6 +163,7 @@ BAD = {
     "STARTUP_TIMEOUT": "forever", "DRAIN_DELAY": "5 minutes", "DRAIN_IDLE_WINDOW": "-1",
     "HEALTH_PATH": "healthz", "HEALTH_CHECK": "not a reference", "HEALTH_CHECK_TIMEOUT": "1d",
     "HEALTH_ACCESS_LOG": "maybe", "STALL_THRESHOLD": "1x", "REQUEST_TIMEOUT": "0s",
+    "MAX_INFLIGHT": "four", "MAX_QUEUE_TIME": "2 secs",
     "READY_TIMEOUT": "soon", "ROLLING": "one by one",
     "FORWARDED": "both", "FORWARDED_HOST": "2", "FORWARDED_PORT": "yess", "FORWARDED_PREFIX": "nope",
     "MEMORY_LIMIT": "lots", "MEMORY_HARD_LIMIT": "more", "MEMORY_MEASURE": "vss",
@@ -170,6 +172,7 @@ BAD = {
     "MAX_LIFETIME": "forever", "MAX_LIFETIME_JITTER": "some", "LOG_FORMAT": "xml",
     "ACCESS_LOG": "maybe", "BIND": " , ", "PIDFILE": "pid\x01file", "TERMINATION_GRACE_PERIOD": "30 sec",
     "METRICS_PATH": "metrics", "METRICS_ALLOW": "10.0.0.0/33",
+    "METRICS_PORT": "65536",
 }
 
 

@@ -13,7 +13,7 @@ def test_term_with_16_slow_requests_in_flight_completes_them_all(master):
     m = master(args=["--graceful-timeout", "20"])
     pids = m.wait_workers(2)
     requests = [Background(m.port, "/sleep?s=3") for _ in range(16)]
-    time.sleep(1.0)
+    m.wait_started("/sleep", count=16)
     m.signal(signal.SIGTERM)
     sent_term = time.monotonic()
     assert [r.join()[0] for r in requests] == [200] * 16
@@ -71,9 +71,12 @@ def test_health_path_never_reaches_the_app_and_stays_out_of_the_access_log(maste
     assert "/healthz" not in access.read_text()
 
 
-def test_app_level_health_check_answers_503_when_it_fails(master):
-    m = master(workers=1, env={"HARDENED_HEALTH_PATH": "/healthz",
-                               "HARDENED_HEALTH_CHECK": "health_checks:failing"})
+def test_app_level_health_check_answers_503_when_it_fails(master, tmp_path):
+    flag = tmp_path / "database-down"
+    m = master(workers=1, env={"HARDENED_HEALTH_PATH": "/healthz", "HEALTH_FAIL_FILE": str(flag),
+                               "HARDENED_HEALTH_CHECK": "health_checks:unless_flagged"})
+    assert get(m.port, "/healthz")[0] == 200  # the check passed: the worker got ready
+    flag.touch()
     status, body = get(m.port, "/healthz")
     assert status == 503 and json.loads(body)["check"] == "returned false"
 

@@ -110,7 +110,7 @@ def test_heartbeat_continues_through_a_long_drain(master):
     # --timeout 4: a drain of 7 s without heartbeats would be killed by the master.
     m = master(args=["--timeout", "4", "--graceful-timeout", "20"])
     request = Background(m.port, "/sleep?s=7")
-    time.sleep(0.5)
+    m.wait_started("/sleep")
     m.signal(signal.SIGTERM)
     assert request.join()[0] == 200
     assert m.wait_exit(20) == 0
@@ -121,7 +121,7 @@ def test_graceful_timeout_bounds_the_drain_and_lifespan_shutdown_still_runs(mast
     m = master(args=["--graceful-timeout", "4"], workers=1)
     [pid] = m.wait_workers(1)
     request = Background(m.port, "/sleep?s=30")
-    time.sleep(0.5)
+    m.wait_started("/sleep")
     started = time.monotonic()
     m.signal(signal.SIGTERM)
     assert m.wait_exit(15) == 0
@@ -131,3 +131,15 @@ def test_graceful_timeout_bounds_the_drain_and_lifespan_shutdown_still_runs(mast
     assert f"shutdown {pid}" in m.events()
     assert "SIGKILL" not in log
     assert request.join() == "RemoteDisconnected"  # cut at the deadline, after the log line
+
+
+def test_usr1_reopens_the_log_files_after_a_rotation(master):
+    m = master(workers=1)
+    [pid] = m.wait_workers(1)
+    rotated = m.log_path.with_suffix(".1")
+    m.log_path.rename(rotated)  # what logrotate does before it signals
+    m.signal(signal.SIGUSR1)  # the master reopens its files and passes USR1 to its workers
+    wait_for(lambda: m.log_path.exists(), timeout=10)
+    os.kill(pid, signal.SIGTERM)  # the worker's last lines must land in the new file
+    m.wait_log(rf"worker {pid} exiting: reason shutdown", timeout=15)
+    assert f"worker {pid} exiting" not in rotated.read_text()

@@ -241,11 +241,12 @@ def test_two_workers_either_one_describes_the_pool_across_reloads(master, tmp_pa
 
     m.signal(signal.SIGHUP)  # the same code: accepted
     new = wait_for(lambda: (w := m.workers()) and not set(w) & set(old) and len(w) == 2 and w, 30)
+    # An exit counts once the master has reaped the process (a zombie's pid still exists).
     found = samples(wait_for(lambda: (t := scrape(m.port)[2]) and value(
-        samples(t), "workers", state="ready") == 2 and t, 15))
+        samples(t), "workers", state="ready") == 2 and value(
+        samples(t), "worker_exits_total", reason="reload") == 2 and t, 15))
     assert value(found, "reloads_total", result="accepted") == 1
     assert value(found, "requests_total") >= 50  # the old generation's requests stay counted
-    assert value(found, "worker_exits_total", reason="reload") == 2
     assert value(found, "generation") == 2
 
     env_file.write_text(json.dumps({"TESTAPP_STARTUP_FAIL": "1"}))
@@ -269,8 +270,8 @@ def test_a_recycled_workers_requests_stay_counted(master):
     for _ in range(8):  # 64 MiB leaked: past the soft limit from any baseline
         assert get(m.port, "/leak?kib=8192")[0] == 200
     m.wait_log(rf"worker {first} exiting: reason memory", timeout=30)
-    wait_for(lambda: first not in m.workers(), 15)
-    found = samples(scrape(m.port)[2])
+    found = samples(wait_for(lambda: (t := scrape(m.port)[2]) and value(
+        samples(t), "worker_exits_total", reason="memory") == 1 and t, 15))
     assert value(found, "requests_total", pid=str(first)) == 0  # no longer a worker
     assert value(found, "requests_total") >= counted + 8
     assert value(found, "recycles_total", cause="memory") == 1
@@ -306,3 +307,16 @@ def test_metrics_allow_widens_access(master):
            args=["-b", f"192.0.2.2:{port}"])
     status, _, body = scrape(port, host="192.0.2.2")
     assert status == 200 and "hardened_worker_workers" in body
+
+
+def test_metrics_port_serves_the_metrics_there_and_nothing_else(master):
+    from rig import free_port
+
+    port = free_port()
+    m = master(env={"HARDENED_METRICS_PATH": "/metrics", "HARDENED_METRICS_PORT": str(port)},
+               args=["-b", f"127.0.0.1:{port}"])
+    status, _, body = scrape(port)
+    assert status == 200 and "hardened_worker_workers" in body
+    assert get(port, "/")[0] == 404  # not the app
+    assert get(m.port, "/metrics") == (404, b"not found")  # the app's own 404 on the main bind
+    assert get(m.port, "/")[0] == 200

@@ -219,7 +219,7 @@ def test_rolling_hup_under_load_never_holds_more_than_workers_plus_one(master):
     assert load.socket_errors == 0 and load.non_2xx == 0
     loaded, peak = set(), 0
     for event in m.events():  # import .. shutdown is when a worker holds the app
-        kind, pid = event.split()
+        kind, *_, pid = event.split()
         if kind == "import":
             loaded.add(pid)
         elif kind == "shutdown":

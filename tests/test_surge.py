@@ -9,6 +9,7 @@ processes held the app (imports minus shutdowns, in the order the app wrote them
 
 from __future__ import annotations
 
+import re
 import os
 import signal
 
@@ -148,3 +149,21 @@ def test_a_worker_killed_while_its_successor_starts_leaves_the_pool_at_its_size(
     [survivor] = wait_for(lambda: len(m.workers()) == 1 and m.workers(), timeout=20)
     assert f"worker {survivor} ready in" in m.log()
     assert get(m.port, "/")[0] == 200
+
+
+def test_a_reload_during_a_surge_leaves_the_pool_at_its_size(master):
+    m = master(env=STARTUP, args=["--max-requests", "10"], workers=2)
+    old = m.wait_workers(2)
+    for _ in range(30):  # both pass 10: one surges, the other waits its turn
+        get(m.port, "/")
+    m.wait_log(r"recycling: .*its successor starts first", timeout=10)
+    m.signal(signal.SIGHUP)  # resets the master's worker count while the surge is under way
+    m.wait_log(r"ready in [\d.]+ s \(generation 2\)", timeout=30, count=2)
+    wait_for(lambda: not any(alive(pid) for pid in old), timeout=30)
+    new = wait_for(lambda: len(m.workers()) == 2 and m.workers(), timeout=30)
+    for pid in new:
+        assert f"worker {pid} ready in" in m.log() and f"worker {pid} exiting" not in m.log()
+    log = m.log()
+    generation_2 = set(re.findall(r"worker (\d+) ready in [\d.]+ s \(generation 2\)", log))
+    assert {str(pid) for pid in new} <= generation_2
+    assert not any(f"worker {pid} exiting" in log for pid in generation_2)  # none given back

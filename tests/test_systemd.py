@@ -5,8 +5,10 @@ A real ``AF_UNIX`` datagram socket stands in for systemd's notification socket.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -150,7 +152,7 @@ def test_a_missing_socket_is_a_warning_not_an_error(tmp_path, caplog):
 # --- a real master ----------------------------------------------------------------------------
 
 
-def test_ready_arrives_once_after_lifespan_startup_and_not_again_on_hup(master, listener):
+def test_ready_arrives_once_after_lifespan_startup_and_a_hup_is_a_reload(master, listener):
     path, sock = listener
     started = time.monotonic()
     m = master(args=["-c", "python:hardened_worker.presets.vm"], wait=False,
@@ -174,7 +176,10 @@ def test_ready_arrives_once_after_lifespan_startup_and_not_again_on_hup(master, 
     m.signal(signal.SIGHUP)
     m.wait_log(r"ready in [\d.]+ s \(generation 2\)", count=2)
     m.wait_log(r"exited: reason reload", count=2)
-    assert received(sock, 0.5) == []
+    # A HUP is a reload: RELOADING=1, then READY=1 once, from the new generation; the start's
+    # token is not sent again.
+    reload = [fields(message) for message in received(sock, 5)]
+    assert [("RELOADING" in f, "READY" in f) for f in reload] == [(True, False), (False, True)]
     assert m.log().count("told systemd READY=1") == 1
 
     m.signal(signal.SIGTERM)
@@ -194,3 +199,99 @@ def test_without_the_deferral_gunicorn_says_ready_before_any_worker_is(master, l
     m.signal(signal.SIGTERM)
     assert m.wait_exit(15) == 0
     wait_for(lambda: "master %d stopped" % m.pid in m.log(), timeout=5)
+
+
+# --- reloads and the watchdog against a real master ------------------------------------------
+
+
+def collect(sock: socket.socket, until, timeout: float = 30.0) -> list[dict]:
+    """Datagrams (as fields) until ``until(fields_so_far)`` is true; TimeoutError otherwise."""
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while not until(got):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no match within {timeout} s: {got}")
+        sock.settimeout(left)
+        got.append(fields(sock.recv(4096).decode()))
+    return got
+
+
+def quiet_for(sock: socket.socket, seconds: float) -> list[dict]:
+    """Read until nothing arrived for ``seconds``; return what arrived before."""
+    got: list[dict] = []
+    sock.settimeout(seconds)
+    try:
+        while True:
+            got.append(fields(sock.recv(4096).decode()))
+    except socket.timeout:
+        return got
+
+
+def test_reloads_and_the_watchdog_under_a_fake_systemd(master, listener, tmp_path):
+    path, sock = listener
+    env_file = tmp_path / "env.json"
+    env_file.write_text("{}")
+    conf = tmp_path / "conf.py"  # the vm preset, and an environment a test rewrites before a HUP
+    conf.write_text("import json, os\n"
+                    "from hardened_worker.presets.vm import *\n"
+                    "raw_env = [f'{k}={v}' for k, v in\n"
+                    "           json.load(open(os.environ['RELOAD_ENV_FILE'])).items()]\n"
+                    "workers = 2\n")
+    m = master(args=["-c", str(conf)], wait=False,
+               env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000", "TESTAPP_STARTUP_DELAY": "1",
+                    "RELOAD_ENV_FILE": str(env_file)})
+    # Start: READY=1 only once a worker is ready; the watchdog only while one serves.
+    start = collect(sock, lambda got: any("READY" in f for f in got))
+    assert any(e.startswith("startup ") for e in m.events())
+    assert all("WATCHDOG" in f for f in start[:-1])
+    ping = collect(sock, lambda got: got and "2 ready" in got[-1].get("STATUS", ""))[-1]
+    assert ping["WATCHDOG"] == "1" and ping["STATUS"] == "serving: 2 ready (generation 1)"
+
+    # A good reload: RELOADING=1 (with the monotonic time), then READY=1 once generation 2 serves.
+    m.signal(signal.SIGHUP)
+    got = collect(sock, lambda got: any("READY" in f for f in got))
+    [reloading] = [f for f in got if "RELOADING" in f]
+    assert got.index(reloading) < len(got) - 1
+    assert int(reloading["MONOTONIC_USEC"]) > 0
+    assert "reloaded, generation 2 ready" in got[-1]["STATUS"]
+    assert re.search(r"ready in [\d.]+ s \(generation 2\)", m.log())
+
+    # A rejected reload: RELOADING=1, then READY=1 whose STATUS names the rejection.
+    env_file.write_text(json.dumps({"TESTAPP_STARTUP_FAIL": "1"}))
+    m.signal(signal.SIGHUP)
+    got = collect(sock, lambda got: any("READY" in f for f in got))
+    assert any("RELOADING" in f for f in got)
+    assert got[-1]["STATUS"].startswith("reload rejected: generation 3 cannot start")
+    # (while the old workers cancel their stop, they count as stopping)
+    collect(sock, lambda got: got and "WATCHDOG" in got[-1] and got[-1]["STATUS"].startswith(
+        "serving: 2 ready (generation 2)") and "reload rejected: generation 3" in got[-1]["STATUS"])
+
+    # The watchdog stops when no worker's loop runs (SIGSTOP), and resumes with them.
+    workers = m.workers()
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        quiet_for(sock, 1.5)  # the beats older than 1 s: no more pings
+        assert quiet_for(sock, 1.5) == []
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    collect(sock, lambda got: any("WATCHDOG" in f for f in got), timeout=10)
+
+
+@pytest.mark.parametrize("environ, enabled", [
+    ({}, False),
+    ({"WATCHDOG_USEC": "4000000"}, True),
+    ({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "ME"}, True),
+    ({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}, False),  # another process is watched
+    ({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1", "GUNICORN_PID": "1"}, True),  # USR2 child
+    ({"WATCHDOG_USEC": "0"}, False),
+    ({"WATCHDOG_USEC": "soon"}, False),
+])
+def test_watchdog_from_environ(environ, enabled):
+    environ = {k: str(os.getpid()) if v == "ME" else v for k, v in environ.items()}
+    watchdog = systemd.Watchdog.from_environ(lambda: None, environ=environ)
+    assert (watchdog is not None) is enabled
+    if watchdog is not None:
+        assert watchdog.interval == 2.0  # half of WATCHDOG_USEC

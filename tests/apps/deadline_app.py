@@ -9,6 +9,7 @@ running, so a test waits for that instead of sleeping:
 * ``/sse?watch=1``: server-sent events every 100 ms; with ``watch=1`` it ends once the worker
   drains (``scope["extensions"]["hardened_worker"]["draining"]``);
 * ``/chunked``: a plain-text chunked response that never ends;
+* ``/hold``: answers once the file ``$TESTAPP_EVENTS.release`` exists (records ``started hold``);
 * ``/ws``: websocket echo.
 """
 
@@ -68,6 +69,11 @@ async def app(scope, receive, send):
         _record("started wait")
         await asyncio.sleep(float(query.get("s", ["10"])[0]))  # WAIT-LINE
         return await _respond(send, b"waited")
+    if path == "/hold":
+        _record("started hold")
+        while not os.path.exists(os.environ["TESTAPP_EVENTS"] + ".release"):
+            await asyncio.sleep(0.02)
+        return await _respond(send, b"released")
     if path == "/stream-then-wait":
         await _start_stream(send, b"text/plain")
         await send({"type": "http.response.body", "body": b"first chunk\n", "more_body": True})

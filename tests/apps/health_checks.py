@@ -7,3 +7,10 @@ def failing():
 
 async def passing():
     return True
+
+
+def unless_flagged():
+    """Passes until the file HEALTH_FAIL_FILE exists (a database that goes away after start)."""
+    import os
+
+    return not os.path.exists(os.environ["HEALTH_FAIL_FILE"])

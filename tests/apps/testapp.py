@@ -10,7 +10,7 @@ recording ``locked <pid>`` once it has it). Lifespan, all optional:
 * ``TESTAPP_STARTUP_FAIL=1`` raises in lifespan startup;
 * ``TESTAPP_IMPORT_FAIL=1`` raises at import, ``TESTAPP_IMPORT_HANG`` sleeps at import;
 * ``TESTAPP_EVENTS`` a file each worker appends ``import <pid>``, ``startup <pid>`` and
-  ``shutdown <pid>`` to.
+  ``shutdown <pid>`` to, and ``started /sleep <pid>`` (``/block``) as such a request begins.
 """
 
 import asyncio
@@ -87,9 +87,11 @@ async def app(scope, receive, send):
     if path == "/pid":
         return await _respond(send, str(os.getpid()).encode())
     if path == "/sleep":
+        _record("started /sleep")  # what a test waits for before it signals
         await asyncio.sleep(float(query.get("s", ["1"])[0]))
         return await _respond(send, b"slept")
     if path == "/block":
+        _record("started /block")
         time.sleep(float(query.get("s", ["1"])[0]))
         return await _respond(send, b"blocked")
     if path == "/table-lock":
