@@ -55,9 +55,12 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
             client_run = timeline.summary(client, args.duration)
             time.sleep(0.2)
             errors = proxy.log()
+            # Upstream lines only: the rig's nginx logs at info, where wrk's own connections closing
+            # at the end show as "reset by peer while reading client request".
+            upstream = "\n".join(proxy.upstream_failures())
         finally:
             proxy.stop()
-        counts = {name: errors.count(text) for name, text in PATTERNS.items()}
+        counts = {name: upstream.count(text) for name, text in PATTERNS.items()}
         return {
             "non_2xx": result.non_2xx,
             **counts,

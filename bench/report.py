@@ -45,7 +45,7 @@ TIME_NOISE_S = 0.15    # times within 150 ms of the best peer
 YES, NOISE, NO, NA = "✅ yes", "≈ within noise", "❌ no", "n/a"
 
 # Scenario result files, in table order.
-FILES = ("overhead", "overhead-forwarded", "hup", "bad_deploy", "drain", "leak", "hung", "nginx")
+FILES = ("overhead", "overhead-forwarded", "hup", "bad_deploy", "drain", "leak", "hung", "nginx", "recycle")
 PLOTS = ("leak_rss.png", "hup_timeline.png", "nginx_timeline.png")
 
 

@@ -37,6 +37,7 @@ import asyncio
 import enum
 import logging
 import os
+import types
 from typing import Any, Awaitable, Callable, Optional
 
 import uvicorn
@@ -187,7 +188,9 @@ class RequestGuard:
         self.signal = signal
         self.timeout = timeout
         self.log = log
-        self._shared = {"draining": signal.event, "deadline": None}
+        # One read-only mapping for every request without a deadline: nothing written into it by
+        # one request (a layer, the app) can reach the next.
+        self._shared = types.MappingProxyType({"draining": signal.event, "deadline": None})
         self._in_flight: dict[Any, float] = {}  # task -> its deadline (loop time)
         self._expired: dict[Any, str] = {}  # task -> the stack where it waited when cancelled
         self._sweeping = False

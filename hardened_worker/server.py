@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import importlib
-import logging
 import os
 import socket
 import struct

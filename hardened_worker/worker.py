@@ -352,8 +352,12 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
             await asyncio.sleep(READY_POLL)
 
     def on_ready(self) -> None:
+        self._stop_startup_timers()  # no startup alarm can arrive once the worker is ready
+        if self.signals:
+            # A stop or the startup timer interrupted the boot inside a task: the loop finishes its
+            # current iteration before the exception leaves it, and may get this far. Not ready.
+            raise BootInterrupted()
         self._interruptible = False
-        self._handle_signals()  # none can be pending (they interrupt the boot); kept for clarity
         self._post(Event.STARTUP_DONE)
 
     # --- the lifecycle: events in, actions out --------------------------------------------

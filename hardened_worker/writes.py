@@ -40,7 +40,10 @@ class Flusher:
     def flush(self) -> None:
         held, self.held = self.held, []
         for writer in held:
-            writer.flush()
+            try:
+                writer.flush()
+            except Exception:  # one broken connection must not keep the others' writes held
+                pass
 
 
 class OneWrite:
@@ -70,7 +73,8 @@ class OneWrite:
         held = self._held
         if held is not None:
             self._held = None
-            self.transport.write(held)
+            if not self.transport.is_closing():  # closed meanwhile: dropped, as its buffer is
+                self.transport.write(held)
 
     def writelines(self, lines: Any) -> None:
         self.flush()

@@ -32,6 +32,7 @@ def test_a_bad_value_at_hup_keeps_the_master_and_the_previous_settings(master, t
     wait_for(lambda: m.proc.poll() is not None or line in m.log(), 30)
     assert m.proc.poll() is None, m.log()  # the master lives
     m.wait_log(r"ready in [\d.]+ s \(generation 2\)")  # and replaced its workers
+    m.wait_log(r"exiting: reason reload")  # the old one, whose health path says 503 while it drains
     logged = [text for text in m.log().splitlines() if line in text]
     assert logged and all(f"{reason}; use e.g. " in text for text in logged)
     # The previous values: the health path is still /healthz, /ready is the app's 404.

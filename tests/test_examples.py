@@ -9,7 +9,6 @@ import math
 import re
 import shlex
 import subprocess
-from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -17,7 +16,7 @@ import yaml
 
 from hardened_worker import config, drain
 from hardened_worker.presets import base, kubernetes
-from rig import GUNICORN, ROOT, Master, have
+from rig import GUNICORN, ROOT, have
 from test_presets import clean_env, gunicorn_cli
 
 EXAMPLES = ROOT / "gunicorn_conf_examples"
