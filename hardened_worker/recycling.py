@@ -1,24 +1,28 @@
-"""The worker's memory glue: when to read, what to do past a limit (the policy is :mod:`.memory`).
+"""Planned replacements: when a worker recycles (requests, age, memory) and the surge that starts
+its successor first (the memory policy itself is :mod:`.memory`; the master's side, TTIN/TTOU and
+the age it sorts by, is :mod:`._gunicorn`).
 
 A mixin of :class:`hardened_worker.worker.Worker`, kept apart so the worker module reads as the
-lifecycle; it uses the worker's ``settings``, ``table``, ``server`` and ``log``.
+lifecycle; it posts lifecycle events and carries out the surge's actions (``_do_*``), using the
+worker's ``settings``, ``table``, ``server``, ``lifecycle`` and ``log``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
-from hardened_worker import cgroup, diagnostics
+from hardened_worker import _gunicorn, cgroup, diagnostics, readiness
 from hardened_worker import memory as policy  # not `memory`: the attribute below has that name
-from hardened_worker.lifecycle import Event, Phase
+from hardened_worker.lifecycle import Event, Phase, Reason
 from hardened_worker.readiness import State
 
 MEMORY = diagnostics.EXIT_REASONS.index("memory")
 
 
-class MemoryRecycling:
+class Recycling:
     settings: Any
     table: Any
     server: Any
@@ -27,7 +31,18 @@ class MemoryRecycling:
     _uptime: Any  # the worker's
     lifecycle: Any
     _post: Any
-    _recycle: Any
+    _facts: Any
+    _ready_timeout: Any
+    cfg: Any
+    ppid: Any
+    generation: Any
+    exit_reason: Any
+    request_limit: Optional[int]
+    lifetime_limit: Optional[float]
+    ready_at: float
+    surge: Optional["Surge"]
+    _waiting_logged: Optional[str]
+    _next_orphan_check: float
     memory: Optional[policy.MemoryWatch] = None
     memory_reader: Optional[policy.MemoryReader] = None
     _memory_decision = policy.Decision.OK
@@ -115,3 +130,90 @@ class MemoryRecycling:
     def _replaceable(self) -> bool:
         reloads = self.table.reloads()
         return reloads.rejected < reloads.generation  # the current code can start
+
+    # --- the surge: the successor first ----------------------------------------------------
+
+    def _do_start_successor(self, event: Event) -> None:
+        # The table already says SURGING (take_surge_turn): one recycle at a time across the pool.
+        self.surge = Surge(time.monotonic(), self.table.newest_age())
+        _gunicorn.ask_for_successor(self.ppid)
+
+    def _do_retire(self, event: Event) -> None:
+        assert self.surge is not None
+        self.table.set_state(State.RETIRING)
+        self.surge.retired = True
+        self._give_back(self.generation)  # the master now stops this worker, the "oldest"
+        self.log.info("hardened_worker: worker %s retiring: reason %s, its successor %s after "
+                      "%.2f s", self.pid, self.exit_reason,
+                      "is ready" if event is Event.SUCCESSORS_READY else "is not ready",
+                      time.monotonic() - self.surge.started,
+                      extra=self._facts(successor_ready=event is Event.SUCCESSORS_READY))
+
+    def _give_back(self, generation: int) -> None:
+        """TTOU for the worker a surge of ``generation`` added, unless a reload has reset the
+        master's worker count since (it does on HUP): then there is nothing to give back."""
+        if self.table.reloads().generation == generation:
+            _gunicorn.ask_for_one_fewer(self.ppid)
+
+    def _do_cancel_surge(self, event: Event) -> None:
+        self.surge = None
+        self._give_back(self.generation)  # the successor's slot is failed or gone: no victim
+
+    def _check_recycling(self) -> None:
+        """Planned replacements: each starts its successor first (Phase.SURGING)."""
+        now = time.monotonic()
+        if now >= self._next_orphan_check:
+            self._next_orphan_check = now + 1.0
+            orphan = self.table.adopt_orphaned_surge()
+            if orphan is not None:
+                self.log.warning("hardened_worker: worker %s died while its successor started; "
+                                 "worker %s asks the master for one fewer worker in its place",
+                                 orphan.pid, self.pid)
+                self._give_back(orphan.generation)
+        self.check_memory()
+        self.check_cgroup()
+        if self.lifecycle.phase is not Phase.READY or self.server is None:
+            return
+        if self.request_limit is not None and self.server.stats().requests >= self.request_limit:
+            self._recycle(Event.REQUEST_COUNT, f"{self.server.stats().requests} requests served "
+                          f"(--max-requests {self.cfg.max_requests} + jitter)")
+        elif self.lifetime_limit is not None and time.monotonic() - self.ready_at >= self.lifetime_limit:
+            self._recycle(Event.LIFETIME, f"up {self._uptime():.1f} s (HARDENED_MAX_LIFETIME "
+                          f"{self.settings.max_lifetime:g} s - jitter)")
+
+    def _recycle(self, event: Event, why: str, level: int = logging.INFO) -> bool:
+        """Take the pool's one recycling turn and start the surge; False while another has it."""
+        reason = _RECYCLE_REASONS[event]
+        if not self.table.take_surge_turn(diagnostics.EXIT_REASONS.index(reason.value)):
+            if self._waiting_logged != why:
+                self._waiting_logged = why
+                self.log.info("hardened_worker: worker %s would recycle (%s); waiting: another "
+                              "worker is recycling", self.pid, why)
+            return False
+        self.log.log(level, "hardened_worker: worker %s recycling: %s; its successor starts "
+                     "first", self.pid, why, extra=self._facts(recycle=reason.value, why=why))
+        self._post(event)
+        return True
+
+    def _check_successor(self) -> None:
+        assert self.surge is not None
+        peers = self.table.peers()
+        if any(p.age > self.surge.after_age and p.state in readiness.SERVING for p in peers):
+            self._post(Event.SUCCESSORS_READY)
+        elif not self._replaceable():
+            self._post(Event.RELOAD_REJECTED)
+        elif time.monotonic() - self.surge.started >= self._ready_timeout():
+            self._post(Event.DEADLINE)
+
+
+
+@dataclass
+class Surge:
+    started: float  # monotonic: when this worker asked the master for its successor
+    after_age: int  # the successor is the first worker the master creates after this age
+    retired: bool = False  # TTOU sent: the master's SIGTERM for this worker is on its way
+    acknowledged: bool = False  # that SIGTERM arrived
+
+
+_RECYCLE_REASONS = {Event.MEMORY_SOFT: Reason.MEMORY, Event.REQUEST_COUNT: Reason.MAX_REQUESTS,
+                    Event.LIFETIME: Reason.MAX_LIFETIME}

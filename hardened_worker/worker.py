@@ -34,7 +34,7 @@ from hardened_worker.deadline import RequestGuard, skip_expected
 from hardened_worker.health import HealthCheck, HealthMiddleware, WorkerStatus, load_check
 from hardened_worker.lifecycle import Event, Lifecycle, Phase, Reason
 from hardened_worker.readiness import Gate, State
-from hardened_worker.recycling import MemoryRecycling
+from hardened_worker.recycling import Recycling, Surge
 from hardened_worker.server import HardenedServer
 
 # A failed start with no older serving worker halts the master, as gunicorn does (no crash loop);
@@ -45,7 +45,7 @@ CRASH_LOOP_PAUSE = 5.0
 READY_POLL = 0.25  # seconds between runs of the health check while a new worker waits for it
 
 
-class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
+class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         "loop": "auto", "http": "auto", "lifespan": "on", "proxy_headers": False,
         # --max-requests is ours: recycled with its successor started first (_check_recycling).
@@ -426,32 +426,6 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
             systemd.notify_reloaded(self.ppid, self.generation, self.log)
         systemd.notify_ready(self.ppid)
 
-    def _do_start_successor(self, event: Event) -> None:
-        # The table already says SURGING (take_surge_turn): one recycle at a time across the pool.
-        self.surge = Surge(time.monotonic(), self.table.newest_age())
-        _gunicorn.ask_for_successor(self.ppid)
-
-    def _do_retire(self, event: Event) -> None:
-        assert self.surge is not None
-        self.table.set_state(State.RETIRING)
-        self.surge.retired = True
-        self._give_back(self.generation)  # the master now stops this worker, the "oldest"
-        self.log.info("hardened_worker: worker %s retiring: reason %s, its successor %s after "
-                      "%.2f s", self.pid, self.exit_reason,
-                      "is ready" if event is Event.SUCCESSORS_READY else "is not ready",
-                      time.monotonic() - self.surge.started,
-                      extra=self._facts(successor_ready=event is Event.SUCCESSORS_READY))
-
-    def _give_back(self, generation: int) -> None:
-        """TTOU for the worker a surge of ``generation`` added, unless a reload has reset the
-        master's worker count since (it does on HUP): then there is nothing to give back."""
-        if self.table.reloads().generation == generation:
-            _gunicorn.ask_for_one_fewer(self.ppid)
-
-    def _do_cancel_surge(self, event: Event) -> None:
-        self.surge = None
-        self._give_back(self.generation)  # the successor's slot is failed or gone: no victim
-
     def _do_plan_drain(self, event: Event) -> None:
         assert self.stop is not None
         now = time.monotonic()
@@ -534,52 +508,6 @@ class Worker(_gunicorn.MasterAge, MemoryRecycling, UvicornWorker):
     def heartbeat(self) -> None:
         self.notify()
 
-    def _check_recycling(self) -> None:
-        """Planned replacements: each starts its successor first (Phase.SURGING)."""
-        now = time.monotonic()
-        if now >= self._next_orphan_check:
-            self._next_orphan_check = now + 1.0
-            orphan = self.table.adopt_orphaned_surge()
-            if orphan is not None:
-                self.log.warning("hardened_worker: worker %s died while its successor started; "
-                                 "worker %s asks the master for one fewer worker in its place",
-                                 orphan.pid, self.pid)
-                self._give_back(orphan.generation)
-        self.check_memory()
-        self.check_cgroup()
-        if self.lifecycle.phase is not Phase.READY or self.server is None:
-            return
-        if self.request_limit is not None and self.server.stats().requests >= self.request_limit:
-            self._recycle(Event.REQUEST_COUNT, f"{self.server.stats().requests} requests served "
-                          f"(--max-requests {self.cfg.max_requests} + jitter)")
-        elif self.lifetime_limit is not None and time.monotonic() - self.ready_at >= self.lifetime_limit:
-            self._recycle(Event.LIFETIME, f"up {self._uptime():.1f} s (HARDENED_MAX_LIFETIME "
-                          f"{self.settings.max_lifetime:g} s - jitter)")
-
-    def _recycle(self, event: Event, why: str, level: int = logging.INFO) -> bool:
-        """Take the pool's one recycling turn and start the surge; False while another has it."""
-        reason = _RECYCLE_REASONS[event]
-        if not self.table.take_surge_turn(diagnostics.EXIT_REASONS.index(reason.value)):
-            if self._waiting_logged != why:
-                self._waiting_logged = why
-                self.log.info("hardened_worker: worker %s would recycle (%s); waiting: another "
-                              "worker is recycling", self.pid, why)
-            return False
-        self.log.log(level, "hardened_worker: worker %s recycling: %s; its successor starts "
-                     "first", self.pid, why, extra=self._facts(recycle=reason.value, why=why))
-        self._post(event)
-        return True
-
-    def _check_successor(self) -> None:
-        assert self.surge is not None
-        peers = self.table.peers()
-        if any(p.age > self.surge.after_age and p.state in readiness.SERVING for p in peers):
-            self._post(Event.SUCCESSORS_READY)
-        elif not self._replaceable():
-            self._post(Event.RELOAD_REJECTED)
-        elif time.monotonic() - self.surge.started >= self._ready_timeout():
-            self._post(Event.DEADLINE)
-
     def _check_gate(self) -> None:
         """The readiness gate: may this worker, told to stop, start its drain delay now?"""
         assert self.stop is not None
@@ -648,17 +576,6 @@ class StopRequest:
     at_wall: float  # time.time() of the latest SIGTERM (compared with other processes' records)
     waited: bool = False  # the gate held this worker back: the drain delay counts from the gate
 
-
-@dataclass
-class Surge:
-    started: float  # monotonic: when this worker asked the master for its successor
-    after_age: int  # the successor is the first worker the master creates after this age
-    retired: bool = False  # TTOU sent: the master's SIGTERM for this worker is on its way
-    acknowledged: bool = False  # that SIGTERM arrived
-
-
-_RECYCLE_REASONS = {Event.MEMORY_SOFT: Reason.MEMORY, Event.REQUEST_COUNT: Reason.MAX_REQUESTS,
-                    Event.LIFETIME: Reason.MAX_LIFETIME}
 
 # What the shared table tells the other workers (and the master) about each phase.
 _PUBLISHED = {
