@@ -20,11 +20,13 @@ $(VENV)/.test-installed: $(VENV)/.installed pyproject.toml
 	$(PIP) install -q -e '.[demo,test]'
 	touch $@
 
-# wrk and nginx drive the real-load tests; installed from Debian's packages when missing.
+# wrk and nginx drive the real-load tests, systemd-analyze verifies the shipped unit; installed from
+# Debian's packages when missing.
 system-deps:
-	@command -v wrk >/dev/null 2>&1 && { command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } || { \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null \
-		|| DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null; }
+	@command -v wrk >/dev/null 2>&1 && command -v systemd-analyze >/dev/null 2>&1 \
+		&& { command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light systemd >/dev/null \
+		|| DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx systemd >/dev/null; }
 
 demo: venv
 	@echo "serving examples/demo_app.py on http://$(HOST):$(PORT) (Ctrl+C stops)"
