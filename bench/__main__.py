@@ -13,9 +13,10 @@ import sys
 import time
 import traceback
 
-from bench import bad_deploy, common, drain, hung, hup, leak, nginx, overhead, profile, recycle, spread
+from bench import (bad_deploy, common, deadline, drain, hung, hup, leak, nginx, overhead, overload,
+                   profile, recycle, spread)
 
-SCENARIOS = [overhead, hup, bad_deploy, drain, leak, hung, nginx, recycle, spread]
+SCENARIOS = [overhead, hup, bad_deploy, drain, leak, hung, nginx, recycle, spread, deadline, overload]
 TOOLS = [profile]  # run on their own, never by `all`
 BY_NAME = {module.NAME: module for module in SCENARIOS + TOOLS}
 
@@ -42,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__)
         module.add_arguments(p)
         _add_common(p)
-    p = sub.add_parser("all", help="every scenario with its defaults (overhead also with --forwarded), "
+    p = sub.add_parser("all", help="every scenario with its defaults (overhead also with --forwarded, "
+                                   "--access-log and metrics on), "
                                    "then the report")
     p.add_argument("--skip", default="", help="scenarios to leave out, comma-separated")
     p.add_argument("--no-report", action="store_true", help="do not run the report at the end")
@@ -83,14 +85,17 @@ def defaults(module: object, classes: list[str], **overrides: object) -> argpars
 
 def run_all(args: argparse.Namespace) -> dict:
     skip = {n.strip() for n in args.skip.split(",") if n.strip()}
-    plan = [(module, {}) for module in SCENARIOS]
-    plan.insert(1, (overhead, {"forwarded": True}))
+    plan = [(module.NAME, module, {}) for module in SCENARIOS]
+    plan[1:1] = [  # overhead's variants (issue 14: the access log on for both classes, metrics on)
+        ("overhead-forwarded", overhead, {"forwarded": True}),
+        ("overhead-access-log", overhead, {"access_log": True}),
+        ("overhead-metrics", overhead, {"env": ["HARDENED_METRICS_PATH=/metrics"], "variant": "metrics"}),
+    ]
     results: dict = {}
     started = time.monotonic()
-    for module, overrides in plan:
+    for label, module, overrides in plan:
         if module.NAME in skip:
             continue
-        label = module.NAME + ("-forwarded" if overrides else "")
         common.log(f"=== {label}")
         try:
             result = finish(module.run(defaults(module, args.classes, **overrides)), not args.no_write)

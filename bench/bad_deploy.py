@@ -17,10 +17,18 @@ import time
 from pathlib import Path
 
 from bench import common
-from bench.common import log, rig
+from bench.common import Metric, log, rig
 
 NAME = "bad_deploy"
 HELP = "HUP to an app whose lifespan startup fails, under load; then a good HUP"
+TITLE = "Bad deploy"
+SETUP = ("under wrk ({connections} connections), HUP to a config whose app fails lifespan startup; "
+         "then, if the master lives, a good HUP")
+METRICS = (
+    Metric("master_alive_after_bad_hup", "master survives", "count", "higher"),
+    Metric("errors_during_bad", "errors", "count", "lower"),
+    Metric("good_hup_succeeded", "good HUP after serves", "count", "higher"),
+)
 
 CONF = """\
 import json
@@ -34,8 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hup-at", type=float, default=2.0, help="seconds into each phase to HUP (default 2)")
     p.add_argument("--settle", type=float, default=15.0,
                    help="longest wait for the good reload's workers after its phase (default 15)")
-    p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2)
+    common.add_pool_arguments(p, connections=32)
 
 
 def _deploy(state: Path, deploy: int, fail: bool) -> None:
@@ -115,20 +122,9 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    per_class = {}
-    for cls in args.classes:
-        log(f"bad_deploy: {cls}")
-        per_class[cls] = run_one(cls, args)
-        r = per_class[cls]
-        log(f"bad_deploy: {cls}: master alive {r['master_alive_after_bad_hup']}, errors during bad "
-            f"{r['errors_during_bad']}, good HUP succeeded {r['good_hup_succeeded']}")
-    keys = ("master_alive_after_bad_hup", "errors_during_bad", "initial_workers_alive_after_bad",
-            "good_hup_succeeded", "errors_during_good")
-    return {
-        "scenario": NAME,
-        "headline": {cls: {k: v[k] for k in keys} for cls, v in per_class.items()},
-        "per_class": per_class,
-        "config": {"workers": args.workers, "connections": args.connections, "bad_phase_s": args.bad_phase,
-                   "good_phase_s": args.good_phase, "hup_at_s": args.hup_at,
-                   "mechanism": "-c conf.py with raw_env from a JSON file; TESTAPP_STARTUP_FAIL=1 for the bad deploy"},
-    }
+    config = {"workers": args.workers, "connections": args.connections, "bad_phase_s": args.bad_phase,
+              "good_phase_s": args.good_phase, "hup_at_s": args.hup_at,
+              "mechanism": "-c conf.py with raw_env from a JSON file; TESTAPP_STARTUP_FAIL=1 for the bad deploy"}
+    return common.each_class(NAME, METRICS, args, run_one, lambda r: (
+        f"master alive {r['master_alive_after_bad_hup']}, errors during bad {r['errors_during_bad']}, "
+        f"good HUP succeeded {r['good_hup_succeeded']}"), config)

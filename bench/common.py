@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -40,6 +41,18 @@ BASELINE = "uvicorn"
 PACKAGES = ("gunicorn", "uvicorn", "uvicorn-worker", "uvloop", "httptools", "hardened-worker")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One figure a scenario reports per worker class; the report draws its cells from these."""
+
+    key: str            # a key of result["headline"][<class>] (class = "hardened", "uvicorn", "asgi")
+    label: str          # what the cell calls it, e.g. "goodput"
+    unit: str           # "req/s", "ms", "s", "count", "MiB", "ratio", "%"
+    better: str         # "higher" or "lower"
+    noise: float = 0.0  # band within which two classes are the same: relative (0.05 = 5 %) for
+                        # "req/s"/"ratio"/"%", absolute in `unit` for the others
 
 
 def log(message: str) -> None:
@@ -83,6 +96,24 @@ def ratios_vs_baseline(per_class: dict[str, dict], keys: Iterable[str]) -> dict[
             continue
         out[name] = {f"{key}_ratio": ratio(values.get(key), base.get(key)) for key in keys}
     return out
+
+
+def headline(per_class: dict[str, dict], metrics: Iterable[Metric]) -> dict[str, dict]:
+    """``{cls: {metric.key: value}}``: the figures the report grades, picked from each class's detail."""
+    return {cls: {m.key: figures.get(m.key) for m in metrics} for cls, figures in per_class.items()}
+
+
+def each_class(name: str, metrics: Iterable[Metric], args: Any, run_one: Callable[[str, Any], dict],
+               says: Callable[[dict], str], config: dict) -> dict:
+    """A scenario's result from ``run_one(cls, args)`` for every class asked for, one after another
+    (logging ``says`` of each): the declared metrics' figures per class under ``headline``, every
+    class's whole detail under ``per_class``, and the ``config`` it ran with."""
+    per_class = {}
+    for cls in args.classes:
+        log(f"{name}: {cls}")
+        per_class[cls] = result = run_one(cls, args)
+        log(f"{name}: {cls}: {says(result)}")
+    return {"scenario": name, "headline": headline(per_class, metrics), "per_class": per_class, "config": config}
 
 
 def downsample(points: list, limit: int = 200) -> list:
@@ -177,6 +208,13 @@ def master(worker: str, *, workers: int = 2, env: Optional[dict] = None, args: I
             yield m
         finally:
             m.stop()
+
+
+def add_pool_arguments(p: Any, connections: Optional[int] = None, workers: int = 2) -> None:
+    """The options scenarios share: ``--workers`` per master and, for those under wrk, ``--connections``."""
+    p.add_argument("--workers", type=int, default=workers, help=f"gunicorn workers per master (default {workers})")
+    if connections is not None:
+        p.add_argument("--connections", type=int, default=connections, help=f"wrk connections (default {connections})")
 
 
 def started_pids(m: rig.Master) -> set[int]:

@@ -12,9 +12,18 @@ import time
 from collections import Counter
 
 from bench import common
-from bench.common import log, rig
+from bench.common import Metric, rig
 
 NAME = "drain"
+HELP = "TERM with 16 slow requests in flight: completed, time to exit"
+TITLE = "Drain (SIGTERM)"
+SETUP = ("SIGTERM to the master {term_after_s:g} s after sending {requests} × `/sleep?s={sleep_s:g}`; "
+         "`--graceful-timeout {graceful_timeout_s}`")
+METRICS = (
+    Metric("completed_200", "answered 200", "count", "higher"),
+    # gunicorn's stop loop polls every 100 ms: a tenth either way is the master, not the worker.
+    Metric("term_to_master_exit_s", "time to exit", "s", "lower", noise=0.15),
+)
 
 
 class TimedBackground(rig.Background):
@@ -29,7 +38,6 @@ class TimedBackground(rig.Background):
             super()._run(port, path, timeout)
         finally:
             self.finished = time.monotonic()
-HELP = "TERM with 16 slow requests in flight: completed, time to exit"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sleep", type=float, default=3.0, help="seconds each request sleeps (default 3)")
     p.add_argument("--settle", type=float, default=1.0,
                    help="seconds between sending the requests and TERM (default 1)")
-    p.add_argument("--workers", type=int, default=2)
+    common.add_pool_arguments(p)
 
 
 def run_one(cls: str, args: argparse.Namespace) -> dict:
@@ -78,18 +86,8 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    per_class = {}
-    for cls in args.classes:
-        log(f"drain: {cls}: TERM with {args.requests} x /sleep?s={args.sleep:g} in flight")
-        per_class[cls] = r = run_one(cls, args)
-        log(f"drain: {cls}: {r['completed_200']}/{args.requests} answered 200, master exited "
-            f"{r['master_exit_status']} after {r['term_to_master_exit_s']}")
-    keys = ("completed_200", "term_to_master_exit_s", "term_to_last_answer_s", "last_answer_to_master_exit_s",
-            "master_exit_status", "lifespan_shutdowns")
-    return {
-        "scenario": NAME,
-        "headline": {cls: {k: v[k] for k in keys} for cls, v in per_class.items()},
-        "per_class": per_class,
-        "config": {"workers": args.workers, "requests": args.requests, "sleep_s": args.sleep,
-                   "term_after_s": args.settle, "graceful_timeout_s": 10},
-    }
+    config = {"workers": args.workers, "requests": args.requests, "sleep_s": args.sleep,
+              "term_after_s": args.settle, "graceful_timeout_s": 10}
+    return common.each_class(NAME, METRICS, args, run_one, lambda r: (
+        f"{r['completed_200']}/{r['in_flight']} answered 200, master exited {r['master_exit_status']} "
+        f"after {r['term_to_master_exit_s']}"), config)

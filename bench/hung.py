@@ -9,10 +9,21 @@ import re
 import time
 
 from bench import common
-from bench.common import log, rig
+from bench.common import Metric, rig
 
 NAME = "hung"
 HELP = "a request blocking the loop past --timeout: replaced? stack logged?"
+TITLE = "Hung request"
+SETUP = "`--timeout {timeout_s}`, one `/block?s={block_s:g}` (`time.sleep` in the app blocks the event loop)"
+METRICS = (
+    Metric("replaced", "replaced", "count", "higher"),
+    # gunicorn's master looks for timed-out workers about once a second, whatever the worker class.
+    Metric("replaced_after_s", "replaced after", "s", "lower", noise=1.0),
+    Metric("stack_names_testapp", "stack names the blocking line", "count", "higher"),
+    Metric("serving_after", "serving after", "count", "higher"),
+)
+NOTE = ("When a hung worker is caught varies by up to a second from run to run (gunicorn's master "
+        "checks about once a second), whatever the worker class.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--within", type=float, default=20.0, help="seconds allowed for the replacement (default 20)")
     p.add_argument("--log-wait", type=float, default=3.0,
                    help="seconds to wait after the replacement for the stack to reach the log (default 3)")
-    p.add_argument("--workers", type=int, default=2)
+    common.add_pool_arguments(p)
 
 
 def _stack_logged(text: str) -> bool:
@@ -88,18 +99,8 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    per_class = {}
-    for cls in args.classes:
-        log(f"hung: {cls}: /block?s={args.block:g} with --timeout {args.timeout}")
-        per_class[cls] = r = run_one(cls, args)
-        log(f"hung: {cls}: replaced {r['replaced']} after {r['replaced_after_s']}, stack logged "
-            f"{r['stack_names_testapp']}, WORKER TIMEOUT logged {r['worker_timeout_logged']}")
-    keys = ("replaced", "replaced_after_s", "stack_names_testapp", "stack_logged_at_timeout",
-            "worker_timeout_logged", "serving_after")
-    return {
-        "scenario": NAME,
-        "headline": {cls: {k: v[k] for k in keys} for cls, v in per_class.items()},
-        "per_class": per_class,
-        "config": {"workers": args.workers, "timeout_s": args.timeout, "block_s": args.block,
-                   "within_s": args.within},
-    }
+    config = {"workers": args.workers, "timeout_s": args.timeout, "block_s": args.block,
+              "within_s": args.within}
+    return common.each_class(NAME, METRICS, args, run_one, lambda r: (
+        f"replaced {r['replaced']} after {r['replaced_after_s']}, stack logged "
+        f"{r['stack_names_testapp']}, WORKER TIMEOUT logged {r['worker_timeout_logged']}"), config)

@@ -12,10 +12,19 @@ import signal
 import time
 
 from bench import common, timeline
-from bench.common import log
+from bench.common import Metric, log
 
 NAME = "hup"
 HELP = "HUP every 4 s under wrk, app startup 2 s: errors and p99 vs no reloads"
+TITLE = "HUP reloads"
+SETUP = ("HUP every {hup_interval_s:g} s for {duration_s} s under wrk ({connections} connections), app "
+         "startup {startup_delay_s:g} s; p99 against the same master's {baseline_duration_s} s without HUPs")
+METRICS = (
+    Metric("socket_errors", "socket errors", "count", "lower"),
+    Metric("non_2xx", "non-2xx", "count", "lower"),
+    Metric("client_errors", "client errors", "count", "lower"),
+    Metric("p99_ratio_reload_vs_no_reload", "p99 / no-reload p99", "ratio", "lower", noise=0.15),
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,8 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline-duration", type=int, default=10,
                    help="seconds of wrk without HUPs, for the p99 baseline (default 10)")
     p.add_argument("--startup-delay", type=float, default=2.0, help="TESTAPP_STARTUP_DELAY (default 2)")
-    p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2)
+    common.add_pool_arguments(p, connections=32)
     p.add_argument("--client-connections", type=int, default=4,
                    help="connections of the timeline client beside wrk (default 4)")
 
@@ -79,13 +87,10 @@ def run(args: argparse.Namespace) -> dict:
             log(f"hup: {cls}: {loaded.socket_errors} socket errors, {loaded.non_2xx} non-2xx, "
                 f"p99 {loaded.p99_ms:.0f} ms (no reload {baseline.p99_ms:.1f} ms); timeline client "
                 f"{reload_client['errors']} errors of {reload_client['requests']}")
-    headline = {cls: {k: v[k] for k in ("socket_errors", "non_2xx", "rps", "p99_ms",
-                                        "p99_ratio_reload_vs_no_reload", "client_errors")}
-                for cls, v in per_class.items()}
     return {
         "scenario": NAME,
-        "ratios": common.ratios_vs_baseline(headline, ("rps", "p99_ms", "socket_errors")),
-        "headline": headline,
+        "ratios": common.ratios_vs_baseline(per_class, ("rps", "p99_ms", "socket_errors")),
+        "headline": common.headline(per_class, METRICS),
         "per_class": per_class,
         "config": {"workers": args.workers, "connections": args.connections, "duration_s": args.duration,
                    "hup_interval_s": args.interval, "baseline_duration_s": args.baseline_duration,

@@ -16,10 +16,19 @@ import time
 from pathlib import Path
 
 from bench import common, timeline
-from bench.common import log, rig
+from bench.common import Metric, rig
 
 NAME = "nginx"
 HELP = "HUPs behind nginx keep-alive, mixed GET/POST: 502s and upstream resets"
+TITLE = "Reloads behind nginx"
+SETUP = ("the shipped nginx site config (upstream keep-alive) in front; HUP every {hup_interval_s:g} s for "
+         "{duration_s} s under wrk ({connections} connections), GET and POST alternating")
+METRICS = (
+    Metric("non_2xx", "502s", "count", "lower"),
+    Metric("upstream_prematurely_closed", "\"prematurely closed\"", "count", "lower"),
+    Metric("reset_by_peer", "\"reset by peer\"", "count", "lower"),
+    Metric("client_errors", "client errors", "count", "lower"),
+)
 
 PATTERNS = {
     "upstream_prematurely_closed": "upstream prematurely closed",
@@ -33,8 +42,7 @@ PATTERNS = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=int, default=16, help="seconds of wrk (default 16)")
     p.add_argument("--interval", type=float, default=4.0, help="seconds between HUPs (default 4)")
-    p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2)
+    common.add_pool_arguments(p, connections=32)
     p.add_argument("--client-connections", type=int, default=4,
                    help="connections of the timeline client beside wrk (default 4)")
 
@@ -79,23 +87,13 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    per_class = {}
-    for cls in args.classes:
-        log(f"nginx: {cls}: {args.duration} s through nginx, HUP every {args.interval:g} s")
-        per_class[cls] = r = run_one(cls, args)
-        log(f"nginx: {cls}: {r['non_2xx']} non-2xx, {r['upstream_prematurely_closed']} premature closes, "
-            f"{r['reset_by_peer']} resets, {r['socket_errors']} socket errors")
-    keys = ("non_2xx", "upstream_prematurely_closed", "reset_by_peer", "socket_errors", "rps", "p99_ms",
-            "client_errors")
-    headline = {cls: {k: v[k] for k in keys} for cls, v in per_class.items()}
-    return {
-        "scenario": NAME,
-        "ratios": common.ratios_vs_baseline(headline, ("rps", "p99_ms")),
-        "headline": headline,
-        "per_class": per_class,
-        "config": {"workers": args.workers, "connections": args.connections, "duration_s": args.duration,
-                   "hup_interval_s": args.interval, "load": "wrk Lua request(): GET and POST alternating",
-                   "nginx": "the shipped gunicorn_conf_examples/vm/nginx-site.conf (rig.Nginx)",
-                   "timeline_client": {"connections": args.client_connections, "bucket_s": timeline.BUCKET_S,
-                                       "load": "rig.Client through nginx: keep-alive, GET and POST alternating"}},
-    }
+    config = {"workers": args.workers, "connections": args.connections, "duration_s": args.duration,
+              "hup_interval_s": args.interval, "load": "wrk Lua request(): GET and POST alternating",
+              "nginx": "the shipped gunicorn_conf_examples/vm/nginx-site.conf (rig.Nginx)",
+              "timeline_client": {"connections": args.client_connections, "bucket_s": timeline.BUCKET_S,
+                                  "load": "rig.Client through nginx: keep-alive, GET and POST alternating"}}
+    result = common.each_class(NAME, METRICS, args, run_one, lambda r: (
+        f"{r['non_2xx']} non-2xx, {r['upstream_prematurely_closed']} premature closes, "
+        f"{r['reset_by_peer']} resets, {r['socket_errors']} socket errors"), config)
+    result["ratios"] = common.ratios_vs_baseline(result["per_class"], ("rps", "p99_ms"))
+    return result

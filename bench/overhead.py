@@ -15,10 +15,23 @@ import tempfile
 from pathlib import Path
 
 from bench import common
-from bench.common import log, rig
+from bench.common import Metric, log, rig
 
 NAME = "overhead"
 HELP = "throughput and p99 of the three workers, alternating rounds"
+TITLE = "Overhead"
+SETUP = ("`GET {path}`, {workers} workers, wrk {connections} connections; median of {rounds} paired rounds "
+         "× {duration_s} s, classes alternating")
+# Each figure is the median of per-round ratios to UvicornWorker; its noise band is the quartiles of
+# those ratios (``<key>_band`` in the headline), the declared noise only stands in without one.
+METRICS = (
+    Metric("rps_ratio", "req/s", "ratio", "higher", noise=0.03),
+    Metric("p99_ratio", "p99", "ratio", "lower", noise=0.10),
+    Metric("cpu_per_request_ratio", "CPU/request", "ratio", "lower", noise=0.03),
+    Metric("errors", "errors", "count", "lower"),
+    # None (not applicable, not shown) unless every request carried forwarded headers.
+    Metric("forwarded_applied", "forwarded headers applied", "count", "higher"),
+)
 
 XFF = "203.0.113.7, 10.0.0.1"
 FORWARDED_LUA = f"""\
@@ -37,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path", default="/")
     p.add_argument("--forwarded", action="store_true",
                    help=f"every request carries X-Forwarded-For: {XFF} and X-Forwarded-Proto: https")
+    p.add_argument("--access-log", action="store_true",
+                   help="every master writes gunicorn's access log (--access-logfile, default format) "
+                        "to a file in the run's temp dir")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment for every master (repeatable), e.g. HARDENED_HEALTH_PATH=/healthz")
     p.add_argument("--variant", help="name of the variant (default: derived from the options)")
@@ -55,7 +71,8 @@ def parse_env(pairs: list[str]) -> dict:
 def variant_of(args: argparse.Namespace, env: dict) -> str:
     if args.variant:
         return args.variant
-    parts = (["forwarded"] if args.forwarded else []) + [f"{k}={v}" for k, v in env.items()]
+    parts = (["forwarded"] if args.forwarded else []) + (["access-log"] if args.access_log else []) \
+        + [f"{k}={v}" for k, v in env.items()]
     return "+".join(parts) or "plain"
 
 
@@ -87,6 +104,36 @@ def verdict(ratios: list, higher_is_better: bool) -> str:
     return "within noise"
 
 
+def _lines(path: Path) -> dict:
+    if not path.exists():
+        return {"lines": 0, "last": None}
+    with path.open("rb") as f:
+        count, last = 0, b""
+        for line in f:
+            count, last = count + 1, line
+    return {"lines": count, "last": last.decode("utf-8", "replace").rstrip("\n")}
+
+
+def headline(rounds: list, classes: list, app_saw: dict) -> dict:
+    """Per class: the medians of its per-round ratios to UvicornWorker with their quartile bands
+    (UvicornWorker itself is 1.00 by definition, no band), its errors over all rounds, and whether the
+    app saw the forwarded client and scheme (None when the run sent no forwarded headers)."""
+    out = {}
+    for cls in classes:
+        figures: dict = {"errors": sum(r[cls]["socket_errors"] + r[cls]["non_2xx"] for r in rounds)}
+        for key in ("rps", "p99", "cpu_per_request"):
+            if cls == common.BASELINE:
+                figures[f"{key}_ratio"] = 1.0
+            elif any("ratios_vs_uvicorn" in r for r in rounds):
+                per_round = [r["ratios_vs_uvicorn"][cls][key] for r in rounds]
+                figures[f"{key}_ratio"], figures[f"{key}_ratio_band"] = common.median(per_round), quartiles(per_round)
+        saw = app_saw.get(cls)
+        figures["forwarded_applied"] = None if saw is None else \
+            (saw.get("client") or ["127.0.0.1"])[0] != "127.0.0.1" and saw.get("scheme") == "https"
+        out[cls] = figures
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
     if args.rounds < 3:
         raise SystemExit("--rounds must be at least 3")
@@ -100,7 +147,9 @@ def run(args: argparse.Namespace) -> dict:
         masters = {}
         for cls in classes:
             log(f"overhead[{variant}]: starting {cls}")
-            masters[cls] = stack.enter_context(common.master(cls, workers=args.workers, env=env))
+            access = ["--access-logfile", str(Path(tmp) / f"access-{cls}.log")] if args.access_log else []
+            masters[cls] = stack.enter_context(common.master(cls, workers=args.workers, env=env,
+                                                             args=access))
         if args.forwarded:
             # What the app sees of the client with these headers (same trusted set everywhere:
             # gunicorn's default --forwarded-allow-ips, 127.0.0.1).
@@ -143,6 +192,10 @@ def run(args: argparse.Namespace) -> dict:
             rounds.append(entry)
         alive = {cls: common.master_alive(m) for cls, m in masters.items()}
         logs = {cls: common.log_digest(m.log()) for cls, m in masters.items()}
+        # Proof that both classes wrote the log (and how many lines): a class that silently wrote
+        # none would win the ratio for nothing.
+        access_lines = {cls: _lines(Path(tmp) / f"access-{cls}.log") for cls in classes} \
+            if args.access_log else {}
 
     ratios = {}
     if common.BASELINE in classes:
@@ -168,6 +221,7 @@ def run(args: argparse.Namespace) -> dict:
     result = {
         "scenario": NAME,
         "variant": variant,
+        "headline": headline(rounds, classes, app_saw),
         "ratios": ratios,
         "ratio_method": "per round: class / UvicornWorker of the same round (order reversed every other "
                         "round); median over rounds, quartiles as the noise band",
@@ -176,12 +230,15 @@ def run(args: argparse.Namespace) -> dict:
     }
     if app_saw:
         result["app_saw_with_forwarded_headers"] = app_saw
+    if access_lines:
+        result["access_log_lines"] = access_lines
     result.update({
         "masters_alive_at_end": alive,
         "logs": logs,
         "config": {"workers": args.workers, "connections": args.connections, "wrk_threads": args.threads,
                    "rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
-                   "path": args.path, "forwarded_headers": args.forwarded, "env": env,
+                   "path": args.path, "forwarded_headers": args.forwarded,
+                   "access_log": args.access_log, "env": env,
                    "order": "".join(c[0].upper() for c in classes) + ", reversed every other round",
                    "classes": {c: common.WORKERS[c] for c in classes}},
         "result_file": result_name(variant),

@@ -8,14 +8,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from bench import common
-from bench.common import log, rig
+from bench.common import Metric, log, rig
 
 NAME = "spread"
 HELP = "requests per worker (max/min over the pool), 2 and 4 workers, 8 and 64 connections"
+TITLE = "Load spread across workers"
+SETUP = "wrk on `/pid` for {duration_s} s a case; requests per worker counted by wrk's Lua `response` hook"
+# The default cases (others land in the headline under the same key pattern), graded on min/max, not
+# the max/min each case also records: a worker that served nothing makes max/min unbounded (None in
+# JSON, which would read as "not applicable"), min/max simply 0.
+METRICS = tuple(Metric(f"min_over_max_w{w}_c{c}", f"least/busiest worker -w {w} -c {c}", "ratio", "higher",
+                       noise=0.05) for w in (2, 4) for c in (8, 64))
 
 COUNT_LUA = """\
 local threads = {}
@@ -50,6 +59,25 @@ def per_pid(raw: str) -> dict[int, int]:
     return served
 
 
+_SS_PID = re.compile(r"pid=(\d+)")
+
+
+def connections_per_pid(port: int) -> dict[int, int]:
+    """Established connections on the server side of ``port``, by the process holding each
+    (``ss -tnp``): whether an uneven count of requests comes from uneven connections."""
+    try:
+        out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    held: dict[int, int] = {}
+    for line in out.splitlines():
+        found = _SS_PID.search(line)
+        if found:
+            held[int(found.group(1))] = held.get(int(found.group(1)), 0) + 1
+    return held
+
+
 def run(args: argparse.Namespace) -> dict:
     from bench.overhead import parse_env
 
@@ -65,16 +93,32 @@ def run(args: argparse.Namespace) -> dict:
                            for cls in args.classes}
                 for conns in connections:
                     for cls, m in masters.items():
+                        held: dict[int, int] = {}
+                        # Sampled once, a second in (wrk opens every connection at its start).
+                        sampler = threading.Timer(1.0, lambda: held.update(connections_per_pid(m.port)))
+                        sampler.start()
                         result = rig.wrk(m.port, "/pid", duration=args.duration, connections=conns,
                                          threads=2, script=script)
-                        counts = sorted(per_pid(result.raw).values(), reverse=True)
+                        sampler.join()
+                        served = per_pid(result.raw)
+                        held_by = [held.get(pid, 0) for pid, _ in
+                                   sorted(served.items(), key=lambda item: -item[1])]
+                        held_by += [0] * max(0, workers - len(held_by))
+                        counts = sorted(served.values(), reverse=True)
                         # A worker that served nothing counts as 0 (max/min is then infinite).
                         counts += [0] * max(0, workers - len(counts))
                         spread = counts[0] / counts[-1] if counts and counts[-1] else None
                         cases.append({"class": cls, "workers": workers, "connections": conns,
                                       "per_worker": counts, "max_over_min": spread,
+                                      "connections_per_worker": held_by,
                                       "rps": result.rps, "p99_ms": result.p99_ms})
-                        log(f"spread: {cls} -w {workers} -c {conns}: {counts} max/min "
+                        log(f"spread: {cls} -w {workers} -c {conns}: {counts} (connections "
+                            f"{held_by}) max/min "
                             f"{spread if spread is None else round(spread, 2)}, p99 {result.p99_ms:.1f} ms")
-    return {"scenario": NAME, "cases": cases,
+    headline: dict = {}
+    for case in cases:
+        counts = case["per_worker"]
+        headline.setdefault(case["class"], {})[f"min_over_max_w{case['workers']}_c{case['connections']}"] = \
+            counts[-1] / counts[0] if counts and counts[0] else None
+    return {"scenario": NAME, "headline": headline, "cases": cases,
             "config": {"duration_s": args.duration, "path": "/pid", "wrk_threads": 2, "env": env}}

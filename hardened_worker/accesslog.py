@@ -37,9 +37,23 @@ format uses: about twice uvicorn's per-request cost. With gunicorn's own ``Logge
 access logger, exactly as ``Logger.access`` does (``access_log.info(cfg.access_log_format,
 atoms)``), an :class:`Atoms` mapping that computes only the atoms the format asks for, with
 ``SafeAtoms``' rules (quotes escaped, unknown atoms ``-``, ``{header}`` names case-insensitive).
+The format is read once per worker (a HUP forks new workers with the new one), and the atoms it
+names are looked up once (:func:`getters_of`). When ``gunicorn.access`` holds only gunicorn's
+own handlers (``--access-logfile``: a ``FileHandler`` or, for ``-``, a ``StreamHandler``, each
+with the ``%(message)s`` formatter; no filter, no propagation: :func:`plain_handlers`), the line
+is formatted once and written to them directly (:func:`write_plain`): the bytes that
+``access_log.info`` would write, without the record it builds per line (the caller's frame
+lookup, a ``LogRecord``, the formatter's copy of the message: more than half of the cost).
+Anything else (``--log-config``, the JSON preset, syslog, a filter) gets
+the record, with the :class:`Atoms` as its args (the JSON formatter reads them).
 Any other logger class gets the WSGI-shaped adapter and its own ``access()``. What this relies on
 in ``gunicorn/glogging.py`` (gunicorn 27): ``Logger.access``/``atoms``/``atoms_wrapper_class``,
-``access_log``, ``cfg.access_log_format``, ``now()`` and ``_get_user()``.
+``access_log``, ``cfg.access_log_format``, ``now()``, ``_get_user()``, and the handlers
+``_set_handler`` makes (marked ``_gunicorn``, formatter ``Logger.access_fmt``).
+
+Per-request cost, measured in-process (one small request through the layer, gunicorn's default
+format to a file, on the 2-core bench machine): uvicorn's own access line 10.6 us; this
+middleware 23.8 us through ``access_log.info``, 9.9 us with the plain path.
 """
 
 from __future__ import annotations
@@ -135,15 +149,15 @@ class Atoms(dict):
     __slots__ = ("_scope", "_peer", "_response", "_seconds", "_log", "_environ", "_headers")
 
     def __init__(self, scope: Scope, peer: Any, response: Response, seconds: float, log: Any,
-                 keys: Iterable[str] = (), pid: str = "") -> None:
-        dict.__init__(self, p=pid or f"<{os.getpid()}>")
+                 getters: Iterable[tuple[str, Callable[["Atoms"], Any]]] = (),
+                 pid: str = "") -> None:
+        self["p"] = pid or f"<{os.getpid()}>"
         self._scope, self._peer, self._response, self._log = scope, peer, response, log
-        self._seconds = max(seconds, 0.0)
+        self._seconds = seconds if seconds > 0.0 else 0.0
         self._environ: Optional[dict] = None
         self._headers: Optional[dict] = None
-        for key in keys:  # __missing__, inlined: this is the per-request cost
-            getter = _ATOMS.get(key)
-            value = getter(self) if getter is not None else self._atom(key)
+        for key, getter in getters:  # __missing__, inlined: this is the per-request cost
+            value = getter(self)
             if value is None:
                 value = "-"
             elif value.__class__ is str and '"' in value:
@@ -162,8 +176,10 @@ class Atoms(dict):
 
     def _header(self, name: str) -> Optional[str]:
         if self._headers is None:  # one pass; the last of repeated headers wins, as in gunicorn
-            self._headers = {_text(k).lower(): v for k, v in self._scope.get("headers", ())}
-        value = self._headers.get(name)
+            # ASGI servers send header names lowercased (the spec requires it; uvicorn's
+            # protocols do): no decoding or lowering per name.
+            self._headers = dict(self._scope.get("headers", ()))
+        value = self._headers.get(name.encode("latin-1", "replace"))
         return None if value is None else _text(value)
 
     def _micros(self) -> int:
@@ -243,6 +259,11 @@ def format_keys(fmt: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(re.findall(r"%\(([^)]*)\)", fmt)))
 
 
+def getters_of(keys: Iterable[str]) -> tuple[tuple[str, Callable[[Atoms], Any]], ...]:
+    """Each atom of ``keys`` with the function that computes it, looked up once per format."""
+    return tuple((key, _ATOMS.get(key) or (lambda atoms, key=key: atoms._atom(key))) for key in keys)
+
+
 def _raw_uri(scope: Scope) -> str:
     query = scope.get("query_string", b"")
     raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "surrogateescape")
@@ -281,6 +302,50 @@ def gunicorns_own(log: Any) -> bool:
             and getattr(log, "atoms_wrapper_class", None) is glogging.SafeAtoms)
 
 
+def plain_handlers(logger: logging.Logger) -> Optional[list]:
+    """gunicorn's own access handlers (``Logger._set_handler``: a ``FileHandler`` for a path, a
+    ``StreamHandler`` for ``-``, each with the ``%(message)s`` formatter of ``access_fmt``), when
+    they are all the line goes to: no filters, no other handler, no propagation. For those the
+    record gunicorn's ``access_log.info`` builds per line (caller lookup, ``LogRecord``, the
+    formatter's copy of the message) ends as ``stream.write(line + terminator)`` and ``flush()``
+    under the handler's lock, which :func:`write_plain` does directly. None otherwise (syslog,
+    a ``--log-config``, a filter someone added): those get the full record."""
+    handlers = logger.handlers
+    if not handlers or logger.filters or logger.propagate or logger.disabled:
+        return None
+    for handler in handlers:
+        formatter = handler.formatter
+        if (type(handler) not in (logging.FileHandler, logging.StreamHandler)
+                or not getattr(handler, "_gunicorn", False) or handler.filters
+                or handler.level > logging.INFO or type(formatter) is not logging.Formatter
+                or type(formatter._style) is not logging.PercentStyle
+                or formatter._fmt != "%(message)s"):
+            return None
+    return list(handlers)
+
+
+def write_plain(logger: logging.Logger, handlers: list, line: str) -> None:
+    """What ``handler.handle(record)`` does for each of :func:`plain_handlers` with a record whose
+    message is ``line``: the same bytes, the same lock (a USR1 reopens the file under it)."""
+    for handler in handlers:
+        handler.acquire()
+        try:
+            stream = handler.stream
+            if stream is None:  # closed (FileHandler.emit would reopen it): the full path
+                handler.handle(logging.makeLogRecord({"name": logger.name, "msg": line,
+                                                      "levelno": logging.INFO,
+                                                      "levelname": "INFO"}))
+                continue
+            stream.write(line + handler.terminator)
+            stream.flush()
+        except RecursionError:
+            raise
+        except Exception:  # as Handler.emit: logging's own error report, never the request's
+            handler.handleError(logging.makeLogRecord({"name": logger.name, "msg": line}))
+        finally:
+            handler.release()
+
+
 class AccessLogMiddleware:
     """Writes one gunicorn access-log line per HTTP request and per websocket, through ``log``
     (the worker's gunicorn logger: ``log.access(resp, req, environ, request_time)``).
@@ -297,8 +362,9 @@ class AccessLogMiddleware:
         self.fast = gunicorns_own(log)
         # A worker's cfg is the one it was forked with (a HUP forks new workers): read once.
         self.format = log.cfg.access_log_format if self.fast else ""
-        self.keys = format_keys(self.format)
+        self.getters = getters_of(format_keys(self.format))
         self.pid = f"<{os.getpid()}>"  # after the fork: the middleware is built in the worker
+        self.plain = plain_handlers(log.access_log) if self.fast else None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -343,9 +409,15 @@ class AccessLogMiddleware:
     def write(self, scope: Scope, peer: Any, response: Response, seconds: float) -> None:
         log = self.log
         try:
-            if self.fast:  # what Logger.access does, with only the atoms the format uses
-                log.access_log.info(self.format, Atoms(scope, peer, response, seconds, log,
-                                                       self.keys, self.pid))
+            plain, logger = self.plain, log.access_log
+            if plain is not None and logger.handlers == plain and not logger.disabled \
+                    and logger.isEnabledFor(logging.INFO):  # as Logger.info and .handle check
+                # The line formatted once, straight to gunicorn's own handlers.
+                write_plain(logger, plain, self.format % Atoms(scope, peer, response, seconds, log,
+                                                               self.getters, self.pid))
+            elif self.fast:  # what Logger.access does, with only the atoms the format uses
+                logger.info(self.format, Atoms(scope, peer, response, seconds, log,
+                                               self.getters, self.pid))
             else:
                 log.access(response, request_headers(scope), environ_of(scope, peer),
                            datetime.timedelta(seconds=max(seconds, 0.0)))

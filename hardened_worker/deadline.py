@@ -37,6 +37,7 @@ import asyncio
 import enum
 import logging
 import os
+import time
 import types
 from typing import Any, Awaitable, Callable, Optional
 
@@ -48,6 +49,8 @@ from hardened_worker.drain import ASGIApp, DrainSignal, Message, Receive, Scope,
 EXTENSION = "hardened_worker"
 CANCEL_MESSAGE = "hardened_worker: request deadline"
 SWEEP_INTERVAL = 0.1  # seconds: how late past its deadline a request may be cancelled
+_monotonic = time.monotonic  # a request's age, for the log line of one ended midway
+_current_task = asyncio.current_task
 
 
 class Cause(enum.Enum):
@@ -138,13 +141,14 @@ def skip_expected(record: logging.LogRecord) -> bool:
 
 
 def describe(scope: Scope, cause: Cause, elapsed: float, outcome: Ending, response: Response,
-             timeout: Optional[float], stack: str) -> str:
-    """The one log line (plus the stack where the request was waiting) for an ended request."""
+             timeout: Optional[float], stack: str, sent: int = 0) -> str:
+    """The one log line (plus the stack where the request was waiting) for an ended request;
+    ``sent``: the response body bytes the app had sent (how much of a cut download got out)."""
     what = f"{scope.get('method', '?')} {scope.get('path', '?')}"
     limit = f" (HARDENED_REQUEST_TIMEOUT {timeout:g} s)" if cause is Cause.REQUEST_DEADLINE \
         and timeout is not None else ""
     line = (f"{cause.value}: {what} ended after {elapsed:.2f} s{limit}, "
-            f"{response.value}: {outcome.value}")
+            f"{response.value}: {outcome.value}, {sent} bytes sent")
     if stack:
         line += "; it was waiting at:\n" + stack.rstrip()
     return line
@@ -191,9 +195,11 @@ class RequestGuard:
         # One read-only mapping for every request without a deadline: nothing written into it by
         # one request (a layer, the app) can reach the next.
         self._shared = types.MappingProxyType({"draining": signal.event, "deadline": None})
+        self._event = signal.event  # the drain's Event: made once, never replaced
         self._in_flight: dict[Any, float] = {}  # task -> its deadline (loop time)
         self._expired: dict[Any, str] = {}  # task -> the stack where it waited when cancelled
         self._sweeping = False
+        self._loop: Optional[asyncio.AbstractEventLoop] = None  # the worker's one loop, looked up once
         self._interval = min(SWEEP_INTERVAL, timeout / 4) if timeout else SWEEP_INTERVAL
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -201,13 +207,16 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         start: Optional[Message] = None
         complete = False
+        sent = 0  # body bytes, for the log line of a request ended midway
 
         def sending(message: Message) -> Awaitable[None]:
-            nonlocal start, complete
+            nonlocal start, complete, sent
             if message["type"] == "http.response.start":
                 start = message
-            elif not message.get("more_body", False):
-                complete = True
+            else:
+                sent += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    complete = True
             return send(message)
 
         extensions = scope.get("extensions")
@@ -216,12 +225,14 @@ class RequestGuard:
         task = None
         deadline = 0.0
         if self.timeout is None:
+            began = _monotonic()
             extensions[EXTENSION] = self._shared
-        else:
-            loop = asyncio.get_running_loop()
-            task = asyncio.current_task()
+        else:  # the deadline's own clock gives the age: no second clock read
+            loop = self._loop or self._bind()
+            task = _current_task(loop)  # given the loop, it does not look it up again
             deadline = loop.time() + self.timeout
-            extensions[EXTENSION] = {"draining": self.signal.event, "deadline": deadline}
+            began = -1.0  # see _age
+            extensions[EXTENSION] = {"draining": self._event, "deadline": deadline}
             self._in_flight[task] = deadline
             if not self._sweeping:
                 self._sweeping = True
@@ -237,12 +248,25 @@ class RequestGuard:
             current = asyncio.current_task()
             if current is not None and hasattr(current, "uncancel"):  # Python 3.11+
                 current.uncancel()  # handled here: the answer's awaits must not count as cancelled
-            await self._end(scope, send, response_state(start, complete), cause, deadline,
-                            stack or "")
+            await self._end(scope, send, response_state(start, complete), cause,
+                            self._age(began, deadline), stack or "", sent)
         finally:
             if task is not None:
                 self._in_flight.pop(task, None)
-                self._expired.pop(task, None)
+                if self._expired:  # almost always empty: no lookup
+                    self._expired.pop(task, None)
+
+    def _age(self, began: float, deadline: float) -> float:
+        """Seconds since the request began: on the monotonic clock without a timeout, from its
+        deadline (loop time) with one."""
+        if began >= 0.0:
+            return _monotonic() - began
+        assert self.timeout is not None
+        return asyncio.get_running_loop().time() - deadline + self.timeout
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         """Expire the requests in flight whose deadline passed."""
@@ -263,12 +287,11 @@ class RequestGuard:
         task.cancel(msg=CANCEL_MESSAGE)
 
     async def _end(self, scope: Scope, send: Send, response: Response, cause: Cause,
-                   deadline: float, stack: str) -> None:
+                   elapsed: float, stack: str, sent: int) -> None:
+        """One line per ended request (at the drain deadline too, after the server's summary
+        line: method, path, age, how far the response got and its bytes sent), then the ending."""
         outcome = ending(cause, response)
-        if cause is Cause.REQUEST_DEADLINE:  # at the drain deadline the server's line says it all
-            assert self.timeout is not None
-            elapsed = asyncio.get_running_loop().time() - deadline + self.timeout
-            self.log(describe(scope, cause, elapsed, outcome, response, self.timeout, stack))
+        self.log(describe(scope, cause, elapsed, outcome, response, self.timeout, stack, sent))
         if outcome is Ending.GATEWAY_TIMEOUT:
             await send(GATEWAY_TIMEOUT)
             await send({"type": "http.response.body", "body": _GATEWAY_TIMEOUT_BODY})

@@ -32,6 +32,7 @@ from hardened_worker.readiness import (BUCKETS, C_BEAT, C_BUCKET0, C_DURATION_US
                                        R_ACCEPTED, R_EXITS, R_REJECTED, R_RING, R_RING_NEXT,
                                        R_TOTALS, RING, Snapshot, State)
 
+_bucket = bisect.bisect_left  # the histogram bucket of a duration, per request
 PREFIX = "hardened_worker_"
 PHASES = tuple(Phase)  # C_PHASE holds the index + 1 (0: not yet published)
 STATES = ("booting", "ready", "stopping", "draining")
@@ -252,11 +253,14 @@ class MetricsMiddleware:
         end = 0.0
         row[C_INFLIGHT] += 1
 
-        async def timed_send(message: dict) -> None:
+        # A plain function, no coroutine of ours per message: the end is when the app hands over
+        # its last body chunk (uvicorn writes it to the transport within that send), not when
+        # the app returns (Starlette's background tasks run after the response, before that).
+        def timed_send(message: dict) -> Any:
             nonlocal end
-            await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 end = clock()
+            return send(message)
 
         try:
             await self.app(scope, receive, timed_send)
@@ -265,7 +269,7 @@ class MetricsMiddleware:
             row[C_INFLIGHT] -= 1
             row[C_REQUESTS] += 1
             row[C_DURATION_US] += int(seconds * 1_000_000)
-            row[C_BUCKET0 + bisect.bisect_left(BUCKETS, seconds)] += 1
+            row[C_BUCKET0 + _bucket(BUCKETS, seconds)] += 1
 
     async def answer(self, scope: dict, send: Any) -> None:
         if not self.access.allows(scope):

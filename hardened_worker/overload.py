@@ -13,15 +13,17 @@ layer call these with what they see.
   given up (or will before an answer comes), and the work would only delay the requests behind it.
   How long it waited comes from ``X-Request-Start``, set by a trusted proxy (:func:`request_start`
   reads nginx's and Heroku's formats); without one, for the first request on a connection, from
-  the moment the worker accepted it (the server's ``first_request_accepted_at``). :func:`shed` is
+  the moment the worker accepted it, or from when the kernel received the request's bytes if
+  that was earlier (:func:`received_ago`, so time in the accept queue counts too; the server's
+  ``first_request_accepted_at``). :func:`shed` is
   the rule; while a worker sheds (:func:`shedding`) its health path answers 503.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
+import struct
 import time
 from typing import Any, Callable, Optional
 
@@ -88,6 +90,25 @@ def request_start(value: bytes) -> Optional[float]:
     return float(number)
 
 
+# --- the kernel's accept queue --------------------------------------------------------------------
+#
+# Linux's struct tcp_info (include/uapi/linux/tcp.h): eight u8 fields, then u32s; the ninth u32
+# after the u8s, tcpi_last_data_recv (offset 52), is the milliseconds since the socket last
+# received data (or since the connection was established, before any). For the first request on
+# a connection it says how long the request has been on this host, accept queue included.
+TCP_INFO_SIZE = 104
+_LAST_DATA_RECV = struct.Struct("=I")
+_LAST_DATA_RECV_OFFSET = 52
+
+
+def received_ago(tcp_info: bytes) -> Optional[float]:
+    """Seconds since the socket last received data, from a ``getsockopt(TCP_INFO)`` value; None
+    when the value is too short to hold the field (not Linux's layout)."""
+    if len(tcp_info) < _LAST_DATA_RECV_OFFSET + _LAST_DATA_RECV.size:
+        return None
+    return _LAST_DATA_RECV.unpack_from(tcp_info, _LAST_DATA_RECV_OFFSET)[0] / 1000.0
+
+
 def waited(start: Optional[float], now: float) -> Optional[float]:
     """Seconds between ``start`` and ``now`` (both epoch); None when unknown. A clock skewed
     between the proxy and this host can make it negative: that is no wait at all."""
@@ -125,9 +146,10 @@ class ShedMiddleware:
     waited longer than ``bound`` seconds (see the module docstring). Plain ASGI.
 
     ``trusted`` (a :class:`hardened_worker.forwarded.TrustedProxies`) says which peers'
-    ``X-Request-Start`` is believed; for the others, ``accepted_at(send)`` (the server's, or None) gives the loop time
-    at which the connection of the request was accepted, for the first request on a connection
-    only (a keep-alive connection's later requests did not wait since then). ``shed_count`` and
+    ``X-Request-Start`` is believed; for the others, ``accepted_at(send)`` (the server's, or
+    None) gives the ``time.monotonic()`` at which the connection of the request was accepted (or its bytes
+    received, if earlier: :func:`received_ago`), for the first request on a connection only (a
+    keep-alive connection's later requests did not wait since then). ``shed_count`` and
     :meth:`shedding` are for the health path and the metrics.
     """
 
@@ -160,7 +182,7 @@ class ShedMiddleware:
         if self.accepted_at is not None:
             accepted = self.accepted_at(send)
             if accepted is not None:
-                return waited(accepted, asyncio.get_running_loop().time())
+                return waited(accepted, time.monotonic())
         return None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -168,7 +190,7 @@ class ShedMiddleware:
         if not shed(wait, self.bound):
             return await self.app(scope, receive, send)
         if not self.shedding():  # one line per episode, not per request
-            self.log(f"shedding: {scope.get('method')} {scope.get('path')} waited {wait:.1f} s "
+            self.log(f"shedding: {scope.get('method')} {scope.get('path')} waited {wait:.3g} s "
                      f"(HARDENED_MAX_QUEUE_TIME {self.bound:g} s): 503, health answers 503 until "
                      "none has waited that long for a while")
         self.shed_count += 1

@@ -154,6 +154,7 @@ def has_older_live(me: int, peers: Iterable[Peer]) -> bool:
 # --- the shared table -----------------------------------------------------------------------
 
 _SLOT = struct.Struct("=iiqqddiq")
+_PID_STATE = struct.Struct("=ii")  # the head of a slot
 # generation, rejected generation, rejected at, abandoned generation, time of the last failed start,
 # age of the newest worker the master created
 _HEADER = struct.Struct("=qqdqdq")
@@ -169,10 +170,15 @@ SLOTS = 512
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 C_REQUESTS, C_INFLIGHT, C_DURATION_US, C_STALLS, C_PHASE, C_MEMORY, C_BUCKET0 = range(7)
 C_BEAT = C_BUCKET0 + len(BUCKETS) + 1  # time.monotonic() in ms at the worker's last tick
-COUNTERS = 24  # per slot; C_BUCKET0 .. C_BUCKET0 + len(BUCKETS) are the buckets
+COUNTERS = 26  # per slot; C_BUCKET0 .. C_BUCKET0 + len(BUCKETS) are the buckets
 C_SHED = C_BEAT + 1  # requests HARDENED_MAX_QUEUE_TIME answered 503
+# The accept policy (hardened_worker/spread.py): gauges, not folded. C_CONNECTIONS: connections
+# open; C_ACCEPT: 0 not accepting (booting, at HARDENED_MAX_INFLIGHT, draining), 1 listening,
+# 2 yielding the accept to a sibling that holds fewer.
+C_CONNECTIONS = C_SHED + 1
+C_ACCEPT = C_SHED + 2
 FOLDED = (C_REQUESTS, C_DURATION_US, C_STALLS, *range(C_BUCKET0, C_BUCKET0 + len(BUCKETS) + 1), C_SHED)
-assert C_SHED < COUNTERS
+assert C_ACCEPT < COUNTERS
 # The retired row: a sequence number (odd while a fold is in progress: readers retry), the newest
 # generation counted as an accepted reload, the reload counts, a ring of the last exits (pid,
 # reason, time), exits by reason (EXIT_REASONS index + 1; 0: none recorded), then the folded counters.
@@ -383,6 +389,17 @@ class Table:
             self._mine = (self._slot, self._row(self._slot))
         return self._mine[1]
 
+    def sibling_rows(self) -> list[tuple[int, memoryview]]:
+        """(pid, counter row) of every other live worker with a slot, for the accept policy
+        (``C_CONNECTIONS``, ``C_ACCEPT``): a scan of the slots, done on the tick, not per request."""
+        me = os.getpid()
+        found = []
+        for index in range(SLOTS):
+            pid, state = _PID_STATE.unpack_from(self._map, self._offset(index))
+            if pid and pid != me and state != State.FREE and _alive(pid):
+                found.append((pid, self._row(index)))
+        return found
+
     def _fold(self, index: int, peer: Peer) -> None:
         """Under the lock: add a departed worker's counts to the retired row, clear its row."""
         row, retired = self._row(index), self._retired
@@ -476,6 +493,11 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+def alive(pid: int) -> bool:
+    """Is process ``pid`` still there (a zombie counts)?"""
+    return _alive(pid)
 
 
 def _alive(pid: int) -> bool:

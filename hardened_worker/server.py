@@ -10,17 +10,23 @@ exercised by the real-process tests:
 * that the HTTP protocols build no access record when the ``uvicorn.access`` logger has no
   handlers (``access_log = logger.hasHandlers()``): the worker empties it, the access log is
   :mod:`hardened_worker.accesslog`'s;
-* ``Server.should_exit`` / ``force_exit`` / ``started`` / ``servers`` and
+* ``Server.should_exit`` / ``force_exit`` / ``started`` and
   ``config.loaded_app`` (replaced at the drain);
 * the protocols' ``app`` attribute, reassigned on live connections when the drain starts (they
   read it per request), and websockets' ``asgi_send`` (websockets) or ``send`` (wsproto);
 * ``LifespanOn``'s ``receive``/``send``/events, subclassed for the lifespan rules below;
 * ``server_state.tasks`` replaced, before any protocol exists, by ``overload.InFlight`` (a ``set``
   whose ``add``/``discard``, called by the protocols per request, pause and resume accepting);
-  the ``servers``' ``sockets`` (``fileno()``), dup'ed to listen again after a pause;
-* ``server_state.connections`` replaced likewise by ``_Accepted`` (HARDENED_MAX_QUEUE_TIME), and
+* the accept path is ours, not ``loop.create_server``'s (libuv accepts until ``EAGAIN`` per
+  readiness event, so one worker took a whole burst of connections): ``loop.add_reader`` on each
+  listening socket, one ``accept()`` per event, ``loop.connect_accepted_socket`` with the
+  protocol factory uvicorn's ``startup`` would use; pausing (HARDENED_MAX_INFLIGHT, the accept
+  policy of :mod:`hardened_worker.spread`, the drain) is removing the reader;
+* ``server_state.connections`` replaced by ``_Connections`` (the protocols ``add`` themselves in
+  ``connection_made`` and ``discard`` in ``connection_lost``: the open-connection count the accept
+  policy publishes), or by its subclass ``_Accepted`` (HARDENED_MAX_QUEUE_TIME), and
   an HTTP ``send`` being the bound method of a cycle with a ``transport`` (whose protocol is the
-  connection), for ``first_request_accepted_at``;
+  connection, whose ``socket`` extra gives the kernel's TCP_INFO), for ``first_request_accepted_at``;
 * an exception out of the app after its response started makes ``run_asgi`` close the
   connection (what ``deadline.Cut`` relies on to cut a response), logged on ``uvicorn.error``;
 * the HTTP protocols' ``connection_made(transport)`` (subclassed to hand them a
@@ -49,17 +55,18 @@ import struct
 import termios
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Any, Iterable, Optional, Protocol
 
 from uvicorn._compat import asyncio_run
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import Server, ServerState
 
-from hardened_worker import diagnostics, drain, overload, writes
+from hardened_worker import diagnostics, drain, overload, readiness, spread, writes
 
 WEBSOCKET_CLOSE_WAIT = 5.0  # seconds a client has to answer our close frame
 NOT_READY_SHUTDOWN = 5.0  # seconds of lifespan shutdown for a worker whose app never got ready
 STREAM_END_WAIT = 0.5  # at the drain deadline: seconds cancelled requests get to end their streams
+ACCEPT_BATCH = 16  # connections one readiness event of a listening socket may take (libuv: all)
 
 
 class Host(Protocol):
@@ -67,8 +74,9 @@ class Host(Protocol):
 
     pid: Any
     log: Any
-    settings: Any  # drain_idle_window, max_inflight, max_queue_time
+    settings: Any  # drain_idle_window, max_inflight, max_queue_time, spread
     stall: Any  # the stall watchdog: tick()
+    table: Any  # readiness.Table: counters() and sibling_rows(), for the accept policy
 
     def wrap_app(self, app: Any) -> Any: ...
     async def until_ready(self) -> str: ...  # "" or why the app is not ready
@@ -221,9 +229,28 @@ class _CountedState(ServerState):
             self.every.count()
 
 
-class _Accepted(set):  # type: ignore[type-arg]
-    """``server_state.connections`` remembering when each connection was accepted (the protocols
-    add themselves in ``connection_made``): HARDENED_MAX_QUEUE_TIME's wait without a proxy's
+class _Connections(set):  # type: ignore[type-arg]
+    """``server_state.connections`` telling the server when a connection closes (the protocols
+    ``discard`` themselves in ``connection_lost``): the accept policy's count. Per connection,
+    never per request."""
+
+    opened: Any = None  # callables, the server's
+    closed: Any = None
+
+    def add(self, conn: Any) -> None:
+        set.add(self, conn)
+        if self.opened is not None:
+            self.opened()
+
+    def discard(self, conn: Any) -> None:
+        set.discard(self, conn)
+        if self.closed is not None:
+            self.closed()
+
+
+class _Accepted(_Connections):
+    """``_Connections`` remembering when each connection was accepted (the protocols add
+    themselves in ``connection_made``): HARDENED_MAX_QUEUE_TIME's wait without a proxy's
     X-Request-Start. Installed only with that setting."""
 
     def __init__(self) -> None:
@@ -231,12 +258,19 @@ class _Accepted(set):  # type: ignore[type-arg]
         self.at: dict[Any, float] = {}
 
     def add(self, conn: Any) -> None:
-        set.add(self, conn)
-        self.at[conn] = asyncio.get_running_loop().time()
+        super().add(conn)
+        # Not loop.time(): uvloop's is cached when the loop iteration starts, so an accept after
+        # requests that ran 20 ms in the same iteration would count 20 ms of wait it never had.
+        self.at[conn] = time.monotonic()
 
     def discard(self, conn: Any) -> None:
-        set.discard(self, conn)
         self.at.pop(conn, None)
+        super().discard(conn)
+
+
+def _wake_address(pid: int) -> bytes:
+    """A worker's wake socket: an abstract UNIX datagram address (no file, gone with the socket)."""
+    return b"\0hardened-worker-wake-%d" % pid
 
 
 class HardenedServer(Server):
@@ -248,14 +282,25 @@ class HardenedServer(Server):
         self.not_ready = ""  # the app's check never passed (Host.until_ready)
         self.drain_signal = drain.DrainSignal()  # the app's view of the drain (deadline.RequestGuard)
         self.pauses = 0  # HARDENED_MAX_INFLIGHT: times this worker stopped accepting
-        self._spares: list[socket.socket] = []
-        self._resuming: Optional[asyncio.Task[None]] = None
+        self._at_bound = False  # HARDENED_MAX_INFLIGHT reached
+        self._starved = False  # the last accept failed for want of descriptors or memory
+        self._listeners: list[socket.socket] = []  # the listening sockets (gunicorn's, shared)
+        self._accept = spread.OFF  # what this worker does now (and publishes as C_ACCEPT)
+        self._pending = 0  # accepted, not yet in server_state.connections (connection_made)
+        self._spread = bool(getattr(host.settings, "spread", False))
+        self._row = host.table.counters()
+        self._siblings: list[tuple[int, Any]] = []  # (pid, counter row), refreshed on the tick
+        self._promised: set[int] = set()  # siblings woken to listen that have not acted on it yet
+        self._waker: Optional[socket.socket] = None
+        self._handovers: set[asyncio.Task[None]] = set()
         bound = getattr(host.settings, "max_inflight", None)
         if bound:  # the protocols take the set when they are created: replace it before any is
             self.server_state.tasks = overload.InFlight(bound, self._pause_accepting,
                                                         self._resume_accepting)
-        if getattr(host.settings, "max_queue_time", None) is not None:
-            self.server_state.connections = _Accepted()
+        connections = _Accepted() if getattr(host.settings, "max_queue_time", None) is not None \
+            else _Connections()
+        connections.opened, connections.closed = self._connection_opened, self._connection_closed
+        self.server_state.connections = connections
 
     def count_requests(self, every: Any) -> None:
         """``every.count()`` once per completed response, counted where uvicorn counts requests.
@@ -330,15 +375,19 @@ class HardenedServer(Server):
             return protocol_class(  # type: ignore[call-arg]
                 config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=_loop)
 
-        # gunicorn's socket wrappers close their socket again after the loop did, logging EBADF:
-        # hand the loop the plain socket inside.
-        self.servers = [
-            await loop.create_server(create_protocol, sock=getattr(sock, "sock", sock), ssl=config.ssl,
-                                     backlog=config.backlog)
-            for sock in sockets
-        ]
+        # gunicorn's socket wrappers close their socket again after we did: take the plain
+        # socket inside (closing a Python socket twice is harmless).
+        self._listeners = [getattr(sock, "sock", sock) for sock in sockets]
+        for listening in self._listeners:
+            listening.setblocking(False)  # already so in every sibling (the flag is shared)
+        self._create_protocol = create_protocol
+        if self._spread:
+            self._open_waker(loop)
+            self._siblings = self.host.table.sibling_rows()
         self.started = True
-        self._create_protocol = create_protocol  # to listen again after a pause (backpressure)
+        self._decide()
+        if self._waker is not None:  # siblings read a newcomer's row from their next tick on,
+            self._wake_siblings(range(len(self._siblings)), promise=False)  # or from this hello
 
     async def main_loop(self) -> None:
         # uvicorn's loop, but a stop decided between ticks (memory) wakes it at once: a fast leak
@@ -355,27 +404,188 @@ class HardenedServer(Server):
             should_exit = await self.on_tick(counter)
 
     def first_request_accepted_at(self, send: Any) -> Optional[float]:
-        """Loop time at which the connection of the request whose ASGI ``send`` this is was
-        accepted, for its first request only; None after that, or when unknown (a ``send``
-        wrapped by a middleware, no HARDENED_MAX_QUEUE_TIME)."""
+        """``time.monotonic()`` at which the connection of the request whose ASGI ``send`` this is was
+        accepted, or at which the kernel received its last bytes if that was earlier (TCP_INFO:
+        time spent in the accept queue, which the worker cannot see otherwise), for its first
+        request only; None after that, or when unknown (a ``send`` wrapped by a middleware, no
+        HARDENED_MAX_QUEUE_TIME)."""
         accepted = self.server_state.connections
         transport = getattr(getattr(send, "__self__", None), "transport", None)
         if not isinstance(accepted, _Accepted) or transport is None:
             return None
-        return accepted.at.pop(transport.get_protocol(), None)
+        at = accepted.at.pop(transport.get_protocol(), None)
+        if at is None:
+            return None
+        try:
+            info = transport.get_extra_info("socket").getsockopt(
+                socket.IPPROTO_TCP, socket.TCP_INFO, overload.TCP_INFO_SIZE)
+        except (OSError, AttributeError):  # not TCP (a UNIX socket bind): from the accept
+            return at
+        ago = overload.received_ago(info)
+        return at if ago is None else min(at, time.monotonic() - ago)
+
+    # --- accepting: one connection per readiness event, when the rules let this worker ------
+
+    def _wanted(self) -> int:
+        """What this worker should do about new connections now (spread.OFF/LISTENING/YIELDING)."""
+        if not self.started or self.drain_started is not None or self._at_bound or self._starved:
+            return spread.OFF
+        if not self._spread:
+            return spread.LISTENING
+        if spread.listens(self._open(), self._view(self._rows())):
+            return spread.LISTENING
+        # About to yield: only to a sibling still alive (a dead one's row is stale until the tick).
+        self._siblings = [(pid, row) for pid, row in self._siblings if readiness.alive(pid)]
+        return spread.LISTENING if spread.listens(self._open(), self._view(self._rows())) \
+            else spread.YIELDING
+
+    def _open(self) -> int:
+        return len(self.server_state.connections) + self._pending
+
+    def _rows(self) -> list[spread.Sibling]:
+        """The siblings' rows as they published them."""
+        return [spread.Sibling(row[readiness.C_CONNECTIONS], row[readiness.C_ACCEPT])
+                for _, row in self._siblings]
+
+    def _view(self, rows: list[spread.Sibling]) -> list[spread.Sibling]:
+        """What this worker decides on: one woken to listen counts as listening until it has
+        acted (its row changes) or the next tick (spread.seen)."""
+        if not self._promised:
+            return rows
+        for (pid, _), row in zip(self._siblings, rows):
+            if row.accept != spread.YIELDING:
+                self._promised.discard(pid)  # it acted on the wake
+        return spread.seen(rows, [pid in self._promised for pid, _ in self._siblings])
+
+    def _decide(self) -> None:
+        """Listen or not (the reader on each listening socket), publish the count and the state
+        in this worker's row, and wake the siblings whose own answer that flips."""
+        state = self._wanted()
+        loop = asyncio.get_running_loop()
+        if state == spread.LISTENING and self._accept != spread.LISTENING:
+            for listening in self._listeners:
+                loop.add_reader(listening.fileno(), self._acceptable, listening)
+        elif state != spread.LISTENING and self._accept == spread.LISTENING:
+            for listening in self._listeners:
+                loop.remove_reader(listening.fileno())
+        row = self._row
+        count = self._open()
+        if self._spread and (state != row[readiness.C_ACCEPT] or count != row[readiness.C_CONNECTIONS]):
+            row[readiness.C_CONNECTIONS], row[readiness.C_ACCEPT] = count, state
+            self._wake_siblings(spread.to_wake(spread.Sibling(count, state), self._rows()))
+        self._accept = state
+
+    def _acceptable(self, listening: socket.socket) -> None:
+        """A listening socket is readable (every worker's loop hears it): take connections one at
+        a time, deciding before each whether the rules still let this worker (at most
+        ACCEPT_BATCH per event, so the loop's other work is not held up by a flood)."""
+        for _ in range(ACCEPT_BATCH):
+            self._decide()
+            if self._accept != spread.LISTENING:
+                return
+            try:
+                conn, _ = listening.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # a sibling took it, or the client gave up first
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: it would fail again at once
+                # (the socket stays readable): off until a connection closes or the next tick.
+                if not self._starved:
+                    self.host.log.warning("hardened_worker: worker %s cannot accept: %s",
+                                          self.host.pid, exc)
+                self._starved = True
+                self._decide()
+                return
+            self._pending += 1
+            task = asyncio.get_running_loop().create_task(self._hand_over(conn))
+            self._handovers.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(self._handovers.discard)
+        self._decide()
+
+    async def _hand_over(self, conn: socket.socket) -> None:
+        made: list[Any] = []
+
+        def protocol() -> asyncio.Protocol:
+            made.append(self._create_protocol())
+            return made[0]
+
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(protocol, conn, ssl=self.config.ssl)
+        except Exception:  # a failed TLS handshake, a reset: that connection only, as the
+            conn.close()  # loop's own accept path drops it
+            if not made or getattr(made[0], "transport", None) is None:  # it never joined
+                self._pending -= 1
+                if self.started:
+                    self._decide()
+
+    def _connection_opened(self) -> None:
+        # Accepted and now in server_state.connections: the count is the same, nothing to decide.
+        if self._pending:
+            self._pending -= 1
+
+    def _connection_closed(self) -> None:
+        if self.started:
+            self._starved = False  # a descriptor is free again
+            self._decide()
+
+    # --- waking siblings (the accept policy) ------------------------------------------------
+
+    def _open_waker(self, loop: Any) -> None:
+        waker = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            waker.bind(_wake_address(os.getpid()))
+        except OSError as exc:  # unlikely (the name holds our pid): the tick re-decides instead
+            waker.close()
+            self.host.log.warning("hardened_worker: worker %s has no wake socket (%s); the accept "
+                                  "policy re-reads the table on the 100 ms tick only", self.host.pid, exc)
+            return
+        waker.setblocking(False)
+        loop.add_reader(waker.fileno(), self._woken)
+        self._waker = waker
+
+    def _woken(self) -> None:
+        assert self._waker is not None
+        known = {pid for pid, _ in self._siblings}
+        stranger = False
+        while True:
+            try:
+                _, sender = self._waker.recvfrom(64)
+            except (BlockingIOError, InterruptedError):
+                break
+            stranger = stranger or sender not in {_wake_address(pid) for pid in known}
+        if stranger:  # a sibling started since the last tick
+            self._siblings = self.host.table.sibling_rows()
+        if self.started:
+            self._decide()
+
+    def _wake_siblings(self, indexes: Iterable[int], promise: bool = True) -> None:
+        if self._waker is None:
+            return
+        for index in indexes:
+            pid, row = self._siblings[index]
+            try:
+                self._waker.sendto(b"w", socket.MSG_DONTWAIT, _wake_address(pid))
+            except BlockingIOError:  # its queue is full: a wake is pending there already
+                pass
+            except OSError:  # gone, or not listening yet (it reads the table when it starts)
+                continue
+            if promise and row[readiness.C_ACCEPT] == spread.YIELDING:
+                self._promised.add(pid)
+
+    def _close_waker(self) -> None:
+        if self._waker is not None:
+            asyncio.get_running_loop().remove_reader(self._waker.fileno())
+            self._waker.close()
+            self._waker = None
 
     # --- backpressure: HARDENED_MAX_INFLIGHT (overload.InFlight decides) ----------------------
 
     def _pause_accepting(self) -> None:
-        """At the bound: this worker's listening sockets leave the loop, so the kernel hands new
-        connections to a sibling; the connections it holds are served as before."""
-        if self.drain_started is not None or not self.started or self._resuming is not None:
-            return  # draining: closed for good; resuming: it pauses again once it is done
-        self._spares = [socket.socket(fileno=os.dup(listening.fileno()))
-                        for server in self.servers for listening in server.sockets]
-        for server in self.servers:
-            server.close()  # this process's copy of the socket; the master's and siblings' stay
-        self.servers = []
+        """At the bound: this worker stops accepting, so the kernel hands new connections to a
+        sibling; the connections it holds are served as before."""
+        if self.drain_started is not None or not self.started:
+            return
+        self._at_bound = True
+        self._decide()
         self.pauses += 1
         if self.pauses == 1:  # the first time only: under load it can happen many times a second
             self.host.log.info(
@@ -384,28 +594,10 @@ class HardenedServer(Server):
                 self.server_state.tasks.bound)
 
     def _resume_accepting(self) -> None:
-        if self.drain_started is None and self._resuming is None and self._spares:
-            self._resuming = asyncio.get_running_loop().create_task(self._listen_again())
-
-    async def _listen_again(self) -> None:
-        loop = asyncio.get_running_loop()
-        spares, self._spares = self._spares, []
-        try:
-            for sock in spares:
-                if self.drain_started is not None:
-                    sock.close()
-                    continue
-                server = await loop.create_server(self._create_protocol, sock=sock,
-                                                  ssl=self.config.ssl, backlog=self.config.backlog)
-                if self.drain_started is not None:
-                    server.close()  # the drain began while it was starting
-                else:
-                    self.servers.append(server)
-        finally:
-            self._resuming = None
-        tasks = self.server_state.tasks
-        if isinstance(tasks, overload.InFlight) and tasks.paused:
-            self._pause_accepting()  # full again while it was listening again
+        if self._at_bound:
+            self._at_bound = False
+            if self.started:
+                self._decide()
 
     def wake(self) -> None:
         self._wake.set()
@@ -418,6 +610,14 @@ class HardenedServer(Server):
     async def on_tick(self, counter: int) -> bool:
         if await super().on_tick(counter):  # should_exit (uvicorn's max-requests is off: ours)
             return True
+        if self.started and (self._spread or self._starved):
+            if self._spread:
+                if counter % 10 == 0:  # siblings that came or went: a scan of the table (0.1 ms),
+                    # once a second (a newcomer says hello, a dead one is checked before yielding)
+                    self._siblings = self.host.table.sibling_rows()
+                self._promised.clear()  # a woken sibling that has not acted within a tick: not counted on
+            self._starved = False
+            self._decide()
         return self.host.on_tick()
 
     # --- the drain ------------------------------------------------------------------------
@@ -429,8 +629,12 @@ class HardenedServer(Server):
             return
         self.drain_started = time.monotonic()
         self.drain_signal.event.set()  # streams that watch it end now; clients reconnect elsewhere
-        for server in self.servers:
-            server.close()  # closes this process's copy of the listening socket too
+        if self.started:
+            self._decide()  # OFF: the reader goes, and siblings that yielded to us are woken
+            self._close_waker()
+        for listening in self._listeners:
+            listening.close()  # this process's copy; the master's and the siblings' stay
+        self._listeners = []
         # The protocols read their ``app`` per request: wrapping it only now costs the requests
         # nothing until the drain. A connection the loop accepted just before the close gets its
         # protocol from config (hence both), and the drain loop re-applies it (see _closing).

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
+import signal
 
 import pytest
 
@@ -188,3 +190,108 @@ def test_a_logging_configuration_that_discards_access_lines_builds_none(master, 
     m = master(app="obsapp:app", args=["-c", str(conf)])
     status, body = get(m.port, "/introspect")
     assert json.loads(body) == {"uvicorn_access_handlers": False, "access_middlewares": 0}
+
+
+# --- the plain path: a line formatted once, straight to gunicorn's own handlers ----------------
+
+
+@pytest.fixture
+def gunicorn_logger(tmp_path):
+    """gunicorn's Logger with ``--access-logfile tmp_path/access.log``, on a ``gunicorn.access``
+    logger holding nothing else (pytest's capture handlers taken off, put back afterwards)."""
+    from gunicorn import glogging
+    from gunicorn.config import Config
+
+    access = logging.getLogger("gunicorn.access")
+    saved = (list(access.handlers), list(access.filters), access.propagate)
+    access.handlers, access.filters = [], []
+    cfg = Config()
+    cfg.set("accesslog", str(tmp_path / "access.log"))
+    log = glogging.Logger(cfg)
+    yield log
+    for handler in access.handlers:  # (pytest's own were taken off by pytest)
+        handler.close()
+    access.handlers, access.filters, access.propagate = saved
+
+
+def pytests_off(log):
+    """pytest attaches its capture handlers to non-propagating loggers for each test call."""
+    log.access_log.handlers = [h for h in log.access_log.handlers if getattr(h, "_gunicorn", False)]
+    return log
+
+
+def _add_filter(log):
+    log.access_log.addFilter(lambda record: True)
+
+
+def _add_handler(log):
+    log.access_log.addHandler(logging.NullHandler())
+
+
+def _json_formatter(log):
+    log.access_log.handlers[0].setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+
+
+def _propagate(log):
+    log.access_log.propagate = True
+
+
+@pytest.mark.parametrize("change, plain", [
+    (None, True),  # gunicorn's own FileHandler with access_fmt "%(message)s"
+    (_add_filter, False),  # a filter may drop or rewrite the record: the full record
+    (_add_handler, False),
+    (_json_formatter, False),  # a formatter that reads more than the message
+    (_propagate, False),  # the root's handlers would see it too
+])
+def test_plain_handlers_only_for_gunicorns_own(gunicorn_logger, change, plain):
+    from hardened_worker.accesslog import plain_handlers
+
+    pytests_off(gunicorn_logger)
+    if change is not None:
+        change(gunicorn_logger)
+    assert (plain_handlers(gunicorn_logger.access_log) is not None) is plain
+
+
+def test_the_plain_path_writes_what_gunicorns_logger_writes(gunicorn_logger, tmp_path):
+    from hardened_worker.accesslog import plain_handlers, write_plain
+
+    log, path = pytests_off(gunicorn_logger), tmp_path / "access.log"
+    lines = ['127.0.0.1 - - "GET / HTTP/1.1" 200 2 "-" "a \\"b\\""', "ünïcode ✓ %s %(x)s"]
+    for line in lines:
+        log.access_log.info(line)  # a record without args: the message as it is
+    theirs = path.read_bytes()
+    path.write_bytes(b"")
+    log.reopen_files()  # as a USR1 does: the handler's stream is replaced under its lock
+    for line in lines:
+        write_plain(log.access_log, plain_handlers(log.access_log), line)
+    assert path.read_bytes() == theirs and len(theirs.splitlines()) == 2
+
+
+def test_after_usr1_lines_go_to_the_reopened_file(logged):
+    # logrotate's way: move the file, USR1 the master (it reopens its files and USR1s its workers,
+    # which reopen theirs on their next tick).
+    workers = set(logged.wait_workers(2))
+    assert get(logged.port, "/?before")[0] == 200
+    wait_lines(logged.access, "GET /?before")
+    rotated = logged.access.with_name("access.log.1")
+    logged.access.rename(rotated)
+    logged.signal(signal.SIGUSR1)
+    reopened: set = set()
+    sent = iter(range(10**6))
+
+    def both_reopened() -> bool:  # a worker whose line reached the new file has reopened it
+        n = next(sent)
+        status, body = get(logged.port, f"/pid?n={n}")
+        assert status == 200
+        if wait_for(lambda: access_lines(logged.access, f"GET /pid?n={n} ") or
+                    access_lines(rotated, f"GET /pid?n={n} "), 10) and \
+                access_lines(logged.access, f"GET /pid?n={n} "):
+            reopened.add(int(body))
+        return reopened == workers
+
+    wait_for(both_reopened, 20, interval=0.05)
+    for n in range(20):
+        assert get(logged.port, f"/?settled={n}")[0] == 200
+    wait_for(lambda: len(access_lines(logged.access, "GET /?settled=")) == 20, 10)
+    assert access_lines(rotated, "GET /?settled=") == []
+    assert access_lines(rotated, "GET /?before")

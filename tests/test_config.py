@@ -163,7 +163,7 @@ BAD = {
     "STARTUP_TIMEOUT": "forever", "DRAIN_DELAY": "5 minutes", "DRAIN_IDLE_WINDOW": "-1",
     "HEALTH_PATH": "healthz", "HEALTH_CHECK": "not a reference", "HEALTH_CHECK_TIMEOUT": "1d",
     "HEALTH_ACCESS_LOG": "maybe", "STALL_THRESHOLD": "1x", "REQUEST_TIMEOUT": "0s",
-    "MAX_INFLIGHT": "four", "MAX_QUEUE_TIME": "2 secs",
+    "MAX_INFLIGHT": "four", "SPREAD": "evenly", "MAX_QUEUE_TIME": "2 secs",
     "READY_TIMEOUT": "soon", "ROLLING": "one by one",
     "FORWARDED": "both", "FORWARDED_HOST": "2", "FORWARDED_PORT": "yess", "FORWARDED_PREFIX": "nope",
     "MEMORY_LIMIT": "lots", "MEMORY_HARD_LIMIT": "more", "MEMORY_MEASURE": "vss",

@@ -95,6 +95,14 @@ def test_the_log_line_names_the_request_the_clock_and_the_stack():
     assert line.startswith("request deadline: GET /slow ended after 1.00 s "
                            "(HARDENED_REQUEST_TIMEOUT 1 s), no response started: answered 504")
     assert line.endswith('it was waiting at:\n  File "app.py", line 9, in slow')
+    assert ": answered 504, 0 bytes sent;" in line
+
+
+def test_a_request_cut_at_the_drain_deadline_says_how_much_of_it_got_out():
+    line = describe({"method": "GET", "path": "/export.csv"}, C.DRAIN_DEADLINE, 12.345, N.CUT,
+                    R.STARTED, None, "", sent=65536)
+    assert line == ("drain deadline: GET /export.csv ended after 12.35 s, a response in progress: "
+                    "connection closed, 65536 bytes sent")
 
 
 def _record(exc):
@@ -194,7 +202,10 @@ def test_at_the_drain_deadline_an_event_stream_ends_and_anything_else_is_cut():
     signal = DrainSignal()
     sent, error, lines = run(streaming, signal=signal, after=drain_deadline)
     assert isinstance(error, Cut)
-    assert lines == []  # the server's deadline line speaks for all of them
+    [line] = lines  # one per cut request, with how much of its body got out
+    assert line.startswith("drain deadline: GET / ended after ")
+    assert line.endswith(" s, a response in progress: connection closed, "
+                         f"{sum(len(m.get('body', b'')) for m in sent)} bytes sent")
 
 
 def test_a_cancellation_that_is_not_ours_passes_through():

@@ -61,6 +61,10 @@ def test_systemd_unit_is_sandboxed_and_agrees_with_the_worker():
     assert int(one["TimeoutStopSec"]) > base.graceful_timeout
     assert int(one["TimeoutStartSec"]) > config.load({}).startup_timeout
     assert one["ExecReload"] == "/bin/kill -s HUP $MAINPID"
+    # The watchdog outlasts the boot (nothing pings before a worker is ready) and gunicorn's own
+    # per-worker --timeout, which replaces a single stuck worker first.
+    assert int(one["WatchdogSec"]) >= int(one["TimeoutStartSec"])
+    assert int(one["WatchdogSec"]) > base.timeout
 
 
 def test_systemd_analyze_verifies_the_unit(tmp_path):

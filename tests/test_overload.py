@@ -33,7 +33,9 @@ def connections_to(port, pid, count):
 
 
 def test_a_worker_at_its_in_flight_bound_leaves_new_connections_to_its_sibling(master):
-    m = master(app="deadline_app:app", workers=2, env={"HARDENED_MAX_INFLIGHT": "4"})
+    # HARDENED_SPREAD off: its even spread would never let 5 connections reach one worker.
+    m = master(app="deadline_app:app", workers=2,
+               env={"HARDENED_MAX_INFLIGHT": "4", "HARDENED_SPREAD": "false"})
     busy, other = m.wait_workers(2)
     held = connections_to(m.port, busy, 5)
     slow, spare = held[:4], held[4]
@@ -63,7 +65,7 @@ def test_a_worker_at_its_in_flight_bound_leaves_new_connections_to_its_sibling(m
 
 
 def test_without_a_bound_both_workers_keep_accepting(master):
-    m = master(app="deadline_app:app", workers=2)
+    m = master(app="deadline_app:app", workers=2, env={"HARDENED_SPREAD": "false"})
     busy, other = m.wait_workers(2)
     slow = connections_to(m.port, busy, 4)
     for conn in slow:
@@ -118,3 +120,48 @@ def test_an_untrusted_peer_cannot_get_its_requests_shed(master):
     m.wait_workers(1)
     late = {"X-Request-Start": f"t={int((time.time() - 10) * 1e6)}"}
     assert get(m.port, "/wait?s=0", headers=late) == (200, b"waited")
+
+
+def test_without_a_proxy_header_the_wait_counts_from_when_the_connection_was_accepted(master):
+    # One worker. Connection `waiting` is opened before the request that blocks the loop, so the
+    # worker accepted it first (the kernel's accept queue is FIFO); its request, sent while the loop
+    # is blocked for 3 s, is read after: it waited 3 s since its accept, past the 1 s bound.
+    m = master(workers=1, env={"HARDENED_MAX_QUEUE_TIME": "1s"})
+    m.wait_workers(1)
+    waiting = connection(m.port)
+    waiting.connect()
+    blocking = connection(m.port)
+    blocking.request("GET", "/block?s=3")
+    m.wait_started("/block")
+    waiting.request("GET", "/")
+    response = waiting.getresponse()
+    assert (response.status, response.getheader("retry-after")) == (503, "1")
+    response.read()
+    assert blocking.getresponse().read() == b"blocked"  # it waited for nothing: it ran
+    # The bound counts from the accept of the connection, once: a later request on it is served.
+    assert ask(waiting, "/") == (200, b"ok")
+    # And a connection accepted after the stall waited for nothing.
+    assert get(m.port, "/") == (200, b"ok")
+    m.wait_log(r"shedding: GET / waited [0-9.]+ s \(HARDENED_MAX_QUEUE_TIME 1 s\)")
+    waiting.close()
+    blocking.close()
+
+
+def test_without_a_proxy_header_time_in_the_kernels_accept_queue_counts_too(master):
+    # One worker, its loop blocked for 3 s: a connection made meanwhile waits in the kernel's
+    # accept queue, where the worker cannot see it. Its request was received 3 s before the worker
+    # accepted it; TCP_INFO says so, and it is shed although it was accepted just now.
+    m = master(workers=1, env={"HARDENED_MAX_QUEUE_TIME": "1s"})
+    m.wait_workers(1)
+    blocking = connection(m.port)
+    blocking.request("GET", "/block?s=3")
+    m.wait_started("/block")
+    queued = connection(m.port)
+    queued.request("GET", "/")  # connect() completes in the kernel: the loop is blocked
+    response = queued.getresponse()
+    assert (response.status, response.getheader("retry-after")) == (503, "1")
+    response.read()
+    assert blocking.getresponse().read() == b"blocked"
+    assert get(m.port, "/") == (200, b"ok")  # a request that did not wait is served
+    queued.close()
+    blocking.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 
 import pytest
 from hypothesis import given
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 
 from hardened_worker import forwarded
 from hardened_worker.overload import (
+    TCP_INFO_SIZE, received_ago,
     InFlight, ShedMiddleware, accepting, request_start, retry_after, shed, shedding, waited,
 )
 
@@ -130,7 +133,7 @@ def test_in_time_untrusted_or_unmarked_requests_run():
 def test_without_a_proxy_header_the_connection_accept_time_counts():
     async def main(accepted_ago):
         layer = ShedMiddleware(None, 1.0, trusted("10.0.0.1"),
-                               lambda send: asyncio.get_running_loop().time() - accepted_ago)
+                               lambda send: time.monotonic() - accepted_ago)
         sent, ran = [], []
 
         async def send(message):
@@ -142,3 +145,17 @@ def test_without_a_proxy_header_the_connection_accept_time_counts():
 
     assert asyncio.run(main(5.0)) == (503, [])
     assert asyncio.run(main(0.1)) == (200, [1])
+
+
+@pytest.mark.parametrize("last_data_recv_ms, expected", [(0, 0.0), (4, 0.004), (2500, 2.5),
+                                                          (2**32 - 1, (2**32 - 1) / 1000)])
+def test_received_ago_reads_tcpi_last_data_recv(last_data_recv_ms, expected):
+    info = bytearray(TCP_INFO_SIZE)
+    info[52:56] = last_data_recv_ms.to_bytes(4, sys.byteorder)
+    info[48:52] = info[56:60] = (77).to_bytes(4, sys.byteorder)  # its neighbours are not read
+    assert received_ago(bytes(info)) == expected
+
+
+def test_received_ago_of_a_short_value_is_unknown():
+    assert received_ago(b"") is None and received_ago(bytes(55)) is None
+

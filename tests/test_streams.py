@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import re
 import signal
 
 import pytest
@@ -75,6 +76,13 @@ def test_at_the_drain_deadline_sse_ends_cleanly_and_a_plain_stream_is_cut(master
     assert m.wait_exit(15) == 0
     log = m.log()
     assert "drain deadline passed" in log
+    # One line per ended request: method, path, age, how it ended and the body bytes that got out.
+    [chunked] = re.findall(r"drain deadline: GET /chunked ended after ([0-9.]+) s, a response in "
+                           r"progress: connection closed, ([0-9]+) bytes sent$", log, re.M)
+    assert float(chunked[0]) > 0 and int(chunked[1]) == len(cut.value.partial)
+    assert len(re.findall(r"drain deadline: GET /sse ended after [0-9.]+ s, a text/event-stream "
+                          r"response in progress: stream ended, [1-9][0-9]* bytes sent$",
+                          log, re.M)) == 1
     no_traceback(log)
 
 

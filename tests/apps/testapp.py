@@ -1,8 +1,8 @@
 """The test suite's ASGI app, driven by the environment (so each master can be told what to do).
 
 Endpoints: ``/`` (tiny), ``/pid``, ``/sleep?s=`` (async), ``/block?s=`` (blocks the loop with
-time.sleep), ``/leak?kib=`` (keeps the memory), ``/client`` (what the app saw of the client),
-``/ws`` (websocket echo), ``/table-lock?s=`` (holds the worker table's lock on the loop's thread,
+time.sleep), ``/leak?kib=`` (keeps the memory), ``/cpu?ms=`` (that much CPU, on the loop),
+``/client`` (what the app saw of the client), ``/ws`` (websocket echo), ``/table-lock?s=`` (holds the worker table's lock on the loop's thread,
 recording ``locked <pid>`` once it has it). Lifespan, all optional:
 
 * ``TESTAPP_STARTUP_DELAY`` seconds of ``await asyncio.sleep`` in lifespan startup;
@@ -90,6 +90,11 @@ async def app(scope, receive, send):
         _record("started /sleep")  # what a test waits for before it signals
         await asyncio.sleep(float(query.get("s", ["1"])[0]))
         return await _respond(send, b"slept")
+    if path == "/cpu":  # ms of this thread's CPU, computed: the overload bench's handler
+        end = time.thread_time() + float(query.get("ms", ["5"])[0]) / 1000
+        while time.thread_time() < end:
+            sum(range(100))
+        return await _respond(send, b"computed")
     if path == "/block":
         _record("started /block")
         time.sleep(float(query.get("s", ["1"])[0]))

@@ -1,0 +1,79 @@
+"""Even spread of connections across workers: which worker takes the next connection.
+
+Why: every worker waits on the same listening socket and the kernel wakes them all; whoever calls
+``accept`` first wins, and uvloop (libuv's ``uv__server_io``) accepts until ``EAGAIN`` in one
+readiness event, before Python sees any of them. When a client opens its keep-alive connections
+at once (wrk, a proxy's upstream pool), the first worker awake takes most of them and keeps them:
+one worker served everything in the bench (``python -m bench spread``; uvicorn-worker #34,
+gunicorn #1984, #2670, #3071). So the server accepts one connection per readiness event itself
+(:mod:`hardened_worker.server`) and asks :func:`listens` first, as Puma's
+``wait_for_less_busy_worker`` lets a busy worker leave the accept to an idle one.
+
+The rule: a worker yields the accept while a sibling that listens holds fewer open connections
+than it by more than :func:`margin` (none up to 7 connections, then an eighth of its own).
+The least loaded worker that listens never yields, so while any worker listens one always does;
+it cannot yield to a sibling that itself yields. A worker whose move may flip a sibling's answer
+wakes that sibling (:func:`to_wake`, a datagram on the sibling's wake socket), so a yielding
+worker resumes as soon as it is no longer ahead, not on a timer; the 100 ms tick re-reads the
+table as well, for a sibling that died while others yielded to it.
+
+One hand-off rests on the wake being acted on: a worker that woke a yielding sibling to listen
+counts it as listening (:func:`seen`) until the sibling's row changes or its own next tick, so
+the rest of a burst does not pile onto the waker while the sibling's loop gets to the wake. If
+that sibling's loop is blocked just then, the pool can be without a listener until the waker's
+next tick (100 ms at most; README, "What still rests on timing").
+
+Pure: counts in, decisions out. Each worker publishes its own ``C_CONNECTIONS`` and ``C_ACCEPT``
+in the shared table (:mod:`hardened_worker.readiness`); the server reads its siblings' rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+OFF, LISTENING, YIELDING = 0, 1, 2  # C_ACCEPT: not accepting at all / listening / yielding
+
+
+@dataclass(frozen=True)
+class Sibling:
+    connections: int
+    accept: int  # OFF, LISTENING or YIELDING
+
+
+def margin(mine: int) -> int:
+    """How many connections more than a listening sibling a worker holding ``mine`` may hold and
+    still accept. None for a few connections (8 over 2 or 4 workers end exactly even); an eighth
+    beyond, so that with connections opened and closed all the time (clients without keep-alive)
+    workers do not yield and wake each other on every connection: measured, a strict rule cost a
+    quarter of the requests/s of `Connection: close` traffic."""
+    return mine // 8
+
+
+def listens(mine: int, siblings: Sequence[Sibling]) -> bool:
+    """Should a worker holding ``mine`` open connections accept the next one? No while a sibling
+    that listens holds fewer by more than :func:`margin` (it takes the connection instead)."""
+    below = mine - margin(mine)
+    return not any(s.accept == LISTENING and s.connections < below for s in siblings)
+
+
+def seen(rows: Sequence[Sibling], promised: Sequence[bool]) -> list[Sibling]:
+    """The siblings as this worker decides on them: ``rows`` as published, except that one it
+    woke to listen (``promised``) and that still shows YIELDING counts as LISTENING."""
+    return [Sibling(row.connections, LISTENING) if promise and row.accept == YIELDING else row
+            for row, promise in zip(rows, promised)]
+
+
+def to_wake(me: Sibling, siblings: Sequence[Sibling]) -> list[int]:
+    """Indexes of the siblings whose own :func:`listens`, seen with ``me`` as it is now, differs
+    from what they do: a yielding one that should listen again, a listening one that should yield.
+    Siblings that do not accept at all (OFF) are left alone."""
+    everyone = [me, *siblings]
+    wake = []
+    for index, s in enumerate(siblings):
+        if s.accept == OFF:
+            continue
+        others = [other for at, other in enumerate(everyone) if at != index + 1]
+        if listens(s.connections, others) != (s.accept == LISTENING):
+            wake.append(index)
+    return wake

@@ -1,0 +1,67 @@
+"""Even spread across workers (HARDENED_SPREAD), real master: keep-alive connections opened at
+once end up evenly on the workers, and so do their requests, by the workers' own counts (the
+pool metrics, ``HARDENED_METRICS_PATH``, read from the shared table)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import pytest
+
+from rig import get, wait_for
+
+REQUESTS_PER_CONNECTION = 20
+
+
+def per_worker_requests(port: int) -> dict[int, int]:
+    status, body = get(port, "/metrics?format=json")
+    assert status == 200
+    return {w["pid"]: w["requests"] for w in json.loads(body)["workers"]}
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_connections_opened_at_once_are_spread_evenly(master, workers):
+    m = master(workers=workers, env={"HARDENED_METRICS_PATH": "/metrics"})
+    pids = m.wait_workers(workers)
+    before = per_worker_requests(m.port)  # wait_serving's probes
+    conns = [http.client.HTTPConnection("127.0.0.1", m.port, timeout=30) for _ in range(8)]
+    for conn in conns:  # all connected before any request: the burst a client pool opens
+        conn.connect()
+    held_by: dict[int, int] = {}
+    for round_ in range(REQUESTS_PER_CONNECTION):
+        for conn in conns:
+            conn.request("GET", "/pid")
+            response = conn.getresponse()
+            pid = int(response.read())
+            if round_ == 0:
+                held_by[pid] = held_by.get(pid, 0) + 1
+    assert sorted(held_by) == sorted(pids)
+    assert set(held_by.values()) == {8 // workers}  # connections per worker: exactly even
+    expected = {pid: 8 // workers * REQUESTS_PER_CONNECTION for pid in pids}
+
+    def served() -> dict[int, int]:  # a worker counts a request just after its answer left
+        after = per_worker_requests(m.port)
+        return {pid: after[pid] - before.get(pid, 0) for pid in pids}
+
+    wait_for(lambda: served() == expected, 10)
+    for conn in conns:
+        conn.close()
+
+
+def test_a_worker_that_holds_more_leaves_the_next_connection_to_its_sibling(master):
+    m = master(workers=2)
+    pids = m.wait_workers(2)
+    held: dict[int, int] = {pid: 0 for pid in pids}
+    conns = []
+    for n in range(1, 9):  # one at a time, each kept open and answered before the next
+        conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=30)
+        conn.request("GET", "/pid")
+        pid = int(conn.getresponse().read())
+        conns.append(conn)
+        if n % 2 == 0:  # the one ahead left this one to the other
+            assert held[pid] < max(held.values()), (n, held, pid)
+        held[pid] += 1
+    assert set(held.values()) == {4}
+    for conn in conns:
+        conn.close()
