@@ -86,8 +86,12 @@ def defaults(module: object, classes: list[str], **overrides: object) -> argpars
 def run_all(args: argparse.Namespace) -> dict:
     skip = {n.strip() for n in args.skip.split(",") if n.strip()}
     plan = [(module.NAME, module, {}) for module in SCENARIOS]
-    plan[1:1] = [  # overhead's variants (issue 14: the access log on for both classes, metrics on)
+    plan[1:1] = [  # overhead's variants: each feature's cost, and clients without keep-alive
         ("overhead-forwarded", overhead, {"forwarded": True}),
+        ("overhead-close", overhead, {"close": True}),
+        ("overhead-memory-limit=4gib", overhead, {"env": ["HARDENED_MEMORY_LIMIT=4GiB"],
+                                                  "variant": "memory-limit=4gib"}),
+        ("overhead-deadline", overhead, {"env": ["HARDENED_REQUEST_TIMEOUT=30s"], "variant": "deadline"}),
         ("overhead-access-log", overhead, {"access_log": True}),
         ("overhead-metrics", overhead, {"env": ["HARDENED_METRICS_PATH=/metrics"], "variant": "metrics"}),
     ]

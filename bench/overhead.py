@@ -38,6 +38,7 @@ FORWARDED_LUA = f"""\
 wrk.headers["X-Forwarded-For"] = "{XFF}"
 wrk.headers["X-Forwarded-Proto"] = "https"
 """
+CLOSE_LUA = 'wrk.headers["Connection"] = "close"\n'
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path", default="/")
     p.add_argument("--forwarded", action="store_true",
                    help=f"every request carries X-Forwarded-For: {XFF} and X-Forwarded-Proto: https")
+    p.add_argument("--close", action="store_true",
+                   help="every request carries Connection: close (a new connection per request, as "
+                        "from a proxy or clients without keep-alive)")
     p.add_argument("--access-log", action="store_true",
                    help="every master writes gunicorn's access log (--access-logfile, default format) "
                         "to a file in the run's temp dir")
@@ -71,7 +75,8 @@ def parse_env(pairs: list[str]) -> dict:
 def variant_of(args: argparse.Namespace, env: dict) -> str:
     if args.variant:
         return args.variant
-    parts = (["forwarded"] if args.forwarded else []) + (["access-log"] if args.access_log else []) \
+    parts = (["forwarded"] if args.forwarded else []) + (["close"] if args.close else []) \
+        + (["access-log"] if args.access_log else []) \
         + [f"{k}={v}" for k, v in env.items()]
     return "+".join(parts) or "plain"
 
@@ -143,7 +148,8 @@ def run(args: argparse.Namespace) -> dict:
     rounds: list[dict] = []
     app_saw: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp, contextlib.ExitStack() as stack:
-        script = common.lua_script(Path(tmp), "forwarded.lua", FORWARDED_LUA) if args.forwarded else None
+        lua = (FORWARDED_LUA if args.forwarded else "") + (CLOSE_LUA if args.close else "")
+        script = common.lua_script(Path(tmp), "headers.lua", lua) if lua else None
         masters = {}
         for cls in classes:
             log(f"overhead[{variant}]: starting {cls}")
@@ -237,7 +243,7 @@ def run(args: argparse.Namespace) -> dict:
         "logs": logs,
         "config": {"workers": args.workers, "connections": args.connections, "wrk_threads": args.threads,
                    "rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
-                   "path": args.path, "forwarded_headers": args.forwarded,
+                   "path": args.path, "forwarded_headers": args.forwarded, "connection_close": args.close,
                    "access_log": args.access_log, "env": env,
                    "order": "".join(c[0].upper() for c in classes) + ", reversed every other round",
                    "classes": {c: common.WORKERS[c] for c in classes}},

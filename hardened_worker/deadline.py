@@ -184,11 +184,17 @@ class RequestGuard:
     timer of its own, and nothing of a finished request is kept (keeping them for a sweep promoted
     them out of the young GC generation: slower collections, a worse p99). A deadline may so pass
     by up to one sweep interval before the request is cancelled.
+
+    ``counted``, if given, is called once per HTTP request as it ends (the memory check every N
+    requests): this layer runs for every request anyway, so counting here costs one call, not a
+    layer or a property on uvicorn's request counter.
     """
 
     def __init__(self, app: ASGIApp, signal: DrainSignal, timeout: Optional[float] = None,
-                 log: Callable[[str], None] = logging.getLogger("hardened_worker").warning) -> None:
+                 log: Callable[[str], None] = logging.getLogger("hardened_worker").warning,
+                 counted: Optional[Callable[[], None]] = None) -> None:
         self.app = app
+        self.counted = counted
         self.signal = signal
         self.timeout = timeout
         self.log = log
@@ -255,6 +261,8 @@ class RequestGuard:
                 self._in_flight.pop(task, None)
                 if self._expired:  # almost always empty: no lookup
                     self._expired.pop(task, None)
+            if self.counted is not None:
+                self.counted()
 
     def _age(self, began: float, deadline: float) -> float:
         """Seconds since the request began: on the monotonic clock without a timeout, from its

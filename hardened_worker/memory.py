@@ -309,6 +309,11 @@ class MemoryWatch:
         self._next_time = self.started + check_interval
         self._next_requests = check_requests if check_requests > 0 else sys.maxsize
 
+    def surely_under(self) -> bool:
+        """The RSS alone (statm, 2 us) proves the measure under the soft limit: USS <= PSS <= RSS.
+        What a check every N requests does first, so most requests pay for nothing else."""
+        return self.reader.rss() < self.soft
+
     def due(self, now: float, total_requests: int) -> bool:
         return now >= self._next_time or total_requests >= self._next_requests
 
@@ -369,12 +374,12 @@ class MemoryWatch:
 
 class EveryRequests:
     """Calls ``callback`` every ``period`` requests: an integer countdown, no syscall, no ASGI
-    layer. The server runs :meth:`count` where it counts requests anyway (``HardenedServer.
-    count_requests``: once per completed response), so with a memory limit a leak is seen within
-    ``period`` requests rather than at the next timer tick, at the cost of one decrement each.
+    layer of its own: the always-on request layer (``deadline.RequestGuard``'s ``counted``) runs
+    :meth:`count` as each HTTP request ends, so with a memory limit a leak is seen within
+    ``period`` requests rather than at the next timer tick, at the cost of one call each.
 
-    ``count`` runs inside the app's last ``send``: a callback that raises is logged and the
-    request goes on, never turned into the app's error."""
+    A callback that raises is logged and the request goes on, never turned into the app's
+    error."""
 
     __slots__ = ("period", "callback", "countdown")
 

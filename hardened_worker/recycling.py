@@ -98,6 +98,14 @@ class Recycling:
                 self.pid, used, watch.soft, self.settings.memory_measure, now - watch.started,
                 watch.limits.min_lifetime))
 
+    def check_memory_counted(self) -> None:
+        """Every ``HARDENED_MEMORY_CHECK_REQUESTS`` requests: the whole check only when the RSS
+        does not already prove the worker under its soft limit (measured: the whole check every
+        16 requests cost 10 % of a bare app's requests/s, this costs about nothing)."""
+        watch = self.memory
+        if watch is not None and not watch.surely_under():
+            self.check_memory(now_due=True)
+
     def check_cgroup(self) -> None:
         """HARDENED_MEMORY_CGROUP: the largest worker leaves before the kernel's OOM killer acts."""
         reader, server = self.memory_reader, self.server

@@ -32,9 +32,8 @@ exercised by the real-process tests:
 * the HTTP protocols' ``connection_made(transport)`` (subclassed to hand them a
   ``writes.OneWrite`` around the transport, so a response's head and body leave in one write)
   (the loop that runs them flushes what is held);
-* ``server_state.total_requests += 1`` once per response, in the protocols: ``count_requests``
-  swaps in a ``ServerState`` whose ``total_requests`` setter also counts down (the memory check
-  every N requests, without an ASGI layer).
+* ``server_state.total_requests``, counted once per response by the protocols (read for the
+  stats and the accept policy's churn test).
 
 The phases read top to bottom: ``startup`` (lifespan, then accept), ``main_loop`` (serving; the
 host's ``on_tick`` decides when to stop), ``shutdown`` (the drain). The server knows its worker only
@@ -59,7 +58,7 @@ from typing import Any, Iterable, Optional, Protocol
 
 from uvicorn._compat import asyncio_run
 from uvicorn.lifespan.on import LifespanOn
-from uvicorn.server import Server, ServerState
+from uvicorn.server import Server
 
 from hardened_worker import diagnostics, drain, overload, readiness, spread, writes
 
@@ -212,23 +211,6 @@ def _one_write(protocol_class: type, flusher: writes.Flusher) -> type:
     return OneWriteProtocol
 
 
-class _CountedState(ServerState):
-    """``server_state`` whose request count, where the protocols keep it, also runs ``every``."""
-
-    every: Any = None  # memory.EveryRequests
-    _total = 0
-
-    @property  # type: ignore[override]
-    def total_requests(self) -> int:
-        return self._total
-
-    @total_requests.setter
-    def total_requests(self, value: int) -> None:
-        self._total = value
-        if self.every is not None:
-            self.every.count()
-
-
 class _Connections(set):  # type: ignore[type-arg]
     """``server_state.connections`` telling the server when a connection closes (the protocols
     ``discard`` themselves in ``connection_lost``): the accept policy's count. Per connection,
@@ -287,6 +269,9 @@ class HardenedServer(Server):
         self._listeners: list[socket.socket] = []  # the listening sockets (gunicorn's, shared)
         self._accept = spread.OFF  # what this worker does now (and publishes as C_ACCEPT)
         self._pending = 0  # accepted, not yet in server_state.connections (connection_made)
+        self._accepted = 0  # connections accepted, ever
+        self._churning = False  # the last second's connections carried about a request each
+        self._churn_mark = (0, 0)  # (_accepted, total_requests) a second ago
         self._spread = bool(getattr(host.settings, "spread", False))
         self._row = host.table.counters()
         self._siblings: list[tuple[int, Any]] = []  # (pid, counter row), refreshed on the tick
@@ -301,15 +286,6 @@ class HardenedServer(Server):
             else _Connections()
         connections.opened, connections.closed = self._connection_opened, self._connection_closed
         self.server_state.connections = connections
-
-    def count_requests(self, every: Any) -> None:
-        """``every.count()`` once per completed response, counted where uvicorn counts requests.
-        Before ``startup``: the protocols take ``server_state`` when they are created."""
-        state = _CountedState()
-        vars(state).update((k, v) for k, v in vars(self.server_state).items() if k != "total_requests")
-        state.total_requests = self.server_state.total_requests
-        state.every = every
-        self.server_state = state
 
     def stats(self) -> Stats:
         state = self.server_state
@@ -432,6 +408,8 @@ class HardenedServer(Server):
             return spread.OFF
         if not self._spread:
             return spread.LISTENING
+        if self._churning:
+            return spread.UNBALANCED
         if spread.listens(self._open(), self._view(self._rows())):
             return spread.LISTENING
         # About to yield: only to a sibling still alive (a dead one's row is stale until the tick).
@@ -462,10 +440,11 @@ class HardenedServer(Server):
         in this worker's row, and wake the siblings whose own answer that flips."""
         state = self._wanted()
         loop = asyncio.get_running_loop()
-        if state == spread.LISTENING and self._accept != spread.LISTENING:
+        accepting = (spread.LISTENING, spread.UNBALANCED)
+        if state in accepting and self._accept not in accepting:
             for listening in self._listeners:
                 loop.add_reader(listening.fileno(), self._acceptable, listening)
-        elif state != spread.LISTENING and self._accept == spread.LISTENING:
+        elif state not in accepting and self._accept in accepting:
             for listening in self._listeners:
                 loop.remove_reader(listening.fileno())
         row = self._row
@@ -481,7 +460,7 @@ class HardenedServer(Server):
         ACCEPT_BATCH per event, so the loop's other work is not held up by a flood)."""
         for _ in range(ACCEPT_BATCH):
             self._decide()
-            if self._accept != spread.LISTENING:
+            if self._accept not in (spread.LISTENING, spread.UNBALANCED):
                 return
             try:
                 conn, _ = listening.accept()
@@ -496,6 +475,7 @@ class HardenedServer(Server):
                 self._decide()
                 return
             self._pending += 1
+            self._accepted += 1
             task = asyncio.get_running_loop().create_task(self._hand_over(conn))
             self._handovers.add(task)  # the loop keeps only a weak reference to a task
             task.add_done_callback(self._handovers.discard)
@@ -615,6 +595,10 @@ class HardenedServer(Server):
                 if counter % 10 == 0:  # siblings that came or went: a scan of the table (0.1 ms),
                     # once a second (a newcomer says hello, a dead one is checked before yielding)
                     self._siblings = self.host.table.sibling_rows()
+                    accepted, answered = self._accepted, self.server_state.total_requests
+                    self._churning = spread.churning(accepted - self._churn_mark[0],
+                                                     answered - self._churn_mark[1])
+                    self._churn_mark = (accepted, answered)
                 self._promised.clear()  # a woken sibling that has not acted within a tick: not counted on
             self._starved = False
             self._decide()

@@ -256,10 +256,11 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
             app = forwarded.ForwardedMiddleware(app, trusted, s.forwarded, s.forwarded_host,
                                                 s.forwarded_port, s.forwarded_prefix)
         assert self.server is not None
+        every = memory.EveryRequests(s.memory_check_requests, self.check_memory_counted).count \
+            if self.memory is not None and s.memory_check_requests else None  # no layer of its own
         app = RequestGuard(app, self.server.drain_signal, s.request_timeout,
-                           lambda line: self.log.warning("hardened_worker: worker %s %s", self.pid, line))
-        if self.memory is not None and s.memory_check_requests:  # no layer: counted by the server
-            self.server.count_requests(memory.EveryRequests(s.memory_check_requests, self.check_memory))
+                           lambda line: self.log.warning("hardened_worker: worker %s %s", self.pid, line),
+                           counted=every)
         if s.max_queue_time is not None:  # outside the forwarded layer: it trusts the socket peer
             self.shedder = overload.ShedMiddleware(
                 app, s.max_queue_time, forwarded.trusted_from_gunicorn(self.cfg.forwarded_allow_ips),

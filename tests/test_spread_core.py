@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardened_worker.spread import LISTENING, OFF, YIELDING, Sibling, listens, margin, seen, to_wake
+from hardened_worker.spread import (CHURN_ACCEPTS, LISTENING, OFF, UNBALANCED, YIELDING, Sibling, churning,
+                                    listens, margin, seen, to_wake)
 
-L, Y = LISTENING, YIELDING
+L, Y, U = LISTENING, YIELDING, UNBALANCED
 
 
 @pytest.mark.parametrize("mine,siblings,expected", [
@@ -36,6 +37,23 @@ L, Y = LISTENING, YIELDING
 ])
 def test_listens(mine, siblings, expected):
     assert listens(mine, siblings) is expected
+
+
+@pytest.mark.parametrize("accepts,requests,expected", [
+    (0, 0, False),                                # idle
+    (CHURN_ACCEPTS - 1, 0, False),                # too few new connections to be worth saving
+    (CHURN_ACCEPTS, CHURN_ACCEPTS, True),         # Connection: close: one request each
+    (1000, 1500, True),
+    (1000, 2000, False),                          # two requests each: keep-alive enough
+    (64, 30000, False),                           # wrk opening its keep-alive connections
+])
+def test_churning(accepts, requests, expected):
+    assert churning(accepts, requests) is expected
+
+
+def test_a_churning_worker_is_neither_yielded_to_nor_woken():
+    assert listens(1, [Sibling(0, U)])            # it takes what comes, it is not a taker to yield to
+    assert to_wake(Sibling(0, L), [Sibling(5, U)]) == []
 
 
 @pytest.mark.parametrize("me,siblings,expected", [
