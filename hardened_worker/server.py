@@ -450,8 +450,10 @@ class HardenedServer(Server):
         row = self._row
         count = self._open()
         if self._spread and (state != row[readiness.C_ACCEPT] or count != row[readiness.C_CONNECTIONS]):
+            changed = state != row[readiness.C_ACCEPT]
             row[readiness.C_CONNECTIONS], row[readiness.C_ACCEPT] = count, state
-            self._wake_siblings(spread.to_wake(spread.Sibling(count, state), self._rows()))
+            if changed or state != spread.UNBALANCED:  # siblings never weigh an unbalanced count
+                self._wake_siblings(spread.to_wake(spread.Sibling(count, state), self._rows()))
         self._accept = state
 
     def _acceptable(self, listening: socket.socket) -> None:
