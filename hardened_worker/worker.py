@@ -108,6 +108,7 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
         self._waiting_logged: Optional[str] = None
         self._next_orphan_check = 0.0
         self._next_memory_publish = 0.0
+        self.tally: Optional[metrics.Tally] = None  # HARDENED_METRICS_PATH: this worker's counts
 
     def _current_settings(self) -> config.Settings:
         try:
@@ -258,9 +259,10 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
         assert self.server is not None
         every = memory.EveryRequests(s.memory_check_requests, self.check_memory_counted).count \
             if self.memory is not None and s.memory_check_requests else None  # no layer of its own
+        self.tally = metrics.Tally() if s.metrics_path else None
         app = RequestGuard(app, self.server.drain_signal, s.request_timeout,
                            lambda line: self.log.warning("hardened_worker: worker %s %s", self.pid, line),
-                           counted=every)
+                           counted=every, tally=self.tally)
         if s.max_queue_time is not None:  # outside the forwarded layer: it trusts the socket peer
             self.shedder = overload.ShedMiddleware(
                 app, s.max_queue_time, forwarded.trusted_from_gunicorn(self.cfg.forwarded_allow_ips),
@@ -276,7 +278,7 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
             self.stall.log = metrics.StallCounting(self.stall.log, self.table)
             app = metrics.MetricsMiddleware(
                 app, self.table, s.metrics_path,
-                metrics.Access(self.cfg.forwarded_allow_ips, s.metrics_allow),
+                metrics.Access(self.cfg.forwarded_allow_ips, s.metrics_allow), self.tally,
                 lambda: metrics.backlog_of(self.sockets), s.metrics_port)
         if accesslog.configured(self.log):  # outermost: sees the client forwarded handling settled on
             skip = () if s.health_access_log or not path else (path,)
@@ -303,6 +305,7 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
             self.table.set_state(State.RETIRING)
             self._give_back(self.generation)
         self.stall.stop()
+        self._publish()  # the last counts: what the table keeps of this worker once it is gone
         self.table.set_state(State.FREE)  # gone as far as the others are concerned (not yet reaped)
         self.log.info(
             "hardened_worker: worker %s exiting: reason %s, served %d requests, up %.1f s",
@@ -554,10 +557,12 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
 
     def _publish(self) -> None:
         """On the tick: this worker's beat (the systemd watchdog reads it) in its row; with
-        HARDENED_METRICS_PATH its memory too, once a second."""
+        HARDENED_METRICS_PATH its request counts too, and its memory once a second."""
         now = time.monotonic()
         row = self.table.counters()
         row[readiness.C_BEAT] = int(now * 1000)
+        if self.tally is not None:
+            self.tally.publish(row)
         if self.settings.metrics_path and now >= self._next_memory_publish:
             self._next_memory_publish = now + 1.0
             row[readiness.C_MEMORY] = metrics.rss_bytes()

@@ -8,18 +8,23 @@ and a memory recycle.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import json
 import os
 import signal
 import time
+from typing import Optional
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rig import APPS, get, wait_for
 
-from hardened_worker import metrics, readiness
+from hardened_worker import deadline, metrics, readiness
+from hardened_worker.deadline import RequestGuard
+from hardened_worker.drain import DrainSignal
 from hardened_worker.lifecycle import Phase
 from hardened_worker.readiness import (C_BUCKET0, C_DURATION_US, C_INFLIGHT, C_MEMORY, C_PHASE,
                                        C_REQUESTS, C_STALLS, COUNTERS, R_ACCEPTED, R_EXITS,
@@ -141,6 +146,42 @@ def test_render(name, slots, retired_row, expected):
     assert found[("hardened_worker_generation", L())] == 3
 
 
+def test_the_request_layer_tallies_each_request_to_its_last_body_byte(monkeypatch):
+    clock = [1.0]
+    monkeypatch.setattr(deadline, "_monotonic", lambda: clock[0])
+    tally = metrics.Tally()
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(tally.in_flight)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        clock[0] += 0.5
+        await send({"type": "http.response.body", "body": b"ok"})
+        clock[0] += 8.0  # after the response (a background task): not the request's time
+
+    async def failing(scope, receive, send):
+        clock[0] += 0.25
+        raise RuntimeError("no response")
+
+    async def main():
+        async def send(message):
+            pass
+
+        for handler in (app, app, failing):
+            guard = RequestGuard(handler, DrainSignal(), None, lambda line: None, tally=tally)
+            with contextlib.suppress(RuntimeError):
+                await guard({"type": "http", "method": "GET", "path": "/"}, None, send)
+
+    asyncio.run(main())
+    assert seen == [1, 1] and tally.in_flight == 0
+    row = memoryview(bytearray(COUNTERS * 8)).cast("q")
+    tally.publish(row)
+    assert (row[C_REQUESTS], row[C_INFLIGHT], row[C_DURATION_US]) == (3, 0, 1_250_000)
+    buckets = [row[C_BUCKET0 + i] for i in range(len(readiness.BUCKETS) + 1)]
+    assert buckets[readiness.BUCKETS.index(0.5)] == 2 and buckets[readiness.BUCKETS.index(0.25)] == 1
+    assert sum(buckets) == 3
+
+
 def test_table_folds_a_departed_workers_counts_exactly_once():
     table = readiness.Table()
     pid = os.fork()
@@ -217,6 +258,21 @@ def scrape_from_each(port: int, pids: list[int]) -> dict[int, dict]:
     return answers
 
 
+def settled(port: int, pids: list[int]) -> dict[int, dict]:
+    """A scrape answered by each of ``pids`` once they agree on every worker's request count.
+    A worker publishes its counts on its tick (every 100 ms) and before it answers: a sibling's
+    last requests show within one tick, so agreement means none is unpublished (no request is
+    in progress: a scrape is not counted)."""
+
+    def agreed() -> Optional[dict[int, dict]]:
+        answers = scrape_from_each(port, pids)
+        counts = {tuple(value(found, "requests_total", pid=str(p)) for p in pids)
+                  for found in answers.values()}
+        return answers if len(counts) == 1 else None
+
+    return wait_for(agreed, 10, interval=0.01)
+
+
 def value(found: dict, name: str, **labels) -> float:
     return found.get(("hardened_worker_" + name, L(**labels)), 0)
 
@@ -230,7 +286,7 @@ def test_two_workers_either_one_describes_the_pool_across_reloads(master, tmp_pa
     wait_for(lambda: value(samples(scrape(m.port)[2]), "workers", state="ready") == 2, 15)
     for _ in range(50):
         assert get(m.port, "/")[0] == 200
-    for pid, found in scrape_from_each(m.port, old).items():
+    for pid, found in settled(m.port, old).items():
         assert value(found, "workers", state="ready") == 2
         assert value(found, "requests_total") >= 50
         assert sum(value(found, "requests_total", pid=str(p)) for p in old) == \

@@ -9,7 +9,7 @@ import sys
 
 from rig import ROOT, get, wait_for
 
-from test_metrics import samples, scrape, value
+from test_metrics import samples, scrape, settled, value
 
 
 def status(*args: str) -> subprocess.CompletedProcess:
@@ -23,6 +23,7 @@ def test_status_shows_the_pool_and_its_json_matches_the_scrape(master):
     wait_for(lambda: value(samples(scrape(m.port)[2]), "workers", state="ready") == 2, 15)
     for _ in range(30):
         assert get(m.port, "/")[0] == 200
+    settled(m.port, pids)
     url = f"http://127.0.0.1:{m.port}/metrics"
     done = status("--json", url)  # neither the scrape nor this command counts as a request
     assert done.returncode == 0, done.stderr
