@@ -189,8 +189,9 @@ class RequestGuard:
     here, at the cost of a call, not of a layer of its own (a layer cost the metrics 14% of
     requests/s): ``counted``, if given, is called once per request as it ends (the memory check
     every N requests); ``tally`` (a :class:`hardened_worker.metrics.Tally`) has ``in_flight``
-    raised as a request reaches the app and ``ended(seconds)`` called as it ends, ``seconds`` from
-    then to the last body byte handed to the server (or to the app's return without one).
+    raised as a request reaches the app, lowered as it ends, and the request's seconds appended to
+    ``durations``: from reaching the app to the last body byte handed to the server (or to the
+    app's return without one).
     """
 
     def __init__(self, app: ASGIApp, signal: DrainSignal, timeout: Optional[float] = None,
@@ -267,7 +268,8 @@ class RequestGuard:
                 if self._expired:  # almost always empty: no lookup
                     self._expired.pop(task, None)
             if tally is not None:
-                tally.ended((ended or _monotonic()) - began)
+                tally.in_flight -= 1
+                tally.durations.append((ended or _monotonic()) - began)
             if self.counted is not None:
                 self.counted()
 

@@ -279,7 +279,7 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
             app = metrics.MetricsMiddleware(
                 app, self.table, s.metrics_path,
                 metrics.Access(self.cfg.forwarded_allow_ips, s.metrics_allow), self.tally,
-                lambda: metrics.backlog_of(self.sockets), s.metrics_port)
+                lambda: metrics.backlog_of(self.sockets), s.metrics_port).asgi
         if accesslog.configured(self.log):  # outermost: sees the client forwarded handling settled on
             skip = () if s.health_access_log or not path else (path,)
             app = accesslog.AccessLogMiddleware(app, self.log, skip)

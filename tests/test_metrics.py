@@ -18,6 +18,8 @@ import time
 from typing import Optional
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from rig import APPS, get, wait_for
@@ -180,6 +182,24 @@ def test_the_request_layer_tallies_each_request_to_its_last_body_byte(monkeypatc
     buckets = [row[C_BUCKET0 + i] for i in range(len(readiness.BUCKETS) + 1)]
     assert buckets[readiness.BUCKETS.index(0.5)] == 2 and buckets[readiness.BUCKETS.index(0.25)] == 1
     assert sum(buckets) == 3
+
+
+@given(st.lists(st.lists(st.one_of(st.sampled_from(readiness.BUCKETS),
+                                   st.floats(0, 20, allow_nan=False))), max_size=4))
+def test_publishing_in_batches_counts_as_one_request_at_a_time(batches):
+    tally = metrics.Tally()
+    row = memoryview(bytearray(COUNTERS * 8)).cast("q")
+    expected = [0] * (len(readiness.BUCKETS) + 1)
+    for batch in batches:
+        tally.durations.extend(batch)
+        tally.publish(row)
+        for seconds in batch:  # Prometheus' le: a duration equal to a bound is in its bucket
+            expected[next((i for i, bound in enumerate(readiness.BUCKETS) if seconds <= bound),
+                          len(readiness.BUCKETS))] += 1
+    everything = [seconds for batch in batches for seconds in batch]
+    assert [row[C_BUCKET0 + i] for i in range(len(expected))] == expected
+    assert row[C_REQUESTS] == len(everything) and not tally.durations
+    assert abs(row[C_DURATION_US] - sum(everything) * 1e6) <= 1
 
 
 def test_table_folds_a_departed_workers_counts_exactly_once():
