@@ -1,7 +1,9 @@
 """Load spread across workers: wrk on the test app's ``/pid`` route (each answer names the worker
 that served it), counted per pid by wrk's own Lua ``response`` hook, for each worker class with
 2 and 4 workers and 8 and 64 keep-alive connections. The figure is max/min of requests per worker
-over the pool (1.00: even); tail latency follows the busiest worker."""
+over the pool (1.00: even); tail latency follows the busiest worker. Each worker's requests are
+also counted per wrk thread: with the connections even, what is left uneven is the client's (see
+:func:`per_pid`)."""
 
 from __future__ import annotations
 
@@ -34,14 +36,14 @@ response = function(status, headers, body)
   counts[body] = (counts[body] or 0) + 1
 end
 done = function(summary, latency, requests)
-  for _, thread in ipairs(threads) do
+  for index, thread in ipairs(threads) do
     for pid, n in pairs(thread:get("counts")) do
-      io.write(string.format("served-by %s %d\\n", pid, n))
+      io.write(string.format("served-by %d %s %d\\n", index, pid, n))
     end
   end
 end
 """
-_SERVED = re.compile(r"^served-by (\d+) (\d+)$", re.MULTILINE)
+_SERVED = re.compile(r"^served-by (\d+) (\d+) (\d+)$", re.MULTILINE)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,10 +54,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="environment for every master (repeatable)")
 
 
-def per_pid(raw: str) -> dict[int, int]:
-    served: dict[int, int] = {}
-    for pid, count in _SERVED.findall(raw):
-        served[int(pid)] = served.get(int(pid), 0) + int(count)
+def per_pid(raw: str) -> dict[int, list[int]]:
+    """Requests each worker served, per wrk thread (thread 1 first). With the connections even,
+    what is left uneven comes from the client: each wrk thread's connections go as fast as that
+    thread is scheduled, so a worker whose connections all belong to the faster thread serves
+    more (measured, 4 workers on 2 cores: every worker got the same CPU time, the busiest served
+    25% more requests per CPU second)."""
+    served: dict[int, list[int]] = {}
+    for thread, pid, count in _SERVED.findall(raw):
+        counts = served.setdefault(int(pid), [])
+        counts += [0] * (int(thread) - len(counts))
+        counts[int(thread) - 1] += int(count)
     return served
 
 
@@ -100,20 +109,20 @@ def run(args: argparse.Namespace) -> dict:
                         result = rig.wrk(m.port, "/pid", duration=args.duration, connections=conns,
                                          threads=2, script=script)
                         sampler.join()
-                        served = per_pid(result.raw)
-                        held_by = [held.get(pid, 0) for pid, _ in
-                                   sorted(served.items(), key=lambda item: -item[1])]
+                        by_thread = sorted(per_pid(result.raw).items(), key=lambda item: -sum(item[1]))
+                        held_by = [held.get(pid, 0) for pid, _ in by_thread]
                         held_by += [0] * max(0, workers - len(held_by))
-                        counts = sorted(served.values(), reverse=True)
+                        counts = [sum(threads) for _, threads in by_thread]
                         # A worker that served nothing counts as 0 (max/min is then infinite).
                         counts += [0] * max(0, workers - len(counts))
                         spread = counts[0] / counts[-1] if counts and counts[-1] else None
                         cases.append({"class": cls, "workers": workers, "connections": conns,
                                       "per_worker": counts, "max_over_min": spread,
                                       "connections_per_worker": held_by,
+                                      "per_worker_by_wrk_thread": [threads for _, threads in by_thread],
                                       "rps": result.rps, "p99_ms": result.p99_ms})
                         log(f"spread: {cls} -w {workers} -c {conns}: {counts} (connections "
-                            f"{held_by}) max/min "
+                            f"{held_by}, by wrk thread {[t for _, t in by_thread]}) max/min "
                             f"{spread if spread is None else round(spread, 2)}, p99 {result.p99_ms:.1f} ms")
     headline: dict = {}
     for case in cases:
