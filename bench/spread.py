@@ -56,10 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def per_pid(raw: str) -> dict[int, list[int]]:
     """Requests each worker served, per wrk thread (thread 1 first). With the connections even,
-    what is left uneven comes from the client: each wrk thread's connections go as fast as that
-    thread is scheduled, so a worker whose connections all belong to the faster thread serves
-    more (measured, 4 workers on 2 cores: every worker got the same CPU time, the busiest served
-    25% more requests per CPU second)."""
+    what is left uneven comes from how they pair with the client's threads: a worker whose
+    connections all belong to one wrk thread gets their requests together and answers them in
+    one loop iteration; a worker holding one of each thread's wakes for each. Measured with 4
+    workers on 2 cores and 8 connections: every worker got the same CPU time, and the two holding
+    one thread's pair served 20-25% more requests per CPU second than the two holding one of each."""
     served: dict[int, list[int]] = {}
     for thread, pid, count in _SERVED.findall(raw):
         counts = served.setdefault(int(pid), [])
