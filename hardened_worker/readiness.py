@@ -203,6 +203,7 @@ class Table:
         self._all = memoryview(self._map).cast("q")  # type: ignore[arg-type]
         self._retired = self._all[self._retired_at // 8:]
         self._private = memoryview(bytearray(COUNTERS * 8)).cast("q")  # no slot: counted nowhere
+        self.token = os.urandom(6).hex()  # this pool's, apart from any other's (wake sockets)
         self._mine: tuple = (None, self._private)  # (slot, its row): counters() per request
 
     def _offset(self, index: int) -> int:

@@ -250,9 +250,11 @@ class _Accepted(_Connections):
         super().discard(conn)
 
 
-def _wake_address(pid: int) -> bytes:
-    """A worker's wake socket: an abstract UNIX datagram address (no file, gone with the socket)."""
-    return b"\0hardened-worker-wake-%d" % pid
+def _wake_address(pool: str, pid: int) -> bytes:
+    """A worker's wake socket: an abstract UNIX datagram address (no file, gone with the socket).
+    Abstract names are per network namespace, which a Kubernetes pod's containers share while
+    each has pids of its own: ``pool`` (the table's random token) keeps two pools apart."""
+    return b"\0hardened-worker-wake-%s-%d" % (pool.encode(), pid)
 
 
 class HardenedServer(Server):
@@ -274,6 +276,7 @@ class HardenedServer(Server):
         self._churn_mark = (0, 0)  # (_accepted, total_requests) a second ago
         self._spread = bool(getattr(host.settings, "spread", False))
         self._row = host.table.counters()
+        self._pool = host.table.token  # in the wake sockets' names
         self._siblings: list[tuple[int, Any]] = []  # (pid, counter row), refreshed on the tick
         self._promised: set[int] = set()  # siblings woken to listen that have not acted on it yet
         self._waker: Optional[socket.socket] = None
@@ -514,8 +517,8 @@ class HardenedServer(Server):
     def _open_waker(self, loop: Any) -> None:
         waker = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            waker.bind(_wake_address(os.getpid()))
-        except OSError as exc:  # unlikely (the name holds our pid): the tick re-decides instead
+            waker.bind(_wake_address(self._pool, os.getpid()))
+        except OSError as exc:  # unlikely (the pool's token and our pid): the tick re-decides instead
             waker.close()
             self.host.log.warning("hardened_worker: worker %s has no wake socket (%s); the accept "
                                   "policy re-reads the table on the 100 ms tick only", self.host.pid, exc)
@@ -533,7 +536,7 @@ class HardenedServer(Server):
                 _, sender = self._waker.recvfrom(64)
             except (BlockingIOError, InterruptedError):
                 break
-            stranger = stranger or sender not in {_wake_address(pid) for pid in known}
+            stranger = stranger or sender not in {_wake_address(self._pool, pid) for pid in known}
         if stranger:  # a sibling started since the last tick
             self._siblings = self.host.table.sibling_rows()
         if self.started:
@@ -545,7 +548,7 @@ class HardenedServer(Server):
         for index in indexes:
             pid, row = self._siblings[index]
             try:
-                self._waker.sendto(b"w", socket.MSG_DONTWAIT, _wake_address(pid))
+                self._waker.sendto(b"w", socket.MSG_DONTWAIT, _wake_address(self._pool, pid))
             except BlockingIOError:  # its queue is full: a wake is pending there already
                 pass
             except OSError:  # gone, or not listening yet (it reads the table when it starts)

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
+import socket
+from pathlib import Path
 
 import pytest
 
 from rig import get, wait_for
+
+from test_metrics import settled, value
 
 REQUESTS_PER_CONNECTION = 20
 
@@ -24,7 +29,8 @@ def per_worker_requests(port: int) -> dict[int, int]:
 def test_connections_opened_at_once_are_spread_evenly(master, workers):
     m = master(workers=workers, env={"HARDENED_METRICS_PATH": "/metrics"})
     pids = m.wait_workers(workers)
-    before = per_worker_requests(m.port)  # wait_serving's probes
+    found = next(iter(settled(m.port, pids).values()))  # wait_serving's probes, all published
+    before = {pid: value(found, "requests_total", pid=str(pid)) for pid in pids}
     conns = [http.client.HTTPConnection("127.0.0.1", m.port, timeout=30) for _ in range(8)]
     for conn in conns:  # all connected before any request: the burst a client pool opens
         conn.connect()
@@ -40,9 +46,9 @@ def test_connections_opened_at_once_are_spread_evenly(master, workers):
     assert set(held_by.values()) == {8 // workers}  # connections per worker: exactly even
     expected = {pid: 8 // workers * REQUESTS_PER_CONNECTION for pid in pids}
 
-    def served() -> dict[int, int]:  # a worker counts a request just after its answer left
+    def served() -> dict[int, int]:  # a sibling's counts show on its next tick
         after = per_worker_requests(m.port)
-        return {pid: after[pid] - before.get(pid, 0) for pid in pids}
+        return {pid: after[pid] - before[pid] for pid in pids}
 
     wait_for(lambda: served() == expected, 10)
     for conn in conns:
@@ -65,3 +71,27 @@ def test_a_worker_that_holds_more_leaves_the_next_connection_to_its_sibling(mast
     assert set(held.values()) == {4}
     for conn in conns:
         conn.close()
+
+
+def test_another_pool_in_the_network_namespace_takes_no_wake_socket_of_ours(master):
+    """Abstract UNIX names are per network namespace, which a Kubernetes pod's containers share,
+    and each container numbers its pids from 1: another pool's workers may hold our workers' pids.
+    Stand in for one: the names a pool would bind for the next pids, taken before ours start."""
+    last = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+    foreign = []
+    try:
+        for pid in range(last + 1, last + 400):
+            taken = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            foreign.append(taken)
+            taken.bind(b"\0hardened-worker-wake-%d" % pid)  # a pool without a token of its own
+        m = master(workers=2)
+        pids = m.wait_workers(2)
+        assert max(pids) < last + 400, "the workers' pids were not among those taken"
+        names = {line.split()[-1] for line in Path("/proc/net/unix").read_text().splitlines()[1:]
+                 if len(line.split()) == 8}
+        for pid in pids:  # each worker bound a wake socket of its own pool
+            assert any(re.fullmatch(rf"@hardened-worker-wake-[0-9a-f]+-{pid}", n) for n in names)
+        assert "has no wake socket" not in m.log()
+    finally:
+        for taken in foreign:
+            taken.close()
