@@ -21,7 +21,8 @@ from bench.common import Metric, log, rig
 NAME = "spread"
 HELP = "requests per worker (max/min over the pool), 2 and 4 workers, 8 and 64 connections"
 TITLE = "Load spread across workers"
-SETUP = "wrk on `/pid` for {duration_s} s a case; requests per worker counted by wrk's Lua `response` hook"
+SETUP = ("wrk on `/pid`, {runs} runs of {duration_s} s a case, fresh connections each (median, range in "
+         "brackets); requests per worker counted by wrk's Lua `response` hook")
 # The default cases (others land in the headline under the same key pattern), graded on min/max, not
 # the max/min each case also records: a worker that served nothing makes max/min unbounded (None in
 # JSON, which would read as "not applicable"), min/max simply 0.
@@ -47,7 +48,10 @@ _SERVED = re.compile(r"^served-by (\d+) (\d+) (\d+)$", re.MULTILINE)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--duration", type=int, default=6, help="whole seconds of wrk per case (default 6)")
+    p.add_argument("--duration", type=int, default=6, help="whole seconds of wrk per run (default 6)")
+    p.add_argument("--runs", type=int, default=3,
+                   help="wrk runs per case, each with fresh connections (default 3): the figure is "
+                        "their median, the band their range")
     p.add_argument("--workers", default="2,4", help="pool sizes, comma-separated (default 2,4)")
     p.add_argument("--connections", default="8,64", help="wrk connections, comma-separated (default 8,64)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace) -> dict:
             with contextlib.ExitStack() as stack:  # classes side by side, cases alternating
                 masters = {cls: stack.enter_context(common.master(cls, workers=workers, env=env))
                            for cls in args.classes}
-                for conns in connections:
+                for conns, run_ in ((c, r) for c in connections for r in range(args.runs)):
                     for cls, m in masters.items():
                         held: dict[int, int] = {}
                         # Sampled once, a second in (wrk opens every connection at its start).
@@ -117,18 +121,25 @@ def run(args: argparse.Namespace) -> dict:
                         # A worker that served nothing counts as 0 (max/min is then infinite).
                         counts += [0] * max(0, workers - len(counts))
                         spread = counts[0] / counts[-1] if counts and counts[-1] else None
-                        cases.append({"class": cls, "workers": workers, "connections": conns,
+                        cases.append({"class": cls, "workers": workers, "connections": conns, "run": run_ + 1,
                                       "per_worker": counts, "max_over_min": spread,
                                       "connections_per_worker": held_by,
                                       "per_worker_by_wrk_thread": [threads for _, threads in by_thread],
                                       "rps": result.rps, "p99_ms": result.p99_ms})
-                        log(f"spread: {cls} -w {workers} -c {conns}: {counts} (connections "
+                        log(f"spread: {cls} -w {workers} -c {conns} run {run_ + 1}: {counts} (connections "
                             f"{held_by}, by wrk thread {[t for _, t in by_thread]}) max/min "
                             f"{spread if spread is None else round(spread, 2)}, p99 {result.p99_ms:.1f} ms")
-    headline: dict = {}
+    # Which worker gets which of the client's connections is drawn anew each run, and it matters
+    # (see per_pid): one run is one draw, so the figure is the median of the runs, the band their range.
+    draws: dict[tuple[str, str], list[float]] = {}
     for case in cases:
         counts = case["per_worker"]
-        headline.setdefault(case["class"], {})[f"min_over_max_w{case['workers']}_c{case['connections']}"] = \
-            counts[-1] / counts[0] if counts and counts[0] else None
+        key = (case["class"], f"min_over_max_w{case['workers']}_c{case['connections']}")
+        draws.setdefault(key, []).append(counts[-1] / counts[0] if counts and counts[0] else 0.0)
+    headline: dict = {}
+    for (cls, key), values in draws.items():
+        headline.setdefault(cls, {})[key] = common.median(values)
+        headline[cls][f"{key}_band"] = [min(values), max(values)]
     return {"scenario": NAME, "headline": headline, "cases": cases,
-            "config": {"duration_s": args.duration, "path": "/pid", "wrk_threads": 2, "env": env}}
+            "config": {"duration_s": args.duration, "runs": args.runs, "path": "/pid", "wrk_threads": 2,
+                       "env": env}}
