@@ -14,8 +14,9 @@ index into :data:`hardened_worker.diagnostics.EXIT_REASONS`, plus one) is how th
 no longer exists is free, so a SIGKILLed worker needs no clean-up.
 
 Behind the slots, a counters area (observability, see ``COUNTERS``): one row of int64 per slot,
-which only that slot's worker writes, on the request path, with plain stores through a memoryview
-(no lock, no syscall); whichever worker answers ``HARDENED_METRICS_PATH`` reads every row lock-free
+which only that slot's worker writes, with plain stores through a memoryview (no lock, no
+syscall): its request counts on its tick (``metrics.Tally``), a shed request or a stall as it
+happens; whichever worker answers ``HARDENED_METRICS_PATH`` reads every row lock-free
 (:meth:`Table.snapshot`). A departed worker's counts are folded into the pool's retired row under
 the lock, by the worker that reuses its slot, with a sequence number readers retry on, so a total
 never counts a worker twice or not at all.
@@ -162,8 +163,8 @@ _HEADER_FIELDS = ("generation", "rejected", "rejected_at", "abandoned", "failed_
 SLOTS = 512
 
 # The counters area (observability): after the slots, one row of int64 per slot, written only by
-# that slot's worker with plain stores through a memoryview (no lock, no syscall: cheap enough for
-# the request path), read lock-free by whichever worker answers the metrics path. Then the pool's
+# that slot's worker with plain stores through a memoryview (no lock, no syscall; the request
+# counts are copied in on the worker's tick, metrics.Tally), read lock-free by whichever worker answers the metrics path. Then the pool's
 # "retired" row: what workers that have left counted, folded in under the lock by the worker that
 # reuses (or frees) a dead worker's slot, so a recycled worker's requests stay in the totals.
 # Histogram buckets (seconds) are Prometheus' default ones, +Inf last.
@@ -204,7 +205,7 @@ class Table:
         self._retired = self._all[self._retired_at // 8:]
         self._private = memoryview(bytearray(COUNTERS * 8)).cast("q")  # no slot: counted nowhere
         self.token = os.urandom(6).hex()  # this pool's, apart from any other's (wake sockets)
-        self._mine: tuple = (None, self._private)  # (slot, its row): counters() per request
+        self._mine: tuple = (None, self._private)  # (slot, its row), for counters()
 
     def _offset(self, index: int) -> int:
         return _HEADER.size + index * _SLOT.size
