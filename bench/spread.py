@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import re
 import subprocess
 import tempfile
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> dict:
             with contextlib.ExitStack() as stack:  # classes side by side, cases alternating
                 masters = {cls: stack.enter_context(common.master(cls, workers=workers, env=env))
                            for cls in args.classes}
-                for conns, run_ in ((c, r) for c in connections for r in range(args.runs)):
+                for conns, run_ in itertools.product(connections, range(args.runs)):
                     for cls, m in masters.items():
                         held: dict[int, int] = {}
                         # Sampled once, a second in (wrk opens every connection at its start).

@@ -1,15 +1,16 @@
 """Pool metrics in the Prometheus text format, answered by whichever worker gets the scrape.
 
-No ``prometheus_client`` multiprocess directory: every worker counts in its own row of the shared
-table (:mod:`hardened_worker.readiness`, ``COUNTERS``), with plain int64 stores through a
-memoryview on the request path (no lock, no syscall), and the worker that answers
+No ``prometheus_client`` multiprocess directory: every worker counts in plain Python objects on
+the request path and copies its counts into its own row of the shared table
+(:mod:`hardened_worker.readiness`, ``COUNTERS``) on its tick, with plain int64 stores through a
+memoryview (no lock, no syscall), and the worker that answers
 ``HARDENED_METRICS_PATH`` reads every row, lock-free, and renders the whole pool. What workers that
 have left counted is folded into the table's retired row before their slot is reused, so totals
 never go back (a recycled worker's requests stay counted).
 
-Three parts: :class:`MetricsMiddleware` (counting, the endpoint, who may read it), :func:`pool`
-(a table snapshot as plain data, also the ``?format=json`` answer the status command reads) and
-:func:`render` (that data as Prometheus text): the last two are pure.
+Four parts: :class:`Tally` (this worker's counts), :class:`MetricsMiddleware` (the endpoint, who
+may read it), :func:`pool` (a table snapshot as plain data, also the ``?format=json`` answer the
+status command reads) and :func:`render` (that data as Prometheus text): the last two are pure.
 
 Who may read it: loopback peers (and peers on a UNIX socket listener), the trusted proxies
 (``--forwarded-allow-ips``) and ``HARDENED_METRICS_ALLOW``; the peer is the socket's, never a
@@ -275,9 +276,6 @@ class MetricsMiddleware:
         self.backlog = backlog
         self.port = port
         self.asgi = self._on_port if port is not None else self._on_path
-
-    def __call__(self, scope: dict, receive: Any, send: Any) -> Awaitable[None]:
-        return self.asgi(scope, receive, send)
 
     def _on_path(self, scope: dict, receive: Any, send: Any) -> Awaitable[None]:
         if scope.get("path") == self.path and scope["type"] == "http":
