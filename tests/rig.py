@@ -417,6 +417,23 @@ def nginx_binary() -> str:
     return found
 
 
+def upstream_failures(error_log: str) -> list[str]:
+    """Lines of an nginx error log where nginx lost an upstream connection or request.
+
+    A client's own closes are not losses. nginx names what it was doing in each line's "while ..."
+    clause: "while reading response header from upstream" is a loss, "while sending to client" is
+    the client (wrk closing its sockets as a run ends) resetting a connection it no longer reads."""
+    keys = ("upstream prematurely closed", "reset by peer) while", "connect() failed",
+            "upstream timed out", "no live upstreams", "Broken pipe) while")
+    failures = []
+    for line in error_log.splitlines():
+        clause = re.search(r" while ([^,]*)", line)
+        if (clause and "upstream" in clause.group(1) and "client prematurely closed" not in line
+                and any(k in line for k in keys)):
+            failures.append(line)
+    return failures
+
+
 class Nginx:
     """A real nginx running the examples' site file in front of ``upstream_port``.
 
@@ -473,12 +490,7 @@ http {{
         return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
 
     def upstream_failures(self) -> list[str]:
-        """Lines where nginx lost an upstream connection or request (not its clients' closes)."""
-        keys = ("upstream prematurely closed", "reset by peer) while", "connect() failed",
-                "upstream timed out", "no live upstreams", "Broken pipe) while")
-        return [line for line in self.log().splitlines()
-                if "upstream" in line and "client prematurely closed" not in line
-                and any(k in line for k in keys)]
+        return upstream_failures(self.log())
 
     def stop(self) -> None:
         if self.proc is None:
