@@ -55,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "their median, the band their range")
     p.add_argument("--workers", default="2,4", help="pool sizes, comma-separated (default 2,4)")
     p.add_argument("--connections", default="8,64", help="wrk connections, comma-separated (default 8,64)")
+    p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default 2)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment for every master (repeatable)")
 
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> dict:
                         sampler = threading.Timer(1.0, lambda: held.update(connections_per_pid(m.port)))
                         sampler.start()
                         result = rig.wrk(m.port, "/pid", duration=args.duration, connections=conns,
-                                         threads=2, script=script)
+                                         threads=args.wrk_threads, script=script)
                         sampler.join()
                         by_thread = sorted(per_pid(result.raw).items(), key=lambda item: -sum(item[1]))
                         held_by = [held.get(pid, 0) for pid, _ in by_thread]
@@ -142,5 +143,5 @@ def run(args: argparse.Namespace) -> dict:
         headline.setdefault(cls, {})[key] = common.median(values)
         headline[cls][f"{key}_band"] = [min(values), max(values)]
     return {"scenario": NAME, "headline": headline, "cases": cases,
-            "config": {"duration_s": args.duration, "runs": args.runs, "path": "/pid", "wrk_threads": 2,
+            "config": {"duration_s": args.duration, "runs": args.runs, "path": "/pid", "wrk_threads": args.wrk_threads,
                        "env": env}}
