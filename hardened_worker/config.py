@@ -256,8 +256,8 @@ SETTINGS: tuple[Setting, ...] = (
             "connections it holds are still served; off when empty or 0."),
     Setting("SPREAD", parse_bool, "true", "false",
             "Even connections across workers: a worker that holds more open connections than a "
-            "sibling that accepts leaves the next connection to that sibling (one accept per "
-            "readiness event, counts in the shared table)."),
+            "sibling that accepts leaves the next connection to that sibling (decided before each "
+            "accept, counts in the shared table)."),
     Setting("MAX_QUEUE_TIME", parse_positive_duration, "", "2s",
             "Load shedding: a request that already waited longer than this before the app would "
             "run (X-Request-Start from a trusted proxy, else since its connection was accepted) "

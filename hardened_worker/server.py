@@ -19,7 +19,8 @@ exercised by the real-process tests:
   whose ``add``/``discard``, called by the protocols per request, pause and resume accepting);
 * the accept path is ours, not ``loop.create_server``'s (libuv accepts until ``EAGAIN`` per
   readiness event, so one worker took a whole burst of connections): ``loop.add_reader`` on each
-  listening socket, one ``accept()`` per event, ``loop.connect_accepted_socket`` with the
+  listening socket, ``accept()`` one connection at a time (deciding before each, at most
+  ``ACCEPT_BATCH`` per event), ``loop.connect_accepted_socket`` with the
   protocol factory uvicorn's ``startup`` would use; pausing (HARDENED_MAX_INFLIGHT, the accept
   policy of :mod:`hardened_worker.spread`, the drain) is removing the reader;
 * ``server_state.connections`` replaced by ``_Connections`` (the protocols ``add`` themselves in
@@ -403,7 +404,7 @@ class HardenedServer(Server):
         ago = overload.received_ago(info)
         return at if ago is None else min(at, time.monotonic() - ago)
 
-    # --- accepting: one connection per readiness event, when the rules let this worker ------
+    # --- accepting: a connection at a time, while the rules let this worker -----------------
 
     def _wanted(self) -> int:
         """What this worker should do about new connections now (spread.OFF/LISTENING/YIELDING)."""
