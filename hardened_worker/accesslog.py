@@ -124,7 +124,7 @@ def request_headers(scope: Scope) -> list[tuple[str, str]]:
     return [(_text(name), _text(value)) for name, value in scope.get("headers", ())]
 
 
-def request_start(clock: Callable[[], float] = time.perf_counter) -> float:
+def loop_iteration_start(clock: Callable[[], float] = time.perf_counter) -> float:
     """``clock()`` at the moment the running loop's current iteration began (see ``T D M L``)."""
     stale = time.monotonic() - asyncio.get_running_loop().time()
     return clock() - stale if stale > 0 else clock()
@@ -371,7 +371,7 @@ class AccessLogMiddleware:
         if kind not in _TYPES or (self.skip and scope.get("path") in self.skip):
             return await self.app(scope, receive, send)
         clock = self.clock
-        start = request_start(clock)
+        start = loop_iteration_start(clock)
         end = 0.0
         peer = scope.get("client")
         response = Response()

@@ -11,8 +11,8 @@ layer call these with what they see.
 * **Shedding** (``HARDENED_MAX_QUEUE_TIME``): a request that has already waited longer than the
   bound before the app would run gets a fast 503 with ``Retry-After``: its client has most likely
   given up (or will before an answer comes), and the work would only delay the requests behind it.
-  How long it waited comes from ``X-Request-Start``, set by a trusted proxy (:func:`request_start`
-  reads nginx's and Heroku's formats); without one, for the first request on a connection, from
+  How long it waited comes from ``X-Request-Start``, set by a trusted proxy
+  (:func:`parse_request_start` reads nginx's and Heroku's formats); without one, for the first request on a connection, from
   the moment the worker accepted it, or from when the kernel received the request's bytes if
   that was earlier (:func:`received_ago`, so time in the accept queue counts too; the server's
   ``first_request_accepted_at``). :func:`shed` is
@@ -70,7 +70,7 @@ class InFlight(set):  # type: ignore[type-arg]
 _REQUEST_START = re.compile(r"[ \t]*(?:t=)?([0-9]{1,20})(?:\.([0-9]{1,9}))?[ \t]*")
 
 
-def request_start(value: bytes) -> Optional[float]:
+def parse_request_start(value: bytes) -> Optional[float]:
     """The epoch seconds an ``X-Request-Start`` value names, or None when it is not one."""
     try:
         text = value.decode("ascii")
@@ -178,7 +178,7 @@ class ShedMiddleware:
                 client[0] if client else None, is_unix_listener(scope.get("server"))):
             for name, value in scope["headers"]:
                 if name == b"x-request-start":
-                    return waited(request_start(value), self.wall())
+                    return waited(parse_request_start(value), self.wall())
         if self.accepted_at is not None:
             accepted = self.accepted_at(send)
             if accepted is not None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hardened_worker import forwarded
 from hardened_worker.overload import (
     TCP_INFO_SIZE, received_ago,
-    InFlight, ShedMiddleware, accepting, request_start, retry_after, shed, shedding, waited,
+    InFlight, ShedMiddleware, accepting, parse_request_start, retry_after, shed, shedding, waited,
 )
 
 NOW = 1_764_600_000.25  # 2025-12-01, epoch seconds
@@ -55,7 +55,7 @@ def test_the_in_flight_set_pauses_exactly_at_the_bound(bound, ops):
     (b"t=\xc2\xb9", None), ("t=１７".encode(), None), (b"1,2", None),
 ])
 def test_request_start(value, expected):
-    assert request_start(value) == (pytest.approx(expected) if expected else expected)
+    assert parse_request_start(value) == (pytest.approx(expected) if expected else expected)
 
 
 @given(st.floats(1e9, 9.9e9), st.sampled_from(["s", "ms", "us", "t=ms", "t=us", "t=s.ms"]))
@@ -64,12 +64,12 @@ def test_request_start_reads_every_format_back(when, form):
               "t=ms": f"t={int(when * 1e3)}", "t=us": f"t={int(when * 1e6)}",
               "t=s.ms": f"t={when:.3f}"}[form]
     tolerance = 1.0 if form == "s" else 0.002
-    assert request_start(number.encode()) == pytest.approx(when, abs=tolerance)
+    assert parse_request_start(number.encode()) == pytest.approx(when, abs=tolerance)
 
 
 @given(st.binary(max_size=40))
 def test_request_start_never_raises(value):
-    result = request_start(value)
+    result = parse_request_start(value)
     assert result is None or result >= 0
 
 
