@@ -15,7 +15,8 @@ layer call these with what they see.
   (:func:`parse_request_start` reads nginx's and Heroku's formats); without one, for the first
   request on a connection, from the moment the worker accepted it, or from when the kernel
   received the request's bytes if that was earlier (:func:`received_ago`, so time in the accept
-  queue counts too; the server's ``first_request_accepted_at``). :func:`shed` is the rule; while a worker sheds (:func:`shedding`) its health path answers 503.
+  queue counts too; the server's ``first_request_accepted_at``). :func:`shed` is the rule; while
+  a worker sheds (:func:`shedding`) its health path answers 503.
 """
 
 from __future__ import annotations

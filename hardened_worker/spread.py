@@ -5,9 +5,9 @@ Why: every worker waits on the same listening socket and the kernel wakes them a
 readiness event, before Python sees any of them. When a client opens its keep-alive connections
 at once (wrk, a proxy's upstream pool), the first worker awake takes most of them and keeps them:
 one worker served everything in the bench (``python -m bench spread``; uvicorn-worker #34,
-gunicorn #1984, #2670, #3071). So the server accepts itself (:mod:`hardened_worker.server`), a connection at a time, and
-asks :func:`listens` before each, as Puma's
-``wait_for_less_busy_worker`` lets a busy worker leave the accept to an idle one.
+gunicorn #1984, #2670, #3071). So the server accepts itself (:mod:`hardened_worker.server`), a
+connection at a time, and asks :func:`listens` before each, as Puma's ``wait_for_less_busy_worker``
+lets a busy worker leave the accept to an idle one.
 
 The rule: a worker yields the accept while a sibling that listens holds fewer open connections
 than it by more than :func:`margin` (none up to 7 connections, then an eighth of its own).
