@@ -143,5 +143,5 @@ def run(args: argparse.Namespace) -> dict:
         headline.setdefault(cls, {})[key] = common.median(values)
         headline[cls][f"{key}_band"] = [min(values), max(values)]
     return {"scenario": NAME, "headline": headline, "cases": cases,
-            "config": {"duration_s": args.duration, "runs": args.runs, "path": "/pid", "wrk_threads": args.wrk_threads,
-                       "env": env}}
+            "config": {"duration_s": args.duration, "runs": args.runs, "path": "/pid",
+                       "wrk_threads": args.wrk_threads, "env": env}}
