@@ -164,9 +164,10 @@ SLOTS = 512
 
 # The counters area (observability): after the slots, one row of int64 per slot, written only by
 # that slot's worker with plain stores through a memoryview (no lock, no syscall; the request
-# counts are copied in on the worker's tick, metrics.Tally), read lock-free by whichever worker answers the metrics path. Then the pool's
-# "retired" row: what workers that have left counted, folded in under the lock by the worker that
-# reuses (or frees) a dead worker's slot, so a recycled worker's requests stay in the totals.
+# counts are copied in on the worker's tick, metrics.Tally), read lock-free by whichever worker
+# answers the metrics path. Then the pool's "retired" row: what workers that have left counted,
+# folded in under the lock by the worker that reuses (or frees) a dead worker's slot, so a
+# recycled worker's requests stay in the totals.
 # Histogram buckets (seconds) are Prometheus' default ones, +Inf last.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 C_REQUESTS, C_INFLIGHT, C_DURATION_US, C_STALLS, C_PHASE, C_MEMORY, C_BUCKET0 = range(7)

@@ -519,7 +519,7 @@ class HardenedServer(Server):
         waker = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             waker.bind(_wake_address(self._pool, os.getpid()))
-        except OSError as exc:  # unlikely (the pool's token and our pid): the tick re-decides instead
+        except OSError as exc:  # unlikely (the pool's token, our pid): the tick re-decides instead
             waker.close()
             self.host.log.warning("hardened_worker: worker %s has no wake socket (%s); the accept "
                                   "policy re-reads the table on the 100 ms tick only", self.host.pid, exc)
