@@ -279,7 +279,6 @@ class HardenedServer(Server):
         self._row = host.table.counters()
         self._pool = host.table.token  # in the wake sockets' names
         self._siblings: list[tuple[int, Any]] = []  # (pid, counter row), refreshed on the tick
-        self._promised: set[int] = set()  # siblings woken to listen that have not acted on it yet
         self._waker: Optional[socket.socket] = None
         self._handovers: set[asyncio.Task[None]] = set()
         bound = getattr(host.settings, "max_inflight", None)
@@ -364,10 +363,13 @@ class HardenedServer(Server):
         if self._spread:
             self._open_waker(loop)
             self._siblings = self.host.table.sibling_rows()
+            # Siblings weigh a worker whose loop ticked lately (spread.weighed); the worker beats on
+            # its tick (Host.on_tick), the first of which is still to come.
+            self._row[readiness.C_BEAT] = int(time.monotonic() * 1000)
         self.started = True
         self._decide()
         if self._waker is not None:  # siblings read a newcomer's row from their next tick on,
-            self._wake_siblings(range(len(self._siblings)), promise=False)  # or from this hello
+            self._wake_siblings(range(len(self._siblings)))  # or from this hello
 
     async def main_loop(self) -> None:
         # uvicorn's loop, but a stop decided between ticks (memory) wakes it at once: a fast leak
@@ -414,30 +416,20 @@ class HardenedServer(Server):
             return spread.LISTENING
         if self._churning:
             return spread.UNBALANCED
-        if spread.listens(self._open(), self._view(self._rows())):
+        if spread.listens(self._open(), self._rows()):
             return spread.LISTENING
         # About to yield: only to a sibling still alive (a dead one's row is stale until the tick).
         self._siblings = [(pid, row) for pid, row in self._siblings if readiness.alive(pid)]
-        return spread.LISTENING if spread.listens(self._open(), self._view(self._rows())) \
-            else spread.YIELDING
+        return spread.LISTENING if spread.listens(self._open(), self._rows()) else spread.YIELDING
 
     def _open(self) -> int:
         return len(self.server_state.connections) + self._pending
 
     def _rows(self) -> list[spread.Sibling]:
-        """The siblings' rows as they published them."""
-        return [spread.Sibling(row[readiness.C_CONNECTIONS], row[readiness.C_ACCEPT])
-                for _, row in self._siblings]
-
-    def _view(self, rows: list[spread.Sibling]) -> list[spread.Sibling]:
-        """What this worker decides on: one woken to listen counts as listening until it has
-        acted (its row changes) or the next tick (spread.seen)."""
-        if not self._promised:
-            return rows
-        for (pid, _), row in zip(self._siblings, rows):
-            if row.accept != spread.YIELDING:
-                self._promised.discard(pid)  # it acted on the wake
-        return spread.seen(rows, [pid in self._promised for pid, _ in self._siblings])
+        """The siblings' rows as the rule weighs them (a blocked one's as not accepting)."""
+        now_ms = int(time.monotonic() * 1000)
+        return [spread.weighed(row[readiness.C_CONNECTIONS], row[readiness.C_ACCEPT], row[readiness.C_BEAT],
+                               now_ms) for _, row in self._siblings]
 
     def _decide(self) -> None:
         """Listen or not (the reader on each listening socket), publish the count and the state
@@ -543,19 +535,14 @@ class HardenedServer(Server):
         if self.started:
             self._decide()
 
-    def _wake_siblings(self, indexes: Iterable[int], promise: bool = True) -> None:
+    def _wake_siblings(self, indexes: Iterable[int]) -> None:
         if self._waker is None:
             return
         for index in indexes:
-            pid, row = self._siblings[index]
             try:
-                self._waker.sendto(b"w", socket.MSG_DONTWAIT, _wake_address(self._pool, pid))
-            except BlockingIOError:  # its queue is full: a wake is pending there already
-                pass
-            except OSError:  # gone, or not listening yet (it reads the table when it starts)
-                continue
-            if promise and row[readiness.C_ACCEPT] == spread.YIELDING:
-                self._promised.add(pid)
+                self._waker.sendto(b"w", socket.MSG_DONTWAIT, _wake_address(self._pool, self._siblings[index][0]))
+            except OSError:  # queue full (a wake is pending there already), gone, or not listening
+                pass  # yet (it reads the table when it starts)
 
     def _close_waker(self) -> None:
         if self._waker is not None:
@@ -605,7 +592,6 @@ class HardenedServer(Server):
                     self._churning = spread.churning(accepted - self._churn_mark[0],
                                                      answered - self._churn_mark[1])
                     self._churn_mark = (accepted, answered)
-                self._promised.clear()  # a woken sibling that has not acted within a tick: not counted on
             self._starved = False
             self._decide()
         return self.host.on_tick()

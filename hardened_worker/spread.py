@@ -9,19 +9,21 @@ gunicorn #1984, #2670, #3071). So the server accepts itself (:mod:`hardened_work
 connection at a time, and asks :func:`listens` before each, as Puma's ``wait_for_less_busy_worker``
 lets a busy worker leave the accept to an idle one.
 
-The rule: a worker yields the accept while a sibling that listens holds fewer open connections
-than it by more than :func:`margin` (none up to 7 connections, then an eighth of its own).
-The least loaded worker that listens never yields, so while any worker listens one always does;
-it cannot yield to a sibling that itself yields. A worker whose move may flip a sibling's answer
-wakes that sibling (:func:`to_wake`, a datagram on the sibling's wake socket), so a yielding
-worker resumes as soon as it is no longer ahead, not on a timer; the 100 ms tick re-reads the
-table as well, for a sibling that died while others yielded to it.
+The rule: a worker yields the accept while a sibling that takes connections (listening, or
+yielding itself) holds fewer open connections than it by more than :func:`margin` (none up to 7
+connections, then an eighth of its own). The least loaded taker never yields, so while any worker
+takes connections one listens. A worker whose move may flip a sibling's answer wakes that sibling
+(:func:`to_wake`, a datagram on the sibling's wake socket), so a yielding worker resumes as soon
+as it is no longer ahead, not on a timer; the 100 ms tick re-reads the table as well, for a
+sibling that died while others yielded to it. A sibling that yields counts as a taker because it
+is one as soon as it acts on its wake: a worker that skipped it took the connection meant for it
+(measured: 2/3/2/1 connections over 4 workers, one run in 12, where wakes were slow to be acted on).
 
-One hand-off rests on the wake being acted on: a worker that woke a yielding sibling to listen
-counts it as listening (:func:`seen`) until the sibling's row changes or its own next tick, so
-the rest of a burst does not pile onto the waker while the sibling's loop gets to the wake. If
-that sibling's loop is blocked just then, the pool can be without a listener until the waker's
-next tick (100 ms at most; README, "What still rests on timing").
+A taker is waited for only while its loop runs: one whose loop has not ticked for
+:data:`STALE_MS` (its beat, ``readiness.C_BEAT``) is blocked (a handler holding the loop, a
+debugger) and counts as not accepting (:func:`weighed`), so a new connection waits at most that
+long plus a tick for a blocked worker that holds fewer, never for the whole block (README, "What
+still rests on timing").
 
 Pure: counts in, decisions out. Each worker publishes its own ``C_CONNECTIONS`` and ``C_ACCEPT``
 in the shared table (:mod:`hardened_worker.readiness`); the server reads its siblings' rows.
@@ -36,6 +38,7 @@ from typing import Sequence
 # siblings neither yield to it nor wake it).
 OFF, LISTENING, YIELDING, UNBALANCED = 0, 1, 2, 3
 CHURN_ACCEPTS = 32  # connections a second: below it, the policy's cost is nothing to save
+STALE_MS = 250  # a sibling whose loop has not ticked (every 100 ms) for this long is blocked
 
 
 def churning(accepts: int, requests: int) -> bool:
@@ -51,12 +54,22 @@ def churning(accepts: int, requests: int) -> bool:
 @dataclass(frozen=True)
 class Sibling:
     connections: int
-    accept: int  # OFF, LISTENING or YIELDING
+    accept: int  # OFF, LISTENING, YIELDING or UNBALANCED
+
+
+TAKERS = (LISTENING, YIELDING)  # siblings a worker leaves the next connection to when they hold fewer
+
+
+def weighed(connections: int, accept: int, beat_ms: int, now_ms: int) -> Sibling:
+    """A sibling's published row as the rule weighs it: one whose loop last ticked (``beat_ms``)
+    more than :data:`STALE_MS` before ``now_ms`` cannot accept until its loop runs again, and
+    counts as OFF."""
+    return Sibling(connections, accept if now_ms - beat_ms <= STALE_MS else OFF)
 
 
 def margin(mine: int) -> int:
-    """How many connections more than a listening sibling a worker holding ``mine`` may hold and
-    still accept. None for a few connections (8 over 2 or 4 workers end exactly even); an eighth
+    """How many connections more than a sibling a worker holding ``mine`` may hold and still
+    accept. None for a few connections (8 over 2 or 4 workers end exactly even); an eighth
     beyond, so that with connections opened and closed all the time (clients without keep-alive)
     workers do not yield and wake each other on every connection: measured, a strict rule cost a
     quarter of the requests/s of `Connection: close` traffic."""
@@ -65,16 +78,9 @@ def margin(mine: int) -> int:
 
 def listens(mine: int, siblings: Sequence[Sibling]) -> bool:
     """Should a worker holding ``mine`` open connections accept the next one? No while a sibling
-    that listens holds fewer by more than :func:`margin` (it takes the connection instead)."""
+    that takes connections holds fewer by more than :func:`margin` (it takes it instead)."""
     below = mine - margin(mine)
-    return not any(s.accept == LISTENING and s.connections < below for s in siblings)
-
-
-def seen(rows: Sequence[Sibling], promised: Sequence[bool]) -> list[Sibling]:
-    """The siblings as this worker decides on them: ``rows`` as published, except that one it
-    woke to listen (``promised``) and that still shows YIELDING counts as LISTENING."""
-    return [Sibling(row.connections, LISTENING) if promise and row.accept == YIELDING else row
-            for row, promise in zip(rows, promised)]
+    return not any(s.accept in TAKERS and s.connections < below for s in siblings)
 
 
 def to_wake(me: Sibling, siblings: Sequence[Sibling]) -> list[int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import select
 import socket
 from pathlib import Path
 
@@ -95,3 +96,28 @@ def test_another_pool_in_the_network_namespace_takes_no_wake_socket_of_ours(mast
     finally:
         for taken in foreign:
             taken.close()
+
+
+def test_a_new_connection_does_not_wait_for_a_blocked_worker_that_holds_fewer(master):
+    """The worker holding fewer connections is the one the other leaves new connections to, but
+    while a handler blocks its loop it cannot accept: once its loop has not ticked for
+    spread.STALE_MS, the other takes the connection, long before the block ends."""
+    m = master(workers=2, args=["--keep-alive", "60"])  # no idle connection closes meanwhile
+    pids = m.wait_workers(2)
+    held: dict[int, list[http.client.HTTPConnection]] = {pid: [] for pid in pids}
+    for _ in range(3):  # 1/1, then the third to either: 2/1
+        conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=30)
+        conn.request("GET", "/pid")
+        held[int(conn.getresponse().read())].append(conn)
+    blocked = min(pids, key=lambda pid: len(held[pid]))
+    other = next(pid for pid in pids if pid != blocked)
+    assert (len(held[blocked]), len(held[other])) == (1, 2)
+    blocker = held[blocked][0]
+    blocker.request("GET", "/block?s=10")
+    m.wait_started("/block")
+    conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=30)
+    conn.request("GET", "/pid")
+    assert int(conn.getresponse().read()) == other
+    assert select.select([blocker.sock], [], [], 0)[0] == [], "answered only after the block ended"
+    for c in [conn, *held[blocked], *held[other]]:
+        c.close()

@@ -3,19 +3,21 @@
 Table-driven for the rule itself; then a model of a pool under a burst of connections, the
 workers' steps interleaved in every order hypothesis finds (accepts, wakes acted on late, ticks),
 checking what the server relies on: the pool never stops accepting without a wake under way, and
-the burst ends spread evenly.
+the burst ends spread evenly, whatever the order (exhaustively for 4 workers and 8 connections,
+the bench's case).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardened_worker.spread import (CHURN_ACCEPTS, LISTENING, OFF, UNBALANCED, YIELDING, Sibling, churning,
-                                    listens, margin, seen, to_wake)
+from hardened_worker.spread import (CHURN_ACCEPTS, LISTENING, OFF, STALE_MS, UNBALANCED, YIELDING, Sibling,
+                                    churning, listens, margin, to_wake, weighed)
 
 L, Y, U = LISTENING, YIELDING, UNBALANCED
 
@@ -25,9 +27,10 @@ L, Y, U = LISTENING, YIELDING, UNBALANCED
     (5, [], True),
     (0, [Sibling(0, L)], True),                 # a tie: both listen
     (1, [Sibling(0, L)], False),                # a listening sibling holds fewer: yield to it
-    (1, [Sibling(0, Y)], True),                 # it yields itself: never yield to a yielder
+    (1, [Sibling(0, Y)], False),                # it yields now, but takes it once woken: leave it
+    (1, [Sibling(1, Y), Sibling(0, Y)], False),
     (1, [Sibling(0, OFF)], True),               # at its bound or draining: not a taker
-    (3, [Sibling(3, L), Sibling(2, Y)], True),
+    (3, [Sibling(3, L), Sibling(2, Y)], False),
     (3, [Sibling(4, L), Sibling(2, L)], False),
     (2, [Sibling(2, Y), Sibling(2, L)], True),
     (8, [Sibling(7, L)], True),                 # within its margin (8 // 8 = 1)
@@ -69,18 +72,27 @@ def test_to_wake(me, siblings, expected):
     assert to_wake(me, siblings) == expected
 
 
-def test_seen_counts_a_woken_yielder_as_listening_until_it_acts():
-    rows = [Sibling(1, Y), Sibling(2, Y), Sibling(0, L)]
-    assert seen(rows, [True, False, True]) == [Sibling(1, L), Sibling(2, Y), Sibling(0, L)]
+@pytest.mark.parametrize("accept", [L, Y, U, OFF])
+def test_a_sibling_whose_loop_has_not_ticked_lately_counts_as_not_accepting(accept):
+    now = 1_000_000
+    assert weighed(3, accept, now, now) == Sibling(3, accept)
+    assert weighed(3, accept, now - STALE_MS, now) == Sibling(3, accept)  # ticks every 100 ms
+    assert weighed(3, accept, now - STALE_MS - 1, now) == Sibling(3, OFF)  # blocked: not waited for
+    assert weighed(3, accept, 0, now) == Sibling(3, OFF)  # never ticked yet
 
 
-@given(st.integers(0, 6), st.lists(st.tuples(st.integers(0, 6), st.sampled_from([OFF, L, Y])),
+def test_a_blocked_sibling_with_fewer_is_not_waited_for():
+    now = 1_000_000
+    assert not listens(2, [weighed(1, L, now - 50, now)])
+    assert listens(2, [weighed(1, L, now - 2000, now)])
+
+
+@given(st.integers(0, 6), st.lists(st.tuples(st.integers(0, 6), st.sampled_from([OFF, L, Y, U])),
                                    max_size=6))
-def test_the_least_loaded_listener_never_yields(mine, others):
+def test_the_least_loaded_taker_never_yields(mine, others):
     siblings = [Sibling(c, a) for c, a in others]
-    listeners = [s.connections for s in siblings if s.accept == L]
-    if not listeners or mine - margin(mine) <= min(listeners):
-        assert listens(mine, siblings)
+    takers = [s.connections for s in siblings if s.accept in (L, Y)]
+    assert listens(mine, siblings) is (not takers or mine - margin(mine) <= min(takers))
 
 
 @dataclass
@@ -88,7 +100,6 @@ class Worker:
     count: int = 0  # connections it holds
     row: Sibling = Sibling(0, L)  # what it last published (C_CONNECTIONS, C_ACCEPT)
     woken: bool = False  # a wake datagram waiting in its socket
-    promised: set = field(default_factory=set)  # siblings it woke to listen
 
 
 class Pool:
@@ -102,16 +113,12 @@ class Pool:
         me = self.w[i]
         ids = [j for j in range(len(self.w)) if j != i]
         rows = [self.w[j].row for j in ids]
-        me.promised = {j for j in me.promised if self.w[j].row.accept == Y}
-        state = L if listens(me.count, seen(rows, [j in me.promised for j in ids])) else Y
+        state = L if listens(me.count, rows) else Y
         if me.row == Sibling(me.count, state):
             return  # nothing new in its row: nobody to wake
         me.row = Sibling(me.count, state)
         for index in to_wake(me.row, rows):
-            j = ids[index]
-            self.w[j].woken = True
-            if rows[index].accept == Y:
-                me.promised.add(j)
+            self.w[ids[index]].woken = True
 
     def accept(self, i: int) -> None:
         self.decide(i)  # _acceptable decides before it takes the connection
@@ -124,7 +131,6 @@ class Pool:
         self.decide(i)
 
     def tick(self, i: int) -> None:
-        self.w[i].promised.clear()
         self.decide(i)
 
     def accepting(self) -> bool:
@@ -143,9 +149,7 @@ class Pool:
 @settings(max_examples=400)
 @given(st.integers(2, 5), st.integers(1, 16), st.booleans(), st.data())
 def test_a_burst_ends_even_and_the_pool_never_stops_accepting(workers, burst, ticks, data):
-    """``ticks``: a worker's 100 ms tick may come in the middle of the burst, dropping what it
-    counted on from a wake not yet acted on. The pool still always accepts; the burst ends even
-    when every wake is acted on before the waker's next tick (the one timing assumption)."""
+    """``ticks``: a worker's 100 ms tick may come in the middle of the burst (it decides again)."""
     pool = Pool(workers)
     left = burst
     while left:
@@ -166,8 +170,31 @@ def test_a_burst_ends_even_and_the_pool_never_stops_accepting(workers, burst, ti
     pool.settle()
     assert any(w.row.accept == L for w in pool.w)
     counts = [w.count for w in pool.w]
-    if not ticks:
-        assert max(counts) - min(counts) <= 1 + margin(max(counts)), counts
+    assert max(counts) - min(counts) <= 1 + margin(max(counts)), counts
+
+
+def test_a_burst_of_8_over_4_workers_ends_2_2_2_2_in_every_order():
+    """Every interleaving of accepts, wakes acted on and ticks (a depth-first walk of the states).
+    With a yielding sibling not counted as a taker until it acted on its wake, a tick between the
+    wake and the act let a worker ahead take its connection: 2/3/2/1, as measured once in 12 runs."""
+    done, stack, seen_states = set(), [(Pool(4), 8)], set()
+    while stack:
+        pool, left = stack.pop()
+        key = (left, tuple((w.count, w.row, w.woken) for w in pool.w))
+        if key in seen_states:
+            continue
+        seen_states.add(key)
+        assert pool.accepting()
+        if not left:
+            pool.settle()
+            done.add(tuple(sorted(w.count for w in pool.w)))
+            continue
+        for i, w in enumerate(pool.w):
+            for step in ["accept"] * (w.row.accept == L) + ["act_on_wake"] * w.woken + ["tick"]:
+                after = copy.deepcopy(pool)
+                getattr(after, step)(i)
+                stack.append((after, left - (after.w[i].count - w.count)))
+    assert done == {(2, 2, 2, 2)}
 
 
 @given(st.lists(st.integers(0, 9), min_size=2, max_size=6), st.data())
@@ -179,9 +206,6 @@ def test_after_a_change_the_pool_settles_with_the_least_loaded_listening(counts,
         pool.w[i].count = count
     for i in data.draw(st.permutations(range(len(counts)))):
         pool.decide(i)
-    pool.settle()
-    for i in range(len(counts)):
-        pool.tick(i)  # promises dropped: every row as it is
     pool.settle()
     fewest = min(counts)
     assert [w.row.accept for w in pool.w] == [L if c - margin(c) <= fewest else Y for c in counts]
