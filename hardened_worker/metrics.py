@@ -25,10 +25,10 @@ import os
 import time
 from typing import Any, Awaitable, Callable, Iterable, Optional
 
-from hardened_worker import diagnostics, forwarded
+from hardened_worker import diagnostics, forwarded, spread
 from hardened_worker.lifecycle import Phase
-from hardened_worker.readiness import (BUCKETS, C_BEAT, C_BUCKET0, C_DURATION_US, C_INFLIGHT,
-                                       C_MEMORY, C_PHASE, C_REQUESTS, C_SHED, C_STALLS, EXIT_KINDS,
+from hardened_worker.readiness import (BUCKETS, C_ACCEPT, C_BEAT, C_BUCKET0, C_CONNECTIONS, C_DURATION_US,
+                                       C_INFLIGHT, C_MEMORY, C_PHASE, C_REQUESTS, C_SHED, C_STALLS, EXIT_KINDS,
                                        R_ACCEPTED, R_EXITS, R_REJECTED, R_RING, R_RING_NEXT,
                                        R_TOTALS, RING, Snapshot, State)
 
@@ -104,6 +104,7 @@ def pool(snapshot: Snapshot, now: float, backlog: int = -1) -> dict[str, Any]:
             "generation": peer.generation, "age": peer.age, "up_s": round(now - peer.started, 3),
             "requests": row[C_REQUESTS], "in_flight": row[C_INFLIGHT],
             "memory_bytes": row[C_MEMORY] or peer.memory,
+            "connections": row[C_CONNECTIONS], "accept": spread.ACCEPT_NAMES[row[C_ACCEPT]],
         })
     workers.sort(key=lambda w: w["age"])
     last_exits.sort(key=lambda e: -e["at"])
@@ -164,6 +165,8 @@ def render(data: dict[str, Any]) -> str:
     family("inflight_requests", "gauge", "HTTP requests in progress: the pool and each worker.",
            [("", {}, data["in_flight"])] + [("", {"pid": w["pid"]}, w["in_flight"])
                                            for w in workers])
+    family("open_connections", "gauge", "Connections each worker holds open.",
+           [("", {"pid": w["pid"]}, w["connections"]) for w in workers])
     duration = data["duration"]
     cumulative = 0
     samples = []

@@ -445,7 +445,7 @@ class HardenedServer(Server):
                 loop.remove_reader(listening.fileno())
         row = self._row
         count = self._open()
-        if self._spread and (state != row[readiness.C_ACCEPT] or count != row[readiness.C_CONNECTIONS]):
+        if state != row[readiness.C_ACCEPT] or count != row[readiness.C_CONNECTIONS]:  # also for the status
             changed = state != row[readiness.C_ACCEPT]
             row[readiness.C_CONNECTIONS], row[readiness.C_ACCEPT] = count, state
             if changed or state != spread.UNBALANCED:  # siblings never weigh an unbalanced count

@@ -37,6 +37,7 @@ from typing import Sequence
 # C_ACCEPT: not accepting at all / listening / yielding / listening whatever the counts (churn:
 # siblings neither yield to it nor wake it).
 OFF, LISTENING, YIELDING, UNBALANCED = 0, 1, 2, 3
+ACCEPT_NAMES = ("off", "listening", "yielding", "churn")  # as the metrics' JSON and the status show them
 CHURN_ACCEPTS = 32  # connections a second: below it, the policy's cost is nothing to save
 STALE_MS = 250  # a sibling whose loop has not ticked (every 100 ms) for this long is blocked
 

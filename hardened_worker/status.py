@@ -85,11 +85,11 @@ def format_table(pool: dict[str, Any], now: Optional[float] = None) -> str:
              f"{pool['in_flight']} in flight; reloads: {pool['reloads']['accepted']} accepted, "
              f"{pool['reloads']['rejected']} rejected; listen backlog "
              f"{pool['listen_backlog'] if pool['listen_backlog'] >= 0 else 'unknown'}"]
-    rows = [("PID", "STATE", "GEN", "AGE", "UP", "REQUESTS", "IN FLIGHT", "MEMORY")]
+    rows = [("PID", "STATE", "GEN", "AGE", "UP", "REQUESTS", "IN FLIGHT", "CONNECTIONS", "ACCEPT", "MEMORY")]
     for w in pool["workers"]:
         rows.append((str(w["pid"]), w["state"], str(w["generation"]), str(w["age"]),
-                     _ago(w["up_s"]), str(w["requests"]), str(w["in_flight"]),
-                     _size(w["memory_bytes"]) if w["memory_bytes"] else "-"))
+                     _ago(w["up_s"]), str(w["requests"]), str(w["in_flight"]), str(w["connections"]),
+                     w["accept"], _size(w["memory_bytes"]) if w["memory_bytes"] else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
               for row in rows]

@@ -313,6 +313,8 @@ def test_two_workers_either_one_describes_the_pool_across_reloads(master, tmp_pa
             value(found, "requests_total")
         assert value(found, "request_duration_seconds_count") == value(found, "requests_total")
         assert all(value(found, "worker_memory_bytes", pid=str(p)) > 0 for p in old)
+        assert all(("hardened_worker_open_connections", L(pid=str(p))) in found for p in old)
+        assert value(found, "open_connections", pid=str(pid)) >= 1  # the scrape's own, at least
         assert value(found, "reloads_total", result="accepted") == 0
 
     m.signal(signal.SIGHUP)  # the same code: accepted

@@ -9,6 +9,7 @@ import json
 import re
 import select
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,37 @@ def test_a_new_connection_does_not_wait_for_a_blocked_worker_that_holds_fewer(ma
     assert select.select([blocker.sock], [], [], 0)[0] == [], "answered only after the block ended"
     for c in [conn, *held[blocked], *held[other]]:
         c.close()
+
+
+def accepts(port: int) -> dict[int, str]:
+    """What each worker does about new connections, as the pool's JSON shows it."""
+    status, body = get(port, "/metrics?format=json")
+    assert status == 200
+    return {w["pid"]: w["accept"] for w in json.loads(body)["workers"]}
+
+
+def test_clients_without_keep_alive_make_every_worker_take_what_comes_until_they_stop(master):
+    """spread.churning: a second with at least 32 new connections carrying about one request each
+    (clients, or a proxy, without keep-alive) and the workers neither yield nor wake each other
+    (``churn``); a second after such traffic stops, the policy is back (the worker answering the
+    scrape holds its connection, so it yields to the other: ``listening`` or ``yielding``)."""
+    m = master(workers=2, env={"HARDENED_METRICS_PATH": "/metrics"})
+    m.wait_workers(2)
+    balanced = {"listening", "yielding"}
+    wait_for(lambda: len(accepts(m.port)) == 2 and set(accepts(m.port).values()) <= balanced, 10)
+    stop = threading.Event()
+
+    def without_keep_alive() -> None:
+        while not stop.is_set():
+            assert get(m.port, "/")[0] == 200  # a connection of its own for every request
+
+    clients = [threading.Thread(target=without_keep_alive) for _ in range(4)]
+    for client in clients:
+        client.start()
+    try:
+        wait_for(lambda: set(accepts(m.port).values()) == {"churn"}, 15)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+    wait_for(lambda: set(accepts(m.port).values()) <= balanced, 15)

@@ -35,6 +35,7 @@ def test_status_shows_the_pool_and_its_json_matches_the_scrape(master):
         assert w["state"] == "ready" and w["generation"] == 1
         assert w["requests"] == value(found, "requests_total", pid=str(w["pid"]))
         assert w["memory_bytes"] > 0
+        assert w["accept"] in ("listening", "yielding") and 0 <= w["connections"] <= 1  # the scrape's
 
     m.signal(signal.SIGHUP)
     wait_for(lambda: not set(m.workers()) & set(pids) and len(m.workers()) == 2, 30)
@@ -43,6 +44,7 @@ def test_status_shows_the_pool_and_its_json_matches_the_scrape(master):
     assert done.returncode == 0, done.stderr
     text = done.stdout
     assert "generation 2" in text and "reloads: 1 accepted, 0 rejected" in text
+    assert "CONNECTIONS  ACCEPT" in text
     for pid in m.workers():
         assert f"\n{pid} " in text
     for pid in pids:
