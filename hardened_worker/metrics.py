@@ -27,8 +27,9 @@ from typing import Any, Awaitable, Callable, Iterable, Optional
 
 from hardened_worker import diagnostics, forwarded, spread
 from hardened_worker.lifecycle import Phase
-from hardened_worker.readiness import (BUCKETS, C_ACCEPT, C_BEAT, C_BUCKET0, C_CONNECTIONS, C_DURATION_US,
-                                       C_INFLIGHT, C_MEMORY, C_PHASE, C_REQUESTS, C_SHED, C_STALLS, EXIT_KINDS,
+from hardened_worker.readiness import (BUCKETS, C_ACCEPT, C_BEAT, C_BUCKET0, C_CONNECTIONS,
+                                       C_DURATION_US, C_INFLIGHT, C_MEMORY, C_PHASE, C_REQUESTS,
+                                       C_SHED, C_STALLS, EXIT_KINDS,
                                        R_ACCEPTED, R_EXITS, R_REJECTED, R_RING, R_RING_NEXT,
                                        R_TOTALS, RING, Snapshot, State)
 

@@ -174,9 +174,10 @@ C_REQUESTS, C_INFLIGHT, C_DURATION_US, C_STALLS, C_PHASE, C_MEMORY, C_BUCKET0 = 
 C_BEAT = C_BUCKET0 + len(BUCKETS) + 1  # time.monotonic() in ms at the worker's last tick
 COUNTERS = 26  # per slot; C_BUCKET0 .. C_BUCKET0 + len(BUCKETS) are the buckets
 C_SHED = C_BEAT + 1  # requests HARDENED_MAX_QUEUE_TIME answered 503
-# The accept policy (hardened_worker/spread.py): gauges, not folded. C_CONNECTIONS: connections
-# open; C_ACCEPT: 0 not accepting (booting, at HARDENED_MAX_INFLIGHT, draining), 1 listening,
-# 2 yielding the accept to a sibling that holds fewer.
+# The accept policy (hardened_worker/spread.py) and the status: gauges, not folded, written on
+# every change. C_CONNECTIONS: connections open; C_ACCEPT: 0 not accepting (booting, at
+# HARDENED_MAX_INFLIGHT, draining), 1 listening, 2 yielding the accept to a sibling that holds
+# fewer, 3 accepting whatever the counts (churn).
 C_CONNECTIONS = C_SHED + 1
 C_ACCEPT = C_SHED + 2
 FOLDED = (C_REQUESTS, C_DURATION_US, C_STALLS, *range(C_BUCKET0, C_BUCKET0 + len(BUCKETS) + 1), C_SHED)

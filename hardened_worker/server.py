@@ -432,8 +432,8 @@ class HardenedServer(Server):
     def _rows(self) -> list[spread.Sibling]:
         """The siblings' rows as the rule weighs them (a blocked one's as not accepting)."""
         now_ms = int(time.monotonic() * 1000)
-        return [spread.weighed(row[readiness.C_CONNECTIONS], row[readiness.C_ACCEPT], row[readiness.C_BEAT],
-                               now_ms) for _, row in self._siblings]
+        return [spread.weighed(row[readiness.C_CONNECTIONS], row[readiness.C_ACCEPT],
+                               row[readiness.C_BEAT], now_ms) for _, row in self._siblings]
 
     def _decide(self) -> None:
         """Listen or not (the reader on each listening socket), publish the count and the state
@@ -544,7 +544,8 @@ class HardenedServer(Server):
             return
         for index in indexes:
             try:
-                self._waker.sendto(b"w", socket.MSG_DONTWAIT, _wake_address(self._pool, self._siblings[index][0]))
+                self._waker.sendto(b"w", socket.MSG_DONTWAIT,
+                                   _wake_address(self._pool, self._siblings[index][0]))
             except OSError:  # queue full (a wake is pending there already), gone, or not listening
                 pass  # yet (it reads the table when it starts)
 
