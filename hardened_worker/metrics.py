@@ -31,7 +31,7 @@ from hardened_worker.readiness import (BUCKETS, C_ACCEPT, C_BEAT, C_BUCKET0, C_C
                                        C_DURATION_US, C_INFLIGHT, C_MEMORY, C_PHASE, C_REQUESTS,
                                        C_SHED, C_STALLS, EXIT_KINDS,
                                        R_ACCEPTED, R_EXITS, R_REJECTED, R_RING, R_RING_NEXT,
-                                       R_TOTALS, RING, Snapshot, State)
+                                       R_TOTALS, RING, Snapshot, State, monotonic_ms)
 
 PREFIX = "hardened_worker_"
 PHASES = tuple(Phase)  # C_PHASE holds the index + 1 (0: not yet published)
@@ -385,4 +385,4 @@ def health(snapshot: Snapshot, now_ms: int, stale_ms: int) -> Optional[str]:
 def health_check(table: Any, interval: float) -> Callable[[], Optional[str]]:
     """:func:`health` on ``table`` now; a worker counts as beating within ``interval`` (>= 1 s)."""
     stale_ms = max(1000, int(interval * 1000))
-    return lambda: health(table.snapshot(), int(time.monotonic() * 1000), stale_ms)
+    return lambda: health(table.snapshot(), monotonic_ms(), stale_ms)

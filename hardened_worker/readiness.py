@@ -171,7 +171,7 @@ SLOTS = 512
 # Histogram buckets (seconds) are Prometheus' default ones, +Inf last.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 C_REQUESTS, C_INFLIGHT, C_DURATION_US, C_STALLS, C_PHASE, C_MEMORY, C_BUCKET0 = range(7)
-C_BEAT = C_BUCKET0 + len(BUCKETS) + 1  # time.monotonic() in ms at the worker's last tick
+C_BEAT = C_BUCKET0 + len(BUCKETS) + 1  # monotonic_ms() at the worker's last tick
 COUNTERS = 26  # per slot; C_BUCKET0 .. C_BUCKET0 + len(BUCKETS) are the buckets
 C_SHED = C_BEAT + 1  # requests HARDENED_MAX_QUEUE_TIME answered 503
 # The accept policy (hardened_worker/spread.py) and the status: gauges, not folded, written on
@@ -192,6 +192,11 @@ R_EXITS = R_RING + 3 * RING
 EXIT_KINDS = 16  # room for EXIT_REASONS + 1
 R_TOTALS = R_EXITS + EXIT_KINDS
 RETIRED = R_TOTALS + COUNTERS
+
+
+def monotonic_ms() -> int:
+    """The clock of ``C_BEAT`` (CLOCK_MONOTONIC is the same in every process of the host)."""
+    return int(time.monotonic() * 1000)
 
 
 class Table:

@@ -369,7 +369,7 @@ class HardenedServer(Server):
             self._siblings = self.host.table.sibling_rows()
             # Siblings weigh a worker whose loop ticked lately (spread.weighed); the worker beats on
             # its tick (Host.on_tick), the first of which is still to come.
-            self._row[readiness.C_BEAT] = int(time.monotonic() * 1000)
+            self._row[readiness.C_BEAT] = readiness.monotonic_ms()
         self.started = True
         self._decide()
         if self._waker is not None:  # siblings read a newcomer's row from their next tick on,
@@ -431,7 +431,7 @@ class HardenedServer(Server):
 
     def _rows(self) -> list[spread.Sibling]:
         """The siblings' rows as the rule weighs them (a blocked one's as not accepting)."""
-        now_ms = int(time.monotonic() * 1000)
+        now_ms = readiness.monotonic_ms()
         return [spread.weighed(row[readiness.C_CONNECTIONS], row[readiness.C_ACCEPT],
                                row[readiness.C_BEAT], now_ms) for _, row in self._siblings]
 

@@ -560,7 +560,7 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
         HARDENED_METRICS_PATH its request counts too, and its memory once a second."""
         now = time.monotonic()
         row = self.table.counters()
-        row[readiness.C_BEAT] = int(now * 1000)
+        row[readiness.C_BEAT] = readiness.monotonic_ms()
         if self.tally is not None:
             self.tally.publish(row)
         if self.settings.metrics_path and now >= self._next_memory_publish:
