@@ -3,18 +3,22 @@ that served it), counted per pid by wrk's own Lua ``response`` hook, for each wo
 2 and 4 workers and 8 and 64 keep-alive connections. The figure is max/min of requests per worker
 over the pool (1.00: even); tail latency follows the busiest worker. Each worker's requests are
 also counted per wrk thread: with the connections even, what is left uneven is the client's (see
-:func:`per_pid`)."""
+:func:`per_pid`). By default wrk and the pool run on separate CPUs (:func:`placement`), as a
+pool's clients run on other hosts: sharing cores with the client, the workers' requests follow
+the scheduler's draw, not the connections they hold."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import itertools
+import os
 import re
 import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import Optional
 
 from bench import common
 from bench.common import Metric, log, rig
@@ -23,7 +27,7 @@ NAME = "spread"
 HELP = "requests per worker (max/min over the pool), 2 and 4 workers, 8 and 64 connections"
 TITLE = "Load spread across workers"
 SETUP = ("wrk on `/pid`, {runs} runs of {duration_s} s a case, fresh connections each (median, range in "
-         "brackets); requests per worker counted by wrk's Lua `response` hook")
+         "brackets); requests per worker counted by wrk's Lua `response` hook; {cpus}")
 # The default cases (others land in the headline under the same key pattern), graded on min/max, not
 # the max/min each case also records: a worker that served nothing makes max/min unbounded (None in
 # JSON, which would read as "not applicable"), min/max simply 0.
@@ -58,6 +62,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default 2)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment for every master (repeatable)")
+    p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                   help="wrk on half the CPUs, every gunicorn process on the other half (default on; "
+                        "--no-pin lets them share every CPU)")
+
+
+def placement(cpus: set[int]) -> Optional[tuple[set[int], set[int]]]:
+    """The client's CPUs and the pool's: the lower half of ``cpus`` for wrk, the rest for the pool,
+    None with a single CPU. Measured 2026-12-02 with 4 workers and 8 connections on 2 cores, every
+    worker holding 2: sharing both cores with wrk, requests per worker max/min had a median of
+    1.09-1.18 by batch, whichever of wrk's threads or the workers the scheduler happened to run
+    together; with wrk on one core and the pool on the other, 1.01-1.05 (each worker's share of its
+    core is then the scheduler's fair share)."""
+    ordered = sorted(cpus)
+    if len(ordered) < 2:
+        return None
+    half = len(ordered) // 2
+    return set(ordered[:half]), set(ordered[half:])
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus`` (``sched_setaffinity`` moves one thread; a worker has
+    its watchdog's too). Threads and children made later inherit it."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def per_pid(raw: str) -> dict[int, list[int]]:
@@ -101,12 +130,21 @@ def run(args: argparse.Namespace) -> dict:
     pools = [int(n) for n in args.workers.split(",")]
     connections = [int(n) for n in args.connections.split(",")]
     cases = []
+    mine = os.sched_getaffinity(0)
+    split = placement(mine) if args.pin else None
     with tempfile.TemporaryDirectory(prefix="bench-spread-") as tmp:
         script = common.lua_script(Path(tmp), "count.lua", COUNT_LUA)
         for workers in pools:
             with contextlib.ExitStack() as stack:  # classes side by side, cases alternating
                 masters = {cls: stack.enter_context(common.master(cls, workers=workers, env=env))
                            for cls in args.classes}
+                if split is not None:  # wrk, started from this thread, inherits the client's half
+                    client, pool = split
+                    for m in masters.values():
+                        for pid in [m.proc.pid, *m.workers()]:
+                            pin(pid, pool)
+                    os.sched_setaffinity(0, client)
+                    stack.callback(os.sched_setaffinity, 0, mine)
                 for conns, run_ in itertools.product(connections, range(args.runs)):
                     for cls, m in masters.items():
                         held: dict[int, int] = {}
@@ -144,4 +182,7 @@ def run(args: argparse.Namespace) -> dict:
         headline[cls][f"{key}_band"] = [min(values), max(values)]
     return {"scenario": NAME, "headline": headline, "cases": cases,
             "config": {"duration_s": args.duration, "runs": args.runs, "path": "/pid",
-                       "wrk_threads": args.wrk_threads, "env": env}}
+                       "wrk_threads": args.wrk_threads, "env": env,
+                       "cpus": ("wrk on CPU {}, the pools on CPU {}".format(
+                                    *(",".join(map(str, sorted(half))) for half in split)) if split
+                                else "wrk and the pools sharing every CPU")}}
