@@ -3,6 +3,11 @@ Lua output becomes requests per worker. No measurement runs here."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from bench import spread
@@ -23,6 +28,24 @@ def test_placement_never_shares_a_cpu():
     for n in range(2, 17):
         client, pool = spread.placement(set(range(n)))
         assert client and pool and not client & pool and client | pool == set(range(n))
+
+
+def test_pin_moves_every_thread_of_a_process():
+    # A worker has threads besides its loop's (the stall watchdog); sched_setaffinity moves one.
+    child = subprocess.Popen([sys.executable, "-c", "import threading, time\n"
+                              "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+                              "print(flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()  # the second thread has started
+        tasks = lambda: [int(t.name) for t in Path(f"/proc/{child.pid}/task").iterdir()]
+        assert len(tasks()) == 2
+        one = {min(os.sched_getaffinity(0))}
+        assert os.sched_getaffinity(tasks()[-1]) != one, "pinning can only be seen with 2 CPUs or more"
+        spread.pin(child.pid, one)
+        assert [os.sched_getaffinity(t) for t in tasks()] == [one, one]
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_per_pid_counts_by_wrk_thread():
