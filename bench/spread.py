@@ -183,6 +183,9 @@ def run(args: argparse.Namespace) -> dict:
     return {"scenario": NAME, "headline": headline, "cases": cases,
             "config": {"duration_s": args.duration, "runs": args.runs, "path": "/pid",
                        "wrk_threads": args.wrk_threads, "env": env,
-                       "cpus": ("wrk on CPU {}, the pools on CPU {}".format(
-                                    *(",".join(map(str, sorted(half))) for half in split)) if split
-                                else "wrk and the pools sharing every CPU")}}
+                       "cpus": (f"wrk on CPU {_listed(split[0])}, the pools on CPU {_listed(split[1])}"
+                                if split else "wrk and the pools sharing every CPU")}}
+
+
+def _listed(cpus: set[int]) -> str:
+    return ",".join(map(str, sorted(cpus)))

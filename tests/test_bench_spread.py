@@ -1,5 +1,6 @@
-"""The spread bench's pure parts (``bench/spread.py``): where wrk and the pool run, and how wrk's
-Lua output becomes requests per worker. No measurement runs here."""
+"""The spread bench's own parts (``bench/spread.py``): which CPUs wrk and the pool get, that
+pinning moves every thread of a real process, and how wrk's Lua output becomes requests per
+worker. No measurement runs here."""
 
 from __future__ import annotations
 
@@ -37,7 +38,10 @@ def test_pin_moves_every_thread_of_a_process():
                               "print(flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
     try:
         child.stdout.readline()  # the second thread has started
-        tasks = lambda: [int(t.name) for t in Path(f"/proc/{child.pid}/task").iterdir()]
+
+        def tasks() -> list[int]:
+            return [int(t.name) for t in Path(f"/proc/{child.pid}/task").iterdir()]
+
         assert len(tasks()) == 2
         one = {min(os.sched_getaffinity(0))}
         assert os.sched_getaffinity(tasks()[-1]) != one, "pinning can only be seen with 2 CPUs or more"
