@@ -49,6 +49,15 @@ done = function(summary, latency, requests)
   end
 end
 """
+
+
+def count_lua(delay_ms: int = 0) -> str:
+    """wrk's script: :data:`COUNT_LUA`, and with ``delay_ms`` each connection waiting that long
+    after every answer (wrk's ``delay`` hook), so the workers are mostly idle and how often a
+    connection asks is the client's doing alone."""
+    return COUNT_LUA + (f"delay = function() return {delay_ms} end\n" if delay_ms else "")
+
+
 _SERVED = re.compile(r"^served-by (\d+) (\d+) (\d+)$", re.MULTILINE)
 
 
@@ -62,6 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default 2)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment for every master (repeatable)")
+    p.add_argument("--delay-ms", type=int, default=0,
+                   help="each connection waits this long after every answer (default 0: saturated)")
     p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                    help="wrk on half the CPUs, every gunicorn process on the other half (default on; "
                         "--no-pin lets them share every CPU)")
@@ -133,7 +144,7 @@ def run(args: argparse.Namespace) -> dict:
     mine = os.sched_getaffinity(0)
     split = placement(mine) if args.pin else None
     with tempfile.TemporaryDirectory(prefix="bench-spread-") as tmp:
-        script = common.lua_script(Path(tmp), "count.lua", COUNT_LUA)
+        script = common.lua_script(Path(tmp), "count.lua", count_lua(args.delay_ms))
         for workers in pools:
             with contextlib.ExitStack() as stack:  # classes side by side, cases alternating
                 masters = {cls: stack.enter_context(common.master(cls, workers=workers, env=env))
@@ -182,7 +193,7 @@ def run(args: argparse.Namespace) -> dict:
         headline[cls][f"{key}_band"] = [min(values), max(values)]
     return {"scenario": NAME, "headline": headline, "cases": cases,
             "config": {"duration_s": args.duration, "runs": args.runs, "path": "/pid",
-                       "wrk_threads": args.wrk_threads, "env": env,
+                       "wrk_threads": args.wrk_threads, "delay_ms": args.delay_ms, "env": env,
                        "cpus": (f"wrk on CPU {_listed(split[0])}, the pools on CPU {_listed(split[1])}"
                                 if split else "wrk and the pools sharing every CPU")}}
 

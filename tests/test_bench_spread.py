@@ -55,3 +55,9 @@ def test_pin_moves_every_thread_of_a_process():
 def test_per_pid_counts_by_wrk_thread():
     raw = "Running 6s test\nserved-by 1 101 40\nserved-by 2 101 60\nserved-by 2 102 7\nserved-by 1 103 5\n"
     assert spread.per_pid(raw) == {101: [40, 60], 102: [0, 7], 103: [5]}
+
+
+def test_count_lua_paces_only_when_asked():
+    assert spread.count_lua() == spread.COUNT_LUA
+    paced = spread.count_lua(3)
+    assert paced.startswith(spread.COUNT_LUA) and paced.endswith("delay = function() return 3 end\n")
