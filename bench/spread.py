@@ -83,8 +83,8 @@ def placement(cpus: set[int]) -> Optional[tuple[set[int], set[int]]]:
     None with a single CPU. Measured 2026-12-02 with 4 workers and 8 connections on 2 cores, every
     worker holding 2: sharing both cores with wrk, requests per worker max/min had a median of
     1.09-1.18 by batch, whichever of wrk's threads or the workers the scheduler happened to run
-    together; with wrk on one core and the pool on the other, 1.01-1.05 (each worker's share of its
-    core is then the scheduler's fair share)."""
+    together; with wrk on one core and the pool on the other, 1.01-1.05, and 1.01-1.03 with 1 or 4
+    wrk threads: which thread's connections a worker holds no longer matters (bench/README.md)."""
     ordered = sorted(cpus)
     if len(ordered) < 2:
         return None
@@ -105,7 +105,7 @@ def per_pid(raw: str) -> dict[int, list[int]]:
     what is left uneven comes from how they pair with the client's threads: a worker whose
     connections all belong to one wrk thread gets their requests together and answers them in
     one loop iteration; a worker holding one of each thread's wakes for each. Measured with 4
-    workers on 2 cores and 8 connections: every worker got the same CPU time, and the two holding
+    workers and wrk sharing 2 cores, 8 connections: every worker got the same CPU time, and the two holding
     one thread's pair served 20-25% more requests per CPU second than the two holding one of each."""
     served: dict[int, list[int]] = {}
     for thread, pid, count in _SERVED.findall(raw):
