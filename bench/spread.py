@@ -105,8 +105,9 @@ def per_pid(raw: str) -> dict[int, list[int]]:
     what is left uneven comes from how they pair with the client's threads: a worker whose
     connections all belong to one wrk thread gets their requests together and answers them in
     one loop iteration; a worker holding one of each thread's wakes for each. Measured with 4
-    workers and wrk sharing 2 cores, 8 connections: every worker got the same CPU time, and the two holding
-    one thread's pair served 20-25% more requests per CPU second than the two holding one of each."""
+    workers and wrk sharing 2 cores, 8 connections: every worker got the same CPU time, and the
+    two holding one thread's pair served 20-25% more requests per CPU second than the two holding
+    one of each."""
     served: dict[int, list[int]] = {}
     for thread, pid, count in _SERVED.findall(raw):
         counts = served.setdefault(int(pid), [])
