@@ -61,7 +61,7 @@ from uvicorn._compat import asyncio_run
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import Server
 
-from hardened_worker import diagnostics, drain, overload, readiness, spread, writes
+from hardened_worker import deadline, diagnostics, drain, overload, readiness, spread, writes
 
 WEBSOCKET_CLOSE_WAIT = 5.0  # seconds a client has to answer our close frame
 NOT_READY_SHUTDOWN = 5.0  # seconds of lifespan shutdown for a worker whose app never got ready
@@ -701,7 +701,7 @@ class HardenedServer(Server):
             cycle = getattr(conn, "cycle", None)
             if not (_is_http(conn) and cycle is not None and cycle.response_started
                     and not cycle.response_complete):
-                conn.transport.close()
+                self._close(conn)
         self.drain_signal.deadline_passed = True
         tasks = list(self.server_state.tasks)
         for task in tasks:
@@ -714,7 +714,15 @@ class HardenedServer(Server):
         for task in self.server_state.tasks:
             task.cancel(msg="hardened_worker: drain deadline")
         for conn in list(self.server_state.connections):
-            conn.transport.close()
+            self._close(conn)
+
+    def _close(self, conn: Any) -> None:
+        """Close at the drain deadline; the close waits for the client to take what is buffered,
+        so one that does not read is reset after deadline.ABORT_GRACE (the worker may still run
+        its lifespan shutdown for a while: its descriptors and buffers must go now)."""
+        conn.transport.close()
+        connections = self.server_state.connections
+        deadline.abort_later(conn.transport, lambda: conn not in connections)
 
     async def _lifespan_shutdown(self, plan: drain.DrainPlan) -> None:
         async def heartbeat() -> None:
