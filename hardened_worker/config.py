@@ -250,6 +250,16 @@ SETTINGS: tuple[Setting, ...] = (
             "An HTTP request still running this long is cancelled: 504 with Connection: close if "
             "no response started, else its connection is closed (an event stream gets its final "
             "chunk); websockets and the health path are exempt; off when empty."),
+    Setting("HEADER_TIMEOUT", parse_duration, "10s", "5s",
+            "Slowloris: a connection that has not sent a complete request head this long after it "
+            "opened (on keep-alive, after the next request's first byte; the wait before that byte "
+            "is --keep-alive's) is closed; 0 turns it off. gunicorn's --limit-request-line, "
+            "--limit-request-fields and --limit-request-field_size hold too: 414/431 at once."),
+    Setting("BODY_TIMEOUT", parse_duration, "60s", "30s",
+            "A request body that stops arriving: its connection is closed after this long without "
+            "a new body byte while the app waits for more (nginx's client_body_timeout); a body "
+            "that trickles steadily is bounded by HARDENED_REQUEST_TIMEOUT, which covers the "
+            "whole request, body included; 0 turns it off."),
     Setting("MAX_INFLIGHT", parse_count, "", "64",
             "Backpressure: with this many requests in flight (open websockets count) a worker stops "
             "accepting connections, so the kernel hands new ones to a sibling; requests on the "

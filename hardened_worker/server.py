@@ -47,6 +47,7 @@ with status 0.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import importlib
 import os
@@ -62,6 +63,8 @@ from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import Server
 
 from hardened_worker import deadline, diagnostics, drain, overload, readiness, spread, writes
+from hardened_worker.protocols import descriptors
+from hardened_worker.protocols import http as guarded_http
 
 WEBSOCKET_CLOSE_WAIT = 5.0  # seconds a client has to answer our close frame
 NOT_READY_SHUTDOWN = 5.0  # seconds of lifespan shutdown for a worker whose app never got ready
@@ -78,7 +81,8 @@ class Host(Protocol):
 
     pid: Any
     log: Any
-    settings: Any  # drain_idle_window, max_inflight, max_queue_time, spread
+    settings: Any  # drain_idle_window, max_inflight, max_queue_time, spread, header/body_timeout
+    cfg: Any  # gunicorn's: --limit-request-line, --limit-request-fields, --limit-request-field_size
     stall: Any  # the stall watchdog: tick()
     table: Any  # readiness.Table: counters() and sibling_rows(), for the accept policy
 
@@ -263,6 +267,9 @@ def _wake_address(pool: str, pid: int) -> bytes:
 
 
 class HardenedServer(Server):
+    _reserve: Optional[descriptors.Reserve] = None  # reset clients when out of descriptors
+    _short_of_descriptors = False  # since an accept failed for want of one, until one succeeds
+
     def __init__(self, config: Any, host: Host) -> None:
         super().__init__(config)
         self.host = host
@@ -352,7 +359,10 @@ class HardenedServer(Server):
         config = self.config
         loop = asyncio.get_running_loop()
 
-        protocol_class = _one_write(config.http_protocol_class, writes.Flusher(loop))
+        guard = guarded_http.guard_of(self.host.cfg, self.host.settings, self.host.log)
+        protocol_class = guarded_http.guarded(
+            _one_write(config.http_protocol_class, writes.Flusher(loop)), guard)
+        self._reserve = descriptors.Reserve()
 
         def create_protocol(_loop: Any = None) -> asyncio.Protocol:
             return protocol_class(  # type: ignore[call-arg]
@@ -470,18 +480,32 @@ class HardenedServer(Server):
                 return  # a sibling took it, or the client gave up first
             except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: it would fail again at once
                 # (the socket stays readable): off until a connection closes or the next tick.
-                if not self._starved:
-                    self.host.log.warning("hardened_worker: worker %s cannot accept: %s",
-                                          self.host.pid, exc)
+                self._cannot_accept(listening, exc)
                 self._starved = True
                 self._decide()
                 return
+            self._short_of_descriptors = False
             self._pending += 1
             self._accepted += 1
             task = asyncio.get_running_loop().create_task(self._hand_over(conn))
             self._handovers.add(task)  # the loop keeps only a weak reference to a task
             task.add_done_callback(self._handovers.discard)
         self._decide()
+
+    def _cannot_accept(self, listening: socket.socket, exc: OSError) -> None:
+        """Out of descriptors, the clients waiting are reset (they would wait for nothing: a load
+        balancer retries a reset elsewhere); logged once until an accept succeeds again."""
+        first = not self._short_of_descriptors
+        self._short_of_descriptors = True
+        if exc.errno in (errno.EMFILE, errno.ENFILE) and self._reserve is not None:
+            shortage = self._reserve.reset_pending(listening)
+            if first:
+                self.host.log.warning(
+                    "hardened_worker: worker %s out of descriptors (%s; %d open, RLIMIT_NOFILE %d): "
+                    "resetting new connections until one closes (%d reset now)", self.host.pid,
+                    exc.strerror, shortage.open, shortage.limit, shortage.reset)
+        elif first:
+            self.host.log.warning("hardened_worker: worker %s cannot accept: %s", self.host.pid, exc)
 
     async def _hand_over(self, conn: socket.socket) -> None:
         made: list[Any] = []

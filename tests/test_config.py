@@ -114,7 +114,8 @@ ZERO_REFUSED = ["STARTUP_TIMEOUT", "HEALTH_CHECK_TIMEOUT", "READY_TIMEOUT", "MEM
 ZERO_MEANS = {"DRAIN_DELAY": "0 drains at once", "DRAIN_IDLE_WINDOW": "0 closes it",
               "STALL_THRESHOLD": "0 turns the watchdog off", "MEMORY_CHECK_REQUESTS": "0 reads on the interval only",
               "MEMORY_MIN_LIFETIME": "0 sets no minimum", "MAX_LIFETIME_JITTER": "0 none",
-              "MEMORY_JITTER": "0% lowers none", "MAX_INFLIGHT": "off when empty or 0"}
+              "MEMORY_JITTER": "0% lowers none", "MAX_INFLIGHT": "off when empty or 0",
+              "HEADER_TIMEOUT": "0 turns it off", "BODY_TIMEOUT": "0 turns it off"}
 
 
 @pytest.mark.parametrize("name", ZERO_REFUSED)
@@ -163,6 +164,7 @@ BAD = {
     "STARTUP_TIMEOUT": "forever", "DRAIN_DELAY": "5 minutes", "DRAIN_IDLE_WINDOW": "-1",
     "HEALTH_PATH": "healthz", "HEALTH_CHECK": "not a reference", "HEALTH_CHECK_TIMEOUT": "1d",
     "HEALTH_ACCESS_LOG": "maybe", "STALL_THRESHOLD": "1x", "REQUEST_TIMEOUT": "0s",
+    "HEADER_TIMEOUT": "10 seconds", "BODY_TIMEOUT": "-1s",
     "MAX_INFLIGHT": "four", "SPREAD": "evenly", "MAX_QUEUE_TIME": "2 secs",
     "READY_TIMEOUT": "soon", "ROLLING": "one by one",
     "FORWARDED": "both", "FORWARDED_HOST": "2", "FORWARDED_PORT": "yess", "FORWARDED_PREFIX": "nope",

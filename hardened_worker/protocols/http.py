@@ -1,0 +1,184 @@
+"""uvicorn's HTTP protocols with gunicorn's head limits and the header/body read timeouts.
+
+:func:`guarded` subclasses whichever protocol uvicorn chose (httptools or h11; both call
+``data_received`` with each read and have ``loop``, ``transport``, ``cycle``, ``flow``, ``client``):
+every read goes through a :class:`~.limits.HeadCounter` before the parser sees it, so a head past
+a limit is answered 431/414 and closed with nothing of it buffered. The counter skips body bytes by
+arithmetic, so the count restarts with each request of a keep-alive or pipelined connection.
+
+The timeouts cost one timer per connection (``loop.call_at``), never one per read or per request:
+the timer wakes at the earliest instant a bound could be passed, looks at what the connection is
+doing and sleeps again. The header clock starts when the connection is made and, on keep-alive
+connections, at the first byte of each later request (the wait before it is uvicorn's
+``--keep-alive``); the body clock restarts with every read while a request body arrives.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from hardened_worker.protocols.limits import Breach, HeadCounter, Limits
+
+
+class Throttled:
+    """One log line at once, then at most one a second with how many were left out (a flood of
+    hostile connections must not become a flood of lines)."""
+
+    def __init__(self, log: Callable[[str], None], interval: float = 1.0) -> None:
+        self.log = log
+        self.interval = interval
+        self._last = -interval
+        self._left_out = 0
+
+    def __call__(self, line: str) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._left_out += 1
+            return
+        if self._left_out:
+            line += f" ({self._left_out} more like it in the last {now - self._last:.0f} s)"
+        self._last, self._left_out = now, 0
+        self.log(line)
+
+
+@dataclass
+class Guard:
+    """What every guarded connection of a worker shares: the limits, the two bounds (0: off) and
+    the log (a callable taking one line)."""
+
+    limits: Limits
+    header_timeout: float
+    body_timeout: float
+    log: Callable[[str], None]
+
+    def __post_init__(self) -> None:
+        self.refused = Throttled(self.log)
+        self.timed_out = Throttled(self.log)
+
+
+def _peer(client: Any) -> str:
+    if isinstance(client, tuple) and len(client) == 2:
+        return "%s:%s" % client
+    return "a UNIX socket peer" if client is None else str(client)
+
+
+def _refusal(breach: Breach) -> bytes:
+    body = breach.phrase + b"\n"
+    return b"".join((b"HTTP/1.1 %d %s\r\n" % (breach.status, breach.phrase),
+                     b"content-type: text/plain; charset=utf-8\r\n",
+                     b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body))
+
+
+def _busy(conn: Any) -> bool:
+    """A response is under way: nothing may be written in the middle of it."""
+    cycle = getattr(conn, "cycle", None)
+    return cycle is not None and not cycle.response_complete
+
+
+def guarded(protocol_class: type, guard: Guard) -> type:
+    """``protocol_class`` with the head limits and read timeouts of ``guard``."""
+    timed = guard.header_timeout > 0 or guard.body_timeout > 0
+    header_timeout, body_timeout = guard.header_timeout, guard.body_timeout
+    # When the timer has nothing to watch it looks again after the shorter bound.
+    recheck = min(t for t in (header_timeout, body_timeout) if t > 0) if timed else 0.0
+
+    class Guarded(protocol_class):  # type: ignore[misc, valid-type]
+        _head: HeadCounter
+        _head_since: Optional[float]  # loop.time() the current head began to be awaited; None: none is
+        _read_at: float  # loop.time() of the last read
+        _timer: Any
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._head = HeadCounter(guard.limits)
+            self._head_since = self._read_at = self.loop.time()
+            self._timer = self.loop.call_at(self._read_at + recheck, self._check_reads) if timed else None
+
+        def connection_lost(self, exc: Optional[Exception]) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            head = self._head
+            if head.counting:
+                heads = head.heads
+                breach = head.feed(data)
+                if breach is not None:
+                    self._refuse(breach)
+                    return
+                if timed:
+                    self._read_at = now = self.loop.time()
+                    if head.in_head:
+                        if heads != head.heads or self._head_since is None:
+                            self._head_since = now
+                    elif heads != head.heads:
+                        self._head_since = None
+            elif head is _REFUSED:
+                return  # read before the close took effect
+            elif timed:
+                self._read_at = self.loop.time()
+            super().data_received(data)
+
+        def _refuse(self, breach: Breach) -> None:
+            transport = self.transport
+            if not _busy(self):
+                transport.write(_refusal(breach))
+            transport.close()  # stops reading at once: the rest of the head is never read
+            self._head = _REFUSED
+            guard.refused(f"hardened_worker: refused a request head from {_peer(self.client)}: "
+                          f"{breach.described} {guard.limits.of(breach)}, answered {breach.status}")
+
+        def _check_reads(self) -> None:
+            self._timer = None
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            now = self.loop.time()
+            wake = now + recheck
+            if self._head_since is not None and header_timeout > 0:
+                due = self._head_since + header_timeout
+                if now >= due and not _busy(self):  # (a pipelined head waits for the response)
+                    return self._time_out("a complete request head", "HARDENED_HEADER_TIMEOUT",
+                                          header_timeout)
+                wake = max(due, now + 0.01) if now < due else wake
+            elif self._head.in_body and body_timeout > 0 and not self.flow.read_paused:
+                due = self._read_at + body_timeout  # paused: the app is not reading, not the client
+                if now >= due:
+                    return self._time_out("any of the request body", "HARDENED_BODY_TIMEOUT",
+                                          body_timeout)
+                wake = due
+            self._timer = self.loop.call_at(wake, self._check_reads)
+
+        def _time_out(self, what: str, setting: str, bound: float) -> None:
+            transport = self.transport
+            # Nothing buffered waits to be sent in the usual case; what is (a client that neither
+            # sends nor reads) must not keep the descriptor: reset.
+            (transport.abort if transport.get_write_buffer_size() else transport.close)()
+            guard.timed_out(f"hardened_worker: closed a connection from {_peer(self.client)} that "
+                            f"sent no more of {what} within {setting} {bound:g} s")
+
+    Guarded.__name__ = Guarded.__qualname__ = "Guarded" + protocol_class.__name__
+    return Guarded
+
+
+class _NotCounting:
+    """Stands in for the counter of a refused connection: reads after the close are dropped."""
+
+    counting = False
+    in_head = in_body = False
+    heads = 0
+
+
+_REFUSED: Any = _NotCounting()
+
+
+def guard_of(cfg: Any, settings: Any, log: Any) -> Guard:
+    """The worker's guard: gunicorn's three ``--limit-request-*`` settings as its own parser reads
+    them, and the two ``HARDENED_*`` read timeouts; ``log``: gunicorn's error logger."""
+    limits = Limits.from_gunicorn(cfg.limit_request_line, cfg.limit_request_fields,
+                                  cfg.limit_request_field_size)
+    return Guard(limits, settings.header_timeout or 0.0, settings.body_timeout or 0.0, log.warning)
