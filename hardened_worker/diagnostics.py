@@ -10,6 +10,10 @@ Three tools, each for a different kind of hang:
   handler cannot run while the loop is blocked inside a C call, but faulthandler's C handler
   can: it writes every thread's stack to the error log before the Python handler runs.
 * startup stacks: the worker's startup alarm hands the stuck frame to :func:`format_stack`.
+
+A log that cannot be written (a full disk, a revoked file) must not fail a boot, a request or
+the master: :func:`tolerate_log_failures` makes a failed line a count and at most one line on
+stderr, not logging's traceback per line; nothing here raises for want of a log.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import faulthandler
 import io
 import logging
+import os
 import signal
 import sys
 import threading
@@ -140,6 +145,65 @@ def error_log_stream(log: Any) -> Any:
     return sys.stderr
 
 
+class LogFailures:
+    """A log handler's ``handleError`` (logging's documented hook) that counts the lines it could
+    not write and says so once, on stderr if that can be written, instead of logging's default: a
+    traceback on stderr for every failed line (30,000 lines for 700 requests on a full disk).
+    ``count`` is per handler; :data:`dropped` totals every handler of the process."""
+
+    def __init__(self, handler: logging.Handler, pid: int) -> None:
+        self.name = getattr(handler, "baseFilename", None) or type(handler).__name__
+        self.pid = pid
+        self.count = 0
+
+    def __call__(self, record: logging.LogRecord) -> None:
+        global dropped
+        self.count += 1
+        dropped += 1
+        if self.count == 1:
+            why = sys.exc_info()[1]
+            _try_stderr(f"hardened_worker: worker {self.pid} cannot write its log {self.name} "
+                        f"({why!r}); its lines are dropped and counted from now on\n")
+
+
+dropped = 0  # log lines this process could not write (every handler given a LogFailures)
+
+
+def _try_stderr(line: str) -> None:
+    try:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # full too, closed, or None: nothing left to tell
+        pass
+
+
+def _closing_anyway(handler: logging.Handler, failures: LogFailures) -> Callable[[], None]:
+    """``handler.close`` that does not raise when its last flush fails: gunicorn's
+    ``reopen_files`` (USR1, logrotate's signal) closes then reopens each file, and a raise there
+    leaves the loop of its caller (the worker's tick). The descriptor is closed either way."""
+    close = handler.close
+
+    def closing() -> None:
+        try:
+            close()
+        except (OSError, ValueError):
+            failures(logging.makeLogRecord({"msg": "close"}))
+
+    return closing
+
+
+def tolerate_log_failures(log: Any, pid: int) -> None:
+    """Give gunicorn's error and access log handlers (uvicorn's loggers share them) a
+    :class:`LogFailures` and a close that cannot raise. The handlers live as long as the worker
+    (USR1 reopens their files in place)."""
+    for logger in (getattr(log, "error_log", None), getattr(log, "access_log", None)):
+        for handler in getattr(logger, "handlers", ()):
+            if not isinstance(handler.handleError, LogFailures):
+                failures = LogFailures(handler, pid)
+                handler.handleError = failures  # type: ignore[method-assign]
+                handler.close = _closing_anyway(handler, failures)  # type: ignore[method-assign]
+
+
 def arm_abort_dump(log: Any, on_abort: Callable[[int, Optional[FrameType]], None]) -> None:
     """On SIGABRT: every thread's stack from C first, then ``on_abort`` when Python runs again.
 
@@ -147,8 +211,16 @@ def arm_abort_dump(log: Any, on_abort: Callable[[int, Optional[FrameType]], None
     welcome: a segfault in a C extension gets a stack too). Its handler writes the stacks
     ("Fatal Python error: Aborted"), restores the handler installed before it, the Python one set
     here, and re-raises the signal, so ``on_abort`` runs as soon as the main thread gets the GIL.
+
+    Armed at the worker's boot, which is also when its log handlers get :class:`LogFailures`.
     """
+    tolerate_log_failures(log, os.getpid())
     signal.signal(signal.SIGABRT, on_abort)
     stream = error_log_stream(log)
-    stream.flush()
+    try:
+        stream.flush()  # what is buffered goes out before any dump written under it
+    except (OSError, ValueError):
+        # A full disk: the master's failed line is still in the buffer this worker inherited.
+        # The boot must go on (exiting 3 here made the master halt the whole service).
+        pass
     faulthandler.enable(file=stream, all_threads=True)
