@@ -236,45 +236,51 @@ class HeadCounter:
     # --- header fields ---------------------------------------------------------------------
 
     def _field_line(self, data: bytes, pos: int, end: int) -> int:
-        """One (piece of a) field line; ``-1 - index`` into ``_FIELD_BREACHES`` on a breach."""
+        """One (piece of a) field line; ``-1 - index`` into ``_FIELD_BREACHES`` on a breach. The
+        checks come in gunicorn's order (the count before a field is read, then its size), the
+        block last, whatever the split."""
         limits = self.limits
         if self._line == 0:
             self._first = data[pos]
+        first = self._first
+        folded = (first == _SP or first == _HTAB) and self._fields > 0  # obs-fold: adds to its field
         nl = data.find(b"\n", pos)
-        stop = end if nl < 0 else nl + 1
-        self._block += stop - pos
-        if self._block > limits.header_block:
-            return -3
+        self._block += (end if nl < 0 else nl + 1) - pos
         if nl < 0:
             self._line += end - pos
             self._cr = data[end - 1] == _CR
-            folded = self._first in (_SP, _HTAB) and self._fields
-            size = (self._last_field if folded else 0) + self._line - self._cr + 2
-            if size > limits.field_size:
+            if not folded and first != _CR and self._fields >= limits.fields:
+                return -1
+            content = self._line - self._cr  # 0: only a CR so far, maybe the head's end
+            if content and (self._last_field if folded else 0) + content + 2 > limits.field_size:
                 return -2
-            if self._first in b"cCtT":
+            if self._block > limits.header_block:
+                return -3
+            if first in b"cCtT":
                 self._kept.append(data[pos:end])
             return end
         cr = data[nl - 1] == _CR if nl > pos else self._cr
         length = self._line + nl - pos - cr
-        first, kept = self._first, self._kept
+        kept = self._kept
         self._line, self._cr, self._kept = 0, False, []
         if length == 0:
+            if self._block > limits.header_block:
+                return -3
             self.heads += 1
             self._body_begins()
             return nl + 1
-        if first in (_SP, _HTAB) and self._fields:  # obs-fold: gunicorn adds it to its field
+        if folded:
             self._last_field += length + 2
-            if self._last_field > limits.field_size:
-                return -2
-            return nl + 1
-        self._fields += 1
-        if self._fields > limits.fields:
-            return -1
-        self._last_field = length + 2
+        else:
+            self._fields += 1
+            if self._fields > limits.fields:
+                return -1
+            self._last_field = length + 2
         if self._last_field > limits.field_size:
             return -2
-        if first in b"cCtT":
+        if self._block > limits.header_block:
+            return -3
+        if first in b"cCtT" and not folded:
             self._framing_of(b"".join(kept) + data[pos:nl])
         return nl + 1
 
