@@ -332,8 +332,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Path the worker answers itself with Prometheus metrics for the whole pool (every "
             "worker, from whichever answers; ?format=json for the status command); off when empty."),
     Setting("METRICS_ALLOW", parse_allow, "", "10.0.0.0/8,192.168.1.7",
-            "Peers allowed to read the metrics path besides loopback and --forwarded-allow-ips: IP "
-            "addresses, CIDR networks, * (anyone) or unix; others get 403."),
+            "Peers allowed to read the metrics path besides this host (loopback or unix, for "
+            "requests no proxy relayed; --forwarded-allow-ips admits nobody): IP addresses, CIDR "
+            "networks, * (anyone) or unix; others get 403."),
     Setting("METRICS_PORT", parse_port, "", "9100",
             "Answer the metrics path only on connections to this local port (a second --bind, "
             "e.g. 0.0.0.0:9100, a Kubernetes scrape port), where every other path gets 404; "

@@ -12,9 +12,10 @@ Four parts: :class:`Tally` (this worker's counts), :class:`MetricsMiddleware` (t
 may read it), :func:`pool` (a table snapshot as plain data, also the ``?format=json`` answer the
 status command reads) and :func:`render` (that data as Prometheus text): the last two are pure.
 
-Who may read it: loopback peers (and peers on a UNIX socket listener), the trusted proxies
-(``--forwarded-allow-ips``) and ``HARDENED_METRICS_ALLOW``; the peer is the socket's, never a
-forwarded header's. Others get 403.
+Who may read it (:class:`Access`): loopback peers and peers on a UNIX socket listener, for a
+request no proxy relayed, and ``HARDENED_METRICS_ALLOW``; never a peer for being a trusted proxy
+(``--forwarded-allow-ips``: a proxy relays strangers). The peer is the socket's, never a forwarded
+header's. Others get 403. The path is matched as received (``raw_path``): ``/%6detrics`` is not it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import string
 import time
+import urllib.parse
 from typing import Any, Awaitable, Callable, Iterable, Optional
 
 from hardened_worker import diagnostics, forwarded, spread
@@ -43,6 +46,7 @@ _STATE_OF_PHASE = {
 }
 RECYCLE_CAUSES = ("max-requests", "max-lifetime", "memory")
 LOCAL = ("127.0.0.0/8", "::1", "unix")  # loopback, and peers on a UNIX socket listener
+_ASCII = "".join(c for c in string.printable if not c.isspace())
 
 
 def phase_code(phase: Phase) -> int:
@@ -202,20 +206,36 @@ def render(data: dict[str, Any]) -> str:
 # --- the middleware -----------------------------------------------------------------------------
 
 
-class Access:
-    """Who may read the metrics: loopback, the trusted proxies, ``HARDENED_METRICS_ALLOW``."""
+# Headers a proxy adds for the client it relays: a request with one came through a proxy.
+RELAYED = frozenset((b"x-forwarded-for", b"forwarded", b"x-real-ip"))
 
-    def __init__(self, forwarded_allow_ips: Any, allow: Optional[str]) -> None:
-        self.lists = [forwarded.parse_trusted(LOCAL),
-                      forwarded.trusted_from_gunicorn(forwarded_allow_ips)]
-        if allow:
-            self.lists.append(forwarded.parse_trusted(allow))
+
+class Access:
+    """Who may read the metrics: this host (a loopback peer, a peer on a UNIX socket listener),
+    unless the request carries a proxy's headers (:data:`RELAYED`), and the peers of
+    ``HARDENED_METRICS_ALLOW`` (``allow``) whatever they carry.
+
+    A trusted proxy (``--forwarded-allow-ips``) is no reason: it is trusted to say who its client
+    is, and its clients are strangers. A proxy on this host is a loopback peer, hence the
+    headers rule (the shipped nginx site also refuses the path). ``forwarded_allow_ips`` is
+    accepted and ignored, for callers that pass it."""
+
+    def __init__(self, forwarded_allow_ips: Any = None, allow: Optional[str] = None) -> None:
+        self.local = forwarded.parse_trusted(LOCAL)
+        self.allowed = forwarded.parse_trusted(allow) if allow else None
 
     def allows(self, scope: dict) -> bool:
         client = scope.get("client")
         host = client[0] if client else None
         unix = forwarded.is_unix_listener(scope.get("server"))
-        return any(trusted.trusts_peer(host, unix) for trusted in self.lists)
+        if self.allowed is not None and self.allowed.trusts_peer(host, unix):
+            return True
+        return self.local.trusts_peer(host, unix) and not relayed(scope)
+
+
+def relayed(scope: dict) -> bool:
+    """Did a proxy relay this request (one of its :data:`RELAYED` headers is present)?"""
+    return any(name in RELAYED for name, _ in scope.get("headers", ()))
 
 
 class Tally:
@@ -275,6 +295,8 @@ class MetricsMiddleware:
         self.app = app
         self.table = table
         self.path = path
+        # As a client sends it: ASCII as written, anything else UTF-8 percent-encoded.
+        self._raw_path = urllib.parse.quote(path, safe=_ASCII).encode("ascii")
         self.access = access
         self.tally = tally
         self.backlog = backlog
@@ -282,9 +304,16 @@ class MetricsMiddleware:
         self.asgi = self._on_port if port is not None else self._on_path
 
     def _on_path(self, scope: dict, receive: Any, send: Any) -> Awaitable[None]:
-        if scope.get("path") == self.path and scope["type"] == "http":
+        if self._is_metrics(scope) and scope["type"] == "http":
             return self.answer(scope, send)
         return self.app(scope, receive, send)
+
+    def _is_metrics(self, scope: dict) -> bool:
+        """The path as received, not decoded: ``/%6detrics`` is not ``/metrics``, so a proxy
+        rule on the path cannot be passed by escaping it (ASGI servers without ``raw_path``:
+        the decoded path)."""
+        raw = scope.get("raw_path")
+        return raw == self._raw_path or (raw is None and scope.get("path") == self.path)
 
     def _on_port(self, scope: dict, receive: Any, send: Any) -> Awaitable[None]:
         if scope["type"] != "lifespan":
@@ -296,7 +325,7 @@ class MetricsMiddleware:
     async def only_metrics(self, scope: dict, send: Any) -> None:
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008})
-        if scope["path"] == self.path:
+        if self._is_metrics(scope):
             return await self.answer(scope, send)
         return await _respond(send, 404, b"text/plain", b"not found\n")
 

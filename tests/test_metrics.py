@@ -239,7 +239,7 @@ def test_an_accepted_reload_is_counted_once_per_generation():
     (("::1", 1), ("::1", 80), [], None, True),
     (None, ("/run/app.sock", None), [], None, True),  # a UNIX socket peer is local
     (("10.1.2.3", 1), ("10.0.0.1", 80), [], None, False),
-    (("10.1.2.3", 1), ("10.0.0.1", 80), ["10.1.2.3"], None, True),  # a trusted proxy
+    (("10.1.2.3", 1), ("10.0.0.1", 80), ["10.1.2.3"], None, False),  # a trusted proxy: no reason
     (("10.1.2.3", 1), ("10.0.0.1", 80), [], "10.0.0.0/8", True),
     (("192.0.2.9", 1), ("10.0.0.1", 80), [], "10.0.0.0/8", False),
     (("192.0.2.9", 1), ("10.0.0.1", 80), [], "*", True),
@@ -247,6 +247,16 @@ def test_an_accepted_reload_is_counted_once_per_generation():
 def test_access(client, server, allow_ips, allow, expected):
     access = metrics.Access(allow_ips, allow)
     assert access.allows({"client": client, "server": server}) is expected
+
+
+@pytest.mark.parametrize("client, allow, expected", [
+    (("127.0.0.1", 1), None, False),  # a proxy on this host relays a stranger
+    (("10.1.2.3", 1), "10.0.0.0/8", True),  # an allowed peer, whatever it relays
+])
+def test_access_of_a_relayed_request(client, allow, expected):
+    scope = {"client": client, "server": ("127.0.0.1", 80),
+             "headers": [(b"host", b"x"), (b"x-forwarded-for", b"203.0.113.7")]}
+    assert metrics.Access(None, allow).allows(scope) is expected
 
 
 # --- real masters -------------------------------------------------------------------------------
