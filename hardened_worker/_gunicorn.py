@@ -1,32 +1,51 @@
 """What hardened_worker relies on in gunicorn's arbiter: the one module that leans on its internals.
 
 Supported: gunicorn 27 (pinned ``>=27.0,<28`` in pyproject.toml); each point is exercised by the
-real-process tests (``tests/test_surge.py``, ``tests/test_readiness.py``).
+real-process tests (``tests/test_surge.py``, ``tests/test_pool.py``, ``tests/test_readiness.py``)
+and checked at import (:func:`_check_arbiter`).
 
 * ``Arbiter.spawn_worker`` builds the worker object in the master (``Worker.__init__``) before it
   forks, passing the arbiter's current ``cfg``; ``Arbiter.reload`` (HUP) replaces ``cfg`` with a new
   object. So a new ``cfg`` object seen in ``__init__`` *is* a new configuration load: the
   generation is counted there, a fact about what the master forked, not a guess from ``setup()``
   calls (gunicorn calls ``setup()`` on every ``cfg.worker_class`` access).
-* ``Arbiter.handle_ttin`` adds one to ``num_workers`` and forks at once; ``handle_ttou`` subtracts
-  one (never below 1) and ``manage_workers`` then SIGTERMs the workers beyond the count, lowest
-  ``worker.age`` first. A recycling worker asks for its successor with TTIN and, once the successor
-  is ready, for one fewer with TTOU; the worker objects' ``age`` (read in the master) reports a
-  worker that published :attr:`~hardened_worker.readiness.State.RETIRING` as the oldest, so that
-  TTOU stops the worker that asked, whichever its age.
-* ``Arbiter.reload`` waits for ``min(w.age for w in WORKERS)`` to pass the age of the last old
-  worker: a retiring worker (reported as age 0) keeps that wait going until it has left.
+* ``Arbiter.manage_workers`` (called on every pass of the master's loop, by ``reload`` and by
+  ``handle_ttin``/``handle_ttou``) is replaced for this worker class by :func:`manage_workers`,
+  which takes the pool decision from :func:`hardened_worker.pool.plan` and carries it out with the
+  arbiter's own ``spawn_worker`` and ``kill_worker``. It reads ``Arbiter.WORKERS`` (pid -> worker
+  object), ``num_workers`` and ``worker_class``; it leaves ``num_workers`` alone (gunicorn's: the
+  configuration plus the operator's TTIN/TTOU, reset on HUP). The original still runs afterwards,
+  with nothing left to spawn or stop, for gunicorn's own worker-count and backlog metrics.
+* A worker wakes the master with SIGCHLD (:func:`wake_master`): the master's loop otherwise sleeps up
+  to a second on its signal queue; its SIGCHLD handler only reaps exited children (``reap_workers``,
+  ``WNOHANG``), harmless when none has exited.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import signal
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
+from gunicorn.arbiter import Arbiter
+
+from hardened_worker import pool
 from hardened_worker.readiness import State, Table
 
-RETIRING_AGE = 0  # below every real age: gunicorn numbers workers from 1
+_ARBITER_ATTRIBUTES = ("WORKERS", "manage_workers", "spawn_worker", "kill_worker", "reap_workers")
+
+
+def _check_arbiter() -> None:
+    """Fail at import, naming what moved, rather than misbehave in a running master."""
+    missing = [name for name in _ARBITER_ATTRIBUTES if not hasattr(Arbiter, name)]
+    if missing:
+        raise ImportError("hardened_worker: this gunicorn's Arbiter lacks " + ", ".join(missing)
+                          + "; supported: gunicorn >=27.0,<28")
+
+
+_check_arbiter()
 
 
 class Generations:
@@ -43,29 +62,53 @@ class Generations:
         return self.current
 
 
-class MasterAge:
-    """The ``age`` attribute of a worker object, as the master's ``manage_workers`` sorts by it."""
-
-    table: Optional[Table] = None
-    pid: Any
-    _age = 0
-
-    @property
-    def age(self) -> int:
-        table = self.table
-        if table is not None and isinstance(self.pid, int) and self.pid != os.getpid() \
-                and table.state_of(self.pid, self._age) is State.RETIRING:
-            return RETIRING_AGE
-        return self._age
-
-    @age.setter
-    def age(self, value: int) -> None:
-        self._age = value
+def members(arbiter: Any, table: Table) -> list[pool.Member]:
+    """The master's workers as their slots describe them. ``FREE`` means two things there: not yet
+    claimed (just forked: booting) or left (exited, not yet reaped: leaving); the master's worker
+    object remembers whether its worker ever published a state, which tells them apart."""
+    found = []
+    for pid, worker in list(arbiter.WORKERS.items()):
+        state = table.state_of(pid, worker.age)
+        if state is not State.FREE:
+            worker.hardened_published = True
+        elif not getattr(worker, "hardened_published", False):
+            state = State.BOOTING
+        found.append(pool.Member(pid, worker.age, getattr(worker, "generation", 0), state))
+    return found
 
 
-def ask_for_successor(master_pid: int) -> None:
-    os.kill(master_pid, signal.SIGTTIN)
+def install_pool_owner(worker_class: type, table: Callable[[], Optional[Table]],
+                       generations: Generations) -> None:
+    """Replace ``Arbiter.manage_workers`` (in the master, once) by one that follows
+    :func:`hardened_worker.pool.plan` while ``worker_class`` serves."""
+    original = Arbiter.manage_workers
+    if getattr(original, "hardened_worker", False):
+        return
+
+    def manage_workers(arbiter: Any) -> None:
+        shared = table()
+        if shared is None or not issubclass(arbiter.worker_class, worker_class):
+            return original(arbiter)  # a HUP switched to another worker class
+        decided = pool.plan(arbiter.num_workers, members(arbiter, shared), generations.current)
+        for _ in range(decided.spawn):
+            arbiter.spawn_worker()
+            time.sleep(0.1 * random.random())  # as gunicorn's spawn_workers spreads its forks
+        for pid in decided.stop:
+            arbiter.kill_worker(pid, signal.SIGTERM)
+        configured = arbiter.num_workers
+        arbiter.num_workers = len(arbiter.WORKERS)  # nothing left for the original to spawn or stop
+        try:
+            original(arbiter)
+        finally:
+            arbiter.num_workers = configured
+
+    manage_workers.hardened_worker = True  # type: ignore[attr-defined]
+    Arbiter.manage_workers = manage_workers  # type: ignore[method-assign]
 
 
-def ask_for_one_fewer(master_pid: int) -> None:
-    os.kill(master_pid, signal.SIGTTOU)
+def wake_master(master_pid: int) -> None:
+    """The master reads the table on its next pass; SIGCHLD makes that pass now."""
+    try:
+        os.kill(master_pid, signal.SIGCHLD)
+    except OSError:
+        pass  # the master is gone: the worker's parent check handles that

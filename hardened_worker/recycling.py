@@ -1,6 +1,6 @@
 """Planned replacements: when a worker recycles (requests, age, memory) and the surge that starts
-its successor first (the memory policy itself is :mod:`.memory`; the master's side, TTIN/TTOU and
-the age it sorts by, is :mod:`._gunicorn`).
+its successor first (the memory policy itself is :mod:`.memory`; the master's side, which forks
+the successor and stops the retiring worker, is :mod:`.pool`).
 
 A mixin of :class:`hardened_worker.worker.Worker`, kept apart so the worker module reads as the
 lifecycle; it posts lifecycle events and carries out the surge's actions (``_do_*``), using the
@@ -32,7 +32,7 @@ class Recycling:
     lifecycle: Any
     _post: Any
     _facts: Any
-    _ready_timeout: Any
+    verdict_timeout: Any
     cfg: Any
     ppid: Any
     generation: Any
@@ -42,7 +42,6 @@ class Recycling:
     ready_at: float
     surge: Optional["Surge"]
     _waiting_logged: Optional[str]
-    _next_orphan_check: float
     memory: Optional[policy.MemoryWatch] = None
     memory_reader: Optional[policy.MemoryReader] = None
     _memory_decision = policy.Decision.OK
@@ -142,42 +141,27 @@ class Recycling:
     # --- the surge: the successor first ----------------------------------------------------
 
     def _do_start_successor(self, event: Event) -> None:
-        # The table already says SURGING (take_surge_turn): one recycle at a time across the pool.
+        # The table already says SURGING (take_surge_turn): one recycle at a time across the pool;
+        # the master forks one worker more while it does (pool.plan).
         self.surge = Surge(time.monotonic(), self.table.newest_age())
-        _gunicorn.ask_for_successor(self.ppid)
+        _gunicorn.wake_master(self.ppid)
 
     def _do_retire(self, event: Event) -> None:
         assert self.surge is not None
         self.table.set_state(State.RETIRING)
         self.surge.retired = True
-        self._give_back(self.generation)  # the master now stops this worker, the "oldest"
+        _gunicorn.wake_master(self.ppid)  # one worker too many: the master stops this one first
         self.log.info("hardened_worker: worker %s retiring: reason %s, its successor %s after "
                       "%.2f s", self.pid, self.exit_reason,
                       "is ready" if event is Event.SUCCESSORS_READY else "is not ready",
                       time.monotonic() - self.surge.started,
                       extra=self._facts(successor_ready=event is Event.SUCCESSORS_READY))
 
-    def _give_back(self, generation: int) -> None:
-        """TTOU for the worker a surge of ``generation`` added, unless a reload has reset the
-        master's worker count since (it does on HUP): then there is nothing to give back."""
-        if self.table.reloads().generation == generation:
-            _gunicorn.ask_for_one_fewer(self.ppid)
-
     def _do_cancel_surge(self, event: Event) -> None:
-        self.surge = None
-        self._give_back(self.generation)  # the successor's slot is failed or gone: no victim
+        self.surge = None  # no longer SURGING in the table: the master stops adding a worker
 
     def _check_recycling(self) -> None:
         """Planned replacements: each starts its successor first (Phase.SURGING)."""
-        now = time.monotonic()
-        if now >= self._next_orphan_check:
-            self._next_orphan_check = now + 1.0
-            orphan = self.table.adopt_orphaned_surge()
-            if orphan is not None:
-                self.log.warning("hardened_worker: worker %s died while its successor started; "
-                                 "worker %s asks the master for one fewer worker in its place",
-                                 orphan.pid, self.pid)
-                self._give_back(orphan.generation)
         self.check_memory()
         self.check_cgroup()
         if self.lifecycle.phase is not Phase.READY or self.server is None:
@@ -210,7 +194,7 @@ class Recycling:
             self._post(Event.SUCCESSORS_READY)
         elif not self._replaceable():
             self._post(Event.RELOAD_REJECTED)
-        elif time.monotonic() - self.surge.started >= self._ready_timeout():
+        elif time.monotonic() - self.surge.started >= self.verdict_timeout():
             self._post(Event.DEADLINE)
 
 
@@ -219,7 +203,7 @@ class Recycling:
 class Surge:
     started: float  # monotonic: when this worker asked the master for its successor
     after_age: int  # the successor is the first worker the master creates after this age
-    retired: bool = False  # TTOU sent: the master's SIGTERM for this worker is on its way
+    retired: bool = False  # RETIRING published: the master's SIGTERM for this worker is on its way
     acknowledged: bool = False  # that SIGTERM arrived
 
 

@@ -43,9 +43,12 @@ FAILED_WITH_OLDER_LIVE = 1
 CRASH_LOOP_WINDOW = 30.0
 CRASH_LOOP_PAUSE = 5.0
 READY_POLL = 0.25  # seconds between runs of the health check while a new worker waits for it
+# How much later than its successors' own start deadline an old worker stops waiting for their
+# verdict: room for a failed successor to record the rejection in the table and be seen.
+VERDICT_MARGIN = 5.0
 
 
-class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
+class Worker(Recycling, UvicornWorker):
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         "loop": "auto", "http": "auto", "lifespan": "on", "proxy_headers": False,
         # --max-requests is ours: recycled with its successor started first (_check_recycling).
@@ -70,6 +73,7 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
         if trust and cls._settings.forwarded != "off":
             log.warning("%s", trust)
         cls._table = readiness.Table()
+        _gunicorn.install_pool_owner(cls, lambda: cls._table, cls._generations)
         watchdog = systemd.Watchdog.from_environ(lambda: None, log)
         if watchdog is not None:  # WatchdogSec=: pings from the master while the pool is healthy
             watchdog.healthy = metrics.health_check(cls._table, watchdog.interval)
@@ -83,7 +87,7 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
         # In the master, before the fork: what it forks, for which configuration load.
         self.generation = type(self)._generations.of(self.cfg)
         reloading = self.generation > max(1, self.table.reloads().generation)
-        self.table.record_spawn(self.generation, self._age)
+        self.table.record_spawn(self.generation, self.age)
         if reloading:  # the first worker of a HUP's new generation
             systemd.notify_reloading(self.generation, self.log)
         self.settings = self._current_settings()
@@ -106,7 +110,6 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
         self.request_limit: Optional[int] = None
         self.lifetime_limit: Optional[float] = None
         self._waiting_logged: Optional[str] = None
-        self._next_orphan_check = 0.0
         self._next_memory_publish = 0.0
         self.tally: Optional[metrics.Tally] = None  # HARDENED_METRICS_PATH: this worker's counts
 
@@ -197,7 +200,7 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
 
     def load_wsgi(self) -> None:
         # After init_signals: until then a SIGTERM goes to the handler inherited from the master.
-        self.table.claim(self._age, self.generation)
+        self.table.claim(self.age, self.generation)
         self._wait_to_load()
         self._arm_startup_timers()  # counts from the moment this worker starts loading the app
         try:
@@ -211,7 +214,7 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
 
     def _wait_to_load(self) -> None:
         """HARDENED_ROLLING: a successor loads the app only when an old worker has made room."""
-        if not self.settings.rolling or not readiness.has_older_live(self._age, self.table.peers()):
+        if not self.settings.rolling or not readiness.has_older_live(self.age, self.table.peers()):
             return
         self.table.set_state(State.WAITING)
         if self.table.try_load(self.cfg.workers):
@@ -301,9 +304,8 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
         if self.lifecycle.allows(Event.DRAIN_DONE):
             self._post(Event.DRAIN_DONE)
         if self.surge is not None and not self.surge.retired:
-            # Leaving mid-surge (a timeout, a quick stop): give back the worker it asked for.
+            # Leaving mid-surge (a timeout, a quick stop): no longer a reason for one more worker.
             self.table.set_state(State.RETIRING)
-            self._give_back(self.generation)
         self.stall.stop()
         self._publish()  # the last counts: what the table keeps of this worker once it is gone
         self.table.set_state(State.FREE)  # gone as far as the others are concerned (not yet reaped)
@@ -324,9 +326,9 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
         peers = self.table.peers()
         self.log.error("hardened_worker: worker %s failed to start: %s", self.pid, detail,
                        extra=self._facts(detail=detail))
-        if not readiness.has_older_live(self._age, peers):
+        if not readiness.has_older_live(self.age, peers):
             sys.exit(cold_status)
-        serving = [p for p in peers if p.age < self._age and p.state in readiness.SERVING]
+        serving = [p for p in peers if p.age < self.age and p.state in readiness.SERVING]
         reload = self.generation > min(p.generation for p in serving)
         if reload and self.table.reject(self.generation):
             self.log.error(
@@ -470,9 +472,9 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
 
     def _do_log_not_ready(self, event: Event) -> None:
         self.log.warning("hardened_worker: worker %s %s although its successor%s not ready after "
-                         "%.1f s (HARDENED_READY_TIMEOUT)", self.pid,
+                         "%.1f s (their start deadline has passed)", self.pid,
                          "recycling" if self.surge else "stopping",
-                         " is" if self.surge else "s are", self._ready_timeout(),
+                         " is" if self.surge else "s are", self.verdict_timeout(),
                          extra=self._facts())
 
     def _do_exit(self, event: Event) -> None:
@@ -522,11 +524,11 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
         gate = readiness.retirement_gate(me, peers, self.table.reloads(), self.stop.at_wall,
                                          rolling) if me is not None else Gate.RETIRE
         if gate is Gate.WAIT:
-            if now - self.stop.at < self._ready_timeout():
+            if now - self.stop.at < self.verdict_timeout():
                 if not self.stop.waited:
                     self.stop.waited = True
                     self.log.info("hardened_worker: worker %s will stop once its successors are "
-                                  "ready (waiting up to %.1f s)", self.pid, self._ready_timeout())
+                                  "ready (waiting up to %.1f s)", self.pid, self.verdict_timeout())
                 return
             self._post(Event.DEADLINE)
         elif gate is Gate.ROLLBACK:
@@ -538,7 +540,20 @@ class Worker(_gunicorn.MasterAge, Recycling, UvicornWorker):
             self._post(Event.NO_SUCCESSOR)
 
     def _ready_timeout(self) -> float:
+        """How long a new worker's HARDENED_HEALTH_CHECK may fail after lifespan startup."""
         return self.settings.ready_timeout or 0.8 * self.cfg.graceful_timeout
+
+    def verdict_timeout(self) -> float:
+        """How long a worker waits for its successors' verdict (ready, or failed to start),
+        counted from the SIGTERM (reload) or the surge, both of which come after the successors
+        were forked. Strictly later than the successors' own deadline, so that an old worker never
+        leaves before it: a successor gets HARDENED_STARTUP_TIMEOUT for the import and lifespan
+        startup, then HARDENED_READY_TIMEOUT for its health check; with HARDENED_ROLLING each
+        successor waits for the one before it."""
+        one = self.settings.startup_timeout + (self._ready_timeout() if self.settings.health_check
+                                               else 0.0)
+        turns = self.cfg.workers if self.settings.rolling else 1
+        return one * turns + VERDICT_MARGIN
 
     def drain_plan(self) -> drain.DrainPlan:
         if self.plan is None:  # recycling, parent died, quick stop: no delay
