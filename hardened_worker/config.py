@@ -275,12 +275,14 @@ SETTINGS: tuple[Setting, ...] = (
             "off when empty."),
     # Readiness
     Setting("READY_TIMEOUT", parse_positive_duration, "", "30s",
-            "Longest an old worker keeps serving while waiting for its successors to become ready "
-            "on reload; empty means 80% of --graceful-timeout."),
+            "Longest a new worker's HARDENED_HEALTH_CHECK may keep failing after lifespan startup "
+            "before its start fails (a reload is then rejected); empty means 80% of "
+            "--graceful-timeout. An old worker waits for its successors' verdict up to "
+            "HARDENED_STARTUP_TIMEOUT + this (with a check) + 5 s, so it never gives up first."),
     Setting("ROLLING", parse_bool, "false", "true",
             "On HUP, replace workers one at a time (each old worker leaves as one more successor "
-            "is ready) so at most workers + 1 hold the app in memory; set HARDENED_READY_TIMEOUT "
-            "to cover that many startups."),
+            "is ready) so at most workers + 1 hold the app in memory; an old worker waits for "
+            "as many successor start deadlines."),
     # Forwarded headers
     Setting("FORWARDED", _choice("x-forwarded", "forwarded", "off"), "x-forwarded", "forwarded",
             "Which header family carries the client address from trusted proxies "
