@@ -92,11 +92,12 @@ class StallWatchdog:
         self.pid = pid
         self.last_tick = time.monotonic()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hardened-stall-watchdog", daemon=True)
 
     def start(self) -> None:
+        # The Thread object is made here, in the worker: one created in the master (the object is
+        # built before the fork) and started after it crashes on CPython 3.13.0 (gh-134381).
         if self.threshold > 0:
-            self._thread.start()
+            threading.Thread(target=self._run, name="hardened-stall-watchdog", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
