@@ -13,10 +13,11 @@ import sys
 import time
 import traceback
 
-from bench import (bad_deploy, common, deadline, drain, hung, hup, leak, nginx, overhead, overload,
-                   profile, recycle, spread)
+from bench import (bad_deploy, common, deadline, drain, hostile, hung, hup, leak, nginx, overhead,
+                   overload, profile, recycle, spread)
 
-SCENARIOS = [overhead, hup, bad_deploy, drain, leak, hung, nginx, recycle, spread, deadline, overload]
+SCENARIOS = [overhead, hup, bad_deploy, drain, leak, hung, nginx, recycle, spread, deadline, overload,
+             hostile]
 TOOLS = [profile]  # run on their own, never by `all`
 BY_NAME = {module.NAME: module for module in SCENARIOS + TOOLS}
 

@@ -135,8 +135,8 @@ def guarded(protocol_class: type, guard: Guard) -> type:
         def _check_reads(self) -> None:
             self._timer = None
             transport = self.transport
-            if transport is None or transport.is_closing():
-                return
+            if transport is None or transport.is_closing() or transport.get_protocol() is not self:
+                return  # closed, or upgraded to a websocket (whose protocol has the transport now)
             now = self.loop.time()
             wake = now + recheck
             if self._head_since is not None and header_timeout > 0:
