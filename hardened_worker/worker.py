@@ -145,6 +145,27 @@ class Worker(Recycling, UvicornWorker):
             super().init_process()
         except BootInterrupted:
             self._boot_interrupted()
+        except Exception as exc:
+            if self.booted:  # before it, the start failed: fail_start and gunicorn's exit 3 decide
+                self._crashed(exc)
+            raise  # gunicorn logs the traceback and exits 255; the master replaces the worker
+
+    def _crashed(self, exc: Exception) -> None:
+        """An exception escaped the serving loop. The replacement will run the app's lifespan
+        startup again at once; when crashes (or failed starts) follow each other within
+        CRASH_LOOP_WINDOW, pause first, holding this worker's place in the pool (FAILED: the
+        master neither forks its replacement nor counts it as serving) instead of looping."""
+        self.table.set_reason(diagnostics.EXIT_REASONS.index(Reason.CRASH.value))
+        self.table.set_state(State.FAILED)
+        served = self.server.stats().requests if self.server is not None else 0
+        self.log.error("hardened_worker: worker %s crashed: %r; served %d requests, up %.1f s",
+                       self.pid, exc, served, self._uptime(),
+                       extra=self._facts(detail=repr(exc), requests=served))
+        if self.table.record_failure() < CRASH_LOOP_WINDOW:
+            self.log.error("hardened_worker: worker %s pausing %.0f s before exiting: the pool's "
+                           "previous crash or failed start was less than %.0f s ago (crash loop)",
+                           self.pid, CRASH_LOOP_PAUSE, CRASH_LOOP_WINDOW, extra=self._facts())
+            time.sleep(CRASH_LOOP_PAUSE)
 
     def init_signals(self) -> None:
         for sig in self.SIGNALS:
