@@ -164,7 +164,7 @@ class LogFailures:
         if self.count == 1:
             why = sys.exc_info()[1]
             _try_stderr(f"hardened_worker: worker {self.pid} cannot write its log {self.name} "
-                        f"({why!r}); its lines are dropped and counted from now on\n")
+                        f"({why!r}); its lines are dropped until it can (said once)\n")
 
 
 dropped = 0  # log lines this process could not write (every handler given a LogFailures)

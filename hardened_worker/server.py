@@ -49,10 +49,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import functools
+import hashlib
 import importlib
 import os
 import socket
+import stat
 import struct
+import tempfile
 import termios
 import time
 from dataclasses import dataclass
@@ -259,11 +263,69 @@ class _Accepted(_Connections):
         super().discard(conn)
 
 
-def _wake_address(pool: str, pid: int) -> bytes:
-    """A worker's wake socket: an abstract UNIX datagram address (no file, gone with the socket).
-    Abstract names are per network namespace, which a Kubernetes pod's containers share while
-    each has pids of its own: ``pool`` (the table's random token) keeps two pools apart."""
-    return b"\0hardened-worker-wake-%s-%d" % (pool.encode(), pid)
+# The wake sockets: one UNIX datagram socket per worker, in a directory of the pool's own. Not
+# abstract names: those are listed in /proc/net/unix and open to any local user (a flood from
+# another uid cut requests/s by 40%; binding the next pids' names first left a new worker without
+# its socket). A file socket in a 0700 directory can be reached by this uid (and root) only, and
+# the directory's name is derived from the pool's secret token (readiness.Table, never shown):
+# nobody else can predict it to create it first, and one found existing must be ours and private.
+_WAKE_DIR_TRIES = 3  # a sibling may remove the directory as we enter it (_leave_wake_directory)
+
+
+@functools.lru_cache(maxsize=4)
+def _wake_directory(pool: str) -> str:
+    digest = hashlib.sha256(b"hardened-worker-wake:" + pool.encode()).hexdigest()[:32]
+    return os.path.join(tempfile.gettempdir(), "hardened-worker-wake-" + digest)
+
+
+def _wake_address(pool: str, pid: int) -> str:
+    """A worker's wake socket (``pool``: the table's token; it keeps pools that share a /tmp
+    and reuse each other's pids, a Kubernetes pod's containers, apart)."""
+    return os.path.join(_wake_directory(pool), str(pid))
+
+
+def _enter_wake_directory(pool: str) -> None:
+    """Make the pool's wake directory (0700), or check that the one found is this user's own
+    and private: a directory someone else made, or opened up, is refused."""
+    path = _wake_directory(pool)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    found = os.lstat(path)
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid() or found.st_mode & 0o077:
+        raise PermissionError(errno.EPERM, "not a private directory of this user", path)
+
+
+def _bind_waker(pool: str) -> socket.socket:
+    address = _wake_address(pool, os.getpid())
+    for attempt in range(_WAKE_DIR_TRIES):
+        _enter_wake_directory(pool)
+        waker = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            try:
+                os.unlink(address)  # a worker of this pid that was killed left it; ours now
+            except FileNotFoundError:
+                pass
+            waker.bind(address)
+            return waker
+        except FileNotFoundError:  # the directory went with the last sibling: make it again
+            waker.close()
+            if attempt == _WAKE_DIR_TRIES - 1:
+                raise
+        except BaseException:
+            waker.close()
+            raise
+    raise AssertionError("unreachable")
+
+
+def _leave_wake_directory(pool: str) -> None:
+    """Remove this worker's socket, and the directory with the last one (nothing left in /tmp)."""
+    try:
+        os.unlink(_wake_address(pool, os.getpid()))
+        os.rmdir(_wake_directory(pool))
+    except OSError:  # ENOTEMPTY: siblings are in it; or already gone
+        pass
 
 
 class HardenedServer(Server):
@@ -536,11 +598,9 @@ class HardenedServer(Server):
     # --- waking siblings (the accept policy) ------------------------------------------------
 
     def _open_waker(self, loop: Any) -> None:
-        waker = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            waker.bind(_wake_address(self._pool, os.getpid()))
-        except OSError as exc:  # unlikely (the pool's token, our pid): the tick re-decides instead
-            waker.close()
+            waker = _bind_waker(self._pool)
+        except OSError as exc:  # no /tmp, a path too long: the tick re-decides instead
             self.host.log.warning("hardened_worker: worker %s has no wake socket (%s); the accept "
                                   "policy re-reads the table on the 100 ms tick only", self.host.pid, exc)
             return
@@ -578,6 +638,7 @@ class HardenedServer(Server):
             asyncio.get_running_loop().remove_reader(self._waker.fileno())
             self._waker.close()
             self._waker = None
+            _leave_wake_directory(self._pool)
 
     # --- backpressure: HARDENED_MAX_INFLIGHT (overload.InFlight decides) ----------------------
 

@@ -76,9 +76,10 @@ def test_a_worker_that_holds_more_leaves_the_next_connection_to_its_sibling(mast
 
 
 def test_another_pool_in_the_network_namespace_takes_no_wake_socket_of_ours(master):
-    """Abstract UNIX names are per network namespace, which a Kubernetes pod's containers share,
-    and each container numbers its pids from 1: another pool's workers may hold our workers' pids.
-    Stand in for one: the names a pool would bind for the next pids, taken before ours start."""
+    """A Kubernetes pod's containers share a network namespace (abstract UNIX names) and each
+    numbers its pids from 1: another pool's workers may hold our workers' pids. Stand in for one:
+    the abstract names an older pool would bind for the next pids, taken before ours start. Ours
+    are files in a directory named after the pool's token (test_wake_strangers.py)."""
     last = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
     foreign = []
     try:
@@ -92,7 +93,7 @@ def test_another_pool_in_the_network_namespace_takes_no_wake_socket_of_ours(mast
         names = {line.split()[-1] for line in Path("/proc/net/unix").read_text().splitlines()[1:]
                  if len(line.split()) == 8}
         for pid in pids:  # each worker bound a wake socket of its own pool
-            assert any(re.fullmatch(rf"@hardened-worker-wake-[0-9a-f]+-{pid}", n) for n in names)
+            assert any(re.fullmatch(rf"/.*/hardened-worker-wake-[0-9a-f]+/{pid}", n) for n in names)
         assert "has no wake socket" not in m.log()
     finally:
         for taken in foreign:
