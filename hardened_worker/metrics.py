@@ -29,7 +29,7 @@ import urllib.parse
 from typing import Any, Awaitable, Callable, Iterable, Optional
 
 from hardened_worker import diagnostics, forwarded, spread
-from hardened_worker.lifecycle import Phase
+from hardened_worker.lifecycle import Phase, Reason
 from hardened_worker.readiness import (BUCKETS, C_ACCEPT, C_BEAT, C_BUCKET0, C_CONNECTIONS,
                                        C_DURATION_US, C_INFLIGHT, C_MEMORY, C_PHASE, C_REQUESTS,
                                        C_SHED, C_STALLS, EXIT_KINDS,
@@ -57,7 +57,9 @@ def _reason(code: int) -> str:
     """A slot's reason field (EXIT_REASONS index + 1) as a label; 0 means none was recorded."""
     if 0 < code <= len(diagnostics.EXIT_REASONS):
         return diagnostics.EXIT_REASONS[code - 1]
-    return "unknown"  # SIGKILLed (the OOM killer) or died before recording a reason
+    # SIGKILLed (the OOM killer), a segfault, or dead before recording a reason: what the
+    # master's exit_reason (child_exit) says too, and docs/operations.md.
+    return Reason.CRASH.value
 
 
 def _state(peer_state: State, phase: int) -> str:
@@ -80,8 +82,10 @@ def pool(snapshot: Snapshot, now: float, backlog: int = -1) -> dict[str, Any]:
               "duration_us": retired[R_TOTALS + C_DURATION_US],
               "stalls": retired[R_TOTALS + C_STALLS], "shed": retired[R_TOTALS + C_SHED]}
     buckets = [retired[R_TOTALS + C_BUCKET0 + i] for i in range(len(BUCKETS) + 1)]
-    exits = {_reason(kind): retired[R_EXITS + kind] for kind in range(EXIT_KINDS)
-             if retired[R_EXITS + kind]}
+    exits: dict[str, int] = {}
+    for kind in range(EXIT_KINDS):
+        if retired[R_EXITS + kind]:  # "none recorded" and "crash" are one label: add up
+            exits[_reason(kind)] = exits.get(_reason(kind), 0) + retired[R_EXITS + kind]
     last_exits = []
     for n in range(min(retired[R_RING_NEXT], RING)):
         at = R_RING + 3 * ((retired[R_RING_NEXT] - 1 - n) % RING)

@@ -115,12 +115,13 @@ CASES = [
     ("a gone worker: counted in totals and exits, not as a worker", [
         slot(20, requests=2),
         slot(21, state=State.FREE, alive=False, reason=reason_code("memory"), requests=40),
-    ], retired(requests=100, exit_0=1, **{f"exit_{reason_code('max-requests')}": 2}), {
+    ], retired(requests=100, exit_0=1, **{f"exit_{reason_code('max-requests')}": 2,
+                                          f"exit_{reason_code('crash')}": 3}), {
         ("hardened_worker_workers", L(state="ready")): 1,
         ("hardened_worker_requests_total", L()): 142,
         ("hardened_worker_worker_exits_total", L(reason="memory")): 1,
         ("hardened_worker_worker_exits_total", L(reason="max-requests")): 2,
-        ("hardened_worker_worker_exits_total", L(reason="unknown")): 1,
+        ("hardened_worker_worker_exits_total", L(reason="crash")): 4,  # none recorded: SIGKILL
         ("hardened_worker_recycles_total", L(cause="memory")): 1,
         ("hardened_worker_recycles_total", L(cause="max-requests")): 2,
         ("hardened_worker_recycles_total", L(cause="max-lifetime")): 0,
