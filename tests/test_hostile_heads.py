@@ -189,7 +189,7 @@ def test_2000_slow_header_connections_are_closed_within_the_timeout(master):
     opened: dict[int, tuple[socket.socket, float]] = {}
     for _ in range(slow):
         sock = socket.create_connection(("127.0.0.1", m.port))
-        sock.send(b"G")  # one byte, then one every 3 s: the head never completes
+        sock.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # then a byte every 3 s: never complete
         sock.setblocking(False)
         opened[sock.fileno()] = (sock, time.monotonic())
         poller.register(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
@@ -206,7 +206,7 @@ def test_2000_slow_header_connections_are_closed_within_the_timeout(master):
             next_byte += 3.0
             for sock, _ in opened.values():
                 try:
-                    sock.send(b"E")
+                    sock.send(b"v")
                 except OSError:
                     pass
     samples, errors = normal.join()
