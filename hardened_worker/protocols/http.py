@@ -112,11 +112,10 @@ def guarded(protocol_class: type, guard: Guard) -> type:
                     return
                 if timed:
                     self._read_at = now = self.loop.time()
-                    if head.in_head:
-                        if heads != head.heads or self._head_since is None:
-                            self._head_since = now
-                    elif heads != head.heads:
-                        self._head_since = None
+                    # A head ended (maybe another began), or none was awaited: one may have begun.
+                    # A head still arriving keeps the instant it began.
+                    if heads != head.heads or self._head_since is None:
+                        self._head_since = now if head.in_head else None
             elif head is _REFUSED:
                 return  # read before the close took effect
             elif timed:

@@ -125,12 +125,13 @@ class HeadCounter:
     clock runs); ``in_body``: a request body is arriving; ``heads``: request heads completed so far.
     """
 
-    __slots__ = ("limits", "heads", "_state", "_line", "_cr", "_first", "_kept", "_fields",
+    __slots__ = ("limits", "heads", "counting", "_state", "_line", "_cr", "_first", "_kept", "_fields",
                  "_last_field", "_block", "_length", "_chunked", "_left", "_unfollowed")
 
     def __init__(self, limits: Limits = DEFAULTS) -> None:
         self.limits = limits
         self.heads = 0
+        self.counting = True  # False once a framing is not followed (the parser refuses it)
         self._state = _State.LINE
         self._line = 0  # bytes of the incomplete line so far (a CR before LF included)
         self._cr = False  # the last byte of the incomplete line is CR
@@ -151,10 +152,6 @@ class HeadCounter:
     @property
     def in_body(self) -> bool:
         return self._state in _IN_BODY
-
-    @property
-    def counting(self) -> bool:
-        return self._state is not _State.UNFOLLOWED
 
     def feed(self, data: bytes) -> Optional[Breach]:
         pos, end = 0, len(data)
@@ -302,7 +299,7 @@ class HeadCounter:
 
     def _body_begins(self) -> None:
         if self._unfollowed:
-            self._state = _State.UNFOLLOWED
+            self._state, self.counting = _State.UNFOLLOWED, False
         elif self._chunked:
             self._state = _State.CHUNK_SIZE
         elif self._length:
@@ -323,7 +320,7 @@ class HeadCounter:
         digits = _HEX.match(b"".join(self._kept).lstrip(b" \t"))
         self._line, self._kept = 0, []
         if digits is None:
-            self._state = _State.UNFOLLOWED
+            self._state, self.counting = _State.UNFOLLOWED, False
         elif int(digits.group(), 16) == 0:
             self._state = _State.TRAILERS
         else:
