@@ -176,7 +176,11 @@ def abort_later(transport: Any, gone: Callable[[], bool], closing: bool = True,
             return
         reset(transport)
 
-    asyncio.get_running_loop().call_later(grace, check)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # a forced stop after the loop ended: its transports went with it
+        return
+    loop.call_later(grace, check)
 
 
 def _cycle_of(task: Optional[asyncio.Task[Any]]) -> Any:
