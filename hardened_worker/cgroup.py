@@ -153,6 +153,42 @@ def memory_current(root: Root = DEFAULT_ROOT) -> int | None:
                                _join(where.memory, "memory.usage_in_bytes")))
 
 
+def memory_working_set(root: Root = DEFAULT_ROOT) -> int | None:
+    """What the cgroup uses that the kernel cannot simply drop: usage minus the inactive file cache
+    (the kubelet's "working set"), or None when unknown. Usage alone counts page cache (logs
+    written, files read) that reclaim frees before any OOM kill, so a container near its limit
+    with a full cache would look out of room when it is not."""
+    where = _locate(root)
+    current = memory_current(where)
+    if current is None:
+        return None
+    stat = _read(_join(where.unified, "memory.stat"), 65536)
+    if stat is None:
+        stat = _read(_join(where.memory, "memory.stat"), 65536)
+    fields = _keyed(stat)
+    # v1 counts its children in total_inactive_file, as usage_in_bytes does; v2's inactive_file.
+    inactive = fields.get("total_inactive_file", fields.get("inactive_file", 0))
+    return max(0, current - inactive)
+
+
+def oom_kills(root: Root = DEFAULT_ROOT) -> int | None:
+    """Processes of the cgroup the kernel's OOM killer killed so far (v2 ``memory.events``,
+    v1 ``memory.oom_control``, both an ``oom_kill N`` line), or None when unknown."""
+    where = _locate(root)
+    text = _first(_join(where.unified, "memory.events"), _join(where.memory, "memory.oom_control"))
+    return _keyed(text).get("oom_kill")
+
+
+def _keyed(text: str | None) -> dict[str, int]:
+    """``'name 123'`` lines -> ``{'name': 123}``; other lines are skipped."""
+    fields = {}
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and _is_count(parts[1]):
+            fields[parts[0]] = int(parts[1])
+    return fields
+
+
 def cpu_quota(root: Root = DEFAULT_ROOT) -> float | None:
     """CPUs the cgroup may use (``'50000 100000'`` -> 0.5), or None when unlimited or unknown."""
     where = _locate(root)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from hardened_worker import _gunicorn, cgroup, diagnostics, readiness
+from hardened_worker import _gunicorn, cgroup, diagnostics, headroom, pool
 from hardened_worker import memory as policy  # not `memory`: the attribute below has that name
 from hardened_worker.lifecycle import Event, Phase, Reason
 from hardened_worker.readiness import State
@@ -46,6 +46,7 @@ class Recycling:
     memory_reader: Optional[policy.MemoryReader] = None
     _memory_decision = policy.Decision.OK
     _next_cgroup_check = 0.0
+    footprint: Optional[int] = None  # this worker's private memory at ready: what a successor costs
 
     def _memory_watch(self) -> Optional[policy.MemoryWatch]:
         s = self.settings
@@ -67,19 +68,25 @@ class Recycling:
         """On the tick and every ``HARDENED_MEMORY_CHECK_REQUESTS`` requests; cheap unless due.
         ``now_due``: at ready, so the baseline is the ready worker's, whatever comes next."""
         watch, server = self.memory, self.server
+        if self.footprint is None and self.memory_reader is not None and server is not None \
+                and self.lifecycle.phase is Phase.READY:
+            self._learn_footprint(self.memory_reader)
         if watch is None or server is None or self.lifecycle.phase not in (Phase.READY, Phase.SURGING):
             return
         now = time.monotonic()
-        total = server.stats().requests
+        stats = server.stats()
+        total = stats.requests
         if not (now_due or watch.due(now, total)):
             return
-        decision, used = watch.check(now, total, lambda: (self.table.recycling(), self._replaceable()))
+        decision, used = watch.check(now, total, lambda: (self.table.recycling(), self._replaceable()),
+                                     stats.connections)
         if decision.recycles:
             hard = decision is policy.Decision.RECYCLE_HARD
             limit = watch.limits.hard if hard else watch.soft
             if hard:
                 self.log.warning("%s", policy.recycle_message(
-                    self.pid, used, limit, self.settings.memory_measure, total, self._uptime(), hard))
+                    self.pid, used, limit, self.settings.memory_measure, total, self._uptime(), hard,
+                    watch.drain_growth))
                 self._post(Event.MEMORY_HARD)
             elif self.lifecycle.phase is Phase.READY and not self._recycle(
                     Event.MEMORY_SOFT, policy.recycle_cause(used, limit, self.settings.memory_measure,
@@ -97,10 +104,19 @@ class Recycling:
                 self.pid, used, watch.soft, self.settings.memory_measure, now - watch.started,
                 watch.limits.min_lifetime))
 
+    def _learn_footprint(self, reader: policy.MemoryReader) -> None:
+        """At ready: this worker's private memory, read precisely once (about 1 ms), is what the
+        app costs a container to start; published in the table for the other workers' view."""
+        self.footprint = reader.precise() or reader.rss()
+        self.table.set_memory(self.footprint)
+        if self.memory is not None:  # what leaving will copy of the master's pages, at most
+            self.memory.exit_growth = reader.shared_dirty()
+
     def check_memory_counted(self) -> None:
         """Every ``HARDENED_MEMORY_CHECK_REQUESTS`` requests: the whole check only when the RSS
-        does not already prove the worker under its soft limit (measured: the whole check every
-        16 requests cost 10 % of a bare app's requests/s, this costs about nothing)."""
+        does not already prove the worker under its soft limit and, with what a drain may still
+        add, under its hard limit (measured: the whole check every 16 requests cost 10 % of a
+        bare app's requests/s, this costs about nothing)."""
         watch = self.memory
         if watch is not None and not watch.surely_under():
             self.check_memory(now_due=True)
@@ -116,7 +132,9 @@ class Recycling:
         rss = reader.rss()
         self.table.set_memory(rss)  # RSS: what the workers publish to rank themselves
         root = self.settings.cgroup_root
-        current, limit = cgroup.memory_current(root), cgroup.memory_limit(root)
+        # The working set, not the usage: page cache the kernel drops before any OOM kill is no
+        # pressure (a container that writes logs would otherwise recycle for its cache).
+        current, limit = cgroup.memory_working_set(root), cgroup.memory_limit(root)
         if not policy.cgroup_pressure(current, limit) or self._uptime() < self.settings.memory_min_lifetime:
             return
         peers = self.table.peers()
@@ -143,7 +161,7 @@ class Recycling:
     def _do_start_successor(self, event: Event) -> None:
         # The table already says SURGING (take_surge_turn): one recycle at a time across the pool;
         # the master forks one worker more while it does (pool.plan).
-        self.surge = Surge(time.monotonic(), self.table.newest_age())
+        self.surge = Surge(time.monotonic())
         _gunicorn.wake_master(self.ppid)
 
     def _do_retire(self, event: Event) -> None:
@@ -174,23 +192,61 @@ class Recycling:
                           f"{self.settings.max_lifetime:g} s - jitter)")
 
     def _recycle(self, event: Event, why: str, level: int = logging.INFO) -> bool:
-        """Take the pool's one recycling turn and start the surge; False while another has it."""
+        """Recycle, one worker at a time across the pool: the successor first when the container
+        has room for it (:func:`headroom.replacement`), else, for memory, this worker drains first
+        and the master replaces it once it has exited. False while it waits (another recycles,
+        or no room for a reason that can wait)."""
         reason = _RECYCLE_REASONS[event]
+        room = self._room()
+        way = headroom.replacement(room)
+        if way is headroom.Replacement.DRAIN_FIRST:
+            # Decided before taking the turn: a SURGING state, even for an instant, makes the
+            # master fork a successor (pool.plan), the very thing there is no room for.
+            if event is not Event.MEMORY_SOFT:
+                return self._wait(why, "no room for a successor: " + room.describe())
+            if self.table.recycling() or room.starting:
+                return self._wait(why, "another worker is being replaced")
+            self.log.log(level, "hardened_worker: worker %s recycling: %s; %s", self.pid, why,
+                         way.explain(room), extra=self._facts(recycle=reason.value, why=why,
+                                                              replacement=way.value))
+            self._post(Event.MEMORY_HARD)  # the drain at once, without a successor
+            return True
         if not self.table.take_surge_turn(diagnostics.EXIT_REASONS.index(reason.value)):
-            if self._waiting_logged != why:
-                self._waiting_logged = why
-                self.log.info("hardened_worker: worker %s would recycle (%s); waiting: another "
-                              "worker is recycling", self.pid, why)
-            return False
+            return self._wait(why, "another worker is recycling")
         self.log.log(level, "hardened_worker: worker %s recycling: %s; its successor starts "
-                     "first", self.pid, why, extra=self._facts(recycle=reason.value, why=why))
+                     "first", self.pid, why, extra=self._facts(recycle=reason.value, why=why,
+                                                               replacement=way.value))
         self._post(event)
         return True
+
+    def _wait(self, why: str, because: str) -> bool:
+        if self._waiting_logged != because:  # once per cause, not per reading
+            self._waiting_logged = because
+            self.log.info("hardened_worker: worker %s would recycle (%s); waiting: %s", self.pid,
+                          why, because)
+        return False
+
+    def _room(self) -> headroom.Room:
+        """The container as a recycle sees it: the cgroup's limit and working set, one app's
+        footprint (this worker's at ready; before it is known, its size now: more, never less),
+        the workers still to come and the master's size."""
+        root = self.settings.cgroup_root
+        limit = cgroup.memory_limit(root)
+        if limit is None:
+            return headroom.Room(None, None, 0)
+        peers = self.table.peers()
+        booting = sum(1 for p in peers if p.state in (State.BOOTING, State.WAITING))
+        footprint = self.footprint or policy.process_rss(self.pid) or 0
+        return headroom.Room(limit, cgroup.memory_working_set(root), footprint,
+                             headroom.starting(self.cfg.workers, len(peers), booting),
+                             self.cfg.workers, policy.process_rss(self.ppid) or 0)
 
     def _check_successor(self) -> None:
         assert self.surge is not None
         peers = self.table.peers()
-        if any(p.age > self.surge.after_age and p.state in readiness.SERVING for p in peers):
+        me = pool.Member(self.pid, self.age, self.generation, State.SURGING)
+        others = [pool.Member(p.pid, p.age, p.generation, p.state) for p in peers]
+        if pool.successor_ready(me, others, self.table.wanted()):
             self._post(Event.SUCCESSORS_READY)
         elif not self._replaceable():
             self._post(Event.RELOAD_REJECTED)
@@ -202,7 +258,6 @@ class Recycling:
 @dataclass
 class Surge:
     started: float  # monotonic: when this worker asked the master for its successor
-    after_age: int  # the successor is the first worker the master creates after this age
     retired: bool = False  # RETIRING published: the master's SIGTERM for this worker is on its way
     acknowledged: bool = False  # that SIGTERM arrived
 
