@@ -143,14 +143,19 @@ def guarded(protocol_class: type, guard: Guard) -> type:
                 if now >= due and not _busy(self):  # (a pipelined head waits for the response)
                     return self._time_out("a complete request head", "HARDENED_HEADER_TIMEOUT",
                                           header_timeout)
-                wake = max(due, now + 0.01) if now < due else wake
-            elif self._head.in_body and body_timeout > 0 and not self.flow.read_paused:
-                due = self._read_at + body_timeout  # paused: the app is not reading, not the client
+                wake = due if now < due else wake
+            elif self._head.in_body and body_timeout > 0 and not self._app_holds_body():
+                due = self._read_at + body_timeout
                 if now >= due:
                     return self._time_out("any of the request body", "HARDENED_BODY_TIMEOUT",
                                           body_timeout)
                 wake = due
             self._timer = self.loop.call_at(wake, self._check_reads)
+
+        def _app_holds_body(self) -> bool:
+            """The body waits for the app, not the client: reading is paused (the app has not
+            taken what arrived), or the client waits for ``100 Continue`` until the app reads."""
+            return self.flow.read_paused or getattr(self.cycle, "waiting_for_100_continue", False)
 
         def _time_out(self, what: str, setting: str, bound: float) -> None:
             transport = self.transport

@@ -154,7 +154,12 @@ class HeadCounter:
         return self._state in _IN_BODY
 
     def feed(self, data: bytes) -> Optional[Breach]:
-        pos, end = 0, len(data)
+        end = len(data)
+        pos = self._whole_head(data, 0) if self._state is _LINE and not self._line else -1
+        if pos == end:
+            return None  # the usual keep-alive read: exactly one whole head
+        if pos < 0:
+            pos = 0
         while pos < end:
             state = self._state
             if state is _LINE:
@@ -192,15 +197,15 @@ class HeadCounter:
         stop = data.find(b"\r\n\r\n", pos)
         if stop < 0:
             return -1
+        after = stop + 4
         line_end = data.find(b"\r\n", pos)
         limits = self.limits
-        after = stop + 4
-        # Every LF ends a line (h11 accepts a bare LF), so LFs count the field lines; a bare LF
-        # making an empty line before ``stop`` would end the head there: counted line by line.
-        fields = data.count(b"\n", line_end + 2, stop + 2)
+        # Every LF ends a line (h11 accepts a bare LF): with none bare, the LFs are the request
+        # line, the fields and the empty line. A bare LF could end the head before ``stop``.
+        lines = data.count(b"\n", pos, after)
         if (line_end == pos  # an empty line first
                 or line_end - pos > limits.request_line > 0 or after - line_end - 4 > limits.field_size
-                or fields > limits.fields or fields != data.count(b"\r\n", line_end + 2, stop + 2)):
+                or lines - 2 > limits.fields or lines != data.count(b"\r\n", pos, after)):
             return -1  # near a limit, or an odd head: the exact count decides
         self.heads += 1
         if _FRAMING_NAME.search(data, line_end, stop + 2) is not None:
