@@ -89,6 +89,7 @@ def install_pool_owner(worker_class: type, table: Callable[[], Optional[Table]],
         shared = table()
         if shared is None or not issubclass(arbiter.worker_class, worker_class):
             return original(arbiter)  # a HUP switched to another worker class
+        shared.record_wanted(arbiter.num_workers)  # what a surging worker waits for (pool.py)
         decided = pool.plan(arbiter.num_workers, members(arbiter, shared), generations.current)
         for _ in range(decided.spawn):
             arbiter.spawn_worker()

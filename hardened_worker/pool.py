@@ -44,6 +44,14 @@ class Plan:
     stop: tuple[int, ...]  # pids to SIGTERM, in this order
 
 
+def successor_ready(me: Member, peers: Sequence[Member], wanted: int) -> bool:
+    """May surging worker ``me`` retire? Once the pool without it is at the master's size: as many
+    ready workers of its generation or newer as the master wants. Not "the worker forked after my
+    surge began": the master forks for several reasons (a death, the operator's TTIN), and a worker
+    forked for one of them just before the surge is as good a successor."""
+    return sum(1 for p in peers if p.state is State.READY and p.generation >= me.generation) >= wanted
+
+
 def target(wanted: int, members: Sequence[Member], generation: int) -> int:
     """``wanted`` (gunicorn's ``num_workers``) plus one per surge of the current generation: a
     surging worker of an older one is being replaced by the reload already."""

@@ -28,7 +28,6 @@ class ModelWorker:
     state: State = State.BOOTING
     fails: bool = False  # a rejected generation: its workers fail to start
     signalled: bool = False  # got SIGTERM from the master
-    after_age: int = 0  # surging: its successor is the first worker forked after this age
 
 
 @dataclass
@@ -109,8 +108,10 @@ class Arbiter:
         elif w.state is State.FAILED:
             self.reap(pid)  # exits after its pause
         elif w.state is State.SURGING:
-            successor = any(o.age > w.after_age and o.state is State.READY
-                            for o in self.workers.values())
+            me = pool.Member(w.pid, w.age, w.generation, w.state)
+            others = [pool.Member(o.pid, o.age, o.generation, o.state)
+                      for o in self.workers.values() if o is not w]
+            successor = pool.successor_ready(me, others, self.num_workers)
             if w.signalled:  # a reload's SIGTERM: the surge is cancelled
                 w.state = State.STOPPING if newer_ready else State.READY
             elif successor:
@@ -138,7 +139,7 @@ class Arbiter:
         if w is not None and w.state is State.READY and not w.signalled \
                 and w.generation == self.generation and self.generation not in self.rejected \
                 and not any(o.state in (State.SURGING, State.RETIRING) for o in self.workers.values()):
-            w.state, w.after_age = State.SURGING, self.age
+            w.state = State.SURGING
             self.manage()  # the worker wakes the master
 
     def kill(self, pid: int) -> None:
@@ -179,7 +180,7 @@ EVENTS = st.lists(st.one_of(
 ), max_size=40)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(configured=st.integers(1, 4), events=EVENTS)
 def test_any_interleaving_ends_at_the_configured_size_plus_the_operators_changes(configured, events):
     master = Arbiter(configured)
