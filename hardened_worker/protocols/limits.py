@@ -147,27 +147,23 @@ class HeadCounter:
 
     @property
     def in_head(self) -> bool:
-        return self._state is _State.FIELDS or (self._state is _State.LINE and self._line > 0)
+        return self._state is _FIELDS or (self._state is _LINE and self._line > 0)
 
     @property
     def in_body(self) -> bool:
         return self._state in _IN_BODY
 
     def feed(self, data: bytes) -> Optional[Breach]:
-        end = len(data)
-        pos = self._whole_head(data, 0) if self._state is _LINE and not self._line else -1
-        if pos == end:
-            return None  # the usual keep-alive read: exactly one whole head
-        if pos < 0:
-            pos = 0
+        pos, end, tried = 0, len(data), -1  # tried: where a whole head was looked for in vain
         while pos < end:
             state = self._state
             if state is _LINE:
-                if not self._line:
+                if not self._line and pos != tried:  # a head starts here: the usual case first
                     after = self._whole_head(data, pos)
                     if after >= 0:
                         pos = after
                         continue
+                    tried = pos
                 pos = self._request_line(data, pos, end)
                 if pos < 0:
                     return Breach.REQUEST_LINE
