@@ -152,9 +152,9 @@ class LogFailures:
     traceback on stderr for every failed line (30,000 lines for 700 requests on a full disk).
     ``count`` is per handler; :data:`dropped` totals every handler of the process."""
 
-    def __init__(self, handler: logging.Handler, pid: int) -> None:
+    def __init__(self, handler: logging.Handler, who: str) -> None:
         self.name = getattr(handler, "baseFilename", None) or type(handler).__name__
-        self.pid = pid
+        self.who = who  # "worker 123" or "master 45"
         self.count = 0
 
     def __call__(self, record: logging.LogRecord) -> None:
@@ -163,7 +163,7 @@ class LogFailures:
         dropped += 1
         if self.count == 1:
             why = sys.exc_info()[1]
-            _try_stderr(f"hardened_worker: worker {self.pid} cannot write its log {self.name} "
+            _try_stderr(f"hardened_worker: {self.who} cannot write its log {self.name} "
                         f"({why!r}); its lines are dropped until it can (said once)\n")
 
 
@@ -193,14 +193,14 @@ def _closing_anyway(handler: logging.Handler, failures: LogFailures) -> Callable
     return closing
 
 
-def tolerate_log_failures(log: Any, pid: int) -> None:
+def tolerate_log_failures(log: Any, who: str) -> None:
     """Give gunicorn's error and access log handlers (uvicorn's loggers share them) a
     :class:`LogFailures` and a close that cannot raise. The handlers live as long as the worker
     (USR1 reopens their files in place)."""
     for logger in (getattr(log, "error_log", None), getattr(log, "access_log", None)):
         for handler in getattr(logger, "handlers", ()):
             if not isinstance(handler.handleError, LogFailures):
-                failures = LogFailures(handler, pid)
+                failures = LogFailures(handler, who)
                 handler.handleError = failures  # type: ignore[method-assign]
                 handler.close = _closing_anyway(handler, failures)  # type: ignore[method-assign]
 
@@ -215,7 +215,7 @@ def arm_abort_dump(log: Any, on_abort: Callable[[int, Optional[FrameType]], None
 
     Armed at the worker's boot, which is also when its log handlers get :class:`LogFailures`.
     """
-    tolerate_log_failures(log, os.getpid())
+    tolerate_log_failures(log, f"worker {os.getpid()}")
     signal.signal(signal.SIGABRT, on_abort)
     stream = error_log_stream(log)
     try:

@@ -84,6 +84,9 @@ class Worker(Recycling, UvicornWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.table = type(self)._table or readiness.Table()
+        # In the master, before each fork and so after a HUP's new log handlers: a full log disk
+        # must not end the master when logrotate's USR1 makes gunicorn reopen (close) its files.
+        diagnostics.tolerate_log_failures(self.log, f"master {os.getpid()}")
         # In the master, before the fork: what it forks, for which configuration load.
         self.generation = type(self)._generations.of(self.cfg)
         reloading = self.generation > max(1, self.table.reloads().generation)

@@ -89,12 +89,13 @@ def settled(m: Master, count: int, not_in: set = frozenset()) -> list[int]:
 
 
 def rotate(m: Master, pids: list[int], logs: list[Path]) -> None:
-    """What logrotate does (rename, then USR1), to the workers only: until each has reopened
-    every log under its name (a new, empty file: on a full disk a file can still be created)."""
+    """What logrotate does (rename, then USR1 to the master, which reopens its own files and
+    passes USR1 on to its workers): until the master and each worker has reopened every log under
+    its name (a new, empty file: on a full disk a file can still be created)."""
     for log in logs:
         log.rename(log.with_name(log.name + ".1"))
-    for pid in pids:
-        os.kill(pid, signal.SIGUSR1)
+    m.signal(signal.SIGUSR1)
+    pids = [m.pid, *pids]
 
     def reopened(pid: int) -> bool:
         fds = Path(f"/proc/{pid}/fd")
