@@ -94,7 +94,7 @@ def _in_child(body: Callable[[], object], timeout: float = WEDGE_LIMIT) -> tuple
 
 def _killed_at(step: int, files: set[str], writer: Callable[[], object]) -> dict:
     """Run ``writer`` traced; SIGKILL this process at line event ``step`` of code in ``files``
-    (0: never; one past the last: right after the writer returned). Returns the number of line
+    (0: never; past the last: right after the writer returned). Returns the number of line
     events seen and the functions they were in."""
     seen, functions = 0, set()
 
@@ -115,7 +115,7 @@ def _killed_at(step: int, files: set[str], writer: Callable[[], object]) -> dict
         writer()
     finally:
         sys.settrace(None)
-    if step == seen + 1:
+    if step > seen:
         os.kill(os.getpid(), signal.SIGKILL)
     return {"events": seen, "functions": sorted(functions)}
 
