@@ -13,11 +13,11 @@ import sys
 import time
 import traceback
 
-from bench import (bad_deploy, common, deadline, drain, hostile, hung, hup, leak, nginx, overhead,
-                   overload, profile, recycle, spread)
+from bench import (bad_deploy, common, deadline, drain, hostile, hung, hup, leak, memcg, nginx,
+                   overhead, overload, profile, recycle, spread)
 
-SCENARIOS = [overhead, hup, bad_deploy, drain, leak, hung, nginx, recycle, spread, deadline, overload,
-             hostile]
+SCENARIOS = [overhead, hup, bad_deploy, drain, leak, memcg, hung, nginx, recycle, spread, deadline,
+             overload, hostile]
 TOOLS = [profile]  # run on their own, never by `all`
 BY_NAME = {module.NAME: module for module in SCENARIOS + TOOLS}
 
@@ -96,6 +96,7 @@ def run_all(args: argparse.Namespace) -> dict:
         ("overhead-access-log", overhead, {"access_log": True}),
         ("overhead-metrics", overhead, {"env": ["HARDENED_METRICS_PATH=/metrics"], "variant": "metrics"}),
     ]
+    plan.insert(plan.index((memcg.NAME, memcg, {})) + 1, ("memcg-8kib", memcg, {"kib": 8}))
     results: dict = {}
     started = time.monotonic()
     for label, module, overrides in plan:
