@@ -434,16 +434,14 @@ class Table:
         return sum(1 for p in self.peers() if p.state in RECYCLING)
 
     def state_of(self, pid: int, age: int) -> State:
-        """The state worker ``pid`` published, read in the master (its slot search starts at age).
-        A dead worker's slot holding the same (reused) pid is skipped."""
-        stale = State.FREE
-        for probe in range(SLOTS):
-            slot = _Slot.from_buffer_copy(self._slots[(age + probe) % SLOTS])
-            if slot.pid == pid:
-                if self._live(slot):
-                    return State(slot.state)
-                stale = State(slot.state) if stale is State.FREE else stale
-        return stale  # no live slot (no /proc, or it already left): the first one found
+        """The state worker ``pid`` published, read in the master. A dead worker's slot that
+        holds the same (reused) pid is passed over; with no live one (the worker already left),
+        the first slot of that pid from ``age`` on, where its claim started looking."""
+        found = sorted((index for index in self._occupied() if self._pids[index] == pid),
+                       key=lambda index: (index - age) % SLOTS)
+        slots = [_Slot.from_buffer_copy(self._slots[index]) for index in found]
+        chosen = [slot for slot in slots if self._live(slot)] or slots
+        return State(chosen[0].state) if chosen else State.FREE
 
     def try_load(self, workers: int) -> bool:
         """Rolling reload: take a loading turn atomically (see :func:`may_load`)."""
