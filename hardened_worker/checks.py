@@ -63,3 +63,18 @@ def warnings(cfg: Any) -> list[str]:
                 f"hardened_worker: {s.env} in raw_env has no effect: the {s.preset} preset reads it "
                 f"from the environment when the configuration loads; set it there")
     return lines
+
+
+TCP_MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def reuse_port_warning(migrate_req: str | None) -> str | None:
+    """--reuse-port gives each worker its own listening socket. A leaving worker takes the
+    connections already queued on it (server.py), but a handshake still in flight when it closes
+    is reset unless the kernel migrates it to a sibling (``net.ipv4.tcp_migrate_req``, Linux 5.14)."""
+    if migrate_req is not None and migrate_req.strip() == "1":
+        return None
+    now = "unreadable" if migrate_req is None else migrate_req.strip()
+    return ("hardened_worker: --reuse-port: a worker that leaves resets the handshakes still in "
+            f"flight on its own socket (net.ipv4.tcp_migrate_req is {now}); set "
+            "net.ipv4.tcp_migrate_req=1 so the kernel hands them to a sibling")

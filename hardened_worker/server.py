@@ -86,7 +86,7 @@ class Host(Protocol):
     pid: Any
     log: Any
     settings: Any  # drain_idle_window, max_inflight, max_queue_time, spread, header/body_timeout
-    cfg: Any  # gunicorn's: --limit-request-line, --limit-request-fields, --limit-request-field_size
+    cfg: Any  # gunicorn's: --limit-request-line, --limit-request-fields, --limit-request-field_size, --reuse-port
     stall: Any  # the stall watchdog: tick()
     table: Any  # readiness.Table: counters() and sibling_rows(), for the accept policy
 
@@ -554,6 +554,21 @@ class HardenedServer(Server):
             task.add_done_callback(self._handovers.discard)
         self._decide()
 
+    def _take_queued(self, listening: socket.socket) -> None:
+        """--reuse-port: the socket is this worker's alone (gunicorn 27 binds one per worker), and
+        closing it resets every connection queued on it (unless the kernel migrates them,
+        ``net.ipv4.tcp_migrate_req``). So take them all first, in the same step as the close: they
+        are served like any open connection during the drain (``Connection: close``)."""
+        while True:
+            try:
+                conn, _ = listening.accept()
+            except OSError:  # BlockingIOError: the queue is empty; out of descriptors: no more
+                return
+            self._pending += 1
+            task = asyncio.get_running_loop().create_task(self._hand_over(conn))
+            self._handovers.add(task)
+            task.add_done_callback(self._handovers.discard)
+
     def _cannot_accept(self, listening: socket.socket, exc: OSError) -> None:
         """Out of descriptors, the clients waiting are reset (they would wait for nothing: a load
         balancer retries a reset elsewhere); logged once until an accept succeeds again."""
@@ -699,6 +714,8 @@ class HardenedServer(Server):
             self._decide()  # OFF: the reader goes, and siblings that yielded to us are woken
             self._close_waker()
         for listening in self._listeners:
+            if self.host.cfg.reuse_port:
+                self._take_queued(listening)
             listening.close()  # this process's copy; the master's and the siblings' stay
         self._listeners = []
         # The protocols read their ``app`` per request: wrapping it only now costs the requests
@@ -734,7 +751,7 @@ class HardenedServer(Server):
         idle_since: dict[Any, float] = {}
         window = self.host.settings.drain_idle_window
         beat = 0.0
-        while (state.connections or state.tasks or self.host.holding()) \
+        while (state.connections or state.tasks or self._handovers or self.host.holding()) \
                 and time.monotonic() < plan.requests_deadline and not self.force_exit:
             self.host.on_drain_tick()
             self._closing()

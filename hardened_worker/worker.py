@@ -72,6 +72,10 @@ class Worker(Recycling, UvicornWorker):
         trust = forwarded.trust_warning(forwarded.trusted_from_gunicorn(cfg.forwarded_allow_ips))
         if trust and cls._settings.forwarded != "off":
             log.warning("%s", trust)
+        if cfg.reuse_port:
+            warning = checks.reuse_port_warning(_read(checks.TCP_MIGRATE_REQ))
+            if warning:
+                log.warning("%s", warning)
         cls._table = readiness.Table()
         _gunicorn.install_pool_owner(cls, lambda: cls._table, cls._generations)
         watchdog = systemd.Watchdog.from_environ(lambda: None, log)
@@ -605,6 +609,14 @@ class Worker(Recycling, UvicornWorker):
         if self.settings.metrics_path and now >= self._next_memory_publish:
             self._next_memory_publish = now + 1.0
             row[readiness.C_MEMORY] = metrics.rss_bytes()
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path) as file:
+            return file.read()
+    except OSError:
+        return None
 
 
 class BootInterrupted(SystemExit):
