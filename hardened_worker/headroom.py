@@ -11,9 +11,10 @@ in flight on the killed worker.
 
 The rule (:func:`replacement`):
 
-* No cgroup limit known, or no usage figure: surge (nothing to overflow that we can see).
+* No cgroup limit known: surge (nothing to overflow that we can see).
 * The container cannot hold ``workers + 1`` apps next to the master at all: drain first, always
   (no moment of room lasts while the others grow back).
+* No usage figure: surge.
 * Otherwise: surge when ``limit - working set`` covers the app's startup footprint for the
   successor and for every worker already starting (forked but not ready, or not forked yet: their
   memory is not yet in the figure), plus :func:`margin`; else drain first.
@@ -65,7 +66,7 @@ class Room:
 
     @property
     def margin(self) -> int:
-        return margin(self.limit) if self.limit else 0
+        return margin(self.limit) if self.limit is not None else 0
 
     def fits_workers_plus_one(self) -> bool:
         """Could the container hold ``workers + 1`` apps next to the master at all?"""
@@ -76,12 +77,14 @@ class Room:
         return self.footprint * (self.starting + 1) + self.margin
 
     def describe(self) -> str:
-        if self.limit is None or self.used is None:
+        if self.limit is None:
             return "no cgroup memory limit known"
         if not self.fits_workers_plus_one():
             return (f"the cgroup limit {_mib(self.limit)} cannot hold {self.workers} + 1 apps of "
                     f"{_mib(self.footprint)} next to the master ({_mib(self.master)}) and a "
                     f"{_mib(self.margin)} margin")
+        if self.used is None:
+            return f"cgroup limit {_mib(self.limit)}, its usage unknown"
         return (f"cgroup working set {_mib(self.used)} of {_mib(self.limit)} leaves "
                 f"{_mib(self.limit - self.used)}, {_mib(self.needed())} needed ({self.starting + 1} "
                 f"x {_mib(self.footprint)} app + {_mib(self.margin)} margin)")
@@ -94,10 +97,12 @@ def margin(limit: int) -> int:
 
 def replacement(room: Room) -> Replacement:
     """The rule of the module docstring."""
-    if room.limit is None or room.used is None:
+    if room.limit is None:
         return Replacement.SURGE
     if not room.fits_workers_plus_one():
         return Replacement.DRAIN_FIRST
+    if room.used is None:
+        return Replacement.SURGE
     return Replacement.SURGE if room.limit - room.used >= room.needed() else Replacement.DRAIN_FIRST
 
 

@@ -31,6 +31,7 @@ BASE = dict(limit=700 * MiB, used=400 * MiB, footprint=70 * MiB, starting=0, wor
         (dict(starting=1, used=560 * MiB), DRAIN_FIRST),  # a booting worker's app is still to come
         (dict(limit=None), SURGE),  # no cgroup limit: nothing to overflow that we can see
         (dict(used=None), SURGE),  # usage unknown
+        (dict(limit=300 * MiB, used=None), DRAIN_FIRST),  # but the limit alone rules a surge out
         (dict(limit=None, used=10**12), SURGE),
         # 300 MiB cannot hold 3 + 1 apps of 70 MiB next to the master: never a surge, even idle
         (dict(limit=300 * MiB, used=0), DRAIN_FIRST),
@@ -58,12 +59,13 @@ rooms = st.builds(
 @given(rooms)
 def test_replacement_surges_only_into_room(room):
     way = replacement(room)
-    if room.limit is None or room.used is None:
+    if room.limit is None:
         assert way is SURGE
         return
     if way is SURGE:  # the successor and every worker already starting fit, margin kept
-        assert room.limit - room.used >= (room.starting + 1) * room.footprint + margin(room.limit)
         assert room.master + (room.workers + 1) * room.footprint + margin(room.limit) <= room.limit
+        if room.used is not None:
+            assert room.limit - room.used >= (room.starting + 1) * room.footprint + margin(room.limit)
     assert "\n" not in room.describe()
 
 

@@ -144,7 +144,9 @@ def _log_memory_budget(server) -> None:
     if server.cfg.workers != budget.workers:
         server.log.warning("hardened_worker: memory budget was made for %d workers, %d run: set "
                            "WEB_CONCURRENCY rather than --workers", budget.workers, server.cfg.workers)
-    overridden = [k for k in ("HARDENED_MEMORY_LIMIT", "HARDENED_MEMORY_HARD_LIMIT") if k in os.environ]
+    # Not os.environ: gunicorn has applied raw_env to it by now.
+    overridden = [k for k in ("HARDENED_MEMORY_LIMIT", "HARDENED_MEMORY_HARD_LIMIT")
+                  if k not in _defaults]
     server.log.info("hardened_worker: %s; %s%s", budget.describe(), _source,
                     f"; {' and '.join(overridden)} set by the environment" if overridden else "")
 
