@@ -142,7 +142,7 @@ def _log_memory_budget(server) -> None:
                         os.environ.get("HARDENED_MEMORY_LIMIT", "512MiB"))
         return
     if server.cfg.workers != budget.workers:
-        server.log.warning("hardened_worker: memory budget was made for %d workers, %d run: set "
+        server.log.warning("hardened_worker: memory budget made for %d workers but %d run; set "
                            "WEB_CONCURRENCY rather than --workers", budget.workers, server.cfg.workers)
     # Not os.environ: gunicorn has applied raw_env to it by now.
     overridden = [k for k in ("HARDENED_MEMORY_LIMIT", "HARDENED_MEMORY_HARD_LIMIT")
