@@ -237,14 +237,25 @@ def _survivor(pool: Pool, writer: Writer) -> Callable[[], object]:
         adopted = 0
         while adopted < 3 and table.adopt_orphaned_surge() is not None:
             adopted += 1  # as a worker's tick would, before the claim below
+        lost = _lost_slots(table)
         table.claim(writer.slot_age, 3)
         after = metrics.pool(table.snapshot(), time.time())
         return {"cpu": cpu, "peers": sorted(p.pid for p in peers), "generation": reloads.generation,
                 "requests": [before["requests"], after["requests"]],
                 "exits": [sum(before["exits"].values()), sum(after["exits"].values())],
-                "slot_pids": [s.peer.pid for s in snapshot.slots], "adopted": adopted,
+                "slot_pids": [s.peer.pid for s in snapshot.slots], "adopted": adopted, "lost": lost,
                 "claimed": table._slot}
     return body
+
+
+def _lost_slots(table) -> int:
+    """Slots that no live process holds and no claim would take (None: this table cannot tell)."""
+    reusable = getattr(table, "_reusable", None)
+    if reusable is None:
+        return None
+    live = {p.pid for p in table.peers()} | {os.getpid()}
+    return sum(1 for index in range(rd.SLOTS)
+               if not reusable(index) and table._slots[index].pid not in live)
 
 
 @dataclass
@@ -297,6 +308,8 @@ def _judge(pool: Pool, writer: Writer, seen: dict) -> list[str]:
     writer_exited = any(pid not in (pool.departed, pool.orphan, pool.live) for pid in seen["slot_pids"])
     if seen["exits"][0] != 2 + writer_exited:
         problems.append(f"{seen['exits'][0]} exits counted, {2 + writer_exited} happened")
+    if seen["lost"]:
+        problems.append(f"{seen['lost']} slots lost")
     if seen["claimed"] != writer.slot_age:
         problems.append(f"a new claim took slot {seen['claimed']}, not {writer.slot_age}")
     return problems
