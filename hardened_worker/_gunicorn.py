@@ -16,6 +16,10 @@ and checked at import (:func:`_check_arbiter`).
   object), ``num_workers`` and ``worker_class``; it leaves ``num_workers`` alone (gunicorn's: the
   configuration plus the operator's TTIN/TTOU, reset on HUP). The original still runs afterwards,
   with nothing left to spawn or stop, for gunicorn's own worker-count and backlog metrics.
+* ``--reload``: gunicorn's ``Worker.init_process`` builds ``self.reloader`` (a thread) before
+  ``load_wsgi`` and starts it after; its callback ends only its own thread under an asyncio
+  worker (it sets ``alive``, which uvicorn never reads). :func:`redirect_reloader` replaces the
+  callback (``ReloaderBase._callback``, also the inotify reloader's) before the thread starts.
 * A worker wakes the master with SIGCHLD (:func:`wake_master`): the master's loop otherwise sleeps up
   to a second on its signal queue; its SIGCHLD handler only reaps exited children (``reap_workers``,
   ``WNOHANG``), harmless when none has exited.
@@ -113,3 +117,11 @@ def wake_master(master_pid: int) -> None:
         os.kill(master_pid, signal.SIGCHLD)
     except OSError:
         pass  # the master is gone: the worker's parent check handles that
+
+
+def redirect_reloader(reloader: Any, changed: Callable[[str], None]) -> None:
+    """Make gunicorn's --reload call ``changed(filename)`` (from the reloader's thread)."""
+    if not hasattr(reloader, "_callback"):
+        raise RuntimeError("hardened_worker: gunicorn's reloader has no _callback; "
+                           "supported: gunicorn >=27.0,<28")
+    reloader._callback = changed

@@ -276,9 +276,11 @@ def _path_info(scope: Scope) -> str:
 
 
 def configured(log: Any) -> bool:
-    """Would an access line go anywhere? gunicorn's ``access_log_enabled`` is also true for any
+    """Would an access record go anywhere (a line, or gunicorn's statsd metrics)? gunicorn's ``access_log_enabled`` is also true for any
     logging configuration (the JSON preset's sends ``gunicorn.access`` to a ``NullHandler`` when
     the access log is off): then nothing is built either."""
+    if getattr(log.cfg, "statsd_host", None):
+        return True  # gunicorn's statsd logger counts requests in its access(), log or no log
     if not log.access_log_enabled:
         return False
     logger = log.access_log

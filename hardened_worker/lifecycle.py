@@ -59,6 +59,7 @@ class Event(enum.Enum):
     MEMORY_HARD = "memory hard"
     REQUEST_COUNT = "request count"  # gunicorn's --max-requests (+ jitter)
     LIFETIME = "lifetime"  # HARDENED_MAX_LIFETIME (- jitter)
+    CODE_CHANGED = "code changed"  # gunicorn's --reload saw a file change
     PARENT_GONE = "parent gone"
     # timers and the drain
     DELAY_OVER = "delay over"  # HARDENED_DRAIN_DELAY elapsed
@@ -127,7 +128,7 @@ def _stay(phase: Phase, *events: Event) -> dict[Event, Move]:
 
 
 _LEAVING_ALREADY = (Event.STOP, Event.SUPERSEDED, Event.MEMORY_SOFT, Event.REQUEST_COUNT,
-                    Event.LIFETIME)
+                    Event.LIFETIME, Event.CODE_CHANGED)
 
 TRANSITIONS: dict[Phase, dict[Event, Move]] = {
     Phase.BOOTING: {
@@ -152,6 +153,7 @@ TRANSITIONS: dict[Phase, dict[Event, Move]] = {
                                   Reason.MAX_REQUESTS),
         Event.LIFETIME: Move(Phase.SURGING, (Action.START_SUCCESSOR,),
                              Reason.MAX_LIFETIME),
+        Event.CODE_CHANGED: Move(Phase.SURGING, (Action.START_SUCCESSOR,), Reason.RELOAD),
         Event.MEMORY_HARD: _HARD,
         Event.PARENT_GONE: _ORPHAN,
     },
@@ -167,7 +169,8 @@ TRANSITIONS: dict[Phase, dict[Event, Move]] = {
         Event.MEMORY_HARD: Move(Phase.DRAINING, (Action.RETIRE,
                                                 Action.BEGIN_DRAIN), Reason.MEMORY),
         Event.PARENT_GONE: _ORPHAN,
-        **_stay(Phase.SURGING, Event.MEMORY_SOFT, Event.REQUEST_COUNT, Event.LIFETIME),
+        **_stay(Phase.SURGING, Event.MEMORY_SOFT, Event.REQUEST_COUNT, Event.LIFETIME,
+                Event.CODE_CHANGED),
     },
     Phase.DEFERRING: {
         Event.SUCCESSORS_READY: Move(Phase.STOPPING, (Action.PLAN_DRAIN,), Reason.RELOAD),

@@ -46,6 +46,7 @@ class Recycling:
     memory_reader: Optional[policy.MemoryReader] = None
     _memory_decision = policy.Decision.OK
     _next_cgroup_check = 0.0
+    changed_file: Optional[str] = None  # --reload: set by gunicorn's reloader thread
     footprint: Optional[int] = None  # this worker's private memory at ready: what a successor costs
 
     def _memory_watch(self) -> Optional[policy.MemoryWatch]:
@@ -187,6 +188,8 @@ class Recycling:
         if self.request_limit is not None and self.server.stats().requests >= self.request_limit:
             self._recycle(Event.REQUEST_COUNT, f"{self.server.stats().requests} requests served "
                           f"(--max-requests {self.cfg.max_requests} + jitter)")
+        elif self.changed_file is not None:
+            self._recycle(Event.CODE_CHANGED, f"{self.changed_file} changed (--reload)")
         elif self.lifetime_limit is not None and time.monotonic() - self.ready_at >= self.lifetime_limit:
             self._recycle(Event.LIFETIME, f"up {self._uptime():.1f} s (HARDENED_MAX_LIFETIME "
                           f"{self.settings.max_lifetime:g} s - jitter)")
@@ -263,4 +266,4 @@ class Surge:
 
 
 _RECYCLE_REASONS = {Event.MEMORY_SOFT: Reason.MEMORY, Event.REQUEST_COUNT: Reason.MAX_REQUESTS,
-                    Event.LIFETIME: Reason.MAX_LIFETIME}
+                    Event.LIFETIME: Reason.MAX_LIFETIME, Event.CODE_CHANGED: Reason.RELOAD}

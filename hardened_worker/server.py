@@ -66,7 +66,7 @@ from uvicorn._compat import asyncio_run
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import Server
 
-from hardened_worker import deadline, diagnostics, drain, overload, readiness, spread, writes
+from hardened_worker import deadline, diagnostics, drain, flags, overload, readiness, spread, writes
 from hardened_worker.protocols import descriptors
 from hardened_worker.protocols import http as guarded_http
 
@@ -341,6 +341,7 @@ class HardenedServer(Server):
         self.drain_signal = drain.DrainSignal()  # the app's view of the drain (deadline.RequestGuard)
         self.pauses = 0  # HARDENED_MAX_INFLIGHT: times this worker stopped accepting
         self._at_bound = False  # HARDENED_MAX_INFLIGHT reached
+        self._connection_cap = flags.connection_cap(host.cfg)  # --worker-connections, when set
         self._starved = False  # the last accept failed for want of descriptors or memory
         self._listeners: list[socket.socket] = []  # the listening sockets (gunicorn's, shared)
         self._accept = spread.OFF  # what this worker does now (and publishes as C_ACCEPT)
@@ -486,7 +487,8 @@ class HardenedServer(Server):
 
     def _wanted(self) -> int:
         """What this worker should do about new connections now (spread.OFF/LISTENING/YIELDING)."""
-        if not self.started or self.drain_started is not None or self._at_bound or self._starved:
+        if not self.started or self.drain_started is not None or self._at_bound or self._starved \
+                or (self._connection_cap is not None and self._open() >= self._connection_cap):
             return spread.OFF
         if not self._spread:
             return spread.LISTENING

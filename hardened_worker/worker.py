@@ -27,8 +27,8 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError
 from uvicorn_worker import UvicornWorker
 
-from hardened_worker import (_gunicorn, accesslog, checks, config, diagnostics, drain, forwarded,
-                             memory, metrics, readiness, systemd)
+from hardened_worker import (_gunicorn, accesslog, checks, config, diagnostics, drain, flags,
+                             forwarded, memory, metrics, readiness, systemd)
 from hardened_worker import overload
 from hardened_worker.deadline import RequestGuard, skip_expected
 from hardened_worker.health import HealthCheck, HealthMiddleware, WorkerStatus, load_check
@@ -72,6 +72,9 @@ class Worker(Recycling, UvicornWorker):
         trust = forwarded.trust_warning(forwarded.trusted_from_gunicorn(cfg.forwarded_allow_ips))
         if trust and cls._settings.forwarded != "off":
             log.warning("%s", trust)
+        unused = flags.warning(cfg)
+        if unused:
+            log.warning("%s", unused)
         if cfg.reuse_port:
             warning = checks.reuse_port_warning(_read(checks.TCP_MIGRATE_REQ))
             if warning:
@@ -229,6 +232,8 @@ class Worker(Recycling, UvicornWorker):
     def load_wsgi(self) -> None:
         # After init_signals: until then a SIGTERM goes to the handler inherited from the master.
         self.table.claim(self.age, self.generation)
+        if self.reloader is not None:  # --reload: a change recycles this worker (recycling.py)
+            _gunicorn.redirect_reloader(self.reloader, self._code_changed)
         self._wait_to_load()
         self._arm_startup_timers()  # counts from the moment this worker starts loading the app
         try:
@@ -239,6 +244,10 @@ class Worker(Recycling, UvicornWorker):
         except Exception as exc:
             self.log.exception("hardened_worker: worker %s could not load the app", self.pid)
             self.fail_start(f"app load failed: {exc!r}", Arbiter.WORKER_BOOT_ERROR)
+
+    def _code_changed(self, filename: str) -> None:
+        # In gunicorn's reloader thread: record only; the tick recycles (successor first).
+        self.changed_file = filename
 
     def _wait_to_load(self) -> None:
         """HARDENED_ROLLING: a successor loads the app only when an old worker has made room."""

@@ -18,18 +18,18 @@ _ = None  # illegal: the event cannot happen in that phase
 EVENTS = [E.STOP, E.SUPERSEDED, E.QUICK_STOP, E.ABORT, E.NEED_TURN, E.TURN, E.STARTUP_DONE,
           E.STARTUP_FAILED, E.STARTUP_TIMED_OUT, E.SUCCESSORS_READY, E.NO_SUCCESSOR,
           E.RELOAD_REJECTED, E.MEMORY_SOFT, E.MEMORY_HARD, E.REQUEST_COUNT, E.LIFETIME,
-          E.PARENT_GONE, E.DELAY_OVER, E.DEADLINE, E.DRAIN_DONE]
+          E.CODE_CHANGED, E.PARENT_GONE, E.DELAY_OVER, E.DEADLINE, E.DRAIN_DONE]
 X, D = P.EXITING, P.DRAINING
 EXPECTED = {
-    #            STOP        SUPER       QUICK ABORT NEED       TURN       DONE     FAIL TIMEOUT SUCC   NOSUCC     REJECT   SOFT       HARD PAGES      LIFE       PARENT DELAY DEADLINE   DRAINED
-    P.BOOTING:   [X,         X,          X,    X,    P.WAITING, _,         P.READY, X,   X,      _,     _,         _,       _,         _,   _,         _,         X,     _,    _,         _],
-    P.WAITING:   [X,         X,          X,    X,    _,         P.BOOTING, _,       _,   _,      _,     _,         _,       _,         _,   _,         _,         X,     _,    _,         _],
-    P.READY:     [P.DEFERRING, P.DEFERRING, D, X,    _,         _,         _,       _,   _,      _,     _,         _,       P.SURGING, D,   P.SURGING, P.SURGING, D,     _,    _,         _],
-    P.SURGING:   [P.DEFERRING, P.DEFERRING, D, X,    _,         _,         _,       _,   _,      D,     _,         P.READY, "=",       D,   "=",       "=",       D,     _,    D,         _],
-    P.DEFERRING: ["=",       "=",        D,    X,    _,         _,         _,       _,   _,      P.STOPPING, P.STOPPING, P.READY, "=",   D,   "=",       "=",       D,     _,    P.STOPPING, _],
-    P.STOPPING:  ["=",       "=",        D,    X,    _,         _,         _,       _,   _,      _,     _,         _,       "=",       D,   "=",       "=",       D,     D,    _,         _],
-    P.DRAINING:  ["=",       "=",        "=",  X,    _,         _,         _,       _,   _,      _,     _,         _,       "=",       "=", "=",       "=",       "=",   _,    "=",       X],
-    P.EXITING:   ["=",       "=",        "=",  "=",  _,         _,         _,       "=", "=",    _,     _,         _,       "=",       "=", "=",       "=",       "=",   _,    "=",       "="],
+    #            STOP        SUPER       QUICK ABORT NEED       TURN       DONE     FAIL TIMEOUT SUCC   NOSUCC     REJECT   SOFT       HARD PAGES      LIFE       CODE       PARENT DELAY DEADLINE   DRAINED
+    P.BOOTING:   [X,         X,          X,    X,    P.WAITING, _,         P.READY, X,   X,      _,     _,         _,       _,         _,   _,         _,         _,         X,     _,    _,         _],
+    P.WAITING:   [X,         X,          X,    X,    _,         P.BOOTING, _,       _,   _,      _,     _,         _,       _,         _,   _,         _,         _,         X,     _,    _,         _],
+    P.READY:     [P.DEFERRING, P.DEFERRING, D, X,    _,         _,         _,       _,   _,      _,     _,         _,       P.SURGING, D,   P.SURGING, P.SURGING, P.SURGING, D,     _,    _,         _],
+    P.SURGING:   [P.DEFERRING, P.DEFERRING, D, X,    _,         _,         _,       _,   _,      D,     _,         P.READY, "=",       D,   "=",       "=",       "=",       D,     _,    D,         _],
+    P.DEFERRING: ["=",       "=",        D,    X,    _,         _,         _,       _,   _,      P.STOPPING, P.STOPPING, P.READY, "=",   D,   "=",       "=",       "=",       D,     _,    P.STOPPING, _],
+    P.STOPPING:  ["=",       "=",        D,    X,    _,         _,         _,       _,   _,      _,     _,         _,       "=",       D,   "=",       "=",       "=",       D,     D,    _,         _],
+    P.DRAINING:  ["=",       "=",        "=",  X,    _,         _,         _,       _,   _,      _,     _,         _,       "=",       "=", "=",       "=",       "=",       "=",   _,    "=",       X],
+    P.EXITING:   ["=",       "=",        "=",  "=",  _,         _,         _,       "=", "=",    _,     _,         _,       "=",       "=", "=",       "=",       "=",       "=",   _,    "=",       "="],
 }
 PAIRS = [(phase, event, row[i]) for phase, row in EXPECTED.items() for i, event in enumerate(EVENTS)]
 
@@ -65,6 +65,7 @@ def test_every_phase_event_pair(phase, event, expected):
     (P.WAITING, E.TURN, (A.ARM_STARTUP_TIMER,), None),  # the startup timer starts only now
     (P.READY, E.REQUEST_COUNT, (A.START_SUCCESSOR,), R.MAX_REQUESTS),
     (P.READY, E.LIFETIME, (A.START_SUCCESSOR,), R.MAX_LIFETIME),
+    (P.READY, E.CODE_CHANGED, (A.START_SUCCESSOR,), R.RELOAD),  # --reload, successor first
     (P.READY, E.MEMORY_SOFT, (A.START_SUCCESSOR,), R.MEMORY),
     (P.READY, E.MEMORY_HARD, (A.BEGIN_DRAIN,), R.MEMORY),  # no successor first: at once
     (P.READY, E.QUICK_STOP, (A.BEGIN_DRAIN, A.CLOSE_ALL), R.QUICK_STOP),
