@@ -19,7 +19,7 @@ import pytest
 from rig import APPS, alive, get, under_load, wait_for
 
 
-@pytest.mark.parametrize("graceful,workers", [(10, 2), (10, 4), (30, 2)])
+@pytest.mark.parametrize("graceful,workers", [(10, 2), (10, 4), (30, 2), (30, 4)])
 def test_a_rejected_reload_keeps_every_old_worker_with_the_defaults(master, tmp_path, graceful,
                                                                    workers):
     env_file = tmp_path / "env.json"
