@@ -15,8 +15,9 @@ configuration with gunicorn's own code (command line, ``GUNICORN_CMD_ARGS``, con
   ``--check-config`` (the app import; ``--pythonpath`` applied first). Exit status 0 when all
   pass, 1 with the one line.
 * ``print-config``: every ``HARDENED_*`` value in effect, as written and as parsed, and where it
-  came from (the environment, ``raw_env`` or the default), like ``gunicorn --print-config``; the
-  app may be omitted and is not imported.
+  came from (the environment, ``raw_env``, the configuration file's ``hardened_x`` names, a
+  preset's ``raw_env`` defaults, or the default), like ``gunicorn --print-config``; the app may be
+  omitted and is not imported.
 """
 
 from __future__ import annotations
@@ -63,13 +64,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     app = _Configuration(sys.argv[0], need_app=command == "check-config")
     cfg = app.cfg
     try:
-        if command == "print-config":
-            print("\n".join(config.explain(os.environ, cfg.env)), flush=True)
-        checks.validate({**os.environ, **cfg.env}, cfg)
+        settings = checks.validate({**os.environ, **cfg.env}, cfg)
     except config.ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    for line in checks.warnings(cfg):
+    if command == "print-config":
+        print("\n".join(config.explain(settings)), flush=True)
+    for line in [*settings.notes, *checks.warnings(cfg)]:
         print(line, file=sys.stderr)
     if command == "check-config":
         for path in filter(None, (cfg.pythonpath or "").split(",")):

@@ -1,19 +1,83 @@
 """Start-up checks: the ``HARDENED_*`` table, then how its values fit gunicorn's own settings.
 
-Pure apart from reading ``cfg`` attributes: a bad value is a :class:`config.ConfigError` whose text is
+Pure apart from reading ``cfg`` attributes and ``sys.modules`` (the configuration file gunicorn
+executed, the presets it imported): a bad value is a :class:`config.ConfigError` whose text is
 the one line an operator sees. :func:`warnings` lists what is legal but surely not meant.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import sys
+from typing import Any, Iterable, Mapping, Optional
 
 from hardened_worker import config, drain, forwarded, presets
 
+PRESETS_PACKAGE = "hardened_worker.presets."
+
+
+def config_file(cfg: Any) -> Optional[config.Source]:
+    """The ``hardened_x = ...`` names of the configuration file gunicorn executed for ``cfg``.
+
+    gunicorn runs a file as the module ``__config__``, registered in ``sys.modules`` and run again
+    at every HUP, and keeps the names it knows (``get_config_from_filename`` in gunicorn/app/base.py);
+    a ``python:`` location is an imported module (imported once: a HUP does not re-read it)."""
+    location = getattr(cfg, "config", None) or ""
+    if location.startswith("python:"):
+        module = sys.modules.get(location[len("python:"):])
+    else:
+        module = sys.modules.get("__config__")
+        location = location.removeprefix("file:").removeprefix("./")
+    if module is None or not location:
+        return None
+    return config.file_source(vars(module), location)
+
+
+def sources(environ: Mapping[str, str], cfg: Any) -> list[config.Source]:
+    """Where the master's ``HARDENED_*`` values come from, strongest first.
+
+    The environment wins over the configuration file, as gunicorn's own ``GUNICORN_CMD_ARGS`` and
+    command line win over its file: one image's file holds the defaults, each deployment overrides
+    them without editing it. ``raw_env``/``-e`` count as the environment (gunicorn applies them
+    over it). The defaults a preset put in ``raw_env`` (``presets.RAW_ENV_DEFAULTS``, still at their
+    value) rank below the file: ``hardened_drain_delay = "2s"`` beside the Kubernetes preset means 2s.
+    """
+    by_preset = {name: {k: v for k, v in defaults.items() if environ.get(k) == v}
+                 for name, defaults in presets.RAW_ENV_DEFAULTS.items()}
+    from_presets = {k for defaults in by_preset.values() for k in defaults}
+    raw_env = getattr(cfg, "env", None) or {}
+    mine = {k: v for k, v in environ.items() if k.startswith(config.PREFIX) and k not in from_presets}
+    file = config_file(cfg)
+    return [config.Source("raw_env", {k: v for k, v in mine.items() if k in raw_env}),
+            config.Source(config.ENVIRONMENT, {k: v for k, v in mine.items() if k not in raw_env}),
+            *([file] if file else []),
+            *(config.Source(f"{name} preset", values) for name, values in by_preset.items())]
+
+
+def preset_warnings(settings: config.Settings, loaded: Iterable[str]) -> list[str]:
+    """One line for each preset-only knob that does nothing: its preset (one of ``loaded``, module
+    names) was not imported, or it was written in the file, which a preset never reads (it read the
+    environment at its import, above the file's own lines)."""
+    lines = []
+    for s in config.SETTINGS:
+        origin = settings.origin[s.attr]
+        if not s.preset or origin == config.DEFAULT:
+            continue
+        if PRESETS_PACKAGE + s.preset not in loaded:
+            lines.append(f"hardened_worker: {s.env} has no effect: only the {s.preset} preset reads "
+                         f"it, and this configuration does not use it")
+        elif origin not in ("raw_env", config.ENVIRONMENT) and not origin.endswith(" preset"):
+            lines.append(f"hardened_worker: {s.env.lower()} in {origin} has no effect: the "
+                         f"{s.preset} preset reads {s.env} from the environment when it is imported")
+    return lines
+
 
 def validate(environ: Any, cfg: Any) -> config.Settings:
-    """All start-up checks: the HARDENED_* table, then how the values fit gunicorn's settings."""
-    settings = config.load(environ)
+    """All start-up checks: the HARDENED_* table (environment, configuration file), then how the
+    values fit gunicorn's settings. The load's warnings are in ``notes``."""
+    settings = config.load_sources(sources(environ, cfg))
+    notes = settings.notes + tuple(preset_warnings(settings, sys.modules))
+    settings = dataclasses.replace(settings, notes=notes)
     problem = drain.check_budget(cfg.graceful_timeout, settings.drain_delay)
     if problem:
         raise config.ConfigError(f"hardened_worker: {problem}")
@@ -33,7 +97,7 @@ def validate(environ: Any, cfg: Any) -> config.Settings:
             "hardened_worker: HARDENED_MEMORY_HARD_LIMIT is below HARDENED_MEMORY_LIMIT; "
             "use e.g. a hard limit 25% above the soft one")
     jitter, lifetime = settings.max_lifetime_jitter, settings.max_lifetime
-    if jitter is not None and (lifetime is None or jitter >= lifetime):
+    if jitter and (lifetime is None or jitter >= lifetime):  # 0 is no jitter, with or without one
         raise config.ConfigError(
             f"hardened_worker: HARDENED_MAX_LIFETIME_JITTER={jitter:g}s needs a longer "
             f"HARDENED_MAX_LIFETIME (now {'off' if lifetime is None else f'{lifetime:g}s'}); "

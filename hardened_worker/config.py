@@ -9,7 +9,7 @@ Grammar of the values that need one. Only ASCII: digits ``0-9``, letters, and sp
 around the parts (a value such as ``'５s'`` or ``'1\\xa0s'`` is refused)::
 
     number    = 1*DIGIT ["." *DIGIT] / "." 1*DIGIT
-    size      = number [exponent / [*SP] unit]     ; Kubernetes' resource.Quantity, bytes
+    size      = "0" / number (exponent / [*SP] unit)  ; Kubernetes' resource.Quantity, bytes
     exponent  = ("e" / "E") 1*2DIGIT               ; 129e6
     unit      = binary / decimal / "B"
     binary    = ("Ki" / "Mi" / "Gi" / "Ti" / "Pi" / "Ei") ["B"]   ; powers of 1024
@@ -19,7 +19,8 @@ around the parts (a value such as ``'５s'`` or ``'1\\xa0s'`` is refused)::
 
 Sizes mean what Kubernetes means (https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/quantity/):
 ``400M`` is 400,000,000 bytes, ``400Mi`` 400 x 1024^2; a fraction of a byte rounds up, as
-Kubernetes does. Units are case-insensitive, but a lone ``m`` is refused: Kubernetes reads it as
+Kubernetes does. A unit is required (Kubernetes reads a bare ``512`` as bytes, which is never what
+``HARDENED_MEMORY_LIMIT=512`` meant); ``0`` needs none. Units are case-insensitive, but a lone ``m`` is refused: Kubernetes reads it as
 milli (``400m`` is 0.4 bytes there, a classic slip). Every size is at most ``MAX_SIZE`` and every
 duration at most ``MAX_DURATION``, so no value overflows where it is used (``setitimer``).
 """
@@ -30,7 +31,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 PREFIX = "HARDENED_"
 _SPACE = " \t"  # the only blanks a value may have around it
@@ -64,11 +65,16 @@ def _bounded(value: Decimal, largest: float, shown: str) -> Decimal:
 
 
 def parse_size(text: str) -> int:
-    """``'512Mi'`` -> 536870912 bytes, ``'512M'`` -> 512000000 (Kubernetes' units). ValueError."""
+    """``'512Mi'`` -> 536870912 bytes, ``'512M'`` -> 512000000 (Kubernetes' units); a bare number
+    other than 0 is refused. ValueError."""
     match = _SIZE_RE.fullmatch(text.strip(_SPACE))
     if not match:
         raise ValueError("is not a size")
     number, exponent, unit = match.groups()
+    if exponent is None and not unit and Decimal(number) != 0:
+        # A bare number is bytes to Kubernetes, but HARDENED_MEMORY_LIMIT=512 meant 512Mi, not 512
+        # bytes that recycle every worker at once: the unit must be written (B for bytes).
+        raise ValueError("is not a size (no unit: write B for bytes, Mi for 2^20)")
     if unit == "m":
         raise ValueError("is not a size (m is Kubernetes' milli: write M for 10^6 or Mi for 2^20)")
     if unit and unit.lower() not in _SIZE_UNITS:
@@ -111,6 +117,24 @@ def _positive(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 parse_positive_size = _positive(parse_size)
 parse_positive_duration = _positive(parse_duration)
+
+
+def _zero_is_off(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse``, with 0 meaning off (None) like an empty value: for knobs that can be off.
+
+    The rule for every duration and size: 0 is off where the knob has an off, and refused
+    (:func:`_positive`) where it has none, never a third meaning."""
+
+    def or_off(text: str) -> Any:
+        value = parse(text)
+        return None if value == 0 else value
+
+    or_off.__name__ = parse.__name__ + "_or_off"
+    return or_off
+
+
+parse_optional_size = _zero_is_off(parse_size)
+parse_optional_duration = _zero_is_off(parse_duration)
 
 
 def parse_bool(text: str) -> bool:
@@ -246,10 +270,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Warn, with the blocking stack and request, when the event loop is blocked this long; "
             "0 turns the watchdog off."),
     # Requests
-    Setting("REQUEST_TIMEOUT", parse_positive_duration, "", "30s",
+    Setting("REQUEST_TIMEOUT", parse_optional_duration, "", "30s",
             "An HTTP request still running this long is cancelled: 504 with Connection: close if "
             "no response started, else its connection is closed (an event stream gets its final "
-            "chunk); websockets and the health path are exempt; off when empty."),
+            "chunk); websockets and the health path are exempt; off when empty or 0."),
     Setting("HEADER_TIMEOUT", parse_duration, "10s", "5s",
             "Slowloris: a connection that has not sent a complete request head this long after it "
             "opened (on keep-alive, after the next request's first byte; the wait before that byte "
@@ -268,11 +292,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Even connections across workers: a worker that holds more open connections than a "
             "sibling that accepts leaves the next connection to that sibling (decided before each "
             "accept, counts in the shared table)."),
-    Setting("MAX_QUEUE_TIME", parse_positive_duration, "", "2s",
+    Setting("MAX_QUEUE_TIME", parse_optional_duration, "", "2s",
             "Load shedding: a request that already waited longer than this before the app would "
             "run (X-Request-Start from a trusted proxy, else since its connection was accepted) "
             "gets a fast 503 with Retry-After, and the health path answers 503 while shedding; "
-            "off when empty."),
+            "off when empty or 0."),
     # Readiness
     Setting("READY_TIMEOUT", parse_positive_duration, "", "30s",
             "Longest a new worker's HARDENED_HEALTH_CHECK may keep failing after lifespan startup "
@@ -294,9 +318,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FORWARDED_PREFIX", parse_bool, "false", "true",
             "Let a trusted proxy's X-Forwarded-Prefix set the app's root_path."),
     # Memory
-    Setting("MEMORY_LIMIT", parse_positive_size, "", "512Mi",
+    Setting("MEMORY_LIMIT", parse_optional_size, "", "512Mi",
             "Soft per-worker memory ceiling: past it the worker drains and is replaced; off when "
-            "empty."),
+            "empty or 0."),
     Setting("MEMORY_HARD_LIMIT", parse_positive_size, "", "640Mi",
             "Past this a worker recycles at once, without waiting its turn; empty means the soft "
             "limit plus 25%."),
@@ -319,8 +343,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Recycle the largest worker when all workers together approach the container's "
             "cgroup memory limit."),
     # Recycling by age
-    Setting("MAX_LIFETIME", parse_positive_duration, "", "24h",
-            "A worker older than this is replaced, its successor started first; off when empty."),
+    Setting("MAX_LIFETIME", parse_optional_duration, "", "24h",
+            "A worker older than this is replaced, its successor started first; off when empty or 0."),
     Setting("MAX_LIFETIME_JITTER", parse_duration, "", "30m",
             "Each worker's lifetime is shortened by a random amount up to this, so workers do not "
             "recycle together; empty means 10% of HARDENED_MAX_LIFETIME, 0 none. Must be shorter "
@@ -361,12 +385,77 @@ SETTINGS: tuple[Setting, ...] = (
 
 _BY_ENV = {s.env: s for s in SETTINGS}
 
+# Names a newer release of this package reads. With one of them set, this release warns and goes
+# on instead of refusing to start, so rolling an image back while the deployment still carries the
+# newer knob does not crash-loop. A name goes here once the release that adds it is decided.
+RESERVED: tuple[str, ...] = (
+    "HARDENED_REQUEST_ID_HEADER",  # issue 27: JSON access logs carry no request id yet
+)
+
+ENVIRONMENT = "environment"
+DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place ``HARDENED_*`` values come from, keyed by ``Setting.env``; ``label`` is what
+    ``print-config`` shows. A configuration file's (``in_file``) names are spelled ``hardened_x``
+    and its values are Python objects (``"512Mi"``, ``5``, ``True``, ``["a", "b"]``)."""
+
+    label: str
+    values: Mapping[str, Any]
+    in_file: bool = False
+
+    def spelled(self, env: str) -> str:
+        return env.lower() if self.in_file else env
+
+    def quoted(self, env: str, raw: Any) -> str:
+        """The name and value as the operator wrote them, for a one-line message."""
+        if self.in_file:
+            return f"{env.lower()} in {self.label} = {_shown(raw)}"
+        return f"{env}={_shown(raw)}"
+
+
+def file_source(namespace: Mapping[str, Any], label: str) -> Source:
+    """The ``hardened_x = ...`` names of an executed gunicorn configuration file (``vars()`` of its
+    module). gunicorn ignores names it does not know; these are ours. A module or a function is not a
+    setting (``import hardened_worker`` binds such a name)."""
+    import types
+
+    values = {name.upper(): value for name, value in namespace.items()
+              if name.lower().startswith(PREFIX.lower())
+              and not isinstance(value, types.ModuleType) and not callable(value)}
+    return Source(label, values, in_file=True)
+
+
+def file_text(value: Any) -> str:
+    """A configuration file's Python value spelled as the environment would spell it, so one parser
+    reads both: ``None`` is empty, booleans are ``true``/``false``, a number is its digits (a size
+    still needs its unit, as a string), a list is comma-separated (``hardened_bind``)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    raise ValueError("is not a string, number, boolean or list of strings")
+
 
 @dataclass(frozen=True)
 class Settings:
-    """Parsed values of every knob, defaults applied. Field names are ``Setting.attr``."""
+    """Parsed values of every knob, defaults applied. Field names are ``Setting.attr``.
+
+    ``texts`` and ``origin`` say what was written and where (a source's label, or ``default``);
+    ``notes`` are the warnings of the load (reserved names, see :data:`RESERVED`)."""
 
     values: Mapping[str, Any] = field(default_factory=dict)
+    texts: Mapping[str, str] = field(default_factory=dict)
+    origin: Mapping[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -375,15 +464,12 @@ class Settings:
             raise AttributeError(name) from None
 
 
-def _shown(raw: str) -> str:
+def _shown(raw: Any) -> str:
     """The value as the error line quotes it: a very long one is cut, so the line stays one line."""
-    if len(raw) <= 60:
+    text = raw if isinstance(raw, str) else repr(raw)
+    if len(text) <= 60:
         return repr(raw)
-    return f"{raw[:40]!r}... ({len(raw)} characters)"
-
-
-def _error(setting_env: str, raw: str, reason: str, example: str) -> ConfigError:
-    return ConfigError(f"hardened_worker: {setting_env}={_shown(raw)} {reason}; use e.g. {example}")
+    return f"{text[:40]!r}... ({len(text)} characters)"
 
 
 def _closest(name: str) -> str | None:
@@ -393,23 +479,48 @@ def _closest(name: str) -> str | None:
     return match[0] if match else None
 
 
-def load(environ: Mapping[str, str]) -> Settings:
-    """Parse every ``HARDENED_*`` variable of ``environ``; raise ConfigError on the first bad one."""
-    for key in sorted(environ):
-        if key.startswith(PREFIX) and key not in _BY_ENV:
-            hint = _closest(key)
-            advice = f"did you mean {hint}?" if hint else "see the README table of HARDENED_* variables"
-            raise ConfigError(
-                f"hardened_worker: {key}={_shown(environ[key])} is not a known setting; {advice}")
+def _unknown_names(sources: Sequence[Source]) -> list[str]:
+    """The warnings for reserved names; raises ConfigError on the first name nobody knows."""
+    notes = []
+    for source in sources:
+        for env in sorted(k for k in source.values if k.startswith(PREFIX) and k not in _BY_ENV):
+            where = source.quoted(env, source.values[env])
+            if env in RESERVED:
+                notes.append(f"hardened_worker: {where} is a setting of a newer hardened_worker; "
+                             "this release ignores it")
+                continue
+            hint = _closest(env)
+            advice = (f"did you mean {source.spelled(hint)}?" if hint
+                      else "see the README table of HARDENED_* variables")
+            raise ConfigError(f"hardened_worker: {where} is not a known setting; {advice}")
+    return notes
+
+
+def load_sources(sources: Sequence[Source]) -> Settings:
+    """Parse every ``HARDENED_*`` value of ``sources``, the first source that sets a name winning;
+    raise ConfigError on the first unknown name or bad value, naming where it was written."""
+    notes = _unknown_names(sources)
     values: dict[str, Any] = {}
+    texts: dict[str, str] = {}
+    origin: dict[str, str] = {}
     for setting in SETTINGS:
-        raw = environ.get(setting.env)
-        text = setting.default if raw is None else raw
+        source = next((src for src in sources if setting.env in src.values), None)
+        raw = setting.default if source is None else source.values[setting.env]
+        where = f"{setting.env}={_shown(raw)}" if source is None else source.quoted(setting.env, raw)
         try:
+            text = file_text(raw) if source is not None and source.in_file else raw
             values[setting.attr] = setting.parse(text) if text.strip(_SPACE) else _empty(setting)
         except ValueError as exc:
-            raise _error(setting.env, text, str(exc), setting.example) from None
-    return Settings(values)
+            raise ConfigError(f"hardened_worker: {where} {exc}; use e.g. {setting.example}") from None
+        texts[setting.attr] = text
+        origin[setting.attr] = DEFAULT if source is None else source.label
+    return Settings(values, texts, origin, tuple(notes))
+
+
+def load(environ: Mapping[str, str], file: Optional[Source] = None) -> Settings:
+    """Parse the ``HARDENED_*`` variables of ``environ``, then a configuration file's ``hardened_x``
+    names (the environment wins); raise ConfigError on the first bad one."""
+    return load_sources([Source(ENVIRONMENT, environ), *([file] if file else [])])
 
 
 def _empty(setting: Setting) -> Any:
@@ -419,19 +530,12 @@ def _empty(setting: Setting) -> Any:
     return None
 
 
-def explain(environ: Mapping[str, str], raw_env: Mapping[str, str]) -> list[str]:
+def explain(settings: Settings) -> list[str]:
     """What ``python -m hardened_worker print-config`` shows: every setting's effective value, as
-    written and as parsed, and where it came from. ``raw_env`` (gunicorn's ``-e``/``raw_env``)
-    overrides ``environ``, as gunicorn applies it. Raises ConfigError on a bad value."""
-    merged = {**environ, **raw_env}
-    settings = load(merged)
+    written and as parsed, and where it came from."""
     width = max(len(s.env) for s in SETTINGS)
-    lines = []
-    for s in SETTINGS:
-        source = "raw_env" if s.env in raw_env else "environment" if s.env in environ else "default"
-        text = merged.get(s.env, s.default)
-        lines.append(f"{s.env:<{width}} = {text:<16} # {source}: {settings.values[s.attr]!r}")
-    return lines
+    return [f"{s.env:<{width}} = {settings.texts[s.attr]:<16} # {settings.origin[s.attr]}: "
+            f"{settings.values[s.attr]!r}" for s in SETTINGS]
 
 
 def markdown_table() -> str:

@@ -69,6 +69,7 @@ class Worker(Recycling, UvicornWorker):
             if cfg.errorlog != "-":
                 print(exc, file=sys.stderr, flush=True)
             sys.exit(1)
+        cls._log_once(log, cls._settings.notes)
         trust = forwarded.trust_warning(forwarded.trusted_from_gunicorn(cfg.forwarded_allow_ips))
         if trust and cls._settings.forwarded != "off":
             log.warning("%s", trust)
@@ -124,13 +125,28 @@ class Worker(Recycling, UvicornWorker):
         self.tally: Optional[metrics.Tally] = None  # HARDENED_METRICS_PATH: this worker's counts
 
     def _current_settings(self) -> config.Settings:
+        """In the master before each fork; after a HUP, the re-read environment and file."""
         try:
-            return checks.validate(os.environ, self.cfg)
+            settings = checks.validate(os.environ, self.cfg)
         except config.ConfigError as exc:
             # Only a HUP can get here (start-up validated the same variables): keep serving with the
-            # values that were valid, and say so.
-            self.log.error("%s (keeping the previous HARDENED_* settings)", exc)
+            # values that were valid, and say so, once per reload, not once per worker forked.
+            self._log_once(self.log, [f"{exc} (keeping the previous HARDENED_* settings)"],
+                           self.log.error, self.generation)
             return type(self)._settings or config.load({})
+        type(self)._settings = settings  # the previous settings for the next HUP
+        self._log_once(self.log, settings.notes)
+        return settings
+
+    _logged: ClassVar[set] = set()
+
+    @classmethod
+    def _log_once(cls, log: Any, lines: Any, level: Any = None, key: Any = None) -> None:
+        """Configuration warnings once per master (``key``: once per reload), not once per fork."""
+        for line in lines:
+            if (key, line) not in cls._logged:
+                cls._logged.add((key, line))
+                (level or log.warning)("%s", line)
 
     @property
     def exit_reason(self) -> str:

@@ -101,7 +101,7 @@ def test_print_config_shows_every_value_and_where_it_came_from(tmp_path):
     # Kubernetes' units, with Kubernetes' meaning: M is 10^6, Gi is 2^30.
     assert rows["HARDENED_MEMORY_LIMIT"] == ("400M", "raw_env", "400000000")
     assert rows["HARDENED_MEMORY_HARD_LIMIT"] == ("1Gi", "environment", "1073741824")
-    assert rows["HARDENED_HEALTH_PATH"] == ("/healthz", "raw_env", "'/healthz'")  # the preset's
+    assert rows["HARDENED_HEALTH_PATH"] == ("/healthz", "kubernetes preset", "'/healthz'")
     assert rows["HARDENED_STARTUP_TIMEOUT"] == ("90s", "environment", "90.0")
     assert rows["HARDENED_STALL_THRESHOLD"] == ("1s", "default", "1.0")
     assert rows["HARDENED_MAX_LIFETIME"] == ("", "default", "None")
@@ -109,9 +109,10 @@ def test_print_config_shows_every_value_and_where_it_came_from(tmp_path):
 
 def test_print_config_needs_no_app_and_refuses_a_bad_value_with_one_line():
     assert printed()["HARDENED_DRAIN_DELAY"] == ("0s", "default", "0.0")
-    done = command("print-config", env=clean_env(HARDENED_MAX_LIFETIME="0"))
+    done = command("print-config", env=clean_env(HARDENED_MEMORY_LIMIT="512"))
     assert done.returncode == 1
-    assert done.stderr == "hardened_worker: HARDENED_MAX_LIFETIME='0' must be more than 0; use e.g. 24h\n"
+    assert done.stderr == ("hardened_worker: HARDENED_MEMORY_LIMIT='512' is not a size (no unit: "
+                           "write B for bytes, Mi for 2^20); use e.g. 512Mi\n")
 
 
 def test_usage():

@@ -15,7 +15,7 @@ GOOD = 'raw_env = ["HARDENED_HEALTH_PATH=/healthz"]\n'
 
 
 @pytest.mark.parametrize("name,value,reason", [
-    ("MEMORY_LIMIT", "9" * 400, "(400 characters) is more than 1Pi, the largest accepted"),  # OverflowError
+    ("MEMORY_LIMIT", "9" * 398 + "Mi", "(400 characters) is more than 1Pi, the largest accepted"),  # OverflowError
     ("STARTUP_TIMEOUT", "9300000000", "is more than 720h, the largest accepted"),  # setitimer
     ("HEALTH_CHECK_TIMEOUT", "0", "must be more than 0"),
 ])
