@@ -184,8 +184,8 @@ def test_2000_slow_header_connections_are_closed_within_the_timeout(master):
     raise_descriptor_limit(slow + 1000)  # this process's and, inherited, the master's and workers'
     m = master(workers=2, env={"HARDENED_HEADER_TIMEOUT": f"{timeout:g}s"}, args=["--backlog", "4096"])
     m.wait_workers(2)
-    normal = Latencies(m.port, timeout + 4.0)
     poller = select.epoll()
+    burst = time.monotonic()
     opened: dict[int, tuple[socket.socket, float]] = {}
     for _ in range(slow):
         sock = socket.create_connection(("127.0.0.1", m.port))
@@ -193,6 +193,10 @@ def test_2000_slow_header_connections_are_closed_within_the_timeout(master):
         sock.setblocking(False)
         opened[sock.fileno()] = (sock, time.monotonic())
         poller.register(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+    burst = time.monotonic() - burst
+    # The normal client runs while the worker holds the slow connections and closes them (not
+    # during this process's own burst of connects, which on 2 cores takes the CPU from everyone).
+    normal = Latencies(m.port, timeout + 1.5)
     closed_after: list[float] = []
     next_byte = time.monotonic() + 3.0
     give_up = time.monotonic() + timeout + 10.0
@@ -212,7 +216,7 @@ def test_2000_slow_header_connections_are_closed_within_the_timeout(master):
     samples, errors = normal.join()
     for sock, _ in opened.values():
         sock.close()
-    print(f"{len(closed_after)} of {slow} closed, the last {max(closed_after, default=0):.2f} s after "
+    print(f"{slow} connected in {burst:.2f} s; {len(closed_after)} of {slow} closed, the last {max(closed_after, default=0):.2f} s after "
           f"its connect; the normal client: {len(samples)} requests, p99 {p99(samples) * 1000:.2f} ms, "
           f"errors {errors[:3]}")
     assert not opened, f"{len(opened)} slow connections still open"

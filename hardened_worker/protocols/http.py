@@ -83,6 +83,7 @@ def guarded(protocol_class: type, guard: Guard) -> type:
     header_timeout, body_timeout = guard.header_timeout, guard.body_timeout
     # When the timer has nothing to watch it looks again after the shorter bound.
     recheck = min(t for t in (header_timeout, body_timeout) if t > 0) if timed else 0.0
+    parse = protocol_class.data_received  # called directly: no super() object per read
 
     class Guarded(protocol_class):  # type: ignore[misc, valid-type]
         _head: HeadCounter
@@ -104,9 +105,18 @@ def guarded(protocol_class: type, guard: Guard) -> type:
 
         def data_received(self, data: bytes) -> None:
             head = self._head
+            after = head.whole_head(data)
+            if after == len(data):  # the usual read: one whole head, nothing else
+                if timed:
+                    self._read_at = self.loop.time()
+                    self._head_since = None
+                parse(self, data)
+                return
             if head.counting:
-                heads = head.heads
-                breach = head.feed(data)
+                if after < 0:
+                    heads, breach = head.heads, head.feed(data, 0, tried=0)
+                else:  # a whole head, then more (a body, pipelined requests)
+                    heads, breach = head.heads - 1, head.feed(data, after)
                 if breach is not None:
                     self._refuse(breach)
                     return
@@ -120,7 +130,7 @@ def guarded(protocol_class: type, guard: Guard) -> type:
                 return  # read before the close took effect
             elif timed:
                 self._read_at = self.loop.time()
-            super().data_received(data)
+            parse(self, data)
 
         def _refuse(self, breach: Breach) -> None:
             transport = self.transport
@@ -175,6 +185,9 @@ class _NotCounting:
     counting = False
     in_head = in_body = False
     heads = 0
+
+    def whole_head(self, data: bytes, pos: int = 0) -> int:
+        return -1
 
 
 _REFUSED: Any = _NotCounting()

@@ -153,13 +153,15 @@ class HeadCounter:
     def in_body(self) -> bool:
         return self._state in _IN_BODY
 
-    def feed(self, data: bytes) -> Optional[Breach]:
-        pos, end, tried = 0, len(data), -1  # tried: where a whole head was looked for in vain
+    def feed(self, data: bytes, pos: int = 0, tried: int = -1) -> Optional[Breach]:
+        """Count ``data[pos:]``, the next bytes of the connection; ``tried``: :meth:`whole_head`
+        was already called at that position and found none."""
+        end = len(data)
         while pos < end:
             state = self._state
             if state is _LINE:
                 if not self._line and pos != tried:  # a head starts here: the usual case first
-                    after = self._whole_head(data, pos)
+                    after = self.whole_head(data, pos)
                     if after >= 0:
                         pos = after
                         continue
@@ -187,9 +189,12 @@ class HeadCounter:
 
     # --- the request line ------------------------------------------------------------------
 
-    def _whole_head(self, data: bytes, pos: int) -> int:
-        """The usual case in one step: a whole head, well within every limit, at the start of
-        ``data[pos:]``; returns where it ends, or -1 to count line by line instead."""
+    def whole_head(self, data: bytes, pos: int = 0) -> int:
+        """The usual case in one step: between requests, a whole head well within every limit at
+        the start of ``data[pos:]`` is counted; returns where it ends, or -1 (nothing counted:
+        :meth:`feed` counts line by line)."""
+        if self._state is not _LINE or self._line:
+            return -1
         stop = data.find(b"\r\n\r\n", pos)
         if stop < 0:
             return -1
