@@ -18,8 +18,8 @@ order; ``generation`` counts the master's configuration loads (1 at start, +1 pe
 Crash safety (any process may be SIGKILLed at any instant, the OOM killer does not wait):
 
 - *One writer per row.* A worker writes only its own slot and counters row, one aligned 8-byte
-  store per field. A dead worker's slot is emptied only by the process that claims it (or adopts
-  its orphaned surge), under the lock.
+  store per field. A dead worker's slot is emptied only by the process that claims it, under the
+  lock.
 - *Liveness a reused pid cannot fool*: a slot's worker is alive while ``kill(pid, 0)`` finds the pid
   and ``/proc/PID/stat`` field 22 (start time) still equals the ``start_time`` its claimant
   stored. Without ``/proc`` (macOS, a mount namespace hiding it) ``kill(pid, 0)`` alone decides, and
@@ -75,8 +75,8 @@ class State(enum.IntEnum):
     STOPPING = 3  # told to stop; still serving while it waits or delays, then draining
     FAILED = 4  # could not start; about to exit
     WAITING = 5  # rolling reload: forked, waiting for its turn to load the app
-    SURGING = 6  # recycling: serving while the successor it asked the master for starts
-    RETIRING = 7  # recycling, successor ready: the master's next TTOU victim (see _gunicorn.py)
+    SURGING = 6  # recycling: serving while the master forks its successor (pool.py)
+    RETIRING = 7  # recycling, successor ready: the master stops it first (pool.py)
 
 
 @dataclass(frozen=True)
@@ -296,12 +296,11 @@ class Table:
         self._slots = (_Slot * SLOTS).from_buffer(self._map, slots_at)
         self._copies = (_Retired * 2).from_buffer(self._map, retired_at)
         self._all = memoryview(self._map).cast("q")  # type: ignore[arg-type]
-        # Every slot's pid and state as strided int32 views: scanned in C (itertools.compress,
+        # Every slot's pid as a strided int32 view: scanned in C (itertools.compress,
         # ``in``), so a scan costs no Python step per empty slot.
         stride = ctypes.sizeof(_Slot) // 4
         words = memoryview(self._map).cast("i")  # type: ignore[arg-type]
         self._pids = words[slots_at // 4 + _Slot.pid.offset // 4::stride][:SLOTS]
-        self._states = words[slots_at // 4 + _Slot.state.offset // 4::stride][:SLOTS]
         self._lock = ProcessLock()
         self._slot: int | None = None
         self._private = memoryview(bytearray(COUNTERS * 8)).cast("q")  # no slot: counted nowhere
@@ -327,14 +326,10 @@ class Table:
         return self._live_copy().folded[index] == self._slots[index].claims
 
     def _reusable(self, index: int) -> bool:
-        """Free, or its worker is gone; a gone SURGING worker's slot waits for
-        :meth:`adopt_orphaned_surge` unless that already folded it."""
+        """Free, or its worker is gone (a surge it left unfinished needs nothing: the master
+        counts surges from live workers only, hardened_worker/pool.py)."""
         slot = _Slot.from_buffer_copy(self._slots[index])
-        if not slot.pid:
-            return True
-        if self._live(slot):
-            return False
-        return slot.state != State.SURGING or self._folded(index)
+        return not slot.pid or not self._live(slot)
 
     def claim(self, age: int, generation: int) -> None:
         """Take a slot for this process (called in the worker after fork)."""
@@ -411,23 +406,6 @@ class Table:
             self.set_state(State.SURGING)
             self.set_reason(reason)
             return True
-
-    def adopt_orphaned_surge(self) -> Peer | None:
-        """A worker that died SURGING (it asked the master for a successor, TTIN, and never for
-        one fewer), its slot now freed; None if there is none. The caller sends that TTOU, or the
-        pool keeps one worker too many for good. At most once per orphan: the fold that frees
-        its slot is the adoption, so an adopter killed after it loses that TTOU (one worker too
-        many) rather than a second adopter sending another one (one too few)."""
-        if State.SURGING not in self._states:
-            return None  # the common case, without the lock
-        with self._lock:
-            for index in self._occupied():
-                slot = _Slot.from_buffer_copy(self._slots[index])
-                if slot.state == State.SURGING and slot.pid and not self._live(slot) \
-                        and not self._folded(index):
-                    self._release(index)
-                    return _peer(slot)
-        return None
 
     def recycling(self) -> int:
         """How many other live workers are recycling (lock-free read)."""

@@ -1,4 +1,4 @@
-"""Interleavings of claims, deaths, orphaned surges and folds killed half-way, on the real table
+"""Interleavings of claims, deaths (surging ones too) and folds killed half-way, on the real table
 with real processes (hypothesis picks the order and where each crash lands): whatever happened,
 the totals are what the workers counted, no exit counts twice, ``peers()`` is exactly the live
 workers, and every slot no live worker holds can be claimed again.
@@ -27,8 +27,7 @@ WHERE = st.integers(0, 1000)  # which of the writer's lines a crash lands on, mo
 Spawn = st.tuples(st.just("spawn"), AGES, st.integers(0, 50), st.booleans())  # age, requests, surges
 Kill = st.tuples(st.just("kill"), st.integers(0, 20))  # the n-th live worker, modulo
 CrashClaim = st.tuples(st.just("crash_claim"), AGES, WHERE)
-CrashAdopt = st.tuples(st.just("crash_adopt"), WHERE)
-OPS = st.lists(st.one_of(Spawn, Kill, CrashClaim, CrashAdopt), max_size=12)
+OPS = st.lists(st.one_of(Spawn, Kill, CrashClaim), max_size=12)
 
 
 @dataclass
@@ -119,10 +118,8 @@ def check(model: Model) -> None:
 
 
 def every_free_slot_is_claimable(model: Model) -> None:
-    """What the pool's ticks and claims would do: adopt the orphans, then count the slots."""
+    """Every slot no live worker holds is free for a claim."""
     table = model.table
-    while table.adopt_orphaned_surge() is not None:
-        pass
     held = sum(1 for index in range(rd.SLOTS) if not table._reusable(index))
     assert held == len(model.live)
     assert metrics.pool(table.snapshot(), time.time())["requests"] == model.requests
@@ -139,11 +136,9 @@ def test_any_interleaving_conserves_the_totals_and_the_slots(ops):
                 model.spawn(*args)
             elif kind == "kill":
                 model.kill(*args)
-            elif kind == "crash_claim":
+            else:
                 age, step = args
                 model.crash(step, lambda: model.table.claim(age, 2))
-            else:
-                model.crash(args[0], model.table.adopt_orphaned_surge)
             check(model)
         every_free_slot_is_claimable(model)
     finally:
