@@ -30,8 +30,8 @@ def field_of_size(size: int, index: int = 0) -> int:
 LINE = len(b"GET / HTTP/1.1")  # request line length with a 1-byte target
 
 
-def fed(data: bytes, limits: Limits = DEFAULTS, step: int = 0) -> tuple[Breach | None, int]:
-    counter = HeadCounter(limits)
+def fed(data: bytes, limits: Limits = DEFAULTS, step: int = 0, bare_lf: bool = True) -> tuple[Breach | None, int]:
+    counter = HeadCounter(limits, bare_lf)
     pieces = [data] if not step else [data[i:i + step] for i in range(0, len(data), step)]
     for piece in pieces:
         breach = counter.feed(piece)
@@ -77,8 +77,9 @@ CASES = [
 
 @pytest.mark.parametrize("what, limits, data, breach, heads", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("step", [0, 1, 7])
-def test_table(what, limits, data, breach, heads, step):
-    assert fed(data, limits, step) == (breach, heads)
+@pytest.mark.parametrize("bare_lf", [True, False], ids=["h11", "httptools"])
+def test_table(what, limits, data, breach, heads, step, bare_lf):
+    assert fed(data, limits, step, bare_lf) == (breach, heads)
 
 
 def test_a_16_mib_header_is_refused_at_the_first_read_past_the_limit():
@@ -123,10 +124,10 @@ def gunicorn_status(data: bytes, line: int, fields: int, field_size: int) -> int
 
 @settings(max_examples=300, deadline=None)
 @given(line=st.integers(0, 9000), fields=st.integers(0, 12), field_size=st.integers(0, 120),
-       target=st.integers(1, 9000), values=st.lists(st.integers(0, 130), max_size=14))
-def test_same_answer_as_gunicorns_parser(line, fields, field_size, target, values):
+       target=st.integers(1, 9000), values=st.lists(st.integers(0, 130), max_size=14), bare_lf=st.booleans())
+def test_same_answer_as_gunicorns_parser(line, fields, field_size, target, values, bare_lf):
     data = head(target, tuple(values))
-    breach, _ = fed(data, Limits.from_gunicorn(line, fields, field_size))
+    breach, _ = fed(data, Limits.from_gunicorn(line, fields, field_size), bare_lf=bare_lf)
     assert (200 if breach is None else breach.status) == gunicorn_status(data, line, fields, field_size)
 
 
@@ -143,11 +144,12 @@ messages = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(stream=st.lists(messages, min_size=1, max_size=5), cuts=st.lists(st.integers(0, 2000), max_size=12),
-       limits=st.builds(Limits.from_gunicorn, st.integers(0, 200), st.integers(0, 8), st.integers(0, 100)))
-def test_any_split_counts_the_same_as_one_read(stream, cuts, limits):
+       limits=st.builds(Limits.from_gunicorn, st.integers(0, 200), st.integers(0, 8), st.integers(0, 100)),
+       bare_lf=st.booleans())
+def test_any_split_counts_the_same_as_one_read(stream, cuts, limits, bare_lf):
     data = b"".join(stream)
-    whole = fed(data, limits)
-    counter, result = HeadCounter(limits), None
+    whole = fed(data, limits, bare_lf=bare_lf)
+    counter, result = HeadCounter(limits, bare_lf), None
     bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
     for start, stop in zip(bounds, bounds[1:]):
         result = counter.feed(data[start:stop])

@@ -84,6 +84,8 @@ def guarded(protocol_class: type, guard: Guard) -> type:
     # When the timer has nothing to watch it looks again after the shorter bound.
     recheck = min(t for t in (header_timeout, body_timeout) if t > 0) if timed else 0.0
     parse = protocol_class.data_received  # called directly: no super() object per read
+    # llhttp (httptools) refuses any bare LF; h11 takes one as a line end.
+    bare_lf = not any(c.__module__ == "uvicorn.protocols.http.httptools_impl" for c in protocol_class.__mro__)
 
     class Guarded(protocol_class):  # type: ignore[misc, valid-type]
         _head: HeadCounter
@@ -93,7 +95,7 @@ def guarded(protocol_class: type, guard: Guard) -> type:
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._head = HeadCounter(guard.limits)
+            self._head = HeadCounter(guard.limits, bare_lf)
             self._head_since = self._read_at = self.loop.time()
             self._timer = self.loop.call_at(self._read_at + recheck, self._check_reads) if timed else None
 

@@ -125,11 +125,14 @@ class HeadCounter:
     clock runs); ``in_body``: a request body is arriving; ``heads``: request heads completed so far.
     """
 
-    __slots__ = ("limits", "heads", "counting", "_state", "_line", "_cr", "_first", "_kept", "_fields",
+    __slots__ = ("limits", "bare_lf", "heads", "counting", "_state", "_line", "_cr", "_first", "_kept", "_fields",
                  "_last_field", "_block", "_length", "_chunked", "_left", "_unfollowed")
 
-    def __init__(self, limits: Limits = DEFAULTS) -> None:
+    def __init__(self, limits: Limits = DEFAULTS, bare_lf: bool = True) -> None:
         self.limits = limits
+        # False: the parser refuses a bare LF (httptools: llhttp is strict), so the usual case
+        # need not look for one; whatever it counted then, the parser stops at the bare LF.
+        self.bare_lf = bare_lf
         self.heads = 0
         self.counting = True  # False once a framing is not followed (the parser refuses it)
         self._state = _State.LINE
@@ -201,13 +204,18 @@ class HeadCounter:
         after = stop + 4
         line_end = data.find(b"\r\n", pos)
         limits = self.limits
-        # Every LF ends a line (h11 accepts a bare LF): with none bare, the LFs are the request
-        # line, the fields and the empty line. A bare LF could end the head before ``stop``.
-        lines = data.count(b"\n", pos, after)
         if (line_end == pos  # an empty line first
-                or line_end - pos > limits.request_line > 0 or after - line_end - 4 > limits.field_size
-                or lines - 2 > limits.fields or lines != data.count(b"\r\n", pos, after)):
+                or line_end - pos > limits.request_line > 0 or after - line_end - 4 > limits.field_size):
             return -1  # near a limit, or an odd head: the exact count decides
+        if self.bare_lf:
+            # Every LF ends a line: with none bare, the LFs are the request line, the fields and
+            # the empty line. A bare LF could end the head before ``stop``.
+            lines = data.count(b"\n", pos, after)
+            if lines - 2 > limits.fields or lines != data.count(b"\r\n", pos, after):
+                return -1
+        elif after - line_end - 4 > 3 * limits.fields and \
+                data.count(b"\r\n", line_end + 2, stop + 2) > limits.fields:
+            return -1  # (below that size "x\r\n" fields cannot be too many)
         self.heads += 1
         if _FRAMING_NAME.search(data, line_end, stop + 2) is not None:
             self._length, self._chunked, self._unfollowed = None, False, False
