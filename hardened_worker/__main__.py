@@ -1,6 +1,6 @@
 """``python -m hardened_worker check-config|print-config [gunicorn options] [APP_MODULE]``, and
-``python -m hardened_worker status [--json] [METRICS_URL]`` (the running pool: see
-:mod:`hardened_worker.status`).
+``python -m hardened_worker status|reload ...`` (the running pool, a HUP that reports its verdict:
+see :mod:`hardened_worker.status`).
 
 gunicorn 27's own ``--check-config`` loads the configuration, imports the app and exits: it never
 builds the Arbiter, so the worker class is not even imported and none of its checks run
@@ -31,9 +31,10 @@ from gunicorn.app.wsgiapp import WSGIApplication
 
 from hardened_worker import checks, config
 
-COMMANDS = ("check-config", "print-config", "status")
+COMMANDS = ("check-config", "print-config", "status", "reload")
 USAGE = ("python -m hardened_worker {check-config|print-config} [gunicorn options] [APP_MODULE]\n"
-         "       python -m hardened_worker status [--json] [METRICS_URL]")
+         "       python -m hardened_worker status [--json] [--pid PID | --pidfile FILE | METRICS_URL]\n"
+         "       python -m hardened_worker reload [--wait] [--pid PID | --pidfile FILE] [--timeout S]")
 
 
 class _Configuration(WSGIApplication):
@@ -56,10 +57,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"usage: {USAGE}", file=sys.stderr)
         return 2
     command = args[0]
-    if command == "status":  # the running pool, through its metrics path (hardened_worker.status)
+    if command in ("status", "reload"):  # the running pool (hardened_worker.status)
         from hardened_worker import status
 
-        return status.main(args[1:])
+        return status.main(args[1:]) if command == "status" else status.reload_main(args[1:])
     sys.argv = [f"python -m hardened_worker {command}", *args[1:]]  # what gunicorn's parser reads
     app = _Configuration(sys.argv[0], need_app=command == "check-config")
     cfg = app.cfg

@@ -295,8 +295,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_QUEUE_TIME", parse_optional_duration, "", "2s",
             "Load shedding: a request that already waited longer than this before the app would "
             "run (X-Request-Start from a trusted proxy, else since its connection was accepted) "
-            "gets a fast 503 with Retry-After, and the health path answers 503 while shedding; "
-            "off when empty or 0."),
+            "gets a fast 503 with Retry-After; the health path reports it and still answers 200 "
+            "unless HARDENED_SHED_FAILS_HEALTH; off when empty or 0."),
+    Setting("SHED_FAILS_HEALTH", parse_bool, "false", "true",
+            "While a worker sheds (HARDENED_MAX_QUEUE_TIME), its health path answers 503, so a "
+            "readiness probe takes it out of rotation. Off by default: under a fleet-wide "
+            "overload every pod would go NotReady in turn and the rest take all the load."),
     # Readiness
     Setting("READY_TIMEOUT", parse_positive_duration, "", "30s",
             "Longest a new worker's HARDENED_HEALTH_CHECK may keep failing after lifespan startup "

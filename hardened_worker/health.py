@@ -1,8 +1,15 @@
 """A health endpoint answered by the worker itself, as plain ASGI middleware.
 
-``GET <path>`` (or ``HEAD``) never reaches the app: 200 with ``{"pid", "state", "age", "requests"}``
-while the worker is ready, 503 while it is booting, in its drain delay or draining, so a Kubernetes
-readiness probe or a load balancer stops routing to it before it stops accepting. Other methods on
+``GET <path>`` (or ``HEAD``) never reaches the app: 200 with ``{"pid", "state", "age", "requests",
+"generation", "reload"}`` while the worker is ready, 503 while it is booting, in its drain delay or
+draining, so a Kubernetes readiness probe or a load balancer stops routing to it before it stops
+accepting. ``generation`` is the answering worker's (1 + the master's HUPs when it was forked),
+``reload`` the pool's last reload (:func:`hardened_worker.status.verdict`: its generation, its result,
+the newest generation serving), so a deploy can tell from one probe which code answers.
+
+Shedding (``HARDENED_MAX_QUEUE_TIME``) is reported (``"shedding": true``) but does not fail the
+probe unless ``HARDENED_SHED_FAILS_HEALTH`` asks for it: under a fleet-wide overload, pods that
+go NotReady one after another pile the load onto the rest until no endpoint is left. Other methods on
 the path answer 405 with ``Allow: GET, HEAD``. An optional app-level check (``module:function``)
 is run by a :class:`HealthCheck`: a false result, an exception or the timeout answers 503 and
 names the reason in the body.
@@ -134,12 +141,16 @@ class WorkerStatus:
         self.state = "booting"
         self.born = time.monotonic()
         self.requests = requests
-        # HARDENED_MAX_QUEUE_TIME: while the worker sheds late requests it is not ready either.
+        # HARDENED_MAX_QUEUE_TIME: whether the worker sheds late requests now (reported), and
+        # whether that makes it unready too (HARDENED_SHED_FAILS_HEALTH, off by default).
         self.shedding: Callable[[], bool] = lambda: False
+        self.shed_fails_health = False
+        self.generation = 0  # this worker's (0: not known, outside a hardened_worker pool)
+        self.reload: Optional[Callable[[], dict[str, Any]]] = None  # the pool's last reload
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready" and not self.shedding()
+        return self.state == "ready" and not (self.shed_fails_health and self.shedding())
 
     def body(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -148,6 +159,8 @@ class WorkerStatus:
             "age": round(time.monotonic() - self.born, 3),
             **({"shedding": True} if self.shedding() else {}),
             "requests": self.requests(),
+            **({"generation": self.generation} if self.generation else {}),
+            **({"reload": self.reload()} if self.reload is not None else {}),
             **extra,
         }
 

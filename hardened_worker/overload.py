@@ -15,8 +15,11 @@ layer call these with what they see.
   (:func:`parse_request_start` reads nginx's and Heroku's formats); without one, for the first
   request on a connection, from the moment the worker accepted it, or from when the kernel
   received the request's bytes if that was earlier (:func:`received_ago`, so time in the accept
-  queue counts too; the server's ``first_request_accepted_at``). :func:`shed` is the rule; while
-  a worker sheds (:func:`shedding`) its health path answers 503.
+  queue counts too; the server's ``first_request_accepted_at``). :func:`shed` is the rule. While a
+  worker sheds (:func:`shedding`) its health path says so, and answers 503 only with
+  ``HARDENED_SHED_FAILS_HEALTH``: by default a shedding worker stays in its load balancer, since
+  taking every overloaded pod out of rotation in turn piles the load onto the rest until no
+  endpoint is left.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ SHEDDING_HOLD = 1.0  # at least this long after its last shed request a worker c
 
 
 def shedding(last_shed: Optional[float], now: float, hold: float = SHEDDING_HOLD) -> bool:
-    """Is the worker shedding (so its health path answers 503)? ``last_shed``: when it last shed a
+    """Is the worker shedding (reported by its health path)? ``last_shed``: when it last shed a
     request, on the same clock as ``now``; None if never."""
     return last_shed is not None and now - last_shed < hold
 
@@ -157,8 +160,9 @@ class ShedMiddleware:
                  accepted_at: Optional[Callable[[Any], Optional[float]]] = None,
                  wall: Callable[[], float] = time.time,
                  log: Callable[[str], None] = lambda line: None,
-                 counted: Callable[[], None] = lambda: None) -> None:
+                 counted: Callable[[], None] = lambda: None, fails_health: bool = False) -> None:
         self.app = app
+        self.fails_health = fails_health  # HARDENED_SHED_FAILS_HEALTH: for the log line only
         self.log = log
         self.counted = counted  # the metrics' count (hardened_worker_shed_requests_total)
         self.bound = bound
@@ -190,9 +194,10 @@ class ShedMiddleware:
         if not shed(wait, self.bound):
             return await self.app(scope, receive, send)
         if not self.shedding():  # one line per episode, not per request
+            health = ("health answers 503 until none has waited that long for a while"
+                      if self.fails_health else "health still answers 200 (HARDENED_SHED_FAILS_HEALTH)")
             self.log(f"shedding: {scope.get('method')} {scope.get('path')} waited {wait:.3g} s "
-                     f"(HARDENED_MAX_QUEUE_TIME {self.bound:g} s): 503, health answers 503 until "
-                     "none has waited that long for a while")
+                     f"(HARDENED_MAX_QUEUE_TIME {self.bound:g} s): 503, {health}")
         self.shed_count += 1
         self.counted()
         self.last_shed = time.monotonic()

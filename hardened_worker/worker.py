@@ -36,6 +36,7 @@ from hardened_worker.lifecycle import Event, Lifecycle, Phase, Reason
 from hardened_worker.readiness import Gate, State
 from hardened_worker.recycling import Recycling, Surge
 from hardened_worker.server import HardenedServer
+from hardened_worker.status import StatusServer, master_report, verdict_of
 
 # A failed start with no older serving worker halts the master, as gunicorn does (no crash loop);
 # with one, the worker leaves quietly so the old generation keeps serving.
@@ -82,6 +83,8 @@ class Worker(Recycling, UvicornWorker):
                 log.warning("%s", warning)
         cls._table = readiness.Table()
         _gunicorn.install_pool_owner(cls, lambda: cls._table, cls._generations)
+        # python -m hardened_worker status / reload --wait, found from the master's pid.
+        StatusServer(lambda: master_report(cls._table), log).start()
         watchdog = systemd.Watchdog.from_environ(lambda: None, log)
         if watchdog is not None:  # WatchdogSec=: pings from the master while the pool is healthy
             watchdog.healthy = metrics.health_check(cls._table, watchdog.interval)
@@ -324,9 +327,13 @@ class Worker(Recycling, UvicornWorker):
                 app, s.max_queue_time, forwarded.trusted_from_gunicorn(self.cfg.forwarded_allow_ips),
                 self.server.first_request_accepted_at,
                 log=lambda line: self.log.warning("hardened_worker: worker %s %s", self.pid, line),
-                counted=self._count_shed)
+                counted=self._count_shed, fails_health=s.shed_fails_health)
             app = self.shedder
-            self.status.shedding = self.shedder.shedding  # the health path answers 503 meanwhile
+            self.status.shedding = self.shedder.shedding  # reported by the health path
+            self.status.shed_fails_health = s.shed_fails_health  # and a 503 only if asked for
+        # The health body names the code that answers and the pool's last reload.
+        self.status.generation = self.generation
+        self.status.reload = lambda: verdict_of(self.table.snapshot())
         path = self.settings.health_path
         if path:
             app = HealthMiddleware(app, path, self.status, self.health_check)

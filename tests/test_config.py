@@ -167,7 +167,7 @@ BAD = {
     "HEALTH_PATH": "healthz", "HEALTH_CHECK": "not a reference", "HEALTH_CHECK_TIMEOUT": "1d",
     "HEALTH_ACCESS_LOG": "maybe", "STALL_THRESHOLD": "1x", "REQUEST_TIMEOUT": "0x",
     "HEADER_TIMEOUT": "10 seconds", "BODY_TIMEOUT": "-1s",
-    "MAX_INFLIGHT": "four", "SPREAD": "evenly", "MAX_QUEUE_TIME": "2 secs",
+    "MAX_INFLIGHT": "four", "SPREAD": "evenly", "MAX_QUEUE_TIME": "2 secs", "SHED_FAILS_HEALTH": "if busy",
     "READY_TIMEOUT": "soon", "ROLLING": "one by one",
     "FORWARDED": "both", "FORWARDED_HOST": "2", "FORWARDED_PORT": "yess", "FORWARDED_PREFIX": "nope",
     "MEMORY_LIMIT": "lots", "MEMORY_HARD_LIMIT": "more", "MEMORY_MEASURE": "vss",

@@ -9,6 +9,7 @@ import math
 import re
 import shlex
 import subprocess
+import sys
 
 import kubernetes_validate
 import pytest
@@ -60,7 +61,12 @@ def test_systemd_unit_is_sandboxed_and_agrees_with_the_worker():
     assert all(path.startswith("-/") for path in one["ReadWritePaths"].split())
     assert int(one["TimeoutStopSec"]) > base.graceful_timeout
     assert int(one["TimeoutStartSec"]) > config.load({}).startup_timeout
-    assert one["ExecReload"] == "/bin/kill -s HUP $MAINPID"
+    # systemctl reload fails on a rejected deploy: the command waits for the reload's verdict,
+    # within the job's limit (TimeoutStartSec=).
+    reload = one["ExecReload"].split()
+    assert reload[:6] == ["/srv/myapp/.venv/bin/python", "-m", "hardened_worker", "reload", "--wait",
+                          "--pid"] and reload[6] == "$MAINPID"
+    assert config.parse_duration(reload[reload.index("--timeout") + 1]) < int(one["TimeoutStartSec"])
     # The watchdog outlasts the boot (nothing pings before a worker is ready) and gunicorn's own
     # per-worker --timeout, which replaces a single stuck worker first.
     assert int(one["WatchdogSec"]) >= int(one["TimeoutStartSec"])
@@ -71,7 +77,8 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
     assert have("systemd-analyze"), "systemd-analyze is needed (make test installs it)"
     # verify checks that ExecStart's program exists: point it at this venv's gunicorn.
     unit = tmp_path / "myapp.service"
-    unit.write_text(UNIT.read_text().replace("/srv/myapp/.venv/bin/gunicorn", GUNICORN[0]))
+    unit.write_text(UNIT.read_text().replace("/srv/myapp/.venv/bin/gunicorn", GUNICORN[0])
+                    .replace("/srv/myapp/.venv/bin/python", sys.executable))
     done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
                           timeout=60)
     complaints = [line for line in (done.stdout + done.stderr).splitlines() if "myapp" in line]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import time
 
+import pytest
+
 from rig import get, wait_for
 
 
@@ -87,12 +89,14 @@ def test_without_a_bound_both_workers_keep_accepting(master):
         conn.close()
 
 
-def test_a_request_that_waited_too_long_at_the_proxy_is_shed_and_health_says_503(master):
+@pytest.mark.parametrize("fails_health", [False, True])
+def test_a_request_that_waited_too_long_at_the_proxy_is_shed_and_health_says_so(master, fails_health):
     import json
 
     m = master(app="deadline_app:app", workers=1,
                env={"HARDENED_MAX_QUEUE_TIME": "2s", "HARDENED_HEALTH_PATH": "/healthz",
-                    "HARDENED_METRICS_PATH": "/metrics"})
+                    "HARDENED_METRICS_PATH": "/metrics",
+                    "HARDENED_SHED_FAILS_HEALTH": str(fails_health).lower()})
     m.wait_workers(1)
     now = time.time()
     late = {"X-Request-Start": f"t={int((now - 10) * 1e6)}"}  # nginx's t= in microseconds
@@ -103,8 +107,9 @@ def test_a_request_that_waited_too_long_at_the_proxy_is_shed_and_health_says_503
     response = conn.getresponse()
     response.read()
     assert response.status == 503 and response.getheader("retry-after") == "2"
-    status, body = get(m.port, "/healthz")  # shedding: a load balancer should look elsewhere
-    assert status == 503 and json.loads(body)["shedding"] is True
+    # Shedding is reported; it takes the worker out of rotation only when the operator asked.
+    status, body = get(m.port, "/healthz")
+    assert status == (503 if fails_health else 200) and json.loads(body)["shedding"] is True
     assert get(m.port, "/wait?s=0", headers=heroku_late)[0] == 503
     assert "started wait" not in " ".join(m.events())  # the app never ran for them
     assert get(m.port, "/wait?s=0", headers=fresh) == (200, b"waited")
