@@ -1,8 +1,8 @@
 """What hardened_worker relies on in gunicorn's arbiter: the one module that leans on its internals.
 
-Supported: gunicorn 27 (pinned ``>=27.0,<28`` in pyproject.toml); each point is exercised by the
-real-process tests (``tests/test_surge.py``, ``tests/test_pool.py``, ``tests/test_readiness.py``)
-and checked at import (:func:`_check_arbiter`).
+Supported: the gunicorn range of :mod:`hardened_worker._versions` (checked first, at import); each
+point is exercised by the real-process tests (``tests/test_surge.py``, ``tests/test_pool.py``,
+``tests/test_readiness.py``) and checked at import (:func:`_check_arbiter`).
 
 * ``Arbiter.spawn_worker`` builds the worker object in the master (``Worker.__init__``) before it
   forks, passing the arbiter's current ``cfg``; ``Arbiter.reload`` (HUP) replaces ``cfg`` with a new
@@ -35,8 +35,10 @@ from typing import Any, Callable, Optional
 
 from gunicorn.arbiter import Arbiter
 
-from hardened_worker import pool
+from hardened_worker import _versions, pool
 from hardened_worker.readiness import State, Table
+
+_versions.check()  # an unsupported gunicorn, uvicorn or uvicorn-worker: one line, before anything moved
 
 _ARBITER_ATTRIBUTES = ("WORKERS", "manage_workers", "spawn_worker", "kill_worker", "reap_workers")
 
@@ -46,7 +48,7 @@ def _check_arbiter() -> None:
     missing = [name for name in _ARBITER_ATTRIBUTES if not hasattr(Arbiter, name)]
     if missing:
         raise ImportError("hardened_worker: this gunicorn's Arbiter lacks " + ", ".join(missing)
-                          + "; supported: gunicorn >=27.0,<28")
+                          + "; supported: gunicorn " + _versions.SUPPORTED[0].specifier)
 
 
 _check_arbiter()
@@ -123,5 +125,5 @@ def redirect_reloader(reloader: Any, changed: Callable[[str], None]) -> None:
     """Make gunicorn's --reload call ``changed(filename)`` (from the reloader's thread)."""
     if not hasattr(reloader, "_callback"):
         raise RuntimeError("hardened_worker: gunicorn's reloader has no _callback; "
-                           "supported: gunicorn >=27.0,<28")
+                           "supported: gunicorn " + _versions.SUPPORTED[0].specifier)
     reloader._callback = changed

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import re
 import sys
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -9,6 +11,26 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rig import Master  # noqa: E402
+
+# A test module that starts real processes (a gunicorn master, nginx, wrk, a subprocess) marks all
+# its tests `real`; the others are the pure tests the version matrix runs everywhere (noxfile.py:
+# `-m "not real"`). Each `real` test gets a timeout (pytest-timeout) unless it sets its own: a hung
+# master fails its test with the stacks, never the whole run.
+STARTS_PROCESSES = re.compile(r"\bmaster\(|\bMaster\(|\bsubprocess\b|\bPopen\b|\bnginx\b|\bwrk\b")
+REAL_TIMEOUT = 600  # seconds: several times the slowest real-process test on a loaded 2-core machine
+
+
+@lru_cache(maxsize=None)
+def starts_processes(module_path: str) -> bool:
+    return bool(STARTS_PROCESSES.search(Path(module_path).read_text()))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name != "conftest.py" and starts_processes(str(item.path)):
+            item.add_marker(pytest.mark.real)
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(REAL_TIMEOUT))
 
 
 @pytest.fixture

@@ -1,0 +1,102 @@
+"""The version matrix: ``nox`` runs it all (``.ci/run`` does, after ``make test``).
+
+* ``suite``: the whole test suite on the interpreter nox runs with, the newest gunicorn, uvicorn
+  and uvicorn-worker of the supported ranges.
+* ``matrix(python=..., end=...)``: on the other Pythons, the pure tests (``-m "not real"``)
+  and :data:`REAL_SET`, the real-process tests that exercise the gunicorn and uvicorn internals
+  the worker leans on, with the lowest or the highest release of each supported range
+  (``hardened_worker/_versions.py``, read here so the two can never disagree). ``lowest`` also
+  takes the lowest uvloop and httptools ``pyproject.toml`` allows.
+
+``nox -s suite``, ``nox -s matrix``, ``nox -l`` to list. Interpreters are found on ``PATH`` and in
+pyenv's versions (``$PYENV_ROOT/versions/*/bin``); a missing one is an error, never a skip. The
+virtualenvs live outside the checkout (``$HARDENED_NOX_ENVDIR``, default
+``$TMPDIR/hardened-worker-nox``) and are reused between runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import tempfile
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+
+nox.options.sessions = ["suite", "matrix"]
+nox.options.error_on_missing_interpreters = True
+nox.options.reuse_venv = "yes"
+nox.options.envdir = os.environ.get("HARDENED_NOX_ENVDIR",
+                                    str(Path(tempfile.gettempdir()) / "hardened-worker-nox"))
+
+# pyenv's interpreters, when it is installed (`python3.10` is then found without `pyenv shell`).
+_pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+if _pyenv.is_dir():
+    os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", ""),
+                                          *sorted(str(v / "bin") for v in _pyenv.iterdir())])
+
+# The real-process tests every matrix session runs besides the pure ones: the drain and keep-alive
+# answers (uvicorn's protocols and Server), readiness-gated reloads, surges and the pool owner
+# (gunicorn's arbiter: manage_workers, spawn_worker, kill_worker, reap_workers), the crash loop
+# (exit statuses the arbiter halts on), request-head limits (the protocols we subclass), the
+# version check itself. The rest runs in `suite`.
+REAL_SET = [
+    "tests/test_versions.py",
+    "tests/test_drain.py",
+    "tests/test_surge.py",
+    "tests/test_pool.py",
+    "tests/test_crash_loop.py",
+    "tests/test_hostile_heads.py",
+    "tests/test_gunicorn_flags.py",
+]
+
+# (Python, end of the ranges): the oldest Python with the lowest releases, the newest with the
+# highest, the one between with the highest (the default interpreter, CI's 3.11, runs `suite`).
+MATRIX = [("3.10", "lowest"), ("3.12", "highest"), ("3.13", "highest")]
+# The lowest releases of the other runtime dependencies pyproject.toml allows (Python 3.10 wheels).
+LOWEST_EXTRA = ["uvloop==0.19.*", "httptools==0.6.*"]
+
+
+def supported() -> list[tuple[str, str, str]]:
+    """``[(distribution, lowest, below)]`` from hardened_worker/_versions.py, read without importing
+    the package (nox's own interpreter need not have its dependencies)."""
+    tree = ast.parse((ROOT / "hardened_worker" / "_versions.py").read_text())
+    [value] = [node.value for node in tree.body if isinstance(node, ast.Assign)
+               and any(getattr(t, "id", None) == "SUPPORTED" for t in node.targets)]
+    found = []
+    for call in value.elts:
+        distribution, _module, lowest, below = (ast.literal_eval(arg) for arg in call.args)
+        found.append((distribution, ".".join(map(str, lowest)), ".".join(map(str, below))))
+    return found
+
+
+def pins(end: str) -> list[str]:
+    """The lowest release (``==25.2.*``: its newest patch) or the highest of each supported range."""
+    if end == "lowest":
+        return [f"{d}=={low}.*" for d, low, _ in supported()] + LOWEST_EXTRA
+    return [f"{d}>={low},<{below}" for d, low, below in supported()]
+
+
+def install(session: nox.Session, end: str) -> None:
+    session.install("-e", ".[test]", *pins(end))
+    session.run("python", "-c", "import gunicorn, uvicorn, uvicorn_worker, sys; print("
+                "'python', sys.version.split()[0], 'gunicorn', gunicorn.__version__, 'uvicorn', "
+                "uvicorn.__version__, 'uvicorn-worker', uvicorn_worker.__version__)")
+
+
+@nox.session
+def suite(session: nox.Session) -> None:
+    """The whole suite, on the interpreter nox runs with, the highest releases."""
+    install(session, "highest")
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+@nox.parametrize(("python", "end"), MATRIX)
+def matrix(session: nox.Session, end: str) -> None:
+    """The pure tests and the real-process set, on one Python, at one end of the ranges."""
+    install(session, end)
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not real", *session.posargs)
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *REAL_SET, *session.posargs)
