@@ -4,8 +4,10 @@ dependencies), serving a FastAPI app under a preset, as in an existing FastAPI i
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +18,8 @@ from email.parser import Parser
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from rig import ROOT, Master, get
 from test_examples import MASTER_BUDGET, healthcheck_command
@@ -64,6 +68,63 @@ def test_sdist_builds_the_same_package(dist):
     with tarfile.open(dist["sdist"]) as sdist:
         names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
     assert {"pyproject.toml", "README.md", "LICENSE", "hardened_worker/py.typed"} <= names
+    # what its tests need to run: the rig, the apps, the docs the doc tests read
+    assert {"tests/conftest.py", "tests/rig.py", "tests/apps/testapp.py", "tests/test_lifecycle_core.py",
+            "docs/operations.md", "noxfile.py", "setup.py"} <= names
+    assert not [n for n in names if "__pycache__" in n or n.startswith("bench/results/")]
+
+
+def test_metadata_classifiers_urls_keywords_and_the_supported_ranges(dist):
+    import trove_classifiers
+
+    from hardened_worker._versions import SUPPORTED
+
+    meta = wheel_metadata(dist["wheel"])
+    classifiers = meta.get_all("Classifier")
+    assert set(classifiers) <= trove_classifiers.classifiers  # the package index refuses unknown ones
+    assert {f"Programming Language :: Python :: 3.{minor}" for minor in (10, 11, 12, 13)} <= set(classifiers)
+    assert "Framework :: FastAPI" in classifiers
+    urls = dict(url.split(", ", 1) for url in meta.get_all("Project-URL"))
+    assert urls["Source"] == setup_py().REPOSITORY and {"Homepage", "Issues", "Changelog"} <= set(urls)
+    assert {"gunicorn", "uvicorn", "asgi"} <= set(meta["Keywords"].split(","))
+    requires = {r.name: r.specifier for r in map(Requirement, meta.get_all("Requires-Dist")) if r.marker is None}
+    assert {w.distribution: requires[w.distribution] for w in SUPPORTED} == {
+        w.distribution: SpecifierSet(w.specifier) for w in SUPPORTED}
+
+
+def test_the_package_index_description_links_only_to_absolute_addresses_that_exist(dist):
+    # The index shows the description on its own: a relative link there leads nowhere. setup.py
+    # makes README.md's relative links absolute; each must name a file of this repository.
+    meta = wheel_metadata(dist["wheel"])
+    description = meta.get_payload()
+    assert description.startswith("# hardened_worker")
+    repository = setup_py().REPOSITORY
+    targets = re.findall(r"!?\[[^\]]*\]\(([^)\s]+)\)", re.sub(r"^```.*?^```", "", description,
+                                                             flags=re.DOTALL | re.MULTILINE))
+    ours = [t for t in targets if t.startswith(repository + "/")]
+    assert len(ours) >= 10
+    assert [t for t in targets if not re.match(r"^(https://|#)", t)] == []
+    missing = [t for t in ours if not (ROOT / re.sub(r"^(blob|raw)/main/", "", t[len(repository) + 1:]).split("#")[0]).exists()]
+    assert missing == []
+    assert all("/raw/main/" in t for t in ours if t.endswith(".png"))
+
+
+def test_the_sdist_runs_its_own_tests(dist, tmp_path):
+    with tarfile.open(dist["sdist"]) as sdist:
+        if hasattr(tarfile, "data_filter"):  # Python 3.10.12+
+            sdist.extractall(tmp_path, filter="data")
+        else:
+            sdist.extractall(tmp_path)
+    [unpacked] = tmp_path.iterdir()
+    env = {**outside(), "PYTHONPATH": str(unpacked)}  # the unpacked package, not this checkout's
+    where = subprocess.run([sys.executable, "-c", "import hardened_worker; print(hardened_worker.__file__)"],
+                           cwd=unpacked, env=env, capture_output=True, text=True, timeout=60)
+    assert where.stdout.strip() == str(unpacked / "hardened_worker" / "__init__.py"), where.stderr
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_lifecycle_core.py", "tests/test_docs.py"],
+                          cwd=unpacked, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"\b\d{2,} passed", done.stdout) and "failed" not in done.stdout
 
 
 def test_wheel_in_a_fresh_virtualenv_serves_fastapi_under_a_preset(dist, tmp_path):
@@ -98,6 +159,20 @@ def test_wheel_in_a_fresh_virtualenv_serves_fastapi_under_a_preset(dist, tmp_pat
     finally:
         m.stop()
     assert healthcheck(python, m.port).returncode != 0  # nothing listens any more
+
+
+def wheel_metadata(wheel_path: Path):
+    with zipfile.ZipFile(wheel_path) as wheel:
+        [metadata] = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+        return Parser().parsestr(wheel.read(metadata).decode())
+
+
+def setup_py():
+    """The checkout's setup.py as a module (it only calls setup() when run)."""
+    spec = importlib.util.spec_from_file_location("hardened_worker_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def outside() -> dict:
