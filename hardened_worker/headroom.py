@@ -33,13 +33,14 @@ import enum
 from dataclasses import dataclass
 from typing import Optional
 
+from hardened_worker.memory import HARD_LIMIT_FACTOR  # hard = soft x this, as the settings default
+
 MiB = 1024**2
 # What the margin keeps free beyond the successor: page cache the kernel cannot drop at once, socket
 # buffers, the kernel's own charges, a successor's transient import allocations (its peak while
 # starting is above its size when ready).
 MARGIN_SHARE = 0.03
 MARGIN_MIN = 16 * MiB
-HARD_LIMIT_FACTOR = 1.25  # hard = soft x this (memory.HARD_LIMIT_FACTOR; not imported: no cycle)
 
 
 class Replacement(enum.Enum):

@@ -14,7 +14,8 @@ The rule, as the README states it:
   any age (still one at a time): a fast leak reaches the limit well inside any minimum lifetime.
 * **Hard limit** (``HARDENED_MEMORY_HARD_LIMIT``, default soft + 25%): at or above it a worker
   that grew there recycles at once, however many others are recycling, because the hard limit
-  is the peak bound the operator sizes the container by.
+  is the peak bound the operator sizes the container by. "At" counts what the drain will still
+  add (:func:`drain_growth`), so the peak, not the reading, stays under it.
 * **Never without a replacement**: when no ready replacement can come (say the master is shutting
   down or new workers fail to boot), nothing recycles, not even past the hard limit; the worker
   logs instead, since taking capacity to zero is worse than running big.

@@ -69,7 +69,7 @@ def test_a_limit_too_small_for_workers_plus_one_runs_without_surge(tmp_path, loa
     assert r["recycles_drain_first"] + r["recycles_hard"] >= 2, summary
 
 
-def test_the_cgroup_is_removed_and_the_master_was_inside(tmp_path):
+def test_a_wrapped_command_runs_inside_and_the_cgroup_is_removed_afterwards(tmp_path):
     try:
         cg = memcg.MemoryCgroup(64 * MIB)
     except memcg.CgroupUnavailable as exc:

@@ -115,7 +115,7 @@ def _measure() -> tuple[Optional[_headroom.Budget], str]:
 # Once per process: a HUP re-reads the configuration file, not this module.
 budget, _source = _measure()
 _soft = budget.soft if budget else FALLBACK
-_hard = budget.hard if budget else int(FALLBACK * _headroom.HARD_LIMIT_FACTOR)
+_hard = budget.hard if budget else int(FALLBACK * _memory.HARD_LIMIT_FACTOR)
 
 _ENV_DEFAULTS = {
     "HARDENED_MEMORY_LIMIT": f"{max(1, _soft // 1024**2)}MiB",
