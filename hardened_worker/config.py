@@ -137,6 +137,16 @@ parse_optional_size = _zero_is_off(parse_size)
 parse_optional_duration = _zero_is_off(parse_duration)
 
 
+def parse_cpu(text: str) -> float | None:
+    """A Kubernetes CPU quantity in cores: ``'2'``, ``'1.5'``, ``'500m'`` (millicores); what the
+    downward API's ``requests.cpu`` gives (divisor 1: whole cores, rounded up). 0 is no request."""
+    match = re.fullmatch(_NUMBER + "(m?)", text.strip(_SPACE))
+    if not match:
+        raise ValueError("is not a CPU quantity")
+    cores = Decimal(match.group(1)) / (1000 if match.group(2) else 1)
+    return float(_bounded(cores, 10**6, "1000000")) or None
+
+
 def parse_bool(text: str) -> bool:
     value = text.strip(_SPACE).lower()
     if value in ("1", "true", "yes", "on"):
@@ -384,6 +394,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TERMINATION_GRACE_PERIOD", parse_positive_duration, "30s", "60s",
             "The pod's terminationGracePeriodSeconds: --graceful-timeout becomes this minus 5 s "
             "(whole seconds, at least 1), and the default drain delay fits within it.",
+            preset="kubernetes"),
+    Setting("CPU_REQUEST", parse_cpu, "", "2",
+            "The container's CPU request, from the downward API (resourceFieldRef requests.cpu): "
+            "with no CPU limit the preset runs ceil(request) workers, at most the CPUs available; "
+            "without a limit or a request it runs one worker (not one per CPU of the node) and "
+            "says so. 0 or empty: no request. WEB_CONCURRENCY and a CPU limit win.",
             preset="kubernetes"),
 )
 

@@ -174,7 +174,7 @@ BAD = {
     "MEMORY_JITTER": "90%", "MEMORY_CHECK_INTERVAL": "often", "MEMORY_CHECK_REQUESTS": "-3",
     "MEMORY_MIN_LIFETIME": "1y", "MEMORY_CGROUP": "sometimes", "CGROUP_ROOT": "sys/fs",
     "MAX_LIFETIME": "forever", "MAX_LIFETIME_JITTER": "some", "LOG_FORMAT": "xml",
-    "ACCESS_LOG": "maybe", "BIND": " , ", "PIDFILE": "pid\x01file", "TERMINATION_GRACE_PERIOD": "30 sec",
+    "ACCESS_LOG": "maybe", "BIND": " , ", "PIDFILE": "pid\x01file", "TERMINATION_GRACE_PERIOD": "30 sec", "CPU_REQUEST": "two cores",
     "METRICS_PATH": "metrics", "METRICS_ALLOW": "10.0.0.0/33",
     "METRICS_PORT": "65536",
 }

@@ -129,7 +129,27 @@ def container() -> tuple[dict, dict, dict]:
     """The Deployment's pod spec, its one container, and that container's env as a dict."""
     pod = kind("Deployment")["spec"]["template"]["spec"]
     [app] = pod["containers"]
-    return pod, app, {e["name"]: e["value"] for e in app.get("env", [])}
+    return pod, app, {e["name"]: e["value"] if "value" in e else downward(e["valueFrom"], app)
+                      for e in app.get("env", [])}
+
+
+def downward(source: dict, app: dict) -> str:
+    """What the kubelet puts in an env var from the downward API's resourceFieldRef (CPU only:
+    the quantity divided by the divisor, rounded up)."""
+    field = source["resourceFieldRef"]
+    group, _, name = field["resource"].partition(".")
+    assert name == "cpu", field
+    cores = config.parse_cpu(str(app["resources"][group][name])) or 0
+    return str(math.ceil(cores / (config.parse_cpu(str(field.get("divisor", "1"))) or 1)))
+
+
+def test_the_cpu_request_reaches_the_preset_for_a_pod_without_a_cpu_limit():
+    _, app, env = container()
+    [entry] = [e for e in app["env"] if e["name"] == "HARDENED_CPU_REQUEST"]
+    assert entry["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"
+    request = settings_of(env).cpu_request
+    assert request == math.ceil(config.parse_cpu(str(app["resources"]["requests"]["cpu"])))
+    assert kubernetes.workers_without_limit(request, 64) == math.ceil(request)  # not 64
 
 
 @pytest.mark.parametrize("version", ["1.27.0", kubernetes_validate.latest_version()])

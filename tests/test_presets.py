@@ -192,17 +192,32 @@ def test_a_bad_preset_variable_stops_gunicorn_with_one_line():
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("cgroup,expected", [
-    ({"cpu_max": "50000 100000"}, lambda cpus: 1),  # 0.5 CPU
-    ({"cpu_max": "200000 100000"}, lambda cpus: min(2, cpus)),  # 2 CPUs
-    ({"cpu_max": "max 100000"}, lambda cpus: cpus),  # unlimited
-    ({"v1_quota": ("150000", "100000")}, lambda cpus: min(2, cpus)),  # cgroup v1: 1.5 CPUs
-    ({}, lambda cpus: cpus),  # no cgroup files at all
+@pytest.mark.parametrize("cgroup,request_,expected", [
+    ({"cpu_max": "50000 100000"}, "", lambda cpus: 1),  # 0.5 CPU
+    ({"cpu_max": "200000 100000"}, "", lambda cpus: min(2, cpus)),  # 2 CPUs
+    ({"cpu_max": "200000 100000"}, "8", lambda cpus: min(2, cpus)),  # the limit wins
+    ({"cpu_max": "max 100000"}, "", lambda cpus: 1),  # unlimited, no request: one, not one per CPU
+    ({"v1_quota": ("150000", "100000")}, "", lambda cpus: min(2, cpus)),  # cgroup v1: 1.5 CPUs
+    ({}, "", lambda cpus: 1),  # no cgroup files at all
+    ({"cpu_max": "max 100000"}, "2", lambda cpus: min(2, cpus)),  # the downward API's requests.cpu
+    ({"cpu_max": "max 100000"}, "1500m", lambda cpus: min(2, cpus)),
+    ({"cpu_max": "max 100000"}, "0", lambda cpus: 1),  # BestEffort: no request
 ])
-def test_kubernetes_workers_follow_the_cpu_limit(tmp_path, cgroup, expected):
+def test_kubernetes_workers_follow_the_cpu_limit_else_the_request(tmp_path, cgroup, request_, expected):
     root = fake_cgroup(tmp_path / "cgroup", **cgroup)
-    config = printed_config("python:hardened_worker.presets.kubernetes", HARDENED_CGROUP_ROOT=str(root))
+    config = printed_config("python:hardened_worker.presets.kubernetes", HARDENED_CGROUP_ROOT=str(root),
+                            HARDENED_CPU_REQUEST=request_)
     assert int(config["workers"]) == expected(len(os.sched_getaffinity(0)))
+
+
+def test_kubernetes_without_a_cpu_limit_or_request_says_it_runs_one_worker(master, tmp_path):
+    root = fake_cgroup(tmp_path / "cgroup", cpu_max="max 100000")
+    m = master(args=["-c", "python:hardened_worker.presets.kubernetes", "-w", "1"],
+               env={"HARDENED_CGROUP_ROOT": str(root)})
+    m.wait_log("kubernetes preset: workers")
+    lines = [line for line in m.log().splitlines() if "kubernetes preset: workers" in line]
+    assert len(lines) == 1 and ("no CPU limit and no CPU request: one worker; set the pod's CPU "
+                                "limit, HARDENED_CPU_REQUEST from requests.cpu") in lines[0]
 
 
 def test_kubernetes_web_concurrency_wins_and_a_bad_one_is_one_line(tmp_path):

@@ -1,14 +1,15 @@
 """gunicorn configuration for a container in a Kubernetes pod (see deployment.yaml, Dockerfile).
 
 Everything comes from the preset (hardened_worker/presets/kubernetes.py): bind 0.0.0.0:$PORT,
-workers from the container's CPU limit, graceful timeout from $HARDENED_TERMINATION_GRACE_PERIOD,
+workers from the container's CPU limit (or its CPU request), graceful timeout from $HARDENED_TERMINATION_GRACE_PERIOD,
 health path /healthz and a 5 s drain delay (unless the pod's env sets them), logs to stdout.
 Override below; command-line options override this file.
 """
 
 from hardened_worker.presets.kubernetes import *  # noqa: F401,F403
 
-# workers = 2                      # default: ceil(CPU limit), or $WEB_CONCURRENCY
+# workers = 2                      # default: $WEB_CONCURRENCY, else ceil(CPU limit), else
+#                                  # ceil($HARDENED_CPU_REQUEST), else 1
 # keepalive = 75                   # above your ingress / load balancer idle timeout (ingress-nginx
 #                                  # and AWS ALB: 60 s; Google Cloud load balancers: 600 s -> 620)
 

@@ -7,7 +7,10 @@ of :mod:`~.base`, plus:
 * ``bind``: ``0.0.0.0:$PORT`` (default 8000).
 * ``workers``: ``$WEB_CONCURRENCY``, else ``ceil`` of the container's CPU limit (cgroup v2
   ``cpu.max``, v1 ``cpu.cfs_quota_us``, under ``HARDENED_CGROUP_ROOT``), at least 1 and at most the
-  CPUs available; with no limit, the CPUs available (:func:`hardened_worker.cgroup.worker_count`).
+  CPUs available (:func:`hardened_worker.cgroup.worker_count`); with no limit, ``ceil`` of
+  ``$HARDENED_CPU_REQUEST`` (the pod's ``requests.cpu`` through the downward API), else one worker,
+  and the start-up line says so. Not one per CPU of the node: many clusters omit CPU limits on
+  purpose, and 64 apps in a 1 GiB pod on a 64-core node is no default.
 * ``graceful_timeout``: ``$HARDENED_TERMINATION_GRACE_PERIOD`` (default 30s, keep it equal to the
   pod's ``terminationGracePeriodSeconds``) minus a 5 s margin, in whole seconds, so the master's
   SIGKILL of late workers comes before the kubelet's SIGKILL of the whole container, and the exit
@@ -26,6 +29,7 @@ of :mod:`~.base`, plus:
 
 from __future__ import annotations
 
+import math
 import os
 
 from hardened_worker import cgroup as _cgroup
@@ -61,17 +65,44 @@ def drain_delay_for(graceful: float) -> float:
     return min(MAX_DRAIN_DELAY, max(0.0, (graceful - 1.0) / 2))
 
 
+def workers_without_limit(cpu_request: float | None, cpus: int | None) -> int:
+    """Workers for a container with no CPU limit: ``ceil(request)``, at most ``cpus``; one with no
+    request (the node's CPU count says nothing about what the pod may use)."""
+    if not cpu_request:
+        return 1
+    wanted = max(1, math.ceil(cpu_request - 1e-9))  # float noise: 2.0000000001 stays 2
+    return min(wanted, cpus) if cpus else wanted
+
+
 def _workers_source(root: str) -> str:
     if os.environ.get("WEB_CONCURRENCY"):
         return "WEB_CONCURRENCY"
     quota = _cgroup.cpu_quota(root)
-    return f"CPU limit {quota:g}" if quota is not None else "no CPU limit"
+    if quota is not None:
+        return f"CPU limit {quota:g}"
+    if _base.settings.cpu_request:
+        return f"no CPU limit, CPU request {_base.settings.cpu_request:g} (HARDENED_CPU_REQUEST)"
+    return ("no CPU limit and no CPU request: one worker; set the pod's CPU limit, "
+            "HARDENED_CPU_REQUEST from requests.cpu (downward API) or WEB_CONCURRENCY")
+
+
+def _workers(root: str) -> int:
+    if os.environ.get("WEB_CONCURRENCY") or _cgroup.cpu_quota(root) is not None:
+        return _base.worker_count(root)
+    return workers_without_limit(_base.settings.cpu_request, _cpus())
+
+
+def _cpus() -> int | None:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
 
 
 _port = _whole("PORT", "8000")
 bind = [f"0.0.0.0:{_port}"]
 _root = _base.cgroup_root()
-workers = _base.worker_count(_root)
+workers = _workers(_root)
 if "TERMINATION_GRACE_PERIOD_SECONDS" in os.environ:  # its old name: never ignored silently
     raise SystemExit("hardened_worker: TERMINATION_GRACE_PERIOD_SECONDS is now called "
                      "HARDENED_TERMINATION_GRACE_PERIOD; use e.g. HARDENED_TERMINATION_GRACE_PERIOD=30s")
