@@ -6,7 +6,7 @@ to see it:
 
 * **The master's status socket** (no setting needed): the master answers one JSON document, the
   pool (:func:`hardened_worker.metrics.pool`) plus the last reload's verdict (:func:`verdict`), to
-  each connection on the abstract UNIX socket ``@hardened_worker.status.<master pid>``
+  each connection on the abstract UNIX socket ``@hardened_worker.status.<pid namespace>.<master pid>``
   (:class:`StatusServer`, a thread started in ``Worker.check_config``). Found from the master's
   pid, so it needs no bind address, no health or metrics path, and no file (a read-only root file
   system, a ``PrivateTmp=`` unit). The client checks with ``SO_PEERCRED`` that the master itself
@@ -102,9 +102,20 @@ def rejection_line(report: dict[str, Any]) -> str:
 
 # --- the master's status socket ----------------------------------------------------------------
 
+def _pid_namespace() -> int:
+    """This process's pid namespace (its inode), 0 when unknown. Containers of one pod share a
+    network namespace, so their abstract socket names meet, while each has its own pids (two
+    masters with pid 1): the namespace in the name keeps them apart."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 def address(master_pid: int) -> str:
-    """The abstract UNIX socket name (a leading NUL: no file) of the master ``master_pid``."""
-    return "\0" + SOCKET_PREFIX + str(master_pid)
+    """The abstract UNIX socket name (a leading NUL: no file) of the master ``master_pid`` of this
+    pid namespace."""
+    return f"\0{SOCKET_PREFIX}{_pid_namespace()}.{master_pid}"
 
 
 def _peer(sock: socket.socket) -> tuple[int, int]:
@@ -197,9 +208,8 @@ def masters(net_unix: str = "/proc/net/unix") -> list[int]:
             names = [line.split()[-1] for line in lines if SOCKET_PREFIX in line]
     except OSError:
         return []
-    found = {int(n.rsplit(".", 1)[1]) for n in names
-             if n.startswith("@" + SOCKET_PREFIX) and n.rsplit(".", 1)[1].isdigit()}
-    return sorted(found)
+    mine = f"@{SOCKET_PREFIX}{_pid_namespace()}."
+    return sorted({int(n[len(mine):]) for n in names if n.startswith(mine) and n[len(mine):].isdigit()})
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -369,7 +379,8 @@ def reload_main(args: list[str]) -> int:
     try:
         timeout = config.parse_positive_duration(options.get("--timeout", str(DEFAULT_RELOAD_TIMEOUT)))
         pid = _pid(options) or _the_master()
-        before = query(pid)["reload"]["generation"] if "--wait" in options else 0
+        # Asked first even without --wait: a stale pid file must not HUP some other process.
+        before = query(pid)["reload"]["generation"]
         os.kill(pid, signal.SIGHUP)
     except (OSError, ValueError) as exc:
         print(f"hardened_worker: reload: {exc}", file=sys.stderr)

@@ -125,3 +125,41 @@ def test_a_rejected_reload_exits_1_with_the_rejection_line(master, tmp_path):
     assert "reload rejected: generation 2 cannot start" in m.log()
     assert set(old) <= set(m.workers())
     assert get(m.port, "/")[0] == 200
+
+
+def test_the_only_master_of_this_namespace_is_found_from_proc_net_unix(tmp_path):
+    ns = status._pid_namespace()
+    net_unix = tmp_path / "unix"
+    net_unix.write_text(
+        "Num       RefCount Protocol Flags    Type St Inode Path\n"
+        f"0000: 00000002 00000000 00010000 0001 01 11 @hardened_worker.status.{ns}.812\n"
+        f"0000: 00000002 00000000 00010000 0001 01 12 @hardened_worker.status.{ns + 1}.1\n"  # another pod container
+        "0000: 00000002 00000000 00010000 0001 01 13 /run/app/app.sock\n")
+    assert status.masters(str(net_unix)) == [812]
+
+
+def test_another_user_reads_nothing(master):
+    # The master (root here) answers its own user and root only: a forked client turned nobody
+    # (the venv's interpreter is not nobody's to run) connects and reads.
+    assert os.getuid() == 0, "this test needs root, to run the client as another user"
+    m = master(workers=1)
+    m.wait_workers(1)
+    assert status.query(m.pid)["master"] == m.pid  # root reads
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(status.address(m.pid))
+                received = sock.recv(65536)
+            os.write(write, b"read %d bytes" % len(received))
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read, "rb") as answer:
+        assert answer.read() == b"read 0 bytes"
