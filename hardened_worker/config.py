@@ -1,7 +1,10 @@
 """Every ``HARDENED_*`` knob, declared once.
 
 The ``SETTINGS`` table drives parsing, the one-line validation errors and the README table, so
-the three can never disagree (the idea of gunicorn's ``config.py``). Everything here is pure:
+the three can never disagree (the idea of gunicorn's ``config.py``). Values come from
+:class:`Source` s, strongest first (:func:`hardened_worker.checks.sources` orders them): the
+environment as ``HARDENED_X``, a gunicorn configuration file as ``hardened_x = <Python value>``
+(:func:`file_source`, spelled for the same parser by :func:`file_text`), a preset's defaults. Everything here is pure:
 strings in, values or :class:`ConfigError` out. It never imports gunicorn, and no value, however
 long or odd, raises anything else.
 

@@ -270,3 +270,18 @@ def test_print_config_shows_the_file_as_the_source(tmp_path):
     assert rows["HARDENED_STALL_THRESHOLD"].endswith("# environment: 0.25")
     assert done.stderr == ("hardened_worker: hardened_request_id_header in gunicorn.conf.py = 'x-id' "
                            "is a setting of a newer hardened_worker; this release ignores it\n")
+
+
+def test_configuration_warnings_come_once_not_once_per_worker_or_reload(master, tmp_path):
+    conf = tmp_path / CONF
+    conf.write_text('hardened_request_id_header = "x-request-id"\n')  # a newer release's knob
+    m = master(args=["-c", str(conf)], workers=2, env={"HARDENED_BIND": "127.0.0.1:9"})  # no vm preset
+    m.wait_log(r"ready in [\d.]+ s \(generation 1\)", count=2)
+    m.signal(signal.SIGHUP)
+    m.wait_log(r"ready in [\d.]+ s \(generation 2\)", count=2)
+    log = m.log()
+    assert log.count("hardened_worker: HARDENED_BIND has no effect: only the vm preset reads it, "
+                     "and this configuration does not use it") == 1
+    assert log.count(f"hardened_worker: hardened_request_id_header in {conf} = 'x-request-id' is a "
+                     "setting of a newer hardened_worker; this release ignores it") == 1
+    assert "Traceback" not in log
