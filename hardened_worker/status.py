@@ -392,7 +392,6 @@ def reload_main(args: list[str]) -> int:
 
 def _wait_for_verdict(pid: int, before: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
-    report: Optional[dict[str, Any]] = None
     while time.monotonic() < deadline:
         try:
             report = query(pid)
@@ -401,8 +400,9 @@ def _wait_for_verdict(pid: int, before: int, timeout: float) -> int:
                 print(f"hardened_worker: reload: master {pid} exited before the new generation "
                       "served", file=sys.stderr)
                 return 1
-            report = None  # a reader's hiccup: ask again
-        outcome = None if report is None else reload_outcome(before, report)
+            time.sleep(POLL)  # a reader's hiccup: ask again
+            continue
+        outcome = reload_outcome(before, report)
         if outcome == "accepted":
             print(f"hardened_worker: reload accepted: generation {report['reload']['generation']} "
                   "serves", flush=True)

@@ -74,7 +74,7 @@ def workers_without_limit(cpu_request: float | None, cpus: int | None) -> int:
     return min(wanted, cpus) if cpus else wanted
 
 
-def _workers_source(root: str) -> str:
+def _workers_source(root: str | None) -> str:
     if os.environ.get("WEB_CONCURRENCY"):
         return "WEB_CONCURRENCY"
     quota = _cgroup.cpu_quota(root)
@@ -86,7 +86,7 @@ def _workers_source(root: str) -> str:
             "HARDENED_CPU_REQUEST from requests.cpu (downward API) or WEB_CONCURRENCY")
 
 
-def _workers(root: str) -> int:
+def _workers(root: str | None) -> int:
     if os.environ.get("WEB_CONCURRENCY") or _cgroup.cpu_quota(root) is not None:
         return _base.worker_count(root)
     return workers_without_limit(_base.settings.cpu_request, _cpus())
