@@ -149,6 +149,8 @@ class StatusServer:
                              "status and reload --wait: %s", exc)
             return False
         self.sock = sock
+        # A forked worker must not keep the master's socket: an orphan would hold the name.
+        os.register_at_fork(after_in_child=sock.close)
         threading.Thread(target=self._serve, name="hardened_worker status", daemon=True).start()
         return True
 

@@ -62,6 +62,13 @@ def test_status_works_without_the_metrics_path(master):
     assert report["reload"] == {"generation": 1, "result": "none", "serving": 1}
     text = command("status", "--pid", str(m.pid)).stdout
     assert text.startswith("generation 1 (last reload: none; generation 1 serves);")
+    # Only the master holds the socket: a worker that outlived it would keep the name bound.
+    name = status.address(m.pid)[1:]
+    [inode] = [line.split()[6] for line in open("/proc/net/unix") if line.split()[-1] == "@" + name]
+    holders = [pid for pid in (m.pid, *pids)
+               if f"socket:[{inode}]" in {os.readlink(f"/proc/{pid}/fd/{fd}")
+                                          for fd in os.listdir(f"/proc/{pid}/fd")}]
+    assert holders == [m.pid]
 
 
 def test_status_refuses_a_socket_the_master_does_not_hold():

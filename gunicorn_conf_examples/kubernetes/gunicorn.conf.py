@@ -16,5 +16,7 @@ from hardened_worker.presets.kubernetes import *  # noqa: F401,F403
 # Trust X-Forwarded-For from the ingress controller's pods only (their CIDR), e.g.:
 # forwarded_allow_ips = "10.244.0.0/16"
 
-# More worker settings: extend raw_env (keep the preset's entries), or set them in the pod's env:
-# raw_env = [*raw_env, "HARDENED_MEMORY_LIMIT=400MiB"]
+# More worker settings (README table): here, lower case, or in the pod's env, which wins over this
+# file (and this file over the preset's defaults):
+# hardened_memory_limit = "400MiB"
+# hardened_drain_delay = "3s"

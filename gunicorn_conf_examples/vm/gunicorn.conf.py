@@ -20,8 +20,11 @@ from hardened_worker.presets.vm import *  # noqa: F401,F403
 # graceful_timeout = 30          # app.service's TimeoutStopSec (40s) must be longer
 # timeout = 30                   # a worker whose event loop is blocked this long is killed
 
-# --- the worker's own knobs (see the README table): environment, e.g. in app.service -----------
-# raw_env = [*raw_env, "HARDENED_MEMORY_LIMIT=512MiB"]
+# --- the worker's own knobs (see the README table): here, lower case, or Environment= in
+# app.service, which wins over this file. HARDENED_BIND/PIDFILE are read by the preset from the
+# environment only: here, set bind and pidfile themselves.
+# hardened_memory_limit = "512MiB"
+# hardened_drain_delay = "2s"
 
 # --- metrics through gunicorn's own statsd client ------------------------------------------
 # The master then sends gunicorn.workers (gauge), gunicorn.log.<level> (counters) and, from the
