@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test bench venv system-deps clean
+.PHONY: demo test matrix bench venv system-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ demo: venv
 
 test: $(VENV)/.test-installed system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The version matrix (noxfile.py): the pure tests and the real-process set on Python 3.10 (lowest
+# gunicorn/uvicorn), 3.12 and 3.13 (highest), each in its own virtualenv outside the checkout.
+# Interpreters from PATH or pyenv (~/.pyenv/versions); a missing one fails the run.
+matrix: $(VENV)/.test-installed system-deps
+	$(PIP) install -q -e '.[matrix]'
+	$(VENV)/bin/nox -s matrix
 
 bench: $(VENV)/.test-installed system-deps
 	$(PIP) install -q -e '.[bench]'
