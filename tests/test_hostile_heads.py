@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from rig import wait_for
+from test_head_limits_core import gunicorn_status
 
 WORKERS = {"httptools": "hardened_worker.Worker", "h11": "h11_worker.H11Worker"}
 
@@ -91,7 +92,9 @@ def test_limits_mean_what_gunicorn_means(master, http):
                      "--limit-request-field_size", "0"])
     assert request(m.port, fields=10) == 200
     assert request(m.port, fields=11) == 431  # the 11th header
-    assert request(m.port, target=b"/?q=" + b"a" * 12000) == 200  # line 0: unlimited
+    # A request line of 0: unlimited in gunicorn 27, 8190 in 25.2: whatever the installed one's says.
+    long_line = b"GET /?q=" + b"a" * 12000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert request(m.port, target=b"/?q=" + b"a" * 12000) == gunicorn_status(long_line, 0, 10, 0)
     assert request(m.port, field=b"X-Big: " + b"v" * 8181 + b"\r\n") == 200  # field size 0: 8190
     assert request(m.port, field=b"X-Big: " + b"v" * 8182 + b"\r\n") == 431
     m.wait_log(r"more header fields than --limit-request-fields 10, answered 431")

@@ -195,9 +195,26 @@ class _NotCounting:
 _REFUSED: Any = _NotCounting()
 
 
+def gunicorn_limits(cfg: Any) -> Limits:
+    """The three ``--limit-request-*`` settings as the installed gunicorn's own parser reads them:
+    it parses one tiny request with ``cfg`` and its normalised limits are read back (what 0 means
+    changed between releases: a request line of 0 is 8190 in 25.2, unlimited in 27, 1 MiB with
+    its C parser). :meth:`Limits.from_gunicorn` (27's Python parser) if that cannot be done."""
+    try:
+        from gunicorn.http.message import Request
+        from gunicorn.http.unreader import IterUnreader
+
+        probe = Request(cfg, IterUnreader([b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]), ("127.0.0.1", 0))
+        line = probe._fast_limit_request_line if getattr(probe, "_use_fast", False) \
+            else probe.limit_request_line
+        return Limits(int(line), int(probe.limit_request_fields), int(probe.limit_request_field_size))
+    except Exception:  # a gunicorn whose parser reads differently: its documented meaning
+        return Limits.from_gunicorn(cfg.limit_request_line, cfg.limit_request_fields,
+                                    cfg.limit_request_field_size)
+
+
 def guard_of(cfg: Any, settings: Any, log: Any) -> Guard:
     """The worker's guard: gunicorn's three ``--limit-request-*`` settings as its own parser reads
     them, and the two ``HARDENED_*`` read timeouts; ``log``: gunicorn's error logger."""
-    limits = Limits.from_gunicorn(cfg.limit_request_line, cfg.limit_request_fields,
-                                  cfg.limit_request_field_size)
-    return Guard(limits, settings.header_timeout or 0.0, settings.body_timeout or 0.0, log.warning)
+    return Guard(gunicorn_limits(cfg), settings.header_timeout or 0.0, settings.body_timeout or 0.0,
+                 log.warning)
