@@ -1,11 +1,13 @@
 """The uvicorn ``Server`` subclass: the one module that leans on uvicorn internals.
 
-Supported: uvicorn 0.54 (pinned ``>=0.54,<0.60`` in pyproject.toml). What it relies on, all
-exercised by the real-process tests:
+Supported: the uvicorn range of :mod:`hardened_worker._versions` (checked before the worker loads).
+What it relies on, all exercised by the real-process tests:
 
 * ``Server.main_loop`` / ``on_tick`` (the 100 ms tick) and ``server_state.connections``/``tasks``;
 * the HTTP protocols' ``cycle`` (its ``response_started``/``response_complete``), ``scope``,
   ``transport``, ``timeout_keep_alive_task`` and ``shutdown()`` (httptools and h11 both have them);
+* that a response whose ``cycle.keep_alive`` is False carries ``Connection: close`` (httptools since
+  uvicorn 0.53, the floor: ``shutdown()`` on a busy connection at the drain relies on it);
 * ``uvicorn._compat.asyncio_run`` (the event loop runner uvicorn-worker uses too);
 * that the HTTP protocols build no access record when the ``uvicorn.access`` logger has no
   handlers (``access_log = logger.hasHandlers()``): the worker empties it, the access log is
