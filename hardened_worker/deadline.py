@@ -240,9 +240,9 @@ class RequestGuard:
     here, at the cost of a call, not of a layer of its own (a layer cost the metrics 14% of
     requests/s): ``counted``, if given, is called once per request as it ends (the memory check
     every N requests); ``tally`` (a :class:`hardened_worker.metrics.Tally`) has ``in_flight``
-    raised as a request reaches the app, lowered as it ends, and the request's seconds appended to
+    raised as a request reaches the app, lowered as it ends, the request's seconds appended to
     ``durations``: from reaching the app to the last body byte handed to the server (or to the
-    app's return without one).
+    app's return without one), and its status to ``statuses`` (0 when the app sent none).
     """
 
     def __init__(self, app: ASGIApp, signal: DrainSignal, timeout: Optional[float] = None,
@@ -321,6 +321,7 @@ class RequestGuard:
             if tally is not None:
                 tally.in_flight -= 1
                 tally.durations.append((ended or _monotonic()) - began)
+                tally.statuses.append(start["status"] if start is not None else 0)  # 0: none sent
             if self.counted is not None:
                 self.counted()
 

@@ -21,18 +21,21 @@ header's. Others get 403. The path is matched as received (``raw_path``): ``/%6d
 from __future__ import annotations
 
 import bisect
+import importlib.util
 import json
 import os
 import string
 import time
 import urllib.parse
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Optional
 
 from hardened_worker import diagnostics, forwarded, spread
+from hardened_worker.memory import _parse_rollup
 from hardened_worker.lifecycle import Phase, Reason
 from hardened_worker.readiness import (BUCKETS, C_ACCEPT, C_BEAT, C_BUCKET0, C_CONNECTIONS,
                                        C_DURATION_US, C_INFLIGHT, C_MEMORY, C_PHASE, C_REQUESTS,
-                                       C_SHED, C_STALLS, EXIT_KINDS,
+                                       C_SHED, C_STALLS, C_STATUS0, EXIT_KINDS,
                                        R_ACCEPTED, R_EXITS, R_REJECTED, R_RING, R_RING_NEXT,
                                        R_TOTALS, RING, Snapshot, State, monotonic_ms)
 
@@ -45,6 +48,7 @@ _STATE_OF_PHASE = {
     Phase.DRAINING: "draining", Phase.EXITING: "draining",
 }
 RECYCLE_CAUSES = ("max-requests", "max-lifetime", "memory")
+CODES = ("1xx", "2xx", "3xx", "4xx", "5xx")  # C_STATUS0 + i counts CODES[i]
 LOCAL = ("127.0.0.0/8", "::1", "unix")  # loopback, and peers on a UNIX socket listener
 _ASCII = "".join(c for c in string.printable if not c.isspace())
 
@@ -82,6 +86,7 @@ def pool(snapshot: Snapshot, now: float, backlog: int = -1) -> dict[str, Any]:
               "duration_us": retired[R_TOTALS + C_DURATION_US],
               "stalls": retired[R_TOTALS + C_STALLS], "shed": retired[R_TOTALS + C_SHED]}
     buckets = [retired[R_TOTALS + C_BUCKET0 + i] for i in range(len(BUCKETS) + 1)]
+    codes = [retired[R_TOTALS + C_STATUS0 + i] for i in range(len(CODES))]
     exits: dict[str, int] = {}
     for kind in range(EXIT_KINDS):
         if retired[R_EXITS + kind]:  # "none recorded" and "crash" are one label: add up
@@ -100,6 +105,8 @@ def pool(snapshot: Snapshot, now: float, backlog: int = -1) -> dict[str, Any]:
         totals["shed"] += row[C_SHED]
         for i in range(len(buckets)):
             buckets[i] += row[C_BUCKET0 + i]
+        for i in range(len(codes)):
+            codes[i] += row[C_STATUS0 + i]
         peer = slot.peer
         if not slot.alive:  # gone, its slot not yet reused: its exit counts already
             reason = _reason(peer.reason)
@@ -120,6 +127,7 @@ def pool(snapshot: Snapshot, now: float, backlog: int = -1) -> dict[str, Any]:
     return {
         "workers": workers,
         "requests": totals["requests"],
+        "codes": dict(zip(CODES, codes)),
         "in_flight": sum(w["in_flight"] for w in workers),
         "duration": {"buckets": list(zip((*BUCKETS, float("inf")), buckets)),
                      "sum_s": totals["duration_us"] / 1e6, "count": sum(buckets)},
@@ -136,6 +144,69 @@ def pool(snapshot: Snapshot, now: float, backlog: int = -1) -> dict[str, Any]:
 # --- Prometheus text (pure) ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Family:
+    """One metric family as it is declared once, rendered (:func:`render`) and documented
+    (:func:`reference`, the table in docs/operations.md)."""
+
+    name: str  # without PREFIX
+    kind: str  # counter, gauge, histogram
+    labels: tuple[str, ...]
+    help: str
+
+
+# The naming rule: a series with a ``pid`` label (one live worker) is named ``worker_*`` and no
+# name is used both with and without ``pid``, so ``sum()`` over a family never counts a request
+# twice. Pool families count the whole pool, workers that left included.
+FAMILIES = (
+    Family("workers", "gauge", ("state",),
+           "Workers of the pool by state: booting, ready, stopping, draining (failed: a worker "
+           "whose start failed)."),
+    Family("requests_total", "counter", (),
+           "HTTP requests the app ran to their end, pool-wide, workers that left included (not "
+           "the health path, shed requests nor scrapes), as of each worker's last tick."),
+    Family("responses_total", "counter", ("code",),
+           "The requests of requests_total by status class (1xx .. 5xx); a request the app sent "
+           "no status for (it raised, passed its deadline) counts as 5xx: the server answered "
+           "500 or 504."),
+    Family("inflight_requests", "gauge", (), "HTTP requests in progress, pool-wide."),
+    Family("request_duration_seconds", "histogram", ("le",),
+           "From the request reaching the app to its last body byte handed to the server, "
+           "pool-wide."),
+    Family("worker_exits_total", "counter", ("reason",),
+           "Workers that exited, by reason (hardened_worker.diagnostics.EXIT_REASONS)."),
+    Family("recycles_total", "counter", ("cause",),
+           "Planned replacements (counted once the worker left), by cause."),
+    Family("reloads_total", "counter", ("result",),
+           "HUP reloads: accepted (the new generation serves) or rejected."),
+    Family("event_loop_stalls_total", "counter", (),
+           "Event loop stalls past HARDENED_STALL_THRESHOLD, pool-wide."),
+    Family("shed_requests_total", "counter", (),
+           "Requests answered 503 without running the app (HARDENED_MAX_QUEUE_TIME), pool-wide."),
+    Family("listen_backlog", "gauge", (),
+           "Connections waiting in the accept queue (gunicorn's get_backlog; -1 unknown)."),
+    Family("generation", "gauge", (), "The master's configuration generation (1 + HUPs)."),
+    Family("worker_requests_total", "counter", ("pid",),
+           "HTTP requests each live worker ran to their end (as requests_total), as of its last "
+           "tick; a worker's series ends when it leaves, its requests stay in requests_total."),
+    Family("worker_inflight_requests", "gauge", ("pid",), "HTTP requests in progress, per worker."),
+    Family("worker_open_connections", "gauge", ("pid",), "Connections each worker holds open."),
+    Family("worker_memory_bytes", "gauge", ("pid",),
+           "Each worker's memory in HARDENED_MEMORY_MEASURE (uss by default: the measure the "
+           "memory limits compare), published once a second."),
+)
+_FAMILIES = {f.name: f for f in FAMILIES}
+
+
+def reference() -> str:
+    """The families as a Markdown table (docs/operations.md holds it; a test keeps them equal)."""
+    rows = ["| name | type | labels | help |", "| --- | --- | --- | --- |"]
+    for f in FAMILIES:
+        labels = ", ".join(f"`{label}`" for label in f.labels) or "-"
+        rows.append(f"| `{PREFIX}{f.name}` | {f.kind} | {labels} | {f.help} |")
+    return "\n".join(rows) + "\n"
+
+
 def _number(value: float) -> str:
     if value == float("inf"):
         return "+Inf"
@@ -150,60 +221,48 @@ def _labels(**labels: Any) -> str:
 
 
 def render(data: dict[str, Any]) -> str:
-    """The Prometheus text exposition format (version 0.0.4) of :func:`pool`'s data."""
-    out: list[str] = []
-
-    def family(name: str, kind: str, help_: str, samples: Iterable[tuple[str, dict, float]]) -> None:
-        full = PREFIX + name
-        out.append(f"# HELP {full} {help_}")
-        out.append(f"# TYPE {full} {kind}")
-        for suffix, labels, value in samples:
-            out.append(f"{full}{suffix}{_labels(**labels)} {_number(value)}")
-
+    """The Prometheus text exposition format (version 0.0.4) of :func:`pool`'s data, in the
+    order and with the help of :data:`FAMILIES`."""
     workers = data["workers"]
     counts = {state: 0 for state in STATES}
     for w in workers:
         counts[w["state"]] = counts.get(w["state"], 0) + 1
-    family("workers", "gauge", "Workers of the pool by state.",
-           [("", {"state": s}, n) for s, n in counts.items()])
-    family("requests_total", "counter",
-           "HTTP requests the app ran to their end (not the health path, shed requests nor "
-           "scrapes): the pool (no pid label, including workers that left) and each live worker "
-           "(pid label), as of each worker's last tick.",
-           [("", {}, data["requests"])] + [("", {"pid": w["pid"]}, w["requests"]) for w in workers])
-    family("inflight_requests", "gauge", "HTTP requests in progress: the pool and each worker.",
-           [("", {}, data["in_flight"])] + [("", {"pid": w["pid"]}, w["in_flight"])
-                                           for w in workers])
-    family("open_connections", "gauge", "Connections each worker holds open.",
-           [("", {"pid": w["pid"]}, w["connections"]) for w in workers])
     duration = data["duration"]
     cumulative = 0
-    samples = []
+    histogram = []
     for bound, count in duration["buckets"]:
         cumulative += count
-        samples.append(("_bucket", {"le": _number(float(bound))}, cumulative))
-    samples += [("_sum", {}, duration["sum_s"]), ("_count", {}, duration["count"])]
-    family("request_duration_seconds", "histogram",
-           "From the request reaching the app to its last body byte handed to the server, "
-           "pool-wide.", samples)
-    family("worker_exits_total", "counter", "Workers that exited, by reason.",
-           [("", {"reason": r}, n) for r, n in sorted(data["exits"].items())])
-    family("recycles_total", "counter", "Planned replacements (counted once the worker left), by cause.",
-           [("", {"cause": c}, data["exits"].get(c, 0)) for c in RECYCLE_CAUSES])
-    family("reloads_total", "counter", "HUP reloads: accepted (the new generation serves) or rejected.",
-           [("", {"result": r}, data["reloads"][r]) for r in ("accepted", "rejected")])
-    family("worker_memory_bytes", "gauge", "Each worker's resident memory, last published.",
-           [("", {"pid": w["pid"]}, w["memory_bytes"]) for w in workers])
-    family("event_loop_stalls_total", "counter",
-           "Event loop stalls past HARDENED_STALL_THRESHOLD, pool-wide.", [("", {}, data["stalls"])])
-    family("shed_requests_total", "counter",
-           "Requests answered 503 without running the app (HARDENED_MAX_QUEUE_TIME), pool-wide.",
-           [("", {}, data["shed"])])
-    family("listen_backlog", "gauge",
-           "Connections waiting in the accept queue (gunicorn's get_backlog; -1 unknown).",
-           [("", {}, data["listen_backlog"])])
-    family("generation", "gauge", "The master's configuration generation (1 + HUPs).",
-           [("", {}, data["generation"])])
+        histogram.append(("_bucket", {"le": _number(float(bound))}, cumulative))
+    histogram += [("_sum", {}, duration["sum_s"]), ("_count", {}, duration["count"])]
+
+    def per_worker(key: str) -> list[tuple[str, dict, float]]:
+        return [("", {"pid": w["pid"]}, w[key]) for w in workers]
+
+    samples: dict[str, Iterable[tuple[str, dict, float]]] = {
+        "workers": [("", {"state": s}, n) for s, n in counts.items()],
+        "requests_total": [("", {}, data["requests"])],
+        "responses_total": [("", {"code": c}, n) for c, n in data["codes"].items()],
+        "inflight_requests": [("", {}, data["in_flight"])],
+        "request_duration_seconds": histogram,
+        "worker_exits_total": [("", {"reason": r}, n) for r, n in sorted(data["exits"].items())],
+        "recycles_total": [("", {"cause": c}, data["exits"].get(c, 0)) for c in RECYCLE_CAUSES],
+        "reloads_total": [("", {"result": r}, data["reloads"][r]) for r in ("accepted", "rejected")],
+        "event_loop_stalls_total": [("", {}, data["stalls"])],
+        "shed_requests_total": [("", {}, data["shed"])],
+        "listen_backlog": [("", {}, data["listen_backlog"])],
+        "generation": [("", {}, data["generation"])],
+        "worker_requests_total": per_worker("requests"),
+        "worker_inflight_requests": per_worker("in_flight"),
+        "worker_open_connections": per_worker("connections"),
+        "worker_memory_bytes": per_worker("memory_bytes"),
+    }
+    out: list[str] = []
+    for f in FAMILIES:
+        full = PREFIX + f.name
+        out.append(f"# HELP {full} {f.help}")
+        out.append(f"# TYPE {full} {f.kind}")
+        for suffix, labels, value in samples[f.name]:
+            out.append(f"{full}{suffix}{_labels(**labels)} {_number(value)}")
     return "\n".join(out) + "\n"
 
 
@@ -243,24 +302,28 @@ def relayed(scope: dict) -> bool:
 
 
 class Tally:
-    """This worker's HTTP request counts. On the request path only ``in_flight`` and
-    ``durations`` are touched, by :class:`~hardened_worker.deadline.RequestGuard` (``in_flight``
-    raised as a request reaches the app, lowered and its seconds appended as it ends): an
-    increment and an append, no call of ours. :meth:`publish` turns the durations into the counts
-    and the histogram (a sort and a bisect per bucket, in C) and copies everything into the
+    """This worker's HTTP request counts. On the request path only ``in_flight``, ``durations``
+    and ``statuses`` are touched, by :class:`~hardened_worker.deadline.RequestGuard` (``in_flight``
+    raised as a request reaches the app, lowered and its seconds and status appended as it ends):
+    an increment and two appends, no call of ours. :meth:`publish` turns the durations into the
+    counts and the histogram (a sort and a bisect per bucket, in C), the statuses into counts by
+    class (:data:`CODES`; 0, no status sent, and anything outside 100-599 count as 5xx: the
+    server answered 500, the deadline 504) and copies everything into the
     worker's row of the shared table, on the worker's tick, as it exits and before it answers a
     scrape. Counting through shared memory and a layer of its own per request cost the metrics 14%
     of requests/s. A scrape so sees a sibling's counts as of that sibling's last tick (at most
     100 ms old); ``durations`` holds at most a tick's worth of requests."""
 
-    __slots__ = ("in_flight", "durations", "requests", "seconds", "buckets")
+    __slots__ = ("in_flight", "durations", "statuses", "requests", "seconds", "buckets", "codes")
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.durations: list[float] = []  # requests ended since the last publish
+        self.statuses: list[int] = []  # their statuses (0: none sent)
         self.requests = 0
         self.seconds = 0.0
         self.buckets = [0] * (len(BUCKETS) + 1)  # per bucket, not cumulative; +Inf last
+        self.codes = [0] * len(CODES)
 
     def publish(self, row: Any) -> None:
         durations, self.durations = self.durations, []
@@ -274,11 +337,17 @@ class Tally:
                 self.buckets[i] += upto - below
                 below = upto
             self.buckets[-1] += len(durations) - below
+        statuses, self.statuses = self.statuses, []
+        for status in statuses:
+            code = status // 100
+            self.codes[code - 1 if 1 <= code <= 5 else 4] += 1
         row[C_INFLIGHT] = self.in_flight
         row[C_REQUESTS] = self.requests
         row[C_DURATION_US] = int(self.seconds * 1_000_000)
         for i, count in enumerate(self.buckets):
             row[C_BUCKET0 + i] = count
+        for i, count in enumerate(self.codes):
+            row[C_STATUS0 + i] = count
 
 
 class MetricsMiddleware:
@@ -343,7 +412,22 @@ class MetricsMiddleware:
             data["answered_by"] = os.getpid()
             return await _respond(send, 200, b"application/json", json.dumps(data).encode())
         await _respond(send, 200, b"text/plain; version=0.0.4; charset=utf-8",
-                       render(data).encode())
+                       render(data).encode() + app_metrics())
+
+
+def app_metrics() -> bytes:
+    """The app's own prometheus_client metrics of every worker, in the same answer as the pool's
+    (one endpoint, one scrape): with prometheus_client installed and ``PROMETHEUS_MULTIPROC_DIR``
+    set (the presets keep that directory: :mod:`hardened_worker.presets.prometheus`); else
+    nothing. The app's names are its own: ``hardened_worker_*`` is this module's."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path or importlib.util.find_spec("prometheus_client") is None:
+        return b""
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    return generate_latest(registry)
 
 
 async def _respond(send: Any, status: int, content_type: bytes, body: bytes) -> None:
@@ -373,6 +457,22 @@ def rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def memory_bytes(measure: str) -> int:
+    """This process's memory in ``measure`` (``HARDENED_MEMORY_MEASURE``: uss, pss or rss), what
+    the memory limits compare; the RSS where smaps_rollup is unreadable (as the limits do). Opened
+    and closed at each call, once a second: a file kept open in the master would read the master.
+    About 13 us per resident MiB (smaps_rollup walks the page tables)."""
+    if measure != "rss":
+        try:
+            with open("/proc/self/smaps_rollup", "rb") as f:
+                fields = _parse_rollup(f.read())
+            return fields["Pss"] if measure == "pss" else \
+                fields["Private_Clean"] + fields["Private_Dirty"]
+        except (OSError, KeyError, ValueError):
+            pass
+    return rss_bytes()
 
 
 class StallCounting:

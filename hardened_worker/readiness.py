@@ -207,7 +207,7 @@ SLOTS = 512
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 C_REQUESTS, C_INFLIGHT, C_DURATION_US, C_STALLS, C_PHASE, C_MEMORY, C_BUCKET0 = range(7)
 C_BEAT = C_BUCKET0 + len(BUCKETS) + 1  # monotonic_ms() at the worker's last tick
-COUNTERS = 26  # per slot; C_BUCKET0 .. C_BUCKET0 + len(BUCKETS) are the buckets
+COUNTERS = 30  # per slot; C_BUCKET0 .. C_BUCKET0 + len(BUCKETS) are the buckets
 C_SHED = C_BEAT + 1  # requests HARDENED_MAX_QUEUE_TIME answered 503
 # The accept policy (hardened_worker/spread.py) and the status: gauges, not folded, written on
 # every change. C_CONNECTIONS: connections open; C_ACCEPT: 0 not accepting (booting, at
@@ -215,8 +215,11 @@ C_SHED = C_BEAT + 1  # requests HARDENED_MAX_QUEUE_TIME answered 503
 # fewer, 3 accepting whatever the counts (churn).
 C_CONNECTIONS = C_SHED + 1
 C_ACCEPT = C_SHED + 2
-FOLDED = (C_REQUESTS, C_DURATION_US, C_STALLS, *range(C_BUCKET0, C_BUCKET0 + len(BUCKETS) + 1), C_SHED)
-assert C_ACCEPT < COUNTERS
+# Requests by the class of their status, 1xx .. 5xx (metrics.Tally): five counters, folded.
+C_STATUS0 = C_ACCEPT + 1
+FOLDED = (C_REQUESTS, C_DURATION_US, C_STALLS, *range(C_BUCKET0, C_BUCKET0 + len(BUCKETS) + 1), C_SHED,
+          *range(C_STATUS0, C_STATUS0 + 5))
+assert C_STATUS0 + 5 <= COUNTERS
 # The retired row: in a snapshot R_SEQ is the fold version it was read at (see the module
 # docstring); then the newest generation counted as an accepted reload, the reload counts, a ring
 # of the last exits (pid, reason, time), exits by reason (EXIT_REASONS index + 1; 0: none

@@ -632,7 +632,8 @@ class Worker(Recycling, UvicornWorker):
 
     def _publish(self) -> None:
         """On the tick: this worker's beat (the systemd watchdog reads it) in its row; with
-        HARDENED_METRICS_PATH its request counts too, and its memory once a second."""
+        HARDENED_METRICS_PATH its request counts too, and its memory once a second (in
+        HARDENED_MEMORY_MEASURE, what the limits compare)."""
         now = time.monotonic()
         row = self.table.counters()
         row[readiness.C_BEAT] = readiness.monotonic_ms()
@@ -640,7 +641,7 @@ class Worker(Recycling, UvicornWorker):
             self.tally.publish(row)
         if self.settings.metrics_path and now >= self._next_memory_publish:
             self._next_memory_publish = now + 1.0
-            row[readiness.C_MEMORY] = metrics.rss_bytes()
+            row[readiness.C_MEMORY] = metrics.memory_bytes(self.settings.memory_measure)
 
 
 def _read(path: str) -> Optional[str]:

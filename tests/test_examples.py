@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from hardened_worker import config, drain
+from hardened_worker import config, diagnostics, drain, metrics
 from hardened_worker.presets import base, kubernetes
 from rig import GUNICORN, ROOT, have
 from test_presets import clean_env, gunicorn_cli
@@ -103,6 +103,43 @@ def test_prometheus_example_has_no_shared_default_directory():
     assert done.returncode == 0, done.stderr
     assert "PROMETHEUS_MULTIPROC_DIR" not in done.stdout
     assert "neither PROMETHEUS_MULTIPROC_DIR nor RUNTIME_DIRECTORY is set" in done.stderr
+
+
+ALERTS = EXAMPLES / "prometheus" / "alerts.yaml"
+
+
+def alert_rules() -> list[dict]:
+    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+
+
+def test_alert_rules_use_declared_series_and_labels_and_sum_only_pool_families():
+    rules = alert_rules()
+    assert rules and all(rule.keys() >= {"alert", "expr", "labels", "annotations"} for rule in rules)
+    assert len({rule["alert"] for rule in rules}) == len(rules)
+    declared = {metrics.PREFIX + f.name: f for f in metrics.FAMILIES}
+    for f in metrics.FAMILIES:
+        if f.kind == "histogram":
+            declared.update({metrics.PREFIX + f.name + s: f for s in ("_bucket", "_sum", "_count")})
+    values = {"code": set(metrics.CODES), "cause": set(metrics.RECYCLE_CAUSES),
+              "result": {"accepted", "rejected"}, "state": set(metrics.STATES),
+              "reason": set(diagnostics.EXIT_REASONS)}
+    for rule in rules:
+        for name, matchers in re.findall(r"\b(hardened_worker_[a-z_]+)(\{[^}]*\})?", rule["expr"]):
+            family = declared.get(name)
+            assert family is not None, (rule["alert"], name)
+            assert "pid" not in family.labels, (rule["alert"], name)  # pool families only
+            for label, op, value in re.findall(r'(\w+)\s*(=~|=)\s*"([^"]*)"', matchers):
+                assert label in family.labels, (rule["alert"], name, label)
+                wanted = value.split("|") if op == "=~" else [value]
+                assert set(wanted) <= values[label], (rule["alert"], label, value)
+
+
+def test_promtool_checks_the_alert_rules():
+    assert have("promtool"), "promtool is needed: apt-get install prometheus (Debian ships it there)"
+    done = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and f"SUCCESS: {len(alert_rules())} rules found" in done.stdout, \
+        done.stdout + done.stderr
 
 
 # --- Kubernetes --------------------------------------------------------------------------------

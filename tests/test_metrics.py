@@ -22,14 +22,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from rig import APPS, get, wait_for
+from rig import APPS, ROOT, get, wait_for
 
 from hardened_worker import deadline, metrics, readiness
 from hardened_worker.deadline import RequestGuard
 from hardened_worker.drain import DrainSignal
 from hardened_worker.lifecycle import Phase
 from hardened_worker.readiness import (C_BUCKET0, C_DURATION_US, C_INFLIGHT, C_MEMORY, C_PHASE,
-                                       C_REQUESTS, C_STALLS, COUNTERS, R_ACCEPTED, R_EXITS,
+                                       C_REQUESTS, C_STALLS, C_STATUS0, COUNTERS, R_ACCEPTED, R_EXITS,
                                        R_REJECTED, R_TOTALS, RETIRED, Peer, Reloads, SlotView,
                                        Snapshot, State)
 
@@ -50,16 +50,19 @@ def slot(pid, phase=Phase.READY, state=State.READY, alive=True, reason=0, genera
     row = [0] * COUNTERS
     row[C_PHASE] = metrics.phase_code(phase)
     for name, value in counts.items():
-        row[{"requests": C_REQUESTS, "inflight": C_INFLIGHT, "duration_us": C_DURATION_US,
-             "stalls": C_STALLS, "memory": C_MEMORY}.get(name, None) if not name.startswith("b")
-            else C_BUCKET0 + int(name[1:])] = value
+        row[C_BUCKET0 + int(name[1:]) if name[0] == "b" else  # b0 .. b14: buckets
+            C_STATUS0 + int(name[0]) - 1 if name.endswith("xx") else  # 2xx: a status class
+            {"requests": C_REQUESTS, "inflight": C_INFLIGHT, "duration_us": C_DURATION_US,
+             "stalls": C_STALLS, "memory": C_MEMORY}[name]] = value
     return SlotView(Peer(pid, state, age, generation, NOW - 10, NOW - 1, reason), alive, tuple(row))
 
 
 def retired(**fields):
     row = [0] * RETIRED
     for name, value in fields.items():
-        if name.startswith("exit_"):
+        if name.endswith("xx"):
+            row[R_TOTALS + C_STATUS0 + int(name[1]) - 1] = value  # x5xx: the 5xx of workers that left
+        elif name.startswith("exit_"):
             row[R_EXITS + int(name[5:])] = value
         else:
             row[{"accepted": R_ACCEPTED, "rejected": R_REJECTED,
@@ -84,16 +87,17 @@ CASES = [
         ("hardened_worker_request_duration_seconds_count", L()): 0,
         ("hardened_worker_reloads_total", L(result="accepted")): 0,
     }),
-    ("two ready workers: pool and per-pid series", [
+    ("two ready workers: pool and per-pid series, under distinct names", [
         slot(11, requests=5, inflight=1, memory=1000, b0=5, duration_us=20_000),
         slot(12, age=2, requests=3, memory=2000, b5=2, b14=1, duration_us=11_000_000),
     ], retired(), {
         ("hardened_worker_workers", L(state="ready")): 2,
         ("hardened_worker_requests_total", L()): 8,
-        ("hardened_worker_requests_total", L(pid="11")): 5,
-        ("hardened_worker_requests_total", L(pid="12")): 3,
+        ("hardened_worker_requests_total", L(pid="11")): None,
+        ("hardened_worker_worker_requests_total", L(pid="11")): 5,
+        ("hardened_worker_worker_requests_total", L(pid="12")): 3,
         ("hardened_worker_inflight_requests", L()): 1,
-        ("hardened_worker_inflight_requests", L(pid="12")): 0,
+        ("hardened_worker_worker_inflight_requests", L(pid="12")): 0,
         ("hardened_worker_worker_memory_bytes", L(pid="12")): 2000,
         ("hardened_worker_request_duration_seconds_bucket", L(le="0.005")): 5,
         ("hardened_worker_request_duration_seconds_bucket", L(le="0.1")): 7,
@@ -131,6 +135,17 @@ CASES = [
         ("hardened_worker_workers", L(state="ready")): 0,
         ("hardened_worker_requests_total", L()): 9,
     }),
+    ("status classes: live rows plus workers that left", [
+        slot(50, requests=10, **{"2xx": 6, "4xx": 3, "5xx": 1}),
+        slot(51, requests=2, **{"3xx": 2}),
+    ], retired(requests=5, x2xx=4, x5xx=1), {
+        ("hardened_worker_requests_total", L()): 17,
+        ("hardened_worker_responses_total", L(code="1xx")): 0,
+        ("hardened_worker_responses_total", L(code="2xx")): 10,
+        ("hardened_worker_responses_total", L(code="3xx")): 2,
+        ("hardened_worker_responses_total", L(code="4xx")): 3,
+        ("hardened_worker_responses_total", L(code="5xx")): 2,
+    }),
     ("reloads and stalls", [slot(40, stalls=3)], retired(accepted=2, rejected=1), {
         ("hardened_worker_reloads_total", L(result="accepted")): 2,
         ("hardened_worker_reloads_total", L(result="rejected")): 1,
@@ -144,7 +159,7 @@ def test_render(name, slots, retired_row, expected):
     data = metrics.pool(Snapshot(tuple(slots), retired_row, Reloads(3)), NOW, backlog=4)
     found = samples(metrics.render(data))
     for key, value in expected.items():
-        assert found.get(key) == pytest.approx(value), key
+        assert found.get(key) == (None if value is None else pytest.approx(value)), key
     assert found[("hardened_worker_listen_backlog", L())] == 4
     assert found[("hardened_worker_generation", L())] == 3
 
@@ -183,6 +198,92 @@ def test_the_request_layer_tallies_each_request_to_its_last_body_byte(monkeypatc
     buckets = [row[C_BUCKET0 + i] for i in range(len(readiness.BUCKETS) + 1)]
     assert buckets[readiness.BUCKETS.index(0.5)] == 2 and buckets[readiness.BUCKETS.index(0.25)] == 1
     assert sum(buckets) == 3
+    # Status classes: two 200s; the app that raised sent none, the server answers 500: 5xx.
+    assert [row[C_STATUS0 + i] for i in range(5)] == [0, 2, 0, 0, 1]
+
+
+@given(st.lists(st.lists(st.integers(0, 1200)), max_size=4))
+def test_every_request_gets_one_status_class(batches):
+    """Whatever the statuses (0: none sent; out of range), the classes add up to the requests."""
+    tally = metrics.Tally()
+    row = memoryview(bytearray(COUNTERS * 8)).cast("q")
+    for batch in batches:
+        tally.durations.extend([0.001] * len(batch))
+        tally.statuses.extend(batch)
+        tally.publish(row)
+    everything = [status for batch in batches for status in batch]
+    codes = [row[C_STATUS0 + i] for i in range(len(metrics.CODES))]
+    assert sum(codes) == row[C_REQUESTS] == len(everything)
+    assert codes[1] == sum(200 <= status < 300 for status in everything)
+    assert codes[4] == sum(not 100 <= status < 500 for status in everything)
+
+
+def test_the_naming_rule_no_name_at_two_levels():
+    """Rendered families are the declared ones; a pid label only on ``worker_*`` families, and
+    the pool's families sum to the pool: ``sum()`` over one name never counts twice."""
+    data = metrics.pool(Snapshot((slot(11, requests=5, **{"2xx": 5}), slot(12, requests=3, **{"5xx": 3})),
+                                 retired(requests=2, x2xx=2), Reloads(1)), NOW)
+    text = metrics.render(data)
+    families = list(text_string_to_metric_families(text))
+    declared = {f.name: f for f in metrics.FAMILIES}
+    assert [f.name for f in families] == [metrics.PREFIX + f.name.removesuffix("_total")
+                                          for f in metrics.FAMILIES]
+    for family in families:
+        short = family.name.removeprefix(metrics.PREFIX)
+        f = declared.get(short) or declared[short + "_total"]
+        assert family.type == f.kind and family.documentation == f.help
+        labels = {k for s in family.samples for k in s.labels}
+        assert not family.samples or labels == set(f.labels), family.name
+        if "pid" in labels:  # a live worker's series: worker_*, and its pool family has no pid
+            assert short.startswith("worker_"), short
+            pool_family = declared.get(short.removeprefix("worker_") + "_total") or \
+                declared.get(short.removeprefix("worker_"))
+            assert pool_family is None or "pid" not in pool_family.labels
+    found = samples(text)
+    assert sum(value(found, "responses_total", code=c) for c in metrics.CODES) == \
+        value(found, "requests_total") == 10
+    assert sum(value(found, "requests_total", pid=p) for p in ("11", "12")) == 8  # live only
+
+
+def test_the_docs_reference_is_the_code():
+    """docs/operations.md holds metrics.reference() between its markers, as generated."""
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    begin, end = "<!-- metrics reference: begin -->\n", "<!-- metrics reference: end -->"
+    assert begin in doc and end in doc, "the markers are gone from docs/operations.md"
+    assert doc[doc.index(begin) + len(begin):doc.index(end)] == metrics.reference(), \
+        "regenerate: python -c 'from hardened_worker import metrics; print(metrics.reference())'"
+
+
+def test_memory_is_published_in_the_limits_measure():
+    """USS (private pages) as HARDENED_MEMORY_MEASURE's default says, not the RSS: in a forked
+    child, which shares the parent's pages, the two differ by those pages."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, json.dumps([metrics.memory_bytes(m) for m in ("uss", "pss", "rss")]).encode())
+        os._exit(0)
+    os.close(write)
+    uss, pss, rss = json.loads(os.read(read, 4096))
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert 0 < uss < pss < rss
+
+
+def test_status_classes_are_folded_with_a_departed_worker():
+    table = readiness.Table()
+    pid = os.fork()
+    if pid == 0:
+        table.claim(1, 1)
+        row = table.counters()
+        row[C_REQUESTS] += 4
+        row[C_STATUS0 + 1] += 3  # 2xx
+        row[C_STATUS0 + 4] += 1  # 5xx
+        table.set_state(State.FREE)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    table.claim(1, 1)  # reuses the slot: folds
+    data = metrics.pool(table.snapshot(), time.time())
+    assert data["requests"] == 4 and data["codes"] == {"1xx": 0, "2xx": 3, "3xx": 0, "4xx": 0, "5xx": 1}
 
 
 @given(st.lists(st.lists(st.one_of(st.sampled_from(readiness.BUCKETS),
@@ -305,6 +406,10 @@ def settled(port: int, pids: list[int]) -> dict[int, dict]:
 
 
 def value(found: dict, name: str, **labels) -> float:
+    """A sample's value (0 when absent). With a ``pid`` label, of the per-worker family: the
+    naming rule (metrics.FAMILIES) puts every pid series under ``worker_<name>``."""
+    if "pid" in labels and not name.startswith("worker_"):
+        name = "worker_" + name
     return found.get(("hardened_worker_" + name, L(**labels)), 0)
 
 
@@ -323,8 +428,11 @@ def test_two_workers_either_one_describes_the_pool_across_reloads(master, tmp_pa
         assert sum(value(found, "requests_total", pid=str(p)) for p in old) == \
             value(found, "requests_total")
         assert value(found, "request_duration_seconds_count") == value(found, "requests_total")
+        assert value(found, "responses_total", code="2xx") == value(found, "requests_total")
+        assert sum(value(found, "responses_total", code=c) for c in metrics.CODES) == \
+            value(found, "requests_total")
         assert all(value(found, "worker_memory_bytes", pid=str(p)) > 0 for p in old)
-        assert all(("hardened_worker_open_connections", L(pid=str(p))) in found for p in old)
+        assert all(("hardened_worker_worker_open_connections", L(pid=str(p))) in found for p in old)
         assert value(found, "open_connections", pid=str(pid)) >= 1  # the scrape's own, at least
         assert value(found, "reloads_total", result="accepted") == 0
 
@@ -344,7 +452,7 @@ def test_two_workers_either_one_describes_the_pool_across_reloads(master, tmp_pa
     found = samples(wait_for(lambda: (t := scrape(m.port)[2]) and value(
         samples(t), "reloads_total", result="rejected") == 1 and t, 15))
     assert value(found, "reloads_total", result="accepted") == 1
-    assert all(("hardened_worker_requests_total", L(pid=str(p))) in found for p in new)
+    assert all(("hardened_worker_worker_requests_total", L(pid=str(p))) in found for p in new)
     assert all(pid in m.workers() for pid in new)
 
 

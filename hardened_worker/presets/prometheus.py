@@ -1,4 +1,4 @@
-"""prometheus_client multiprocess mode, wired into the presets' hooks.
+"""prometheus_client multiprocess mode for the app's own metrics, wired into the presets' hooks.
 
 Active only when ``prometheus_client`` is installed *and* ``PROMETHEUS_MULTIPROC_DIR`` is set in
 the master's environment (directly, or through ``raw_env``, which gunicorn applies before
@@ -8,15 +8,17 @@ the master's environment (directly, or through ``raw_env``, which gunicorn appli
   (stale counters would be added to the new ones); not in a master re-executed by USR2, whose
   predecessor's workers still write there;
 * ``child_exit`` calls ``prometheus_client.multiprocess.mark_process_dead(pid)``, so the live
-  gauges of the dead worker disappear, and counts the exit in
-  ``hardened_worker_worker_exits_total{reason="..."}`` (the reasons of
-  :data:`hardened_worker.diagnostics.EXIT_REASONS`). The counter lives in the master; it reaches
-  ``/metrics`` through the multiprocess collector like every worker's metrics.
+  gauges of the dead worker disappear.
+
+One metrics story: this module writes no metric of its own. The worker's and the pool's series
+(``hardened_worker_*``, worker exits included) come from ``HARDENED_METRICS_PATH``, which also
+appends the app's metrics from this directory to its answer (:func:`hardened_worker.metrics.
+app_metrics`): one endpoint, one scrape, no name twice. (Before, this module counted exits in
+the master as ``hardened_worker_worker_exits_total``, the name the endpoint uses too.)
 
 prometheus_client decides at its own import whether it is in multiprocess mode, from the
 environment: it is imported here lazily, in the master's hooks, after gunicorn applied ``raw_env``.
-(The app must build its ``/metrics`` with ``MultiProcessCollector``; see
-``gunicorn_conf_examples/prometheus``.)
+See ``gunicorn_conf_examples/prometheus``.
 """
 
 from __future__ import annotations
@@ -27,9 +29,6 @@ import os
 from typing import Any, Optional
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
-METRIC = "hardened_worker_worker_exits"
-
-_counter: Any = None
 
 
 def available() -> bool:
@@ -68,19 +67,3 @@ def worker_exited(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid, path)
-    exits_counter(server.log).labels(reason=getattr(worker, "exit_reason", "unknown")).inc()
-
-
-def exits_counter(log: Any) -> Any:
-    global _counter
-    if _counter is None:
-        from prometheus_client import Counter, values
-
-        if values.ValueClass is values.MutexValue:
-            log.warning("hardened_worker: prometheus_client was imported in the master before %s "
-                        "was set: worker exits are not counted in the shared directory", ENV)
-
-        # registry=None: in multiprocess mode the collector reads the files, not a registry.
-        _counter = Counter(METRIC, "Workers that exited, by hardened_worker exit reason",
-                           ["reason"], registry=None)
-    return _counter
