@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test matrix bench venv system-deps clean
+.PHONY: demo test matrix bench docs venv system-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ matrix: $(VENV)/.test-installed system-deps
 bench: $(VENV)/.test-installed system-deps
 	$(PIP) install -q -e '.[bench]'
 	$(PY) -m bench all
+
+# The documentation site (mkdocs.yml, docs/) on http://127.0.0.1:8000, rebuilt as you edit.
+# Screenshots of the built pages: $(PY) docs/screenshots.py (needs chromium).
+docs: $(VENV)/.test-installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,5 +1,7 @@
-"""The documentation: no link leaves the repository, every link and anchor resolves, and every
-``hardened_worker:`` line the code can write is explained in the README's Troubleshooting."""
+"""The documentation: no link leaves the repository, every link and anchor resolves, the generated
+parts of the pages are what the code says now (docs/generate.py), and every ``hardened_worker:``
+line the code can write is explained in docs/troubleshooting.md. The site's own build:
+tests/test_docs_site.py."""
 
 from __future__ import annotations
 
@@ -7,9 +9,12 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 from rig import ROOT
 
 README = ROOT / "README.md"
+TROUBLESHOOTING = ROOT / "docs" / "troubleshooting.md"
 DOCS = [README, ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("**/*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 CODE_PATH = re.compile(r"`(\.\.?/[^`\s]*)`")  # a path written as code: ./x, ../x
@@ -87,13 +92,40 @@ def log_lines() -> dict[str, str]:
 
 
 def troubleshooting() -> str:
-    text = README.read_text()
-    section = text[text.index("\n## Troubleshooting"):]
-    section = section[:section.index("\n## ", 1)]
-    return " ".join(section.replace("`", "").split())
+    return " ".join(TROUBLESHOOTING.read_text().replace("`", "").split())
 
 
-def test_every_log_line_is_in_the_readme_troubleshooting():
+def test_every_log_line_is_in_the_troubleshooting_page():
     lines, explained = log_lines(), troubleshooting()
     assert len(lines) > 40
     assert {where: words for where, words in lines.items() if words not in explained} == {}
+
+
+# --- generated parts of the pages ---------------------------------------------------------------
+
+
+def generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_generate", ROOT / "docs" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# gunicorn-settings: from the installed gunicorn's settings, so current for the newest gunicorn of
+# the range only (tests/test_gunicorn_flags.py checks it, in the matrix's newest sessions).
+@pytest.mark.parametrize("name", ["settings", "lifecycle"])
+def test_each_generated_part_of_the_pages_is_current(name):
+    assert generator().stale([name]) == []
+
+
+def test_the_generator_finds_and_rewrites_a_stale_part():
+    generate = generator()
+    start, end = generate.markers("settings")
+    text = f"# Page\n\n{start}| an old table |\n{end}\n\nAfter.\n"
+    new = generate.rendered(text, "settings", "| new |\n|---|")
+    assert new == f"# Page\n\n{start}| new |\n|---|\n{end}\n\nAfter.\n"
+    assert generate.rendered(new, "settings", "| new |\n|---|") == new
+    with pytest.raises(ValueError):
+        generate.rendered("no markers", "settings", "| new |")
