@@ -195,31 +195,40 @@ class Recycling:
                           f"{self.settings.max_lifetime:g} s - jitter)")
 
     def _recycle(self, event: Event, why: str, level: int = logging.INFO) -> bool:
-        """Recycle, one worker at a time across the pool: the successor first when the container
-        has room for it (:func:`headroom.replacement`), else, for memory, this worker drains first
-        and the master replaces it once it has exited. False while it waits (another recycles,
+        """Recycle: the successor first when the container has room for it
+        (:func:`headroom.replacement`) and no other worker is surging (one surge at a time across
+        the pool); else, for memory in a container with a limit, this worker drains first and the
+        master replaces it once it has exited. False while it waits (another worker is draining,
         or no room for a reason that can wait)."""
         reason = _RECYCLE_REASONS[event]
         room = self._room()
         way = headroom.replacement(room)
-        if way is headroom.Replacement.DRAIN_FIRST:
-            # Decided before taking the turn: a SURGING state, even for an instant, makes the
-            # master fork a successor (pool.plan), the very thing there is no room for.
-            if event is not Event.MEMORY_SOFT:
-                return self._wait(why, "no room for a successor: " + room.describe())
-            if self.table.recycling() or room.starting:
-                return self._wait(why, "another worker is being replaced")
-            self.log.log(level, "hardened_worker: worker %s recycling: %s; %s", self.pid, why,
-                         way.explain(room), extra=self._facts(recycle=reason.value, why=why,
-                                                              replacement=way.value))
-            self._post(Event.MEMORY_HARD)  # the drain at once, without a successor
-            return True
-        if not self.table.take_surge_turn(diagnostics.EXIT_REASONS.index(reason.value)):
-            return self._wait(why, "another worker is recycling")
-        self.log.log(level, "hardened_worker: worker %s recycling: %s; its successor starts "
-                     "first", self.pid, why, extra=self._facts(recycle=reason.value, why=why,
-                                                               replacement=way.value))
-        self._post(event)
+        # Decided before taking the turn: a SURGING state, even for an instant, makes the master
+        # fork a successor (pool.plan), the very thing there may be no room for.
+        if way is headroom.Replacement.SURGE:
+            if self.table.take_surge_turn(diagnostics.EXIT_REASONS.index(reason.value)):
+                self.log.log(level, "hardened_worker: worker %s recycling: %s; its successor "
+                             "starts first", self.pid, why, extra=self._facts(
+                                 recycle=reason.value, why=why, replacement=way.value))
+                self._post(event)
+                return True
+            if event is not Event.MEMORY_SOFT or room.limit is None:
+                return self._wait(why, "another worker is recycling")
+        elif event is not Event.MEMORY_SOFT:
+            return self._wait(why, "no room for a successor: " + room.describe())
+        # Memory under a container limit, and no successor now: waiting would let this worker
+        # grow to its hard limit meanwhile (measured: under a fast leak the workers waiting their
+        # turn all reached it together, and three draining at their hard limits next to a
+        # successor already serving were OOM-killed). Leaving at the soft limit frees the most,
+        # one drain at a time.
+        if any(p.state == State.STOPPING for p in self.table.peers()):
+            return self._wait(why, "another worker is draining")
+        self.log.log(level, "hardened_worker: worker %s recycling: %s; %s", self.pid, why,
+                     way.explain(room) if way is headroom.Replacement.DRAIN_FIRST else
+                     "another worker is recycling: it drains first and the master replaces it",
+                     extra=self._facts(recycle=reason.value, why=why,
+                                       replacement=headroom.Replacement.DRAIN_FIRST.value))
+        self._post(Event.MEMORY_HARD)  # the drain at once, without a successor
         return True
 
     def _wait(self, why: str, because: str) -> bool:
