@@ -4,12 +4,16 @@ and against the tools that read them (systemd-analyze, Kubernetes' schemas, a re
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import re
 import shlex
+import socket
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -17,13 +21,14 @@ import yaml
 
 from hardened_worker import config, diagnostics, drain, metrics
 from hardened_worker.presets import base, kubernetes
-from rig import GUNICORN, ROOT, have
-from test_presets import clean_env, gunicorn_cli
+from rig import APPS, GUNICORN, ROOT, Nginx, have
+from test_presets import clean_env, gunicorn_cli, printed_config
 
 EXAMPLES = ROOT / "gunicorn_conf_examples"
 UNIT = EXAMPLES / "vm" / "app.service"
 MANIFEST = EXAMPLES / "kubernetes" / "deployment.yaml"
 DOCKERFILE = EXAMPLES / "kubernetes" / "Dockerfile"
+K8S_CONF = str(EXAMPLES / "kubernetes" / "gunicorn.conf.py")
 MiB = 1024**2
 # What a master may hold: gunicorn, uvicorn and this package, not the app (no preload_app). The
 # packaging test measures a real one against it.
@@ -83,6 +88,49 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
                           timeout=60)
     complaints = [line for line in (done.stdout + done.stderr).splitlines() if "myapp" in line]
     assert done.returncode == 0 and complaints == [], done.stdout + done.stderr
+
+
+# --- nginx -------------------------------------------------------------------------------------
+
+
+def test_nginx_site_passes_uploads_over_one_mib_and_streams_events_unbuffered(master, tmp_path):
+    """``nginx -t``, then a real nginx running the site: a 5 MiB upload reaches the app (nginx's
+    default answers 413 over 1 MiB), and a server-sent event reaches the client while its stream
+    is still open (the app sends one event, then nothing until the client leaves). nginx 1.22
+    passed that one event from a buffered location too: this proves the shipped site streams,
+    not that ``proxy_buffering off`` is what makes it."""
+    m = master(app="sse_once:app")
+    nginx = Nginx(tmp_path, m.port)
+    # A body over client_body_buffer_size goes to nginx's temp directory, written by its worker
+    # processes (nobody, when nginx starts as root): let them reach it below pytest's 0700 dirs.
+    for directory in (nginx.dir / "temp", *nginx.dir.parents):
+        if directory == Path(tempfile.gettempdir()):
+            break
+        directory.chmod(directory.stat().st_mode | 0o711)
+    (nginx.dir / "temp").chmod(0o777)
+    check = subprocess.run(nginx.command("-t"), capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    nginx.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=30)
+        conn.request("POST", "/", body=b"x" * (5 * MiB), headers={"Content-Type": "application/octet-stream"})
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"ok")
+        conn.close()
+        with socket.create_connection(("127.0.0.1", nginx.port), timeout=30) as sock:
+            sock.sendall(b"GET /events HTTP/1.1\r\nHost: myapp\r\nAccept: text/event-stream\r\n\r\n")
+            received = b""
+            try:
+                while b"data: hello" not in received:
+                    chunk = sock.recv(4096)
+                    assert chunk, received
+                    received += chunk
+            except socket.timeout:
+                pytest.fail(f"nginx held the event (proxy_buffering?): {received!r}")
+        assert received.startswith(b"HTTP/1.1 200") and b"text/event-stream" in received
+    finally:
+        nginx.stop()
+    assert "[error]" not in nginx.log(), nginx.log()
 
 
 # --- Prometheus --------------------------------------------------------------------------------
@@ -192,7 +240,8 @@ def test_the_cpu_request_reaches_the_preset_for_a_pod_without_a_cpu_limit():
 @pytest.mark.parametrize("version", ["1.27.0", kubernetes_validate.latest_version()])
 def test_every_manifest_passes_kubernetes_schemas(version):
     docs = documents()
-    assert {d["kind"] for d in docs} == {"Deployment", "Service", "PodDisruptionBudget"}
+    assert {d["kind"] for d in docs} == {"Deployment", "Service", "PodDisruptionBudget",
+                                         "HorizontalPodAutoscaler"}
     for doc in docs:
         kubernetes_validate.validate(doc, version, strict=True)  # raises on any unknown or bad field
 
@@ -248,7 +297,72 @@ def test_probes_security_and_volumes():
 def test_disruption_budget_covers_the_deployment_and_leaves_a_pod():
     deployment, budget = kind("Deployment"), kind("PodDisruptionBudget")
     assert budget["spec"]["selector"] == deployment["spec"]["selector"]
-    assert 0 < budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    assert 0 < budget["spec"]["minAvailable"] < kind("HorizontalPodAutoscaler")["spec"]["minReplicas"]
+
+
+def test_the_autoscaler_owns_the_replicas():
+    deployment, hpa = kind("Deployment"), kind("HorizontalPodAutoscaler")
+    assert "replicas" not in deployment["spec"]  # kubectl apply would reset the HPA's count
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": deployment["apiVersion"],
+                                             "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    assert 1 < hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
+    _, app, _ = container()
+    assert quantity(app["resources"]["requests"]["cpu"]) > 0  # utilization is of the request
+
+
+def test_replicas_spread_over_nodes_and_zones():
+    template = kind("Deployment")["spec"]["template"]
+    constraints = template["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in constraints} == {"kubernetes.io/hostname",
+                                                        "topology.kubernetes.io/zone"}
+    for c in constraints:
+        assert c["labelSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+
+
+def hardened_settings(conf: str) -> dict:
+    """``python -m hardened_worker print-config``: {HARDENED_X: value} as the worker reads them."""
+    done = subprocess.run([sys.executable, "-m", "hardened_worker", "print-config", "-c", conf,
+                           "testapp:app"], capture_output=True, text=True, env=clean_env(),
+                          cwd=APPS, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return {name.strip(): value.split("#")[0].strip() for name, _, value in
+            (line.partition("=") for line in done.stdout.splitlines()) if name.startswith("HARDENED_")}
+
+
+def test_the_scrape_annotations_name_the_metrics_port_and_path():
+    template = kind("Deployment")["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    _, app, env = container()
+    settings = hardened_settings(K8S_CONF)
+    assert annotations["prometheus.io/scrape"] == "true"
+    port = annotations["prometheus.io/port"]
+    assert settings["HARDENED_METRICS_PORT"] == port
+    assert annotations["prometheus.io/path"] == settings["HARDENED_METRICS_PATH"] == "/metrics"
+    assert f"'0.0.0.0:{port}'" in printed_config(K8S_CONF)["bind"]  # gunicorn listens there
+    assert {"name": "metrics", "containerPort": int(port)} in app["ports"]
+    assert settings_of(env).metrics_allow  # the scraper is not on the pod's loopback
+    service = kind("Service")
+    assert all(p["targetPort"] != "metrics" and p.get("port") != int(port)
+               for p in service["spec"]["ports"])  # metrics stay off the Service
+
+
+def test_the_control_socket_is_on_a_writable_volume():
+    config = printed_config(K8S_CONF)
+    assert config["control_socket_disable"] == "False"
+    pod, app, _ = container()
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    writable = [m["mountPath"] for m in app["volumeMounts"] if m["name"] in empty_dirs]
+    assert any(config["control_socket"].startswith(path.rstrip("/") + "/") for path in writable), \
+        (config["control_socket"], writable)
+
+
+def test_no_prestop_sleep_and_the_manifest_says_to_remove_one():
+    _, app, _ = container()
+    assert "preStop" not in app.get("lifecycle", {})
+    text = MANIFEST.read_text()
+    assert "preStop" in text and "REMOVE IT" in text
 
 
 # --- Dockerfile (no Docker engine here: read statically; test_packaging runs its HEALTHCHECK) ---
