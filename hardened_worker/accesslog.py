@@ -27,6 +27,12 @@ What the atoms are filled from:
   then sends 500). A websocket: 101 once accepted, 403 when refused before the accept.
 * ``b``/``B``: body bytes the app sent (a websocket: message bytes).
 
+The request id: an HTTP request's ``X-Request-ID`` is kept when well-formed (1-200 of
+``A-Z a-z 0-9 + / = - _ . :``: Heroku's rule, any length from 1, plus ``_ . :``), else a new one
+(32 hex digits, like nginx's ``$request_id``) replaces it in the request's headers, so the app
+(propagating it), ``%({x-request-id}i)s`` and the JSON log's ``request_id`` all see one id; the
+response carries it as ``X-Request-ID`` unless the app set its own. With the access log only.
+
 Nothing is built when the access log is off: the worker installs this middleware only when
 gunicorn's ``access_log_enabled`` is true, and turns uvicorn's own access logging off in any case.
 
@@ -69,6 +75,8 @@ from typing import Any, Callable, Iterable, Optional
 
 Scope = dict
 _TYPES = ("http", "websocket")
+REQUEST_ID = b"x-request-id"
+_WELL_FORMED_ID = re.compile(rb"[A-Za-z0-9+/=_.:-]{1,200}")
 
 
 class Response:
@@ -122,6 +130,29 @@ def environ_of(scope: Scope, peer: Any) -> dict[str, Any]:
 
 def request_headers(scope: Scope) -> list[tuple[str, str]]:
     return [(_text(name), _text(value)) for name, value in scope.get("headers", ())]
+
+
+def request_id(scope: Scope) -> bytes:
+    """The request's id (module docstring): its ``X-Request-ID`` (the last one) when well-formed,
+    else a new one, which then replaces every ``X-Request-ID`` in ``scope["headers"]``."""
+    headers = scope.get("headers") or []
+    found = None
+    for name, value in headers:
+        if name == REQUEST_ID:  # ASGI servers lowercase header names
+            found = value
+    if found is not None and _WELL_FORMED_ID.fullmatch(found):
+        return found
+    new = os.urandom(16).hex().encode()
+    scope["headers"] = [h for h in headers if h[0] != REQUEST_ID] + [(REQUEST_ID, new)]
+    return new
+
+
+def _with_request_id(message: dict, rid: bytes) -> dict:
+    """An ``http.response.start`` with ``X-Request-ID: rid`` unless the app set one."""
+    headers = message.get("headers") or []
+    if any(name.lower() == REQUEST_ID for name, _ in headers):
+        return message
+    return {**message, "headers": [*headers, (REQUEST_ID, rid)]}
 
 
 def loop_iteration_start(clock: Callable[[], float] = time.perf_counter) -> float:
@@ -377,6 +408,7 @@ class AccessLogMiddleware:
         end = 0.0
         peer = scope.get("client")
         response = Response()
+        rid = request_id(scope) if kind == "http" else None
 
         async def logged_send(message: dict) -> None:
             nonlocal end
@@ -388,6 +420,8 @@ class AccessLogMiddleware:
                     end = clock()  # the last body byte is written (to the transport)
                 return
             if kind == "http.response.start":
+                if rid is not None:
+                    message = _with_request_id(message, rid)
                 response.status = message["status"]
                 response.raw = message.get("headers", ())
             elif kind == "websocket.accept":

@@ -9,6 +9,7 @@ all without an access log; the JSON preset's fields. Plus the pure environ build
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import re
@@ -18,6 +19,7 @@ import pytest
 
 from rig import get, wait_for
 
+from hardened_worker import accesslog
 from hardened_worker.accesslog import environ_of
 
 FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(D)s "%({user-agent}i)s" peer=%({peer_addr}e)s'
@@ -104,13 +106,15 @@ def test_json_access_records_carry_duration_and_peer_and_lifecycle_lines_their_f
                     "logconfig_dict = jsonlog.logconfig_dict(access=True)\n"
                     "accesslog = '-'\n")
     m = master(app="obsapp:app", args=["-c", str(conf)], workers=1)
-    assert get(m.port, "/sleep?s=0.05", headers={"X-Forwarded-For": "198.51.100.9"})[0] == 200
+    assert get(m.port, "/sleep?s=0.05", headers={"X-Forwarded-For": "198.51.100.9",
+                                                  "X-Request-ID": "req-42"})[0] == 200
     m.signal(15)
     m.wait_exit(30)
     docs = [json.loads(line) for line in m.output().splitlines() if line.startswith("{")]
     [access] = [d for d in docs if d["logger"] == "gunicorn.access" and d.get("path") == "/sleep?s=0.05"]
     assert access["client"] == "198.51.100.9" and access["peer"] == "127.0.0.1"
-    assert access["status"] == 200 and access["method"] == "GET"
+    assert access["status_code"] == 200 and access["method"] == "GET" and "status" not in access
+    assert access["request_id"] == "req-42"
     assert access["duration_ms"] >= 50
     [ready] = [d for d in docs if " ready in " in d["message"]]
     assert ready["generation"] == 1 and ready["pid"] == ready["pid"] > 0 and "up_s" in ready
@@ -295,3 +299,67 @@ def test_after_usr1_lines_go_to_the_reopened_file(logged):
     wait_for(lambda: len(access_lines(logged.access, "GET /?settled=")) == 20, 10)
     assert access_lines(rotated, "GET /?settled=") == []
     assert access_lines(rotated, "GET /?before")
+
+
+# --- the request id --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sent, kept", [
+    ([b"abc-123"], True),
+    ([b"0f8fad5b-d9cb-469f-a165-70867728950e"], True),
+    ([b"dGhpcyBpcyBiYXNlNjQ+/w=="], True),  # base64: Heroku's alphabet
+    ([b"x" * 200], True),
+    ([b"x" * 201], False),
+    ([b""], False),
+    ([b"two words"], False),
+    ([b'a"b'], False),
+    ([b"\xc3\xa9t\xc3\xa9"], False),
+    ([b"first", b"bad one"], False),  # the last one counts, as gunicorn's headers
+    ([b"bad one", b"last"], True),
+    ([], False),
+])
+def test_request_id_is_kept_when_well_formed_else_replaced(sent, kept):
+    scope = {"headers": [(b"host", b"h"), *((b"x-request-id", v) for v in sent)]}
+    rid = accesslog.request_id(scope)
+    if kept:
+        assert rid == sent[-1] and scope["headers"][0] == (b"host", b"h")
+    else:
+        assert re.fullmatch(rb"[0-9a-f]{32}", rid)
+        assert scope["headers"] == [(b"host", b"h"), (b"x-request-id", rid)]  # what the app sees
+
+
+def test_request_id_goes_on_the_response_unless_the_app_set_one():
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"x")]}
+    assert accesslog._with_request_id(start, b"r1")["headers"][-1] == (b"x-request-id", b"r1")
+    assert start["headers"] == [(b"content-type", b"x")]  # the app's message is not changed
+    own = {**start, "headers": [(b"X-Request-ID", b"app")]}
+    assert accesslog._with_request_id(own, b"r1") is own
+
+
+def test_the_request_id_is_in_the_line_the_app_and_the_response(master, tmp_path):
+    access = tmp_path / "access.log"
+    m = master(args=["--access-logfile", str(access),
+                     "--access-logformat", '"%(r)s" %(s)s id=%({x-request-id}i)s'])
+
+    def ask(path: str, rid: str | None) -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=10)
+        try:
+            conn.request("GET", path, headers={"X-Request-ID": rid} if rid is not None else {})
+            response = conn.getresponse()
+            assert response.status == 200 and response.read() == b"ok"
+            return response.getheader("X-Request-ID")
+        finally:
+            conn.close()
+
+    echoed = {"kept": ask("/?kept", "trace-7"), "bad": ask("/?bad", "not ok"),
+              "none": ask("/?none", None), "again": ask("/?again", None)}
+    assert echoed["kept"] == "trace-7"
+    assert all(re.fullmatch(r"[0-9a-f]{32}", echoed[k]) for k in ("bad", "none", "again"))
+    assert echoed["none"] != echoed["again"]
+
+    def logged() -> dict | None:
+        found = dict(re.findall(r'"GET /\?(\w+) HTTP/1.1" 200 id=(\S+)', access.read_text()
+                                if access.exists() else ""))
+        return found if len(found) == 4 else None
+
+    assert wait_for(logged, 10) == echoed  # the log reads the id the app saw (scope headers)

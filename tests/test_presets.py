@@ -486,7 +486,8 @@ def test_json_formatter_keeps_a_stack_on_one_line():
     access = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1,
                                '%s - "%s %s HTTP/%s" %d', ("1.2.3.4:5", "GET", "/x", "1.1", 200), None)
     doc = json.loads(jsonlog.JsonFormatter().format(access))
-    assert (doc["method"], doc["path"], doc["status"]) == ("GET", "/x", 200)
+    assert (doc["method"], doc["path"], doc["status_code"]) == ("GET", "/x", 200)
+    assert "status" not in doc  # Datadog's reserved attribute: the line's severity
 
 
 def test_log_format_json_makes_every_line_json(unstarted):
@@ -501,7 +502,10 @@ def test_log_format_json_makes_every_line_json(unstarted):
     messages = [d["message"] for d in docs]
     assert any(re.match(r"hardened_worker: worker \d+ ready in", msg) for msg in messages)
     assert any(msg.startswith(f"hardened_worker: master {m.pid} started") for msg in messages)
-    assert any(d.get("path") == "/" and d.get("status") == 200 for d in docs)  # access log on
+    access = [d for d in docs if d.get("path") == "/"]  # access log on
+    assert access and all(d["status_code"] == 200 and "status" not in d for d in access)
+    ids = [d["request_id"] for d in access]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids) and len(set(ids)) == len(ids)
 
 
 # --- Prometheus -------------------------------------------------------------------------------

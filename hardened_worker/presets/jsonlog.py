@@ -4,9 +4,10 @@ Each line has ``time`` (UTC, RFC 3339 with milliseconds), ``level``, ``logger``,
 ``message``; ``exception`` / ``stack`` when the record carries them (multi-line stacks stay inside
 one line, so a collector never splits them). Access records (gunicorn's, written by
 :mod:`hardened_worker.accesslog`) also get ``client`` (after forwarded handling), ``peer`` (the TCP
-peer), ``method``, ``path``, ``http_version``, ``status``, ``bytes``, ``duration_ms`` and
-``user_agent``; the worker's lifecycle lines get their facts as fields (``pid``, ``generation``,
-``reason``, ``phase`` and the figures of the line: ``requests``, ``up_s``, ...).
+peer), ``method``, ``path``, ``http_version``, ``status_code``, ``bytes``, ``duration_ms``,
+``user_agent`` and ``request_id`` (:func:`hardened_worker.accesslog.request_id`); the worker's
+lifecycle lines get their facts as fields (``pid``, ``generation``, ``reason``, ``phase`` and the
+figures of the line: ``requests``, ``up_s``, ...).
 
 :func:`logconfig_dict` is a gunicorn ``logconfig_dict`` value: gunicorn merges it over its own
 defaults key by key (``loggers``, ``handlers`` ... are replaced whole), after it installed its own
@@ -22,7 +23,11 @@ import logging
 import time
 from typing import Any, Mapping
 
-_ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
+# ``status_code``, not ``status``: Datadog's status remapper reads ``status`` as the line's
+# severity (a reserved attribute), so the HTTP status overwrote the log level. A flat name like the other fields (not
+# Datadog's nested ``http.status_code``, which would leave the schema half in its namespace); a
+# Datadog pipeline maps it with one remapper, Loki and jq read it as is.
+_ACCESS_FIELDS = ("client", "method", "path", "http_version", "status_code")
 
 
 def _access_fields(atoms: Mapping) -> dict[str, Any]:
@@ -33,9 +38,9 @@ def _access_fields(atoms: Mapping) -> dict[str, Any]:
         "client": atoms.get("h"), "peer": atoms.get("{peer_addr}e"),
         "method": atoms.get("m"), "path": atoms.get("{raw_uri}e"),
         "http_version": protocol[5:] if protocol.startswith("HTTP/") else protocol,
-        "status": int(status) if str(status).isdigit() else status,
+        "status_code": int(status) if str(status).isdigit() else status,
         "bytes": atoms.get("B") or 0, "duration_ms": (atoms.get("D") or 0) / 1000,
-        "user_agent": atoms.get("a"),
+        "user_agent": atoms.get("a"), "request_id": atoms.get("{x-request-id}i"),
     }
 
 
