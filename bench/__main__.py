@@ -13,11 +13,39 @@ import sys
 import time
 import traceback
 
-from bench import (bad_deploy, common, deadline, drain, hostile, hung, hup, leak, memcg, nginx,
-                   overhead, overload, profile, recycle, spread)
+from bench import (
+    bad_deploy,
+    common,
+    deadline,
+    drain,
+    hostile,
+    hung,
+    hup,
+    leak,
+    memcg,
+    nginx,
+    overhead,
+    overload,
+    profile,
+    recycle,
+    spread,
+)
 
-SCENARIOS = [overhead, hup, bad_deploy, drain, leak, memcg, hung, nginx, recycle, spread, deadline,
-             overload, hostile]
+SCENARIOS = [
+    overhead,
+    hup,
+    bad_deploy,
+    drain,
+    leak,
+    memcg,
+    hung,
+    nginx,
+    recycle,
+    spread,
+    deadline,
+    overload,
+    hostile,
+]
 TOOLS = [profile]  # run on their own, never by `all`
 BY_NAME = {module.NAME: module for module in SCENARIOS + TOOLS}
 
@@ -32,8 +60,12 @@ def _classes(text: str) -> list[str]:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--classes", type=_classes, default=list(common.WORKERS),
-                   help="worker classes to run, comma-separated (default: hardened,uvicorn,asgi)")
+    p.add_argument(
+        "--classes",
+        type=_classes,
+        default=list(common.WORKERS),
+        help="worker classes to run, comma-separated (default: hardened,uvicorn,asgi)",
+    )
     p.add_argument("--no-write", action="store_true", help="do not write bench/results/*.json")
 
 
@@ -44,23 +76,34 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__)
         module.add_arguments(p)
         _add_common(p)
-    p = sub.add_parser("all", help="every scenario with its defaults (overhead also with --forwarded, "
-                                   "--access-log and metrics on), "
-                                   "then the report")
+    p = sub.add_parser(
+        "all",
+        help="every scenario with its defaults (overhead also with --forwarded, "
+        "--access-log and metrics on), "
+        "then the report",
+    )
     p.add_argument("--skip", default="", help="scenarios to leave out, comma-separated")
     p.add_argument("--no-report", action="store_true", help="do not run the report at the end")
     _add_common(p)
-    p = sub.add_parser("report", help="Markdown table and PNG plots from bench/results/*.json",
-                       description="Reads bench/results/*.json; writes bench/results/report.md and its "
-                                   "PNGs, and publishes them as bench/REPORT.md and bench/report/*.png.")
-    p.add_argument("--no-publish", action="store_true",
-                   help="only bench/results/report.md and its PNGs, not bench/REPORT.md and bench/report/")
+    p = sub.add_parser(
+        "report",
+        help="Markdown table and PNG plots from bench/results/*.json",
+        description="Reads bench/results/*.json; writes bench/results/report.md and its "
+        "PNGs, and publishes them as bench/REPORT.md and bench/report/*.png.",
+    )
+    p.add_argument(
+        "--no-publish",
+        action="store_true",
+        help="only bench/results/report.md and its PNGs, not bench/REPORT.md and bench/report/",
+    )
     return top
 
 
 # Every result written by one process (one `all` run) carries the same run id and command line.
-RUN = {"run_id": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-       "command": "python -m bench " + " ".join(sys.argv[1:])}
+RUN = {
+    "run_id": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "command": "python -m bench " + " ".join(sys.argv[1:]),
+}
 
 
 def finish(result: dict, write: bool) -> dict:
@@ -90,11 +133,22 @@ def run_all(args: argparse.Namespace) -> dict:
     plan[1:1] = [  # overhead's variants: each feature's cost, and clients without keep-alive
         ("overhead-forwarded", overhead, {"forwarded": True}),
         ("overhead-close", overhead, {"close": True}),
-        ("overhead-memory-limit=4gib", overhead, {"env": ["HARDENED_MEMORY_LIMIT=4GiB"],
-                                                  "variant": "memory-limit=4gib"}),
-        ("overhead-deadline", overhead, {"env": ["HARDENED_REQUEST_TIMEOUT=30s"], "variant": "deadline"}),
+        (
+            "overhead-memory-limit=4gib",
+            overhead,
+            {"env": ["HARDENED_MEMORY_LIMIT=4GiB"], "variant": "memory-limit=4gib"},
+        ),
+        (
+            "overhead-deadline",
+            overhead,
+            {"env": ["HARDENED_REQUEST_TIMEOUT=30s"], "variant": "deadline"},
+        ),
         ("overhead-access-log", overhead, {"access_log": True}),
-        ("overhead-metrics", overhead, {"env": ["HARDENED_METRICS_PATH=/metrics"], "variant": "metrics"}),
+        (
+            "overhead-metrics",
+            overhead,
+            {"env": ["HARDENED_METRICS_PATH=/metrics"], "variant": "metrics"},
+        ),
     ]
     plan.insert(plan.index((memcg.NAME, memcg, {})) + 1, ("memcg-8kib", memcg, {"kib": 8}))
     results: dict = {}
@@ -104,19 +158,26 @@ def run_all(args: argparse.Namespace) -> dict:
             continue
         common.log(f"=== {label}")
         try:
-            result = finish(module.run(defaults(module, args.classes, **overrides)), not args.no_write)
+            result = finish(
+                module.run(defaults(module, args.classes, **overrides)), not args.no_write
+            )
             for key in ("machine", *RUN):
                 result.pop(key, None)
         except Exception as exc:  # one broken scenario must not lose the others' results
             traceback.print_exc()
             result = {"scenario": module.NAME, "error": f"{type(exc).__name__}: {exc}"}
         results[label] = result
-    summary = {"scenario": "all", "duration_s": round(time.monotonic() - started, 1), "results": results}
+    summary = {
+        "scenario": "all",
+        "duration_s": round(time.monotonic() - started, 1),
+        "results": results,
+    }
     summary = finish(summary, not args.no_write)
     if not (args.no_write or args.no_report):
         common.log("=== report")
         try:
             from bench import report
+
             summary["report"] = report.run(publish=True)
         except Exception as exc:  # the results are written; a report can be made again from them
             traceback.print_exc()
@@ -137,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupted)
     if args.scenario == "report":
         from bench import report
+
         result = report.run(publish=not args.no_publish)
     elif args.scenario == "all":
         result = run_all(args)
@@ -144,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         result = finish(BY_NAME[args.scenario].run(args), not args.no_write)
     json.dump(common.rounded(result), sys.stdout, indent=2)
     sys.stdout.write("\n")
-    failed = "error" in result or "error" in result.get("report", {}) \
+    failed = (
+        "error" in result
+        or "error" in result.get("report", {})
         or any("error" in r for r in result.get("results", {}).values())
+    )
     return 1 if failed else 0
 
 

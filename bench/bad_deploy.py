@@ -22,8 +22,10 @@ from bench.common import Metric, log, rig
 NAME = "bad_deploy"
 HELP = "HUP to an app whose lifespan startup fails, under load; then a good HUP"
 TITLE = "Bad deploy"
-SETUP = ("under wrk ({connections} connections), HUP to a config whose app fails lifespan startup; "
-         "then, if the master lives, a good HUP")
+SETUP = (
+    "under wrk ({connections} connections), HUP to a config whose app fails lifespan startup; "
+    "then, if the master lives, a good HUP"
+)
 METRICS = (
     Metric("master_alive_after_bad_hup", "master survives", "count", "higher"),
     Metric("errors_during_bad", "errors", "count", "lower"),
@@ -37,11 +39,21 @@ raw_env = json.loads(open({path!r}).read())["raw_env"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bad-phase", type=int, default=10, help="seconds of wrk around the bad HUP (default 10)")
-    p.add_argument("--good-phase", type=int, default=8, help="seconds of wrk around the good HUP (default 8)")
-    p.add_argument("--hup-at", type=float, default=2.0, help="seconds into each phase to HUP (default 2)")
-    p.add_argument("--settle", type=float, default=15.0,
-                   help="longest wait for the good reload's workers after its phase (default 15)")
+    p.add_argument(
+        "--bad-phase", type=int, default=10, help="seconds of wrk around the bad HUP (default 10)"
+    )
+    p.add_argument(
+        "--good-phase", type=int, default=8, help="seconds of wrk around the good HUP (default 8)"
+    )
+    p.add_argument(
+        "--hup-at", type=float, default=2.0, help="seconds into each phase to HUP (default 2)"
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=15.0,
+        help="longest wait for the good reload's workers after its phase (default 15)",
+    )
     common.add_pool_arguments(p, connections=32)
 
 
@@ -62,8 +74,11 @@ def _phase(m: rig.Master, seconds: int, hup_at: float, connections: int, before_
         result = load.result()
     if died_at is None and not common.master_alive(m):
         died_at = seconds
-    return {"wrk": common.wrk_summary(result), "hup_sent_at_s": sent,
-            "master_died_at_s": round(died_at, 2) if died_at is not None else None}
+    return {
+        "wrk": common.wrk_summary(result),
+        "hup_sent_at_s": sent,
+        "master_died_at_s": round(died_at, 2) if died_at is not None else None,
+    }
 
 
 def _serves(m: rig.Master) -> bool:
@@ -81,8 +96,13 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
         with common.master(cls, workers=args.workers, args=["-c", str(conf)]) as m:
             first = set(m.workers())
             log(f"bad_deploy: {cls}: bad HUP under load ({args.bad_phase} s)")
-            bad = _phase(m, args.bad_phase, args.hup_at, args.connections,
-                         lambda: _deploy(state, 2, fail=True))
+            bad = _phase(
+                m,
+                args.bad_phase,
+                args.hup_at,
+                args.connections,
+                lambda: _deploy(state, 2, fail=True),
+            )
             alive = common.master_alive(m)
             out: dict = {
                 "master_alive_after_bad_hup": alive,
@@ -98,33 +118,62 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
             if alive:
                 before_good = set(m.workers())
                 log(f"bad_deploy: {cls}: good HUP under load ({args.good_phase} s)")
-                good = _phase(m, args.good_phase, args.hup_at, args.connections,
-                              lambda: _deploy(state, 3, fail=False))
+                good = _phase(
+                    m,
+                    args.good_phase,
+                    args.hup_at,
+                    args.connections,
+                    lambda: _deploy(state, 3, fail=False),
+                )
                 try:
                     final = set(common.wait_started(m, args.workers, timeout=args.settle))
                 except TimeoutError:
                     final = set(m.workers())
-                succeeded = (common.master_alive(m) and len(final) == args.workers
-                             and not (final & before_good) and _serves(m))
-                out.update({"good_hup_succeeded": succeeded,
-                            "errors_during_good": good["wrk"]["socket_errors"] + good["wrk"]["non_2xx"],
-                            "good_phase": good,
-                            "master_alive_at_end": common.master_alive(m)})
+                succeeded = (
+                    common.master_alive(m)
+                    and len(final) == args.workers
+                    and not (final & before_good)
+                    and _serves(m)
+                )
+                out.update(
+                    {
+                        "good_hup_succeeded": succeeded,
+                        "errors_during_good": good["wrk"]["socket_errors"] + good["wrk"]["non_2xx"],
+                        "good_phase": good,
+                        "master_alive_at_end": common.master_alive(m),
+                    }
+                )
             text = m.log()
             if not common.master_alive(m):
                 out["master_output_tail"] = m.output()[-1500:]
             out["log"] = common.log_digest(text)
             out["log_lines"] = common.grep(
-                text, r"reload rejected|keeps serving|failed to start|HaltServer|Shutting down|"
-                      r"Worker failed to boot|Reason:|startup failed", limit=15)
+                text,
+                r"reload rejected|keeps serving|failed to start|HaltServer|Shutting down|"
+                r"Worker failed to boot|Reason:|startup failed",
+                limit=15,
+            )
             out["workers_started"] = len(common.started_pids(m))
             return out
 
 
 def run(args: argparse.Namespace) -> dict:
-    config = {"workers": args.workers, "connections": args.connections, "bad_phase_s": args.bad_phase,
-              "good_phase_s": args.good_phase, "hup_at_s": args.hup_at,
-              "mechanism": "-c conf.py with raw_env from a JSON file; TESTAPP_STARTUP_FAIL=1 for the bad deploy"}
-    return common.each_class(NAME, METRICS, args, run_one, lambda r: (
-        f"master alive {r['master_alive_after_bad_hup']}, errors during bad {r['errors_during_bad']}, "
-        f"good HUP succeeded {r['good_hup_succeeded']}"), config)
+    config = {
+        "workers": args.workers,
+        "connections": args.connections,
+        "bad_phase_s": args.bad_phase,
+        "good_phase_s": args.good_phase,
+        "hup_at_s": args.hup_at,
+        "mechanism": "-c conf.py with raw_env from a JSON file; TESTAPP_STARTUP_FAIL=1 for the bad deploy",
+    }
+    return common.each_class(
+        NAME,
+        METRICS,
+        args,
+        run_one,
+        lambda r: (
+            f"master alive {r['master_alive_after_bad_hup']}, errors during bad {r['errors_during_bad']}, "
+            f"good HUP succeeded {r['good_hup_succeeded']}"
+        ),
+        config,
+    )

@@ -19,10 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -47,12 +48,12 @@ MIB = 1024 * 1024
 class Metric:
     """One figure a scenario reports per worker class; the report draws its cells from these."""
 
-    key: str            # a key of result["headline"][<class>] (class = "hardened", "uvicorn", "asgi")
-    label: str          # what the cell calls it, e.g. "goodput"
-    unit: str           # "req/s", "ms", "s", "count", "MiB", "ratio", "%"
-    better: str         # "higher" or "lower"
+    key: str  # a key of result["headline"][<class>] (class = "hardened", "uvicorn", "asgi")
+    label: str  # what the cell calls it, e.g. "goodput"
+    unit: str  # "req/s", "ms", "s", "count", "MiB", "ratio", "%"
+    better: str  # "higher" or "lower"
     noise: float = 0.0  # band within which two classes are the same: relative (0.05 = 5 %) for
-                        # "req/s"/"ratio"/"%", absolute in `unit` for the others
+    # "req/s"/"ratio"/"%", absolute in `unit` for the others
 
 
 def log(message: str) -> None:
@@ -63,12 +64,12 @@ def log(message: str) -> None:
 # --- numbers ------------------------------------------------------------------------------------
 
 
-def median(values: Iterable[Optional[float]]) -> Optional[float]:
+def median(values: Iterable[float | None]) -> float | None:
     finite = [v for v in values if v is not None and v == v]
     return statistics.median(finite) if finite else None
 
 
-def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator == 0:
         return None
     return numerator / denominator
@@ -103,8 +104,14 @@ def headline(per_class: dict[str, dict], metrics: Iterable[Metric]) -> dict[str,
     return {cls: {m.key: figures.get(m.key) for m in metrics} for cls, figures in per_class.items()}
 
 
-def each_class(name: str, metrics: Iterable[Metric], args: Any, run_one: Callable[[str, Any], dict],
-               says: Callable[[dict], str], config: dict) -> dict:
+def each_class(
+    name: str,
+    metrics: Iterable[Metric],
+    args: Any,
+    run_one: Callable[[str, Any], dict],
+    says: Callable[[dict], str],
+    config: dict,
+) -> dict:
     """A scenario's result from ``run_one(cls, args)`` for every class asked for, one after another
     (logging ``says`` of each): the declared metrics' figures per class under ``headline``, every
     class's whole detail under ``per_class``, and the ``config`` it ran with."""
@@ -113,7 +120,12 @@ def each_class(name: str, metrics: Iterable[Metric], args: Any, run_one: Callabl
         log(f"{name}: {cls}")
         per_class[cls] = result = run_one(cls, args)
         log(f"{name}: {cls}: {says(result)}")
-    return {"scenario": name, "headline": headline(per_class, metrics), "per_class": per_class, "config": config}
+    return {
+        "scenario": name,
+        "headline": headline(per_class, metrics),
+        "per_class": per_class,
+        "config": config,
+    }
 
 
 def downsample(points: list, limit: int = 200) -> list:
@@ -130,7 +142,7 @@ def downsample(points: list, limit: int = 200) -> list:
 # --- machine and output -------------------------------------------------------------------------
 
 
-def _command_version(cmd: list[str]) -> Optional[str]:
+def _command_version(cmd: list[str]) -> str | None:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
@@ -143,16 +155,33 @@ def _git_state() -> dict:
     # Read-only: GIT_OPTIONAL_LOCKS=0 keeps `git status` from refreshing (writing) the index.
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, env=env, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               env=env, capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return {}
     paths = [line[3:] for line in dirty.splitlines()]
-    return {"commit": commit or None, "modified_tracked_files": bool(dirty),
-            # What the figures depend on: the package (and its pins), not the bench's own files.
-            "modified_package_files": [p for p in paths if p.startswith(("hardened_worker/", "pyproject.toml"))]}
+    return {
+        "commit": commit or None,
+        "modified_tracked_files": bool(dirty),
+        # What the figures depend on: the package (and its pins), not the bench's own files.
+        "modified_package_files": [
+            p for p in paths if p.startswith(("hardened_worker/", "pyproject.toml"))
+        ],
+    }
 
 
 def machine() -> dict:
@@ -163,7 +192,9 @@ def machine() -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     try:
-        mem_total = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) * 1024
+        mem_total = (
+            int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) * 1024
+        )
     except (OSError, AttributeError):
         mem_total = None
     return {
@@ -171,7 +202,7 @@ def machine() -> dict:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
-        "memory_total_gib": round(mem_total / 1024 ** 3, 1) if mem_total else None,
+        "memory_total_gib": round(mem_total / 1024**3, 1) if mem_total else None,
         "load_average": list(os.getloadavg()),
         "python": platform.python_version(),
         "packages": versions,
@@ -195,12 +226,26 @@ def write_result(name: str, result: dict) -> Path:
 
 
 @contextlib.contextmanager
-def master(worker: str, *, workers: int = 2, env: Optional[dict] = None, args: Iterable[str] = (),
-           app: str = "testapp:app", start: bool = True, timeout: float = 30.0) -> Iterator[rig.Master]:
+def master(
+    worker: str,
+    *,
+    workers: int = 2,
+    env: dict | None = None,
+    args: Iterable[str] = (),
+    app: str = "testapp:app",
+    start: bool = True,
+    timeout: float = 30.0,
+) -> Iterator[rig.Master]:
     """A started ``rig.Master`` for a short worker name (or a -k value), always torn down."""
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        m = rig.Master(Path(tmp), app=app, worker=WORKERS.get(worker, worker), workers=workers,
-                       env=env, args=list(args))
+        m = rig.Master(
+            Path(tmp),
+            app=app,
+            worker=WORKERS.get(worker, worker),
+            workers=workers,
+            env=env,
+            args=list(args),
+        )
         try:
             if start:
                 m.start(timeout=timeout)
@@ -210,11 +255,21 @@ def master(worker: str, *, workers: int = 2, env: Optional[dict] = None, args: I
             m.stop()
 
 
-def add_pool_arguments(p: Any, connections: Optional[int] = None, workers: int = 2) -> None:
+def add_pool_arguments(p: Any, connections: int | None = None, workers: int = 2) -> None:
     """The options scenarios share: ``--workers`` per master and, for those under wrk, ``--connections``."""
-    p.add_argument("--workers", type=int, default=workers, help=f"gunicorn workers per master (default {workers})")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=workers,
+        help=f"gunicorn workers per master (default {workers})",
+    )
     if connections is not None:
-        p.add_argument("--connections", type=int, default=connections, help=f"wrk connections (default {connections})")
+        p.add_argument(
+            "--connections",
+            type=int,
+            default=connections,
+            help=f"wrk connections (default {connections})",
+        )
 
 
 def started_pids(m: rig.Master) -> set[int]:
@@ -224,9 +279,11 @@ def started_pids(m: rig.Master) -> set[int]:
 
 def wait_started(m: rig.Master, count: int, timeout: float = 30.0) -> list[int]:
     """Until exactly ``count`` workers are alive and every one finished lifespan startup."""
-    def ready() -> Optional[list[int]]:
+
+    def ready() -> list[int] | None:
         pids = m.workers()
         return pids if len(pids) == count and set(pids) <= started_pids(m) else None
+
     return rig.wait_for(ready, timeout, interval=0.1)
 
 
@@ -234,8 +291,13 @@ def master_alive(m: rig.Master) -> bool:
     return m.proc is not None and m.proc.poll() is None
 
 
-def signal_at(m: rig.Master, sig: int, offsets: Iterable[float], start: float,
-              before_each: Optional[Callable[[], None]] = None) -> list[float]:
+def signal_at(
+    m: rig.Master,
+    sig: int,
+    offsets: Iterable[float],
+    start: float,
+    before_each: Callable[[], None] | None = None,
+) -> list[float]:
     """Send ``sig`` to the master at ``start + offset`` (monotonic) for each offset; return the
     offsets actually sent (a dead master gets nothing more)."""
     sent = []
@@ -287,7 +349,7 @@ def grep(text: str, pattern: str, limit: int = 10) -> list[str]:
     return [line[:300] for line in text.splitlines() if regex.search(line)][:limit]
 
 
-def rss_bytes(pid: int) -> Optional[int]:
+def rss_bytes(pid: int) -> int | None:
     try:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
     except (OSError, IndexError, ValueError):
@@ -314,9 +376,14 @@ def cpu_seconds(pids: Iterable[int]) -> float:
 
 def wrk_summary(result: rig.WrkResult) -> dict:
     """``rig.parse_wrk``'s figures as JSON (the one wrk parser, shared with the tests)."""
-    return {"rps": result.rps, "p99_ms": result.p99_ms, "requests": result.requests,
-            "socket_errors": result.socket_errors, "non_2xx": result.non_2xx,
-            "socket_error_kinds": result.socket_error_kinds}
+    return {
+        "rps": result.rps,
+        "p99_ms": result.p99_ms,
+        "requests": result.requests,
+        "socket_errors": result.socket_errors,
+        "non_2xx": result.non_2xx,
+        "socket_error_kinds": result.socket_error_kinds,
+    }
 
 
 class WrkRun:
@@ -324,14 +391,23 @@ class WrkRun:
     wrk print its statistics so far) and ``result()`` parses the report with ``rig.parse_wrk``.
     Use it as a context manager: it is killed on the way out whatever happened."""
 
-    def __init__(self, port: int, path: str = "/", duration: int = 10, connections: int = 32,
-                 threads: int = 2, timeout: str = "10s", script: Optional[Path] = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        path: str = "/",
+        duration: int = 10,
+        connections: int = 32,
+        threads: int = 2,
+        timeout: str = "10s",
+        script: Path | None = None,
+    ) -> None:
         duration = max(1, round(duration))  # wrk takes whole seconds only
         cmd = rig.wrk_command(port, path, duration, connections, threads, timeout, script)
         self.duration = duration
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
 
     def running(self) -> bool:
         return self.proc.poll() is None
@@ -349,7 +425,7 @@ class WrkRun:
             raise RuntimeError(f"wrk failed ({self.proc.returncode}): {err}")
         return rig.parse_wrk(out)
 
-    def __enter__(self) -> "WrkRun":
+    def __enter__(self) -> WrkRun:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -366,4 +442,3 @@ def lua_script(directory: Path, name: str, text: str) -> Path:
 
 # Every other request a POST: a proxy may retry a failed GET, never a POST. The tests' own mix.
 MIXED_LUA = rig.POST_LUA
-

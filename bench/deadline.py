@@ -27,9 +27,11 @@ from bench.common import Metric, log
 NAME = "deadline"
 HELP = "half the requests stuck on a dead upstream: 504 at the deadline? the fast half's p99?"
 TITLE = "Stuck upstream (request deadline)"
-SETUP = ("{workers} workers, open loop at {rate:g} req/s for {duration_s} s, every other request "
-         "`/wait?s={stuck_s:g}` (stuck), the others `/`; client timeout {client_timeout_s:g} s; "
-         "hardened with HARDENED_REQUEST_TIMEOUT={request_timeout}")
+SETUP = (
+    "{workers} workers, open loop at {rate:g} req/s for {duration_s} s, every other request "
+    "`/wait?s={stuck_s:g}` (stuck), the others `/`; client timeout {client_timeout_s:g} s; "
+    "hardened with HARDENED_REQUEST_TIMEOUT={request_timeout}"
+)
 METRICS = (
     Metric("fast_rps", "fast half answered", "req/s", "higher", noise=0.05),
     Metric("fast_p99_ms", "fast half p99", "ms", "lower", noise=5.0),
@@ -46,9 +48,15 @@ FAST, STUCK = "/", "/wait?s={stuck_s:g}"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=int, default=15, help="seconds of load (default 15)")
-    p.add_argument("--rate", type=float, default=100.0, help="requests a second, both halves (default 100)")
-    p.add_argument("--stuck", type=float, default=60.0, help="seconds the stuck half awaits (default 60)")
-    p.add_argument("--request-timeout", default="2s", help="hardened's HARDENED_REQUEST_TIMEOUT (default 2s)")
+    p.add_argument(
+        "--rate", type=float, default=100.0, help="requests a second, both halves (default 100)"
+    )
+    p.add_argument(
+        "--stuck", type=float, default=60.0, help="seconds the stuck half awaits (default 60)"
+    )
+    p.add_argument(
+        "--request-timeout", default="2s", help="hardened's HARDENED_REQUEST_TIMEOUT (default 2s)"
+    )
     p.add_argument("--client-timeout", type=float, default=10.0, help="seconds (default 10)")
     p.add_argument("--workers", type=int, default=2)
 
@@ -80,7 +88,7 @@ class Sampler:
             self.samples.append((time.monotonic() - self._started, established(self.port), rss))
             self._stop.wait(self.period)
 
-    def stop(self) -> "Sampler":
+    def stop(self) -> Sampler:
         self._stop.set()
         self._thread.join(10)
         return self
@@ -90,14 +98,17 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
     env = {"HARDENED_REQUEST_TIMEOUT": args.request_timeout} if cls == "hardened" else {}
     stuck_path = STUCK.format(stuck_s=args.stuck)
     # deadline_app records no lifespan events (common.master waits for them): the rig's wait.
-    with common.master(cls, workers=args.workers, app="deadline_app:app", env=env, start=False) as m:
+    with common.master(
+        cls, workers=args.workers, app="deadline_app:app", env=env, start=False
+    ) as m:
         m.start()
         pids = m.wait_workers(args.workers)
         openloop.closed_loop("127.0.0.1", m.port, FAST, 4, 1.0)  # warm up
         rss_start = sum(common.rss_bytes(pid) or 0 for pid in pids)
         sampler = Sampler(m.port, pids)
-        run = openloop.open_loop("127.0.0.1", m.port, [FAST, stuck_path], args.rate, args.duration,
-                                 args.client_timeout)
+        run = openloop.open_loop(
+            "127.0.0.1", m.port, [FAST, stuck_path], args.rate, args.duration, args.client_timeout
+        )
         sampler.stop()
         during = [s for s in sampler.samples if s[0] <= args.duration]
         fast = openloop.summary(run, FAST)
@@ -140,17 +151,26 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> dict:
     per_class = {}
     for cls in [c for c in args.classes if c in CLASSES]:
-        log(f"deadline: {cls}: {args.rate:g} req/s for {args.duration} s, half /wait?s={args.stuck:g}")
+        log(
+            f"deadline: {cls}: {args.rate:g} req/s for {args.duration} s, half /wait?s={args.stuck:g}"
+        )
         per_class[cls] = r = run_one(cls, args)
-        log(f"deadline: {cls}: fast {r['fast_rps']:.0f} req/s p99 {r['fast_p99_ms']} ms; stuck: "
+        log(
+            f"deadline: {cls}: fast {r['fast_rps']:.0f} req/s p99 {r['fast_p99_ms']} ms; stuck: "
             f"{r['stuck_504']} 504s (median {r['stuck_504_p50_s']} s), {r['stuck_client_timeouts']} "
-            f"client timeouts; connections peak {r['connections_peak']}, RSS +{r['rss_growth_mib']:.1f} MiB")
+            f"client timeouts; connections peak {r['connections_peak']}, RSS +{r['rss_growth_mib']:.1f} MiB"
+        )
     keys = [m.key for m in METRICS]
     return {
         "scenario": NAME,
         "headline": {cls: {k: v[k] for k in keys} for cls, v in per_class.items()},
         "per_class": per_class,
-        "config": {"workers": args.workers, "rate": args.rate, "duration_s": args.duration,
-                   "stuck_s": args.stuck, "client_timeout_s": args.client_timeout,
-                   "request_timeout": args.request_timeout},
+        "config": {
+            "workers": args.workers,
+            "rate": args.rate,
+            "duration_s": args.duration,
+            "stuck_s": args.stuck,
+            "client_timeout_s": args.client_timeout,
+            "request_timeout": args.request_timeout,
+        },
     }

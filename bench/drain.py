@@ -17,8 +17,10 @@ from bench.common import Metric, rig
 NAME = "drain"
 HELP = "TERM with 16 slow requests in flight: completed, time to exit"
 TITLE = "Drain (SIGTERM)"
-SETUP = ("SIGTERM to the master {term_after_s:g} s after sending {requests} × `/sleep?s={sleep_s:g}`; "
-         "`--graceful-timeout {graceful_timeout_s}`")
+SETUP = (
+    "SIGTERM to the master {term_after_s:g} s after sending {requests} × `/sleep?s={sleep_s:g}`; "
+    "`--graceful-timeout {graceful_timeout_s}`"
+)
 METRICS = (
     Metric("completed_200", "answered 200", "count", "higher"),
     # gunicorn's stop loop polls every 100 ms: a tenth either way is the master, not the worker.
@@ -42,9 +44,15 @@ class TimedBackground(rig.Background):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=16, help="slow requests in flight (default 16)")
-    p.add_argument("--sleep", type=float, default=3.0, help="seconds each request sleeps (default 3)")
-    p.add_argument("--settle", type=float, default=1.0,
-                   help="seconds between sending the requests and TERM (default 1)")
+    p.add_argument(
+        "--sleep", type=float, default=3.0, help="seconds each request sleeps (default 3)"
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        help="seconds between sending the requests and TERM (default 1)",
+    )
     common.add_pool_arguments(p)
 
 
@@ -52,7 +60,10 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
     with common.master(cls, workers=args.workers) as m:
         workers = m.workers()
         sent = time.monotonic()
-        requests = [TimedBackground(m.port, f"/sleep?s={args.sleep:g}", timeout=60) for _ in range(args.requests)]
+        requests = [
+            TimedBackground(m.port, f"/sleep?s={args.sleep:g}", timeout=60)
+            for _ in range(args.requests)
+        ]
         time.sleep(args.settle)
         term = time.monotonic()
         m.signal(signal.SIGTERM)
@@ -74,20 +85,38 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
             "term_to_master_exit_s": exit_s if status is not None else None,
             "master_exit_status": status,
             "term_to_last_answer_s": last_answer,
-            "last_answer_to_master_exit_s": (exit_s - last_answer) if status is not None and last_answer is not None
+            "last_answer_to_master_exit_s": (exit_s - last_answer)
+            if status is not None and last_answer is not None
             else None,
             "outcomes": {str(k): v for k, v in counts.items()},
             "lifespan_shutdowns": f"{len(shutdowns)}/{len(workers)}",
             "all_answered_after_s": done,
             "log": common.log_digest(text),
-            "log_lines": common.grep(text, r"draining|exiting|Worker exiting|Shutting down|"
-                                           r"Waiting for|graceful|SIGKILL|exited with", limit=12),
+            "log_lines": common.grep(
+                text,
+                r"draining|exiting|Worker exiting|Shutting down|"
+                r"Waiting for|graceful|SIGKILL|exited with",
+                limit=12,
+            ),
         }
 
 
 def run(args: argparse.Namespace) -> dict:
-    config = {"workers": args.workers, "requests": args.requests, "sleep_s": args.sleep,
-              "term_after_s": args.settle, "graceful_timeout_s": 10}
-    return common.each_class(NAME, METRICS, args, run_one, lambda r: (
-        f"{r['completed_200']}/{r['in_flight']} answered 200, master exited {r['master_exit_status']} "
-        f"after {r['term_to_master_exit_s']}"), config)
+    config = {
+        "workers": args.workers,
+        "requests": args.requests,
+        "sleep_s": args.sleep,
+        "term_after_s": args.settle,
+        "graceful_timeout_s": 10,
+    }
+    return common.each_class(
+        NAME,
+        METRICS,
+        args,
+        run_one,
+        lambda r: (
+            f"{r['completed_200']}/{r['in_flight']} answered 200, master exited {r['master_exit_status']} "
+            f"after {r['term_to_master_exit_s']}"
+        ),
+        config,
+    )

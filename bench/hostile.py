@@ -24,8 +24,10 @@ from bench.common import Metric
 NAME = "hostile"
 HELP = "slowloris (slow header bytes) and a huge header, beside a normal client"
 TITLE = "Hostile clients"
-SETUP = ("{slow} connections sending one header byte every 3 s for {hold_s:g} s beside wrk (4 connections); "
-         "then one {header_mib} MiB header")
+SETUP = (
+    "{slow} connections sending one header byte every 3 s for {hold_s:g} s beside wrk (4 connections); "
+    "then one {header_mib} MiB header"
+)
 METRICS = (
     Metric("slow_closed_pct", "slowloris closed", "%", "higher", noise=0.02),
     Metric("normal_p99_ms", "normal client p99", "ms", "lower", noise=2.0),
@@ -36,14 +38,20 @@ METRICS = (
 # A valid request line and the start of a header, then one header byte every 3 s (a method sent a
 # byte at a time would be refused by the parser as soon as it stops being a known method).
 SLOW_START = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: "
-NOTE = ("UvicornWorker has no header-read timeout and no header size limit: it keeps every slow "
-        "connection and reads the whole header before answering.")
+NOTE = (
+    "UvicornWorker has no header-read timeout and no header size limit: it keeps every slow "
+    "connection and reads the whole header before answering."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slow", type=int, default=1000, help="slowloris connections (default 1000)")
-    p.add_argument("--hold", type=float, default=15.0, help="seconds the slow clients keep at it (default 15)")
-    p.add_argument("--header-mib", type=int, default=16, help="size of the huge header (default 16 MiB)")
+    p.add_argument(
+        "--hold", type=float, default=15.0, help="seconds the slow clients keep at it (default 15)"
+    )
+    p.add_argument(
+        "--header-mib", type=int, default=16, help="size of the huge header (default 16 MiB)"
+    )
     common.add_pool_arguments(p)
 
 
@@ -84,8 +92,11 @@ def _slowloris(port: int, count: int, hold: float) -> dict:
     for sock in opened.values():
         sock.close()
     poller.close()
-    return {"slow_opened": count - failed, "slow_closed": closed,
-            "slow_closed_pct": 100.0 * closed / count if count else None}
+    return {
+        "slow_opened": count - failed,
+        "slow_closed": closed,
+        "slow_closed_pct": 100.0 * closed / count if count else None,
+    }
 
 
 def _huge_header(port: int, mib: int, timeout: float = 60.0) -> dict:
@@ -112,7 +123,7 @@ def _huge_header(port: int, mib: int, timeout: float = 60.0) -> dict:
                     status = 0  # closed without an answer
             if writable:
                 try:
-                    pending = pending[sock.send(pending):]
+                    pending = pending[sock.send(pending) :]
                 except OSError:
                     pending, left = memoryview(b""), 0
     finally:
@@ -143,8 +154,10 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
         time.sleep(0.5)  # the worker that read it frees what it will
         after = {pid: common.rss_bytes(pid) or 0 for pid in workers}
         return {
-            **slow, **header,
-            "normal_p99_ms": normal["p99_ms"], "normal": normal,
+            **slow,
+            **header,
+            "normal_p99_ms": normal["p99_ms"],
+            "normal": normal,
             "slowloris_rss_growth_mib": max(during[p] - before[p] for p in workers) / common.MIB,
             "header_rss_growth_mib": max(after[p] - during[p] for p in workers) / common.MIB,
             "header_peak_growth_mib": max(_peak_rss(p) - peak[p] for p in workers) / common.MIB,
@@ -154,9 +167,21 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     _raise_descriptor_limit(args.slow + 1024)
-    config = {"workers": args.workers, "slow": args.slow, "hold_s": args.hold, "header_mib": args.header_mib}
-    return common.each_class(NAME, METRICS, args, run_one, lambda r: (
-        f"slowloris {r['slow_closed']}/{r['slow_opened']} closed, normal p99 {r['normal_p99_ms']:.1f} ms; "
-        f"{args.header_mib} MiB header -> {r['header_status']} in {r['header_answer_ms']:.0f} ms, "
-        f"peak RSS +{r['header_peak_growth_mib']:.1f} MiB, kept +{r['header_rss_growth_mib']:.1f} MiB"),
-        config)
+    config = {
+        "workers": args.workers,
+        "slow": args.slow,
+        "hold_s": args.hold,
+        "header_mib": args.header_mib,
+    }
+    return common.each_class(
+        NAME,
+        METRICS,
+        args,
+        run_one,
+        lambda r: (
+            f"slowloris {r['slow_closed']}/{r['slow_opened']} closed, normal p99 {r['normal_p99_ms']:.1f} ms; "
+            f"{args.header_mib} MiB header -> {r['header_status']} in {r['header_answer_ms']:.0f} ms, "
+            f"peak RSS +{r['header_peak_growth_mib']:.1f} MiB, kept +{r['header_rss_growth_mib']:.1f} MiB"
+        ),
+        config,
+    )

@@ -22,16 +22,29 @@ METRICS = (
     Metric("stack_names_testapp", "stack names the blocking line", "count", "higher"),
     Metric("serving_after", "serving after", "count", "higher"),
 )
-NOTE = ("When a hung worker is caught varies by up to a second from run to run (gunicorn's master "
-        "checks about once a second), whatever the worker class.")
+NOTE = (
+    "When a hung worker is caught varies by up to a second from run to run (gunicorn's master "
+    "checks about once a second), whatever the worker class."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=int, default=5, help="gunicorn --timeout (default 5)")
-    p.add_argument("--block", type=float, default=30.0, help="seconds the request blocks (default 30)")
-    p.add_argument("--within", type=float, default=20.0, help="seconds allowed for the replacement (default 20)")
-    p.add_argument("--log-wait", type=float, default=3.0,
-                   help="seconds to wait after the replacement for the stack to reach the log (default 3)")
+    p.add_argument(
+        "--block", type=float, default=30.0, help="seconds the request blocks (default 30)"
+    )
+    p.add_argument(
+        "--within",
+        type=float,
+        default=20.0,
+        help="seconds allowed for the replacement (default 20)",
+    )
+    p.add_argument(
+        "--log-wait",
+        type=float,
+        default=3.0,
+        help="seconds to wait after the replacement for the stack to reach the log (default 3)",
+    )
     common.add_pool_arguments(p)
 
 
@@ -51,10 +64,13 @@ def _after_timeout(text: str) -> str:
 def _excerpt(text: str, limit: int = 45) -> list[str]:
     """The log from the master's WORKER TIMEOUT line on (or from the first stall/stack line)."""
     lines = text.splitlines()
-    for marker in (re.compile(r"WORKER TIMEOUT"), re.compile(r"testapp\.py|blocked|SIGKILL|SIGABRT|timed out")):
+    for marker in (
+        re.compile(r"WORKER TIMEOUT"),
+        re.compile(r"testapp\.py|blocked|SIGKILL|SIGABRT|timed out"),
+    ):
         for index, line in enumerate(lines):
             if marker.search(line):
-                return [s[:300] for s in lines[index: index + limit]]
+                return [s[:300] for s in lines[index : index + limit]]
     return []
 
 
@@ -88,8 +104,11 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
             "stack_logged_at_timeout": _stack_logged(_after_timeout(text)),
             "worker_timeout_logged": "WORKER TIMEOUT" in text,
             "stall_warning_logged": bool(re.search(r"(?i)event loop blocked|stall", text)),
-            "blocked_request_outcome": (blocked.result[0] if isinstance(blocked.result, tuple)
-                                        else blocked.result or "still pending"),
+            "blocked_request_outcome": (
+                blocked.result[0]
+                if isinstance(blocked.result, tuple)
+                else blocked.result or "still pending"
+            ),
             "serving_after": serving,
             "master_alive": common.master_alive(m),
             "misleading_oom_message": "Perhaps out of memory" in text,
@@ -99,8 +118,20 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    config = {"workers": args.workers, "timeout_s": args.timeout, "block_s": args.block,
-              "within_s": args.within}
-    return common.each_class(NAME, METRICS, args, run_one, lambda r: (
-        f"replaced {r['replaced']} after {r['replaced_after_s']}, stack logged "
-        f"{r['stack_names_testapp']}, WORKER TIMEOUT logged {r['worker_timeout_logged']}"), config)
+    config = {
+        "workers": args.workers,
+        "timeout_s": args.timeout,
+        "block_s": args.block,
+        "within_s": args.within,
+    }
+    return common.each_class(
+        NAME,
+        METRICS,
+        args,
+        run_one,
+        lambda r: (
+            f"replaced {r['replaced']} after {r['replaced_after_s']}, stack logged "
+            f"{r['stack_names_testapp']}, WORKER TIMEOUT logged {r['worker_timeout_logged']}"
+        ),
+        config,
+    )

@@ -17,8 +17,10 @@ from bench.common import Metric, log
 NAME = "hup"
 HELP = "HUP every 4 s under wrk, app startup 2 s: errors and p99 vs no reloads"
 TITLE = "HUP reloads"
-SETUP = ("HUP every {hup_interval_s:g} s for {duration_s} s under wrk ({connections} connections), app "
-         "startup {startup_delay_s:g} s; p99 against the same master's {baseline_duration_s} s without HUPs")
+SETUP = (
+    "HUP every {hup_interval_s:g} s for {duration_s} s under wrk ({connections} connections), app "
+    "startup {startup_delay_s:g} s; p99 against the same master's {baseline_duration_s} s without HUPs"
+)
 METRICS = (
     Metric("socket_errors", "socket errors", "count", "lower"),
     Metric("non_2xx", "non-2xx", "count", "lower"),
@@ -30,12 +32,22 @@ METRICS = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=int, default=20, help="seconds of wrk with HUPs (default 20)")
     p.add_argument("--interval", type=float, default=4.0, help="seconds between HUPs (default 4)")
-    p.add_argument("--baseline-duration", type=int, default=10,
-                   help="seconds of wrk without HUPs, for the p99 baseline (default 10)")
-    p.add_argument("--startup-delay", type=float, default=2.0, help="TESTAPP_STARTUP_DELAY (default 2)")
+    p.add_argument(
+        "--baseline-duration",
+        type=int,
+        default=10,
+        help="seconds of wrk without HUPs, for the p99 baseline (default 10)",
+    )
+    p.add_argument(
+        "--startup-delay", type=float, default=2.0, help="TESTAPP_STARTUP_DELAY (default 2)"
+    )
     common.add_pool_arguments(p, connections=32)
-    p.add_argument("--client-connections", type=int, default=4,
-                   help="connections of the timeline client beside wrk (default 4)")
+    p.add_argument(
+        "--client-connections",
+        type=int,
+        default=4,
+        help="connections of the timeline client beside wrk (default 4)",
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -47,16 +59,25 @@ def run(args: argparse.Namespace) -> dict:
             initial = m.workers()
             log(f"hup: {cls} no-reload baseline {args.baseline_duration} s")
             t0 = time.monotonic()
-            with timeline.Running(m.port, t0, args.client_connections) as client, \
-                    common.WrkRun(m.port, "/", duration=args.baseline_duration,
-                                  connections=args.connections) as load:
+            with (
+                timeline.Running(m.port, t0, args.client_connections) as client,
+                common.WrkRun(
+                    m.port, "/", duration=args.baseline_duration, connections=args.connections
+                ) as load,
+            ):
                 baseline = load.result()
             baseline_client = timeline.summary(client, args.baseline_duration)
             log(f"hup: {cls} {args.duration} s with HUP every {args.interval:g} s")
             t0 = time.monotonic()
-            with timeline.Running(m.port, t0, args.client_connections) as client, \
-                    common.WrkRun(m.port, "/", duration=args.duration, connections=args.connections) as load:
-                sent = common.signal_at(m, signal.SIGHUP, common.every(args.interval, args.duration), t0)
+            with (
+                timeline.Running(m.port, t0, args.client_connections) as client,
+                common.WrkRun(
+                    m.port, "/", duration=args.duration, connections=args.connections
+                ) as load,
+            ):
+                sent = common.signal_at(
+                    m, signal.SIGHUP, common.every(args.interval, args.duration), t0
+                )
                 loaded = load.result()
             reload_client = timeline.summary(client, args.duration)
             # Let the last reload finish before judging the end state.
@@ -84,18 +105,29 @@ def run(args: argparse.Namespace) -> dict:
                 "timeline": reload_client,
                 "timeline_no_reload": {k: v for k, v in baseline_client.items() if k != "series"},
             }
-            log(f"hup: {cls}: {loaded.socket_errors} socket errors, {loaded.non_2xx} non-2xx, "
+            log(
+                f"hup: {cls}: {loaded.socket_errors} socket errors, {loaded.non_2xx} non-2xx, "
                 f"p99 {loaded.p99_ms:.0f} ms (no reload {baseline.p99_ms:.1f} ms); timeline client "
-                f"{reload_client['errors']} errors of {reload_client['requests']}")
+                f"{reload_client['errors']} errors of {reload_client['requests']}"
+            )
     return {
         "scenario": NAME,
         "ratios": common.ratios_vs_baseline(per_class, ("rps", "p99_ms", "socket_errors")),
         "headline": common.headline(per_class, METRICS),
         "per_class": per_class,
-        "config": {"workers": args.workers, "connections": args.connections, "duration_s": args.duration,
-                   "hup_interval_s": args.interval, "baseline_duration_s": args.baseline_duration,
-                   "startup_delay_s": args.startup_delay, "path": "/",
-                   "timeline_client": {"connections": args.client_connections, "bucket_s": timeline.BUCKET_S,
-                                       "load": "rig.Client: keep-alive, GET and POST alternating",
-                                       "t0": "the timeline's t=0 is also the HUPs' (hups_sent_at_s)"}},
+        "config": {
+            "workers": args.workers,
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "hup_interval_s": args.interval,
+            "baseline_duration_s": args.baseline_duration,
+            "startup_delay_s": args.startup_delay,
+            "path": "/",
+            "timeline_client": {
+                "connections": args.client_connections,
+                "bucket_s": timeline.BUCKET_S,
+                "load": "rig.Client: keep-alive, GET and POST alternating",
+                "t0": "the timeline's t=0 is also the HUPs' (hups_sent_at_s)",
+            },
+        },
     }

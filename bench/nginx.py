@@ -21,12 +21,14 @@ from bench.common import Metric, rig
 NAME = "nginx"
 HELP = "HUPs behind nginx keep-alive, mixed GET/POST: 502s and upstream resets"
 TITLE = "Reloads behind nginx"
-SETUP = ("the shipped nginx site config (upstream keep-alive) in front; HUP every {hup_interval_s:g} s for "
-         "{duration_s} s under wrk ({connections} connections), GET and POST alternating")
+SETUP = (
+    "the shipped nginx site config (upstream keep-alive) in front; HUP every {hup_interval_s:g} s for "
+    "{duration_s} s under wrk ({connections} connections), GET and POST alternating"
+)
 METRICS = (
     Metric("non_2xx", "502s", "count", "lower"),
-    Metric("upstream_prematurely_closed", "\"prematurely closed\"", "count", "lower"),
-    Metric("reset_by_peer", "\"reset by peer\"", "count", "lower"),
+    Metric("upstream_prematurely_closed", '"prematurely closed"', "count", "lower"),
+    Metric("reset_by_peer", '"reset by peer"', "count", "lower"),
     Metric("client_errors", "client errors", "count", "lower"),
 )
 
@@ -43,22 +45,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=int, default=16, help="seconds of wrk (default 16)")
     p.add_argument("--interval", type=float, default=4.0, help="seconds between HUPs (default 4)")
     common.add_pool_arguments(p, connections=32)
-    p.add_argument("--client-connections", type=int, default=4,
-                   help="connections of the timeline client beside wrk (default 4)")
+    p.add_argument(
+        "--client-connections",
+        type=int,
+        default=4,
+        help="connections of the timeline client beside wrk (default 4)",
+    )
 
 
 def run_one(cls: str, args: argparse.Namespace) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-nginx-") as tmp, common.master(cls, workers=args.workers) as m:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-nginx-") as tmp,
+        common.master(cls, workers=args.workers) as m,
+    ):
         tmp_path = Path(tmp)
         script = common.lua_script(tmp_path, "mixed.lua", common.MIXED_LUA)
         # The rig's nginx: the shipped gunicorn_conf_examples/vm/nginx-site.conf, as the tests run it.
         proxy = rig.Nginx(tmp_path, m.port).start()
         try:
             t0 = time.monotonic()
-            with timeline.Running(proxy.port, t0, args.client_connections) as client, \
-                    common.WrkRun(proxy.port, "/", duration=args.duration, connections=args.connections,
-                                  script=script) as load:
-                sent = common.signal_at(m, signal.SIGHUP, common.every(args.interval, args.duration), t0)
+            with (
+                timeline.Running(proxy.port, t0, args.client_connections) as client,
+                common.WrkRun(
+                    proxy.port,
+                    "/",
+                    duration=args.duration,
+                    connections=args.connections,
+                    script=script,
+                ) as load,
+            ):
+                sent = common.signal_at(
+                    m, signal.SIGHUP, common.every(args.interval, args.duration), t0
+                )
                 result = load.result()
             client_run = timeline.summary(client, args.duration)
             time.sleep(0.2)
@@ -87,13 +105,29 @@ def run_one(cls: str, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    config = {"workers": args.workers, "connections": args.connections, "duration_s": args.duration,
-              "hup_interval_s": args.interval, "load": "wrk Lua request(): GET and POST alternating",
-              "nginx": "the shipped gunicorn_conf_examples/vm/nginx-site.conf (rig.Nginx)",
-              "timeline_client": {"connections": args.client_connections, "bucket_s": timeline.BUCKET_S,
-                                  "load": "rig.Client through nginx: keep-alive, GET and POST alternating"}}
-    result = common.each_class(NAME, METRICS, args, run_one, lambda r: (
-        f"{r['non_2xx']} non-2xx, {r['upstream_prematurely_closed']} premature closes, "
-        f"{r['reset_by_peer']} resets, {r['socket_errors']} socket errors"), config)
+    config = {
+        "workers": args.workers,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "hup_interval_s": args.interval,
+        "load": "wrk Lua request(): GET and POST alternating",
+        "nginx": "the shipped gunicorn_conf_examples/vm/nginx-site.conf (rig.Nginx)",
+        "timeline_client": {
+            "connections": args.client_connections,
+            "bucket_s": timeline.BUCKET_S,
+            "load": "rig.Client through nginx: keep-alive, GET and POST alternating",
+        },
+    }
+    result = common.each_class(
+        NAME,
+        METRICS,
+        args,
+        run_one,
+        lambda r: (
+            f"{r['non_2xx']} non-2xx, {r['upstream_prematurely_closed']} premature closes, "
+            f"{r['reset_by_peer']} resets, {r['socket_errors']} socket errors"
+        ),
+        config,
+    )
     result["ratios"] = common.ratios_vs_baseline(result["per_class"], ("rps", "p99_ms"))
     return result

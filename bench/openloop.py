@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
 
 try:
     import uvloop
@@ -52,8 +53,8 @@ class _Exchange(asyncio.Protocol):
         self.request = request
         self.done = done
         self.buffer = bytearray()
-        self.transport: Optional[asyncio.Transport] = None
-        self.expected: Optional[int] = None  # header bytes + Content-Length, once headers are in
+        self.transport: asyncio.Transport | None = None
+        self.expected: int | None = None  # header bytes + Content-Length, once headers are in
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -74,18 +75,18 @@ class _Exchange(asyncio.Protocol):
         if len(self.buffer) >= self.expected:
             self._finish()
 
-    def eof_received(self) -> Optional[bool]:
+    def eof_received(self) -> bool | None:
         self._finish()
         return None
 
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
+    def connection_lost(self, exc: BaseException | None) -> None:
         if not self.done.done():
             self.done.set_result(type(exc).__name__ if exc else "closed before the response")
 
     def _finish(self) -> None:
         if self.done.done():
             return
-        line = bytes(self.buffer[:self.buffer.find(b"\r\n")])
+        line = bytes(self.buffer[: self.buffer.find(b"\r\n")])
         parts = line.split(b" ", 2)
         complete = self.expected is not None and len(self.buffer) >= self.expected
         if len(parts) >= 2 and parts[1].isdigit() and complete:
@@ -111,7 +112,9 @@ async def exchange(host: str, port: int, request: bytes, timeout: float) -> Any:
     transport = None
     try:
         async with asyncio.timeout(timeout):
-            transport, _ = await loop.create_connection(lambda: _Exchange(request, done), host, port)
+            transport, _ = await loop.create_connection(
+                lambda: _Exchange(request, done), host, port
+            )
             return await done
     except TimeoutError:
         return TIMEOUT
@@ -123,8 +126,10 @@ async def exchange(host: str, port: int, request: bytes, timeout: float) -> Any:
 
 
 def request_bytes(path: str, host: str = "127.0.0.1") -> bytes:
-    return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bench-openloop\r\n"
-            f"Connection: close\r\n\r\n").encode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bench-openloop\r\n"
+        f"Connection: close\r\n\r\n"
+    ).encode()
 
 
 @dataclass
@@ -135,8 +140,9 @@ class Run:
     outcomes: list[Outcome] = field(default_factory=list)
 
 
-async def _open_loop(host: str, port: int, paths: Sequence[str], rate: float, duration: float,
-                     timeout: float) -> Run:
+async def _open_loop(
+    host: str, port: int, paths: Sequence[str], rate: float, duration: float, timeout: float
+) -> Run:
     loop = asyncio.get_running_loop()
     requests = [request_bytes(path) for path in paths]
     run = Run(rate, duration, timeout)
@@ -147,7 +153,9 @@ async def _open_loop(host: str, port: int, paths: Sequence[str], rate: float, du
     async def one(i: int, due: float) -> None:
         lag = _clock() - due
         result = await exchange(host, port, requests[i % len(paths)], timeout)
-        run.outcomes.append(Outcome(due - start, lag, _clock() - due, result, paths[i % len(paths)]))
+        run.outcomes.append(
+            Outcome(due - start, lag, _clock() - due, result, paths[i % len(paths)])
+        )
 
     i = 0
     while i < total:
@@ -165,8 +173,9 @@ async def _open_loop(host: str, port: int, paths: Sequence[str], rate: float, du
     return run
 
 
-async def _closed_loop(host: str, port: int, path: str, concurrency: int, duration: float,
-                       timeout: float) -> Run:
+async def _closed_loop(
+    host: str, port: int, path: str, concurrency: int, duration: float, timeout: float
+) -> Run:
     request = request_bytes(path)
     run = Run(0.0, duration, timeout)
     start = _clock()
@@ -188,16 +197,23 @@ def _run(coro: Any) -> Run:
     return asyncio.run(coro)
 
 
-def open_loop(host: str, port: int, path: str | Sequence[str], rate: float, duration: float,
-              timeout: float = 1.0) -> Run:
+def open_loop(
+    host: str,
+    port: int,
+    path: str | Sequence[str],
+    rate: float,
+    duration: float,
+    timeout: float = 1.0,
+) -> Run:
     """Requests at ``rate`` per second for ``duration`` seconds, each on a new connection;
     several ``path``s take turns (request ``i`` goes to ``path[i % len(path)]``)."""
     paths = [path] if isinstance(path, str) else list(path)
     return _run(_open_loop(host, port, paths, rate, duration, timeout))
 
 
-def closed_loop(host: str, port: int, path: str, concurrency: int, duration: float,
-                timeout: float = 5.0) -> Run:
+def closed_loop(
+    host: str, port: int, path: str, concurrency: int, duration: float, timeout: float = 5.0
+) -> Run:
     """``concurrency`` back-to-back request loops for ``duration`` seconds (the calibration)."""
     return _run(_closed_loop(host, port, path, concurrency, duration, timeout))
 
@@ -205,7 +221,7 @@ def closed_loop(host: str, port: int, path: str, concurrency: int, duration: flo
 # --- figures -----------------------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> Optional[float]:
+def percentile(values: list[float], q: float) -> float | None:
     """The ``q``-quantile (0..1) by nearest rank; None for no values."""
     if not values:
         return None
@@ -214,7 +230,7 @@ def percentile(values: list[float], q: float) -> Optional[float]:
     return ordered[rank]
 
 
-def summary(run: Run, path: Optional[str] = None) -> dict:
+def summary(run: Run, path: str | None = None) -> dict:
     """Per-outcome figures of a run, or of its requests to ``path`` (latencies in ms; goodput:
     200s answered within the timeout, per second of the run)."""
     outcomes = [o for o in run.outcomes if path is None or o.path == path]
@@ -253,10 +269,19 @@ def timeline(run: Run, step: float = 1.0) -> list[dict]:
     """Per ``step`` seconds of due time: how many 200s, 503s, timeouts and errors."""
     buckets: dict[int, dict] = {}
     for o in run.outcomes:
-        b = buckets.setdefault(int(o.due // step), {"t": int(o.due // step) * step, "ok": 0,
-                                                     "shed": 0, "timeouts": 0, "errors": 0})
-        key = "ok" if o.result == 200 else "shed" if o.result == 503 else \
-            "timeouts" if o.result == TIMEOUT else "errors"
+        b = buckets.setdefault(
+            int(o.due // step),
+            {"t": int(o.due // step) * step, "ok": 0, "shed": 0, "timeouts": 0, "errors": 0},
+        )
+        key = (
+            "ok"
+            if o.result == 200
+            else "shed"
+            if o.result == 503
+            else "timeouts"
+            if o.result == TIMEOUT
+            else "errors"
+        )
         b[key] += 1
     return [buckets[k] for k in sorted(buckets)]
 
@@ -265,7 +290,12 @@ if __name__ == "__main__":  # a quick check by hand: python -m bench.openloop PO
     import json
     import sys
 
-    port, path, rate, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+    port, path, rate, seconds = (
+        int(sys.argv[1]),
+        sys.argv[2],
+        float(sys.argv[3]),
+        float(sys.argv[4]),
+    )
     began = time.monotonic()
     print(json.dumps(summary(open_loop("127.0.0.1", port, path, rate, seconds)), indent=2))
     print(f"wall {time.monotonic() - began:.1f} s", file=sys.stderr)

@@ -20,8 +20,10 @@ from bench.common import Metric, log, rig
 NAME = "overhead"
 HELP = "throughput and p99 of the three workers, alternating rounds"
 TITLE = "Overhead"
-SETUP = ("`GET {path}`, {workers} workers, wrk {connections} connections; median of {rounds} paired rounds "
-         "× {duration_s} s, classes alternating")
+SETUP = (
+    "`GET {path}`, {workers} workers, wrk {connections} connections; median of {rounds} paired rounds "
+    "× {duration_s} s, classes alternating"
+)
 # Each figure is the median of per-round ratios to UvicornWorker; its noise band is the quartiles of
 # those ratios (``<key>_band`` in the headline), the declared noise only stands in without one.
 METRICS = (
@@ -42,23 +44,43 @@ CLOSE_LUA = 'wrk.headers["Connection"] = "close"\n'
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rounds", type=int, default=5, help="rounds per worker class (default 5, min 3)")
-    p.add_argument("--duration", type=int, default=6, help="whole seconds of wrk per round (default 6)")
-    p.add_argument("--warmup", type=int, default=2, help="whole seconds of warm-up per master (default 2)")
+    p.add_argument(
+        "--rounds", type=int, default=5, help="rounds per worker class (default 5, min 3)"
+    )
+    p.add_argument(
+        "--duration", type=int, default=6, help="whole seconds of wrk per round (default 6)"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=2, help="whole seconds of warm-up per master (default 2)"
+    )
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--threads", type=int, default=2, help="wrk threads")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers per master")
     p.add_argument("--path", default="/")
-    p.add_argument("--forwarded", action="store_true",
-                   help=f"every request carries X-Forwarded-For: {XFF} and X-Forwarded-Proto: https")
-    p.add_argument("--close", action="store_true",
-                   help="every request carries Connection: close (a new connection per request, as "
-                        "from a proxy or clients without keep-alive)")
-    p.add_argument("--access-log", action="store_true",
-                   help="every master writes gunicorn's access log (--access-logfile, default format) "
-                        "to a file in the run's temp dir")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="environment for every master (repeatable), e.g. HARDENED_HEALTH_PATH=/healthz")
+    p.add_argument(
+        "--forwarded",
+        action="store_true",
+        help=f"every request carries X-Forwarded-For: {XFF} and X-Forwarded-Proto: https",
+    )
+    p.add_argument(
+        "--close",
+        action="store_true",
+        help="every request carries Connection: close (a new connection per request, as "
+        "from a proxy or clients without keep-alive)",
+    )
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="every master writes gunicorn's access log (--access-logfile, default format) "
+        "to a file in the run's temp dir",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for every master (repeatable), e.g. HARDENED_HEALTH_PATH=/healthz",
+    )
     p.add_argument("--variant", help="name of the variant (default: derived from the options)")
 
 
@@ -75,9 +97,12 @@ def parse_env(pairs: list[str]) -> dict:
 def variant_of(args: argparse.Namespace, env: dict) -> str:
     if args.variant:
         return args.variant
-    parts = (["forwarded"] if args.forwarded else []) + (["close"] if args.close else []) \
-        + (["access-log"] if args.access_log else []) \
+    parts = (
+        (["forwarded"] if args.forwarded else [])
+        + (["close"] if args.close else [])
+        + (["access-log"] if args.access_log else [])
         + [f"{k}={v}" for k, v in env.items()]
+    )
     return "+".join(parts) or "plain"
 
 
@@ -98,7 +123,7 @@ def quartiles(values: list) -> list:
 
 
 def verdict(ratios: list, higher_is_better: bool) -> str:
-    """"better"/"worse" only when the whole noise band is on one side of 1.00."""
+    """ "better"/"worse" only when the whole noise band is on one side of 1.00."""
     low, high = quartiles(ratios)
     if low is None:
         return "not measured"
@@ -131,10 +156,17 @@ def headline(rounds: list, classes: list, app_saw: dict) -> dict:
                 figures[f"{key}_ratio"] = 1.0
             elif any("ratios_vs_uvicorn" in r for r in rounds):
                 per_round = [r["ratios_vs_uvicorn"][cls][key] for r in rounds]
-                figures[f"{key}_ratio"], figures[f"{key}_ratio_band"] = common.median(per_round), quartiles(per_round)
+                figures[f"{key}_ratio"], figures[f"{key}_ratio_band"] = (
+                    common.median(per_round),
+                    quartiles(per_round),
+                )
         saw = app_saw.get(cls)
-        figures["forwarded_applied"] = None if saw is None else \
-            (saw.get("client") or ["127.0.0.1"])[0] != "127.0.0.1" and saw.get("scheme") == "https"
+        figures["forwarded_applied"] = (
+            None
+            if saw is None
+            else (saw.get("client") or ["127.0.0.1"])[0] != "127.0.0.1"
+            and saw.get("scheme") == "https"
+        )
         out[cls] = figures
     return out
 
@@ -147,15 +179,23 @@ def run(args: argparse.Namespace) -> dict:
     classes = args.classes
     rounds: list[dict] = []
     app_saw: dict = {}
-    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp, contextlib.ExitStack() as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         lua = (FORWARDED_LUA if args.forwarded else "") + (CLOSE_LUA if args.close else "")
         script = common.lua_script(Path(tmp), "headers.lua", lua) if lua else None
         masters = {}
         for cls in classes:
             log(f"overhead[{variant}]: starting {cls}")
-            access = ["--access-logfile", str(Path(tmp) / f"access-{cls}.log")] if args.access_log else []
-            masters[cls] = stack.enter_context(common.master(cls, workers=args.workers, env=env,
-                                                             args=access))
+            access = (
+                ["--access-logfile", str(Path(tmp) / f"access-{cls}.log")]
+                if args.access_log
+                else []
+            )
+            masters[cls] = stack.enter_context(
+                common.master(cls, workers=args.workers, env=env, args=access)
+            )
         if args.forwarded:
             # What the app sees of the client with these headers (same trusted set everywhere:
             # gunicorn's default --forwarded-allow-ips, 127.0.0.1).
@@ -164,52 +204,80 @@ def run(args: argparse.Namespace) -> dict:
                 status, body = rig.get(m.port, "/client", headers=headers)
                 seen = json.loads(body) if status == 200 else {}
                 client = seen.get("client") or [None]
-                app_saw[cls] = {"client": seen.get("client"), "scheme": seen.get("scheme"),
-                                "headers_applied": client[0] != "127.0.0.1" or seen.get("scheme") == "https"}
+                app_saw[cls] = {
+                    "client": seen.get("client"),
+                    "scheme": seen.get("scheme"),
+                    "headers_applied": client[0] != "127.0.0.1" or seen.get("scheme") == "https",
+                }
         for cls, m in masters.items():
             log(f"overhead[{variant}]: warm-up {cls} {args.warmup:g} s")
-            rig.wrk(m.port, args.path, duration=args.warmup, connections=args.connections,
-                    threads=args.threads, script=script)
+            rig.wrk(
+                m.port,
+                args.path,
+                duration=args.warmup,
+                connections=args.connections,
+                threads=args.threads,
+                script=script,
+            )
         for index in range(1, args.rounds + 1):
             entry: dict = {"round": index}
             order = list(masters.items())
-            for cls, m in (order if index % 2 else order[::-1]):
+            for cls, m in order if index % 2 else order[::-1]:
                 workers = m.workers()
                 cpu_before = common.cpu_seconds(workers)
-                result = rig.wrk(m.port, args.path, duration=args.duration, connections=args.connections,
-                                 threads=args.threads, script=script)
+                result = rig.wrk(
+                    m.port,
+                    args.path,
+                    duration=args.duration,
+                    connections=args.connections,
+                    threads=args.threads,
+                    script=script,
+                )
                 summary = common.wrk_summary(result)
                 del summary["socket_error_kinds"]
                 # CPU the workers spent per request: steadier than requests/s on a shared machine,
                 # where wrk and the neighbours take the cores unevenly.
                 summary["cpu_us_per_request"] = common.rounded(
-                    (common.cpu_seconds(workers) - cpu_before) / max(result.requests, 1) * 1e6, 2)
+                    (common.cpu_seconds(workers) - cpu_before) / max(result.requests, 1) * 1e6, 2
+                )
                 entry[cls] = summary
-                log(f"overhead[{variant}]: round {index} {cls}: {result.rps:.0f} req/s, "
-                    f"p99 {result.p99_ms:.1f} ms, errors {result.socket_errors}, non-2xx {result.non_2xx}")
+                log(
+                    f"overhead[{variant}]: round {index} {cls}: {result.rps:.0f} req/s, "
+                    f"p99 {result.p99_ms:.1f} ms, errors {result.socket_errors}, non-2xx {result.non_2xx}"
+                )
             if common.BASELINE in masters:
                 base = entry[common.BASELINE]
                 entry["ratios_vs_uvicorn"] = {
-                    cls: {"rps": common.ratio(entry[cls]["rps"], base["rps"]),
-                          "p99": common.ratio(entry[cls]["p99_ms"], base["p99_ms"]),
-                          "cpu_per_request": common.ratio(entry[cls]["cpu_us_per_request"],
-                                                          base["cpu_us_per_request"])}
-                    for cls in classes if cls != common.BASELINE}
+                    cls: {
+                        "rps": common.ratio(entry[cls]["rps"], base["rps"]),
+                        "p99": common.ratio(entry[cls]["p99_ms"], base["p99_ms"]),
+                        "cpu_per_request": common.ratio(
+                            entry[cls]["cpu_us_per_request"], base["cpu_us_per_request"]
+                        ),
+                    }
+                    for cls in classes
+                    if cls != common.BASELINE
+                }
             rounds.append(entry)
         alive = {cls: common.master_alive(m) for cls, m in masters.items()}
         logs = {cls: common.log_digest(m.log()) for cls, m in masters.items()}
         # Proof that both classes wrote the log (and how many lines): a class that silently wrote
         # none would win the ratio for nothing.
-        access_lines = {cls: _lines(Path(tmp) / f"access-{cls}.log") for cls in classes} \
-            if args.access_log else {}
+        access_lines = (
+            {cls: _lines(Path(tmp) / f"access-{cls}.log") for cls in classes}
+            if args.access_log
+            else {}
+        )
 
     ratios = {}
     if common.BASELINE in classes:
         for cls in classes:
             if cls == common.BASELINE:
                 continue
-            per_round = {key: [r["ratios_vs_uvicorn"][cls][key] for r in rounds]
-                         for key in ("rps", "p99", "cpu_per_request")}
+            per_round = {
+                key: [r["ratios_vs_uvicorn"][cls][key] for r in rounds]
+                for key in ("rps", "p99", "cpu_per_request")
+            }
             ratios[f"{cls}/uvicorn"] = {
                 "median_rps_ratio": common.median(per_round["rps"]),
                 "median_p99_ratio": common.median(per_round["p99"]),
@@ -218,19 +286,26 @@ def run(args: argparse.Namespace) -> dict:
                 "rps_ratio_band": quartiles(per_round["rps"]),
                 "cpu_per_request_ratio_band": quartiles(per_round["cpu_per_request"]),
                 "rps_verdict": verdict(per_round["rps"], higher_is_better=True),
-                "cpu_per_request_verdict": verdict(per_round["cpu_per_request"], higher_is_better=False),
+                "cpu_per_request_verdict": verdict(
+                    per_round["cpu_per_request"], higher_is_better=False
+                ),
             }
-    medians = {cls: {"rps": common.median(r[cls]["rps"] for r in rounds),
-                     "p99_ms": common.median(r[cls]["p99_ms"] for r in rounds),
-                     "socket_errors": sum(r[cls]["socket_errors"] for r in rounds),
-                     "non_2xx": sum(r[cls]["non_2xx"] for r in rounds)} for cls in classes}
+    medians = {
+        cls: {
+            "rps": common.median(r[cls]["rps"] for r in rounds),
+            "p99_ms": common.median(r[cls]["p99_ms"] for r in rounds),
+            "socket_errors": sum(r[cls]["socket_errors"] for r in rounds),
+            "non_2xx": sum(r[cls]["non_2xx"] for r in rounds),
+        }
+        for cls in classes
+    }
     result = {
         "scenario": NAME,
         "variant": variant,
         "headline": headline(rounds, classes, app_saw),
         "ratios": ratios,
         "ratio_method": "per round: class / UvicornWorker of the same round (order reversed every other "
-                        "round); median over rounds, quartiles as the noise band",
+        "round); median over rounds, quartiles as the noise band",
         "absolute_medians": medians,
         "rounds": rounds,
     }
@@ -238,15 +313,26 @@ def run(args: argparse.Namespace) -> dict:
         result["app_saw_with_forwarded_headers"] = app_saw
     if access_lines:
         result["access_log_lines"] = access_lines
-    result.update({
-        "masters_alive_at_end": alive,
-        "logs": logs,
-        "config": {"workers": args.workers, "connections": args.connections, "wrk_threads": args.threads,
-                   "rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
-                   "path": args.path, "forwarded_headers": args.forwarded, "connection_close": args.close,
-                   "access_log": args.access_log, "env": env,
-                   "order": "".join(c[0].upper() for c in classes) + ", reversed every other round",
-                   "classes": {c: common.WORKERS[c] for c in classes}},
-        "result_file": result_name(variant),
-    })
+    result.update(
+        {
+            "masters_alive_at_end": alive,
+            "logs": logs,
+            "config": {
+                "workers": args.workers,
+                "connections": args.connections,
+                "wrk_threads": args.threads,
+                "rounds": args.rounds,
+                "duration_s": args.duration,
+                "warmup_s": args.warmup,
+                "path": args.path,
+                "forwarded_headers": args.forwarded,
+                "connection_close": args.close,
+                "access_log": args.access_log,
+                "env": env,
+                "order": "".join(c[0].upper() for c in classes) + ", reversed every other round",
+                "classes": {c: common.WORKERS[c] for c in classes},
+            },
+            "result_file": result_name(variant),
+        }
+    )
     return result

@@ -56,9 +56,11 @@ from bench.common import Metric, log, rig
 NAME = "overload"
 HELP = "open-loop load at twice the pool's capacity: goodput, p99, fast 503s (shedding)"
 TITLE = "Overload (open loop, 2x capacity)"
-SETUP = ("`GET /cpu?ms={cpu_ms:g}`, {workers} workers ({via}), open loop at {offered_rps:.0f} req/s "
-         "(2x the calibrated {capacity_rps:.0f}) for {duration_s} s, new connection per request, "
-         "client timeout {client_timeout_s:g} s; hardened with HARDENED_MAX_QUEUE_TIME={max_queue_time}")
+SETUP = (
+    "`GET /cpu?ms={cpu_ms:g}`, {workers} workers ({via}), open loop at {offered_rps:.0f} req/s "
+    "(2x the calibrated {capacity_rps:.0f}) for {duration_s} s, new connection per request, "
+    "client timeout {client_timeout_s:g} s; hardened with HARDENED_MAX_QUEUE_TIME={max_queue_time}"
+)
 METRICS = (
     Metric("goodput_rps", "goodput", "req/s", "higher", noise=0.05),
     Metric("ok_p99_ms", "p99 of 200s", "ms", "lower", noise=10.0),
@@ -70,21 +72,40 @@ CLASSES = ("hardened", "uvicorn")  # the comparison the issue asks for
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--duration", type=int, default=20, help="seconds of open-loop load (default 20)")
+    p.add_argument(
+        "--duration", type=int, default=20, help="seconds of open-loop load (default 20)"
+    )
     p.add_argument("--factor", type=float, default=2.0, help="offered load / capacity (default 2)")
     p.add_argument("--cpu-ms", type=float, default=5.0, help="CPU ms per request (default 5)")
-    p.add_argument("--max-queue-time", default="15ms",
-                   help="hardened's HARDENED_MAX_QUEUE_TIME (default 15ms)")
+    p.add_argument(
+        "--max-queue-time", default="15ms", help="hardened's HARDENED_MAX_QUEUE_TIME (default 15ms)"
+    )
     p.add_argument("--client-timeout", type=float, default=1.0, help="seconds (default 1)")
-    p.add_argument("--calibrate", type=int, default=5, help="seconds of closed-loop calibration (default 5)")
-    p.add_argument("--calibrate-concurrency", type=int, default=4,
-                   help="closed-loop connections in flight for the calibration (default 4)")
-    p.add_argument("--rate", type=float, default=None, help="offered req/s (skips the calibration's choice)")
-    p.add_argument("--via", choices=("direct", "nginx"), default="direct",
-                   help="connect straight to gunicorn (default) or through the rig's nginx")
+    p.add_argument(
+        "--calibrate", type=int, default=5, help="seconds of closed-loop calibration (default 5)"
+    )
+    p.add_argument(
+        "--calibrate-concurrency",
+        type=int,
+        default=4,
+        help="closed-loop connections in flight for the calibration (default 4)",
+    )
+    p.add_argument(
+        "--rate", type=float, default=None, help="offered req/s (skips the calibration's choice)"
+    )
+    p.add_argument(
+        "--via",
+        choices=("direct", "nginx"),
+        default="direct",
+        help="connect straight to gunicorn (default) or through the rig's nginx",
+    )
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--worker-nice", type=int, default=0,
-                   help="niceness of the gunicorn processes (default 0: as they are)")
+    p.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        help="niceness of the gunicorn processes (default 0: as they are)",
+    )
 
 
 @contextlib.contextmanager
@@ -99,8 +120,9 @@ def front(cls: str, args: argparse.Namespace, tmp: Path):
             yield m, m.port
             return
         proxy = rig.Nginx(tmp / cls, m.port)
-        proxy.conf.write_text(proxy.conf.read_text().replace(
-            "worker_connections 1024;", "worker_connections 4096;"))
+        proxy.conf.write_text(
+            proxy.conf.read_text().replace("worker_connections 1024;", "worker_connections 4096;")
+        )
         proxy.start()
         try:
             yield m, proxy.port
@@ -121,31 +143,39 @@ def run(args: argparse.Namespace) -> dict:
             (tmp / cls).mkdir()
         with contextlib.ExitStack() as stack:
             fronts = {cls: stack.enter_context(front(cls, args, tmp)) for cls in classes}
-            for cls, (m, port) in fronts.items():
+            for cls, (_master, port) in fronts.items():
                 # Warm up, with enough requests at once that nginx holds its 32 idle upstream
                 # connections (a proxy in front of a busy pool has them open already).
                 openloop.closed_loop("127.0.0.1", port, path, 32 if args.via == "nginx" else 4, 1.0)
-                cal = openloop.closed_loop("127.0.0.1", port, path, args.calibrate_concurrency,
-                                           args.calibrate)
+                cal = openloop.closed_loop(
+                    "127.0.0.1", port, path, args.calibrate_concurrency, args.calibrate
+                )
                 calibration[cls] = s = openloop.summary(cal)
                 s["served_rps"] = s["ok"] / args.calibrate
-                log(f"overload: {cls}: closed loop serves {s['served_rps']:.0f} req/s "
-                    f"(p99 {s['ok_p99_ms']:.1f} ms, 503s {s['shed_503']})")
+                log(
+                    f"overload: {cls}: closed loop serves {s['served_rps']:.0f} req/s "
+                    f"(p99 {s['ok_p99_ms']:.1f} ms, 503s {s['shed_503']})"
+                )
             capacity = max(c["served_rps"] for c in calibration.values())
             rate = args.rate or args.factor * capacity
             for cls, (m, port) in fronts.items():
                 log(f"overload: {cls}: open loop at {rate:.0f} req/s for {args.duration} s")
-                result = openloop.open_loop("127.0.0.1", port, path, rate, args.duration,
-                                            args.client_timeout)
+                result = openloop.open_loop(
+                    "127.0.0.1", port, path, rate, args.duration, args.client_timeout
+                )
                 per_class[cls] = s = openloop.summary(result)
                 timelines[cls] = openloop.timeline(result)
                 text = m.log()
-                logs[cls] = {"digest": common.log_digest(text),
-                             "shedding_lines": common.grep(text, r"shedding: ", 4)}
-                log(f"overload: {cls}: goodput {s['goodput_rps']:.0f} req/s, 200s p99 "
+                logs[cls] = {
+                    "digest": common.log_digest(text),
+                    "shedding_lines": common.grep(text, r"shedding: ", 4),
+                }
+                log(
+                    f"overload: {cls}: goodput {s['goodput_rps']:.0f} req/s, 200s p99 "
                     f"{s['ok_p99_ms']} ms, 503s {s['shed_503']} (p99 {s['shed_p99_ms']} ms), "
                     f"timeouts {s['timeouts']}, errors {s['errors']}, client lag p99 "
-                    f"{s['lag_p99_ms']:.1f} ms max {s['lag_max_ms']:.1f} ms")
+                    f"{s['lag_p99_ms']:.1f} ms max {s['lag_max_ms']:.1f} ms"
+                )
     # How many were refused (neither better nor worse) and the client's lag (the bench's own
     # health, not the worker's): in the headline, not graded.
     keys = [m.key for m in METRICS] + ["shed_503", "lag_p99_ms"]
@@ -155,7 +185,8 @@ def run(args: argparse.Namespace) -> dict:
     if hardened:
         answered = hardened["ok"] + hardened["shed_503"]
         targets = {
-            "ok_p99_at_most_250_ms": hardened["ok_p99_ms"] is not None and hardened["ok_p99_ms"] <= 250,
+            "ok_p99_at_most_250_ms": hardened["ok_p99_ms"] is not None
+            and hardened["ok_p99_ms"] <= 250,
             "every_other_request_a_503": answered + hardened["late_200s"] == hardened["sent"]
             and hardened["late_200s"] == 0,
             "shed_p99_under_50_ms": hardened["shed_p99_ms"] is None or hardened["shed_p99_ms"] < 50,
@@ -164,21 +195,35 @@ def run(args: argparse.Namespace) -> dict:
         if uvicorn:
             ratio = common.ratio(hardened["goodput_rps"], uvicorn["goodput_rps"])
             headline["hardened"]["goodput_ratio"] = ratio
-            targets["goodput_at_least_1_5x_uvicorn"] = ratio is None and hardened["goodput_rps"] > 0 \
+            targets["goodput_at_least_1_5x_uvicorn"] = (
+                ratio is None
+                and hardened["goodput_rps"] > 0
                 or (ratio is not None and ratio >= 1.5)
+            )
     return {
         "scenario": NAME,
-        **({"result_file": f"{NAME}-nginx", "variant": "through nginx"} if args.via == "nginx" else {}),
+        **(
+            {"result_file": f"{NAME}-nginx", "variant": "through nginx"}
+            if args.via == "nginx"
+            else {}
+        ),
         "headline": headline,
         "targets": targets,
         "per_class": per_class,
         "calibration": calibration,
         "timeline": timelines,
         "logs": logs,
-        "config": {"workers": args.workers, "cpu_ms": args.cpu_ms, "duration_s": args.duration,
-                   "capacity_rps": capacity, "offered_rps": rate, "factor": args.factor,
-                   "client_timeout_s": args.client_timeout, "max_queue_time": args.max_queue_time,
-                   "via": args.via,
-                   "calibration_concurrency": args.calibrate_concurrency,
-                   "calibration_s": args.calibrate},
+        "config": {
+            "workers": args.workers,
+            "cpu_ms": args.cpu_ms,
+            "duration_s": args.duration,
+            "capacity_rps": capacity,
+            "offered_rps": rate,
+            "factor": args.factor,
+            "client_timeout_s": args.client_timeout,
+            "max_queue_time": args.max_queue_time,
+            "via": args.via,
+            "calibration_concurrency": args.calibrate_concurrency,
+            "calibration_s": args.calibrate,
+        },
     }

@@ -6,16 +6,20 @@ extra); :func:`make_plots` says so instead of failing when it is missing."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 PLOTS = ("leak_rss.png", "hup_timeline.png", "nginx_timeline.png")
-PLOT_LABELS = {"hardened": "hardened_worker.Worker", "uvicorn": "uvicorn_worker.UvicornWorker",
-               "asgi": "gunicorn -k asgi"}
+PLOT_LABELS = {
+    "hardened": "hardened_worker.Worker",
+    "uvicorn": "uvicorn_worker.UvicornWorker",
+    "asgi": "gunicorn -k asgi",
+}
 COLORS = {"hardened": "#1b9e77", "uvicorn": "#3a6fb0", "asgi": "#d95f02"}
 
 
-def ms(value: Optional[float]) -> str:
+def ms(value: float | None) -> str:
     if value is None:
         return "n/a"
     return f"{value:,.0f} ms" if value >= 100 else f"{value:.1f} ms"
@@ -23,12 +27,14 @@ def ms(value: Optional[float]) -> str:
 
 def _pyplot() -> Any:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
-def _size_mib(text: Optional[str]) -> Optional[float]:
+def _size_mib(text: str | None) -> float | None:
     if not text:
         return None
     m = re.fullmatch(r"\s*([\d.]+)\s*([KMG]i?B?)?\s*", text, re.IGNORECASE)
@@ -39,7 +45,11 @@ def _size_mib(text: Optional[str]) -> Optional[float]:
 
 
 LEAK_STYLES = {
-    "hardened-memory-limit": ("#1b9e77", "-", "hardened_worker.Worker, HARDENED_MEMORY_LIMIT={limit}"),
+    "hardened-memory-limit": (
+        "#1b9e77",
+        "-",
+        "hardened_worker.Worker, HARDENED_MEMORY_LIMIT={limit}",
+    ),
     "uvicorn": ("#3a6fb0", "-", "uvicorn_worker.UvicornWorker"),
     "uvicorn-max-requests": ("#3a6fb0", "--", "uvicorn_worker.UvicornWorker {args}"),
     "asgi": ("#d95f02", "-", "gunicorn -k asgi"),
@@ -54,8 +64,9 @@ def plot_leak(data: dict, path: Path) -> None:
     h = pv.get("hardened-memory-limit", {})
     limit_text = h.get("env", {}).get("HARDENED_MEMORY_LIMIT")
     soft = _size_mib(limit_text)
-    fig, (top, zoom) = plt.subplots(2, 1, figsize=(10, 8), sharex=True,
-                                    gridspec_kw={"height_ratios": [1, 1.2]})
+    fig, (top, zoom) = plt.subplots(
+        2, 1, figsize=(10, 8), sharex=True, gridspec_kw={"height_ratios": [1, 1.2]}
+    )
     recycled_peak = 0.0
     for name, v in pv.items():
         color, style, label = LEAK_STYLES.get(name, ("grey", ":", name))
@@ -66,17 +77,33 @@ def plot_leak(data: dict, path: Path) -> None:
         err = v["socket_errors"] + v["non_2xx"]
         label += f" ({err:,} errors)"
         for ax in (top, zoom):
-            ax.plot(ts, peak, style, color=color, lw=1.4 if name.startswith("hardened") else 1.1, label=label)
+            ax.plot(
+                ts,
+                peak,
+                style,
+                color=color,
+                lw=1.4 if name.startswith("hardened") else 1.1,
+                label=label,
+            )
         if name in ("hardened-memory-limit", "uvicorn-max-requests"):
             recycled_peak = max(recycled_peak, v["peak_worker_rss_mib"])
         if v["capped"]:
             top.plot([ts[-1]], [peak[-1]], "x", color=color, ms=8)
     top.axhline(cfg["cap_mib"], color="grey", lw=0.8, ls=":")
-    top.text(0.2, cfg["cap_mib"], f"bench cap {cfg['cap_mib']:,} MiB: a run stops here (×)", va="bottom",
-             fontsize=8, color="grey")
+    top.text(
+        0.2,
+        cfg["cap_mib"],
+        f"bench cap {cfg['cap_mib']:,} MiB: a run stops here (×)",
+        va="bottom",
+        fontsize=8,
+        color="grey",
+    )
     top.set_ylabel("largest worker's RSS (MiB)")
-    top.set_title(f"Leak of {cfg['kib_per_request']} KiB per request under wrk ({cfg['connections']} connections), "
-                  f"{cfg['workers']} workers", fontsize=11)
+    top.set_title(
+        f"Leak of {cfg['kib_per_request']} KiB per request under wrk ({cfg['connections']} connections), "
+        f"{cfg['workers']} workers",
+        fontsize=11,
+    )
     handles, labels = top.get_legend_handles_labels()
     if soft:
         hard = soft * 1.25
@@ -84,14 +111,34 @@ def plot_leak(data: dict, path: Path) -> None:
             ax.axhline(soft, color="#1b9e77", lw=0.8, ls="--")
         zoom.axhline(hard, color="#1b9e77", lw=0.8, ls=":")
         box = {"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1}
-        zoom.text(0.995, soft, f"HARDENED_MEMORY_LIMIT {limit_text} (soft, USS) ", va="center", ha="right",
-                  fontsize=8, color="#1b9e77", transform=zoom.get_yaxis_transform(), bbox=box)
-        zoom.text(0.995, hard, f"hard limit {hard:.0f} MiB (soft + 25%, USS) ", va="center", ha="right",
-                  fontsize=8, color="#1b9e77", transform=zoom.get_yaxis_transform(), bbox=box)
+        zoom.text(
+            0.995,
+            soft,
+            f"HARDENED_MEMORY_LIMIT {limit_text} (soft, USS) ",
+            va="center",
+            ha="right",
+            fontsize=8,
+            color="#1b9e77",
+            transform=zoom.get_yaxis_transform(),
+            bbox=box,
+        )
+        zoom.text(
+            0.995,
+            hard,
+            f"hard limit {hard:.0f} MiB (soft + 25%, USS) ",
+            va="center",
+            ha="right",
+            fontsize=8,
+            color="#1b9e77",
+            transform=zoom.get_yaxis_transform(),
+            bbox=box,
+        )
     zoom.set_ylim(0, max(recycled_peak, (soft or 0) * 1.25) * 1.3 or 300)
     zoom.set_ylabel("MiB (zoom on the limit)")
-    zoom.set_xlabel(f"seconds of load (RSS of every worker sampled every {cfg['sample_interval_s']:g} s; "
-                    f"the line is the largest)")
+    zoom.set_xlabel(
+        f"seconds of load (RSS of every worker sampled every {cfg['sample_interval_s']:g} s; "
+        f"the line is the largest)"
+    )
     for ax in (top, zoom):
         ax.grid(alpha=0.3)
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
@@ -105,8 +152,9 @@ def plot_timeline(data: dict, path: Path, title: str, startup_s: float = 0.0) ->
     pc = {c: v for c, v in data["per_class"].items() if v.get("timeline")}
     if not pc:
         raise ValueError("no timeline in the results (run the scenario again)")
-    fig, axes = plt.subplots(len(pc), 1, figsize=(10, 2.6 * len(pc) + 0.6), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(pc), 1, figsize=(10, 2.6 * len(pc) + 0.6), sharex=True, sharey=True, squeeze=False
+    )
     ymax = 0.0
     twins = []
     for ax, (cls, v) in zip(axes[:, 0], pc.items()):
@@ -117,10 +165,21 @@ def plot_timeline(data: dict, path: Path, title: str, startup_s: float = 0.0) ->
         ok = [p[1] / width for p in pts]
         errs = [p[2] for p in pts]
         ymax = max(ymax, max(ok, default=0))
-        ax.step(ts + [ts[-1] + width], ok + [ok[-1]], where="post", color=COLORS.get(cls, "black"), lw=1.4)
-        ax.fill_between(ts + [ts[-1] + width], ok + [ok[-1]], step="post", color=COLORS.get(cls, "black"),
-                        alpha=0.2)
-        for i, t in enumerate(v.get("hups_sent_at_s", [])):
+        ax.step(
+            ts + [ts[-1] + width],
+            ok + [ok[-1]],
+            where="post",
+            color=COLORS.get(cls, "black"),
+            lw=1.4,
+        )
+        ax.fill_between(
+            ts + [ts[-1] + width],
+            ok + [ok[-1]],
+            step="post",
+            color=COLORS.get(cls, "black"),
+            alpha=0.2,
+        )
+        for t in v.get("hups_sent_at_s", []):
             ax.axvline(t, color="black", lw=0.9, ls="--")
             if startup_s:
                 ax.axvspan(t, t + startup_s, color="grey", alpha=0.12, lw=0)
@@ -131,20 +190,28 @@ def plot_timeline(data: dict, path: Path, title: str, startup_s: float = 0.0) ->
         twin.set_ylabel("failed / bucket", color="#d62728", fontsize=8)
         twin.tick_params(axis="y", colors="#d62728", labelsize=8)
         wrk_errors = v["socket_errors"] + v["non_2xx"]
-        ax.set_title(f"{PLOT_LABELS.get(cls, cls)}: client {v['timeline']['errors']:,} failed of "
-                     f"{v['timeline']['requests']:,}; wrk {wrk_errors:,} errors, p99 {ms(v['p99_ms'])}",
-                     fontsize=10, loc="left")
+        ax.set_title(
+            f"{PLOT_LABELS.get(cls, cls)}: client {v['timeline']['errors']:,} failed of "
+            f"{v['timeline']['requests']:,}; wrk {wrk_errors:,} errors, p99 {ms(v['p99_ms'])}",
+            fontsize=10,
+            loc="left",
+        )
         ax.set_ylabel("answered/s", fontsize=9)
         ax.grid(alpha=0.3)
-    emax = max(max((p[2] for p in v["timeline"]["series"]["points"]), default=0) for v in pc.values())
+    emax = max(
+        max((p[2] for p in v["timeline"]["series"]["points"]), default=0) for v in pc.values()
+    )
     for twin in twins:
         twin.set_ylim(0, max(5, emax * 1.15))
     axes[0, 0].set_ylim(0, ymax * 1.15 or 1)
     conn = next(iter(pc.values()))["timeline"]["concurrency"]
     shade = f"; grey: the new workers' {startup_s:g} s of app startup" if startup_s else ""
-    axes[-1, 0].set_xlabel(f"seconds since the load started (dashed: HUP sent to the master{shade})\n"
-                           f"line: requests answered per second by a {conn}-connection Python client beside wrk, "
-                           f"in {width:g} s buckets; red bars: its failed requests per bucket", fontsize=8)
+    axes[-1, 0].set_xlabel(
+        f"seconds since the load started (dashed: HUP sent to the master{shade})\n"
+        f"line: requests answered per second by a {conn}-connection Python client beside wrk, "
+        f"in {width:g} s buckets; red bars: its failed requests per bucket",
+        fontsize=8,
+    )
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -162,23 +229,45 @@ def make_plots(found: dict, out: Path) -> tuple[dict[str, str], list[str]]:
     jobs: list[tuple[str, str, Callable[[], None]]] = []
     leak = found.get("leak")
     if leak and "error" not in leak:
-        jobs.append(("leak_rss.png", "Largest worker's RSS over time with the leaking app",
-                     lambda: plot_leak(leak, out / "leak_rss.png")))
+        jobs.append(
+            (
+                "leak_rss.png",
+                "Largest worker's RSS over time with the leaking app",
+                lambda: plot_leak(leak, out / "leak_rss.png"),
+            )
+        )
     # (result, png, caption, title from its config, the grey startup span in seconds)
     timelines = (
-        ("hup", "hup_timeline.png", "Requests answered and failed over time across HUP reloads",
-         "HUP every {hup_interval_s:g} s under wrk ({connections} connections), app startup "
-         "{startup_delay_s:g} s, {workers} workers", "startup_delay_s"),
-        ("nginx", "nginx_timeline.png", "The same through nginx (upstream keep-alive), GET and POST alternating",
-         "Behind nginx (upstream keep-alive 32): HUP every {hup_interval_s:g} s under wrk ({connections} "
-         "connections), {workers} workers", None),
+        (
+            "hup",
+            "hup_timeline.png",
+            "Requests answered and failed over time across HUP reloads",
+            "HUP every {hup_interval_s:g} s under wrk ({connections} connections), app startup "
+            "{startup_delay_s:g} s, {workers} workers",
+            "startup_delay_s",
+        ),
+        (
+            "nginx",
+            "nginx_timeline.png",
+            "The same through nginx (upstream keep-alive), GET and POST alternating",
+            "Behind nginx (upstream keep-alive 32): HUP every {hup_interval_s:g} s under wrk ({connections} "
+            "connections), {workers} workers",
+            None,
+        ),
     )
     for scenario, png, caption, title, startup in timelines:
         data = found.get(scenario)
         if data and "error" not in data:
             cfg = data["config"]
-            jobs.append((png, caption, lambda data=data, png=png, cfg=cfg, title=title, startup=startup:
-                         plot_timeline(data, out / png, title.format_map(cfg), cfg.get(startup, 0.0))))
+            jobs.append(
+                (
+                    png,
+                    caption,
+                    lambda data=data, png=png, cfg=cfg, title=title, startup=startup: plot_timeline(
+                        data, out / png, title.format_map(cfg), cfg.get(startup, 0.0)
+                    ),
+                )
+            )
     for name, caption, job in jobs:
         try:
             job()

@@ -48,15 +48,27 @@ OTHER = "event loop and other"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--duration", type=int, default=10, help="whole seconds sampled per round (default 10)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds per class, alternating (default 3)")
+    p.add_argument(
+        "--duration", type=int, default=10, help="whole seconds sampled per round (default 10)"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=3, help="rounds per class, alternating (default 3)"
+    )
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--rate", type=int, default=500, help="py-spy samples per second (default 500)")
     p.add_argument("--path", default="/")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="environment for every master (repeatable)")
-    p.add_argument("--forwarded", action="store_true",
-                   help="every request carries X-Forwarded-For and X-Forwarded-Proto")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for every master (repeatable)",
+    )
+    p.add_argument(
+        "--forwarded",
+        action="store_true",
+        help="every request carries X-Forwarded-For and X-Forwarded-Proto",
+    )
     p.add_argument("--raw-dir", type=Path, help="keep py-spy's raw stacks here (<class>.txt)")
 
 
@@ -100,18 +112,43 @@ def py_spy() -> str:
 
 def profile_class(cls: str, args: argparse.Namespace, env: dict, script: Path | None) -> dict:
     with common.master(cls, workers=1, env=env) as m:
-        rig.wrk(m.port, args.path, duration=2, connections=args.connections, threads=1, script=script)
+        rig.wrk(
+            m.port, args.path, duration=2, connections=args.connections, threads=1, script=script
+        )
         (pid,) = m.workers()
         out = Path(m.tmp) / "profile.txt"
-        spy = subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--format", "raw",
-                                "--full-filenames", "--nonblocking", "--rate", str(args.rate),
-                                "--duration", str(args.duration + 2), "--output", str(out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        spy = subprocess.Popen(
+            [
+                py_spy(),
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--full-filenames",
+                "--nonblocking",
+                "--rate",
+                str(args.rate),
+                "--duration",
+                str(args.duration + 2),
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             rig.wait_for(lambda: spy.poll() is not None or common.cpu_seconds([pid]) > 0, 5)
             cpu_before = common.cpu_seconds([pid])
-            result = rig.wrk(m.port, args.path, duration=args.duration, connections=args.connections,
-                             threads=1, script=script)
+            result = rig.wrk(
+                m.port,
+                args.path,
+                duration=args.duration,
+                connections=args.connections,
+                threads=1,
+                script=script,
+            )
             cpu = common.cpu_seconds([pid]) - cpu_before
         finally:
             _, err = spy.communicate(timeout=args.duration + 30)
@@ -121,8 +158,10 @@ def profile_class(cls: str, args: argparse.Namespace, env: dict, script: Path | 
         if args.raw_dir is not None:
             args.raw_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy(out, args.raw_dir / f"{cls}-{len(list(args.raw_dir.glob(cls + '-*')))}.txt")
-    log(f"profile: {cls}: {cpu / max(result.requests, 1) * 1e6:.1f} us CPU per request, "
-        f"{result.rps:.0f} req/s")
+    log(
+        f"profile: {cls}: {cpu / max(result.requests, 1) * 1e6:.1f} us CPU per request, "
+        f"{result.rps:.0f} req/s"
+    )
     return {"counts": counts, "cpu_s": cpu, "requests": result.requests, "rps": result.rps}
 
 
@@ -133,11 +172,15 @@ def summarise(runs: list[dict]) -> dict:
         counts.update(one["counts"])
     total = sum(counts.values()) or 1
     cpu_us = sum(r["cpu_s"] for r in runs) / max(sum(r["requests"] for r in runs), 1) * 1e6
-    return {"cpu_us_per_request": cpu_us,
-            "cpu_us_per_request_by_round": [r["cpu_s"] / max(r["requests"], 1) * 1e6 for r in runs],
-            "samples": total,
-            "layers": {label: {"share": n / total, "us_per_request": n / total * cpu_us}
-                       for label, n in counts.most_common()}}
+    return {
+        "cpu_us_per_request": cpu_us,
+        "cpu_us_per_request_by_round": [r["cpu_s"] / max(r["requests"], 1) * 1e6 for r in runs],
+        "samples": total,
+        "layers": {
+            label: {"share": n / total, "us_per_request": n / total * cpu_us}
+            for label, n in counts.most_common()
+        },
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -146,21 +189,33 @@ def run(args: argparse.Namespace) -> dict:
     env = parse_env(args.env)
     per_class = {}
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
-        script = common.lua_script(Path(tmp), "forwarded.lua", FORWARDED_LUA) if args.forwarded else None
+        script = (
+            common.lua_script(Path(tmp), "forwarded.lua", FORWARDED_LUA) if args.forwarded else None
+        )
         runs: dict[str, list[dict]] = {cls: [] for cls in args.classes}
         for _ in range(args.rounds):  # classes alternating, as in overhead
             for cls in args.classes:
                 runs[cls].append(profile_class(cls, args, env, script))
     for cls, class_runs in runs.items():
         per_class[cls] = summarise(class_runs)
-        log(f"profile: {cls} over {args.rounds} rounds: "
-            f"{per_class[cls]['cpu_us_per_request']:.1f} us CPU per request")
+        log(
+            f"profile: {cls} over {args.rounds} rounds: "
+            f"{per_class[cls]['cpu_us_per_request']:.1f} us CPU per request"
+        )
         for label, figures in per_class[cls]["layers"].items():
             log(f"  {figures['us_per_request']:6.2f} us  {figures['share']:6.1%}  {label}")
-    return {"scenario": NAME, "classes": per_class,
-            "method": "py-spy raw samples of the one worker (-w 1) under wrk; each sample charged to "
-                      "its innermost frame in a known layer; share x CPU us per request",
-            "config": {"duration_s": args.duration, "connections": args.connections,
-                       "rate": args.rate, "rounds": args.rounds, "path": args.path, "env": env,
-                       "forwarded_headers": args.forwarded}}
-
+    return {
+        "scenario": NAME,
+        "classes": per_class,
+        "method": "py-spy raw samples of the one worker (-w 1) under wrk; each sample charged to "
+        "its innermost frame in a known layer; share x CPU us per request",
+        "config": {
+            "duration_s": args.duration,
+            "connections": args.connections,
+            "rate": args.rate,
+            "rounds": args.rounds,
+            "path": args.path,
+            "env": env,
+            "forwarded_headers": args.forwarded,
+        },
+    }

@@ -23,7 +23,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from bench import common, plots
 from bench.common import Metric
@@ -37,10 +37,13 @@ README_END = "<!-- bench:end -->"
 
 CLASSES = ("hardened", "uvicorn", "asgi")
 PEERS = ("uvicorn", "asgi")
-LABELS = {"hardened": "`hardened_worker.Worker`", "uvicorn": "`uvicorn_worker.UvicornWorker`",
-          "asgi": "gunicorn `-k asgi`"}
+LABELS = {
+    "hardened": "`hardened_worker.Worker`",
+    "uvicorn": "`uvicorn_worker.UvicornWorker`",
+    "asgi": "gunicorn `-k asgi`",
+}
 YES, NOISE, NO, NA = "✅ yes", "≈ within noise", "❌ no", "n/a"
-RELATIVE = {"req/s", "ratio", "%"}   # units whose noise band is relative
+RELATIVE = {"req/s", "ratio", "%"}  # units whose noise band is relative
 RATIO_FIRST = {"req/s", "ms", "s", "MiB"}  # units shown as a ratio to UvicornWorker first
 
 
@@ -52,7 +55,7 @@ def scenarios() -> list:
 # --- one metric -----------------------------------------------------------------------------------
 
 
-def number(value: Any) -> Optional[float]:
+def number(value: Any) -> float | None:
     """A figure as a float (yes/no as 1/0), None if it is none (or NaN)."""
     return float(value) if isinstance(value, (int, float)) and value == value else None
 
@@ -66,16 +69,21 @@ def absolute(metric: Metric, value: Any) -> str:
     return f"{value:,.{digits}f} {metric.unit}"
 
 
-def compare(metric: Metric, h: dict, p: dict) -> Optional[str]:
-    """"better", "same", "noise" or "worse" for hardened's figure against a peer's (None: unknown)."""
+def compare(metric: Metric, h: dict, p: dict) -> str | None:
+    """ "better", "same", "noise" or "worse" for hardened's figure against a peer's (None: unknown)."""
     hv, pv = number(h.get(metric.key)), number(p.get(metric.key))
-    if pv is None and isinstance(h.get(metric.key), bool):  # a check the peer never reached: against passing
+    if pv is None and isinstance(
+        h.get(metric.key), bool
+    ):  # a check the peer never reached: against passing
         pv = float(metric.better == "higher")
     if hv is None or pv is None:
         return None
     if hv == pv:
         return "same"
-    hb, pb = (v if v and None not in v else None for v in (h.get(f"{metric.key}_band"), p.get(f"{metric.key}_band")))
+    hb, pb = (
+        v if v and None not in v else None
+        for v in (h.get(f"{metric.key}_band"), p.get(f"{metric.key}_band"))
+    )
     if hb and pb:  # measured bands: the same when they overlap
         same = hb[0] <= pb[1] and pb[0] <= hb[1]
     elif hb or pb:  # one measured band: the same when it reaches the other figure
@@ -119,13 +127,24 @@ def cell(metrics: list, figures: dict, base: dict) -> str:
     return ", ".join(first) + ("<br>" + ", ".join(second) if second else "")
 
 
-def row(module: Any, file: str, result: Optional[dict]) -> dict:
-    variant = file[len(module.NAME) + 1:] if file != module.NAME else ""
-    title = module.TITLE + (f", {result.get('variant', variant) if result else variant}" if variant else "")
-    out = {"title": title, "setup": "", "cells": {c: "not run" for c in CLASSES}, "verdict": NA, "notes": []}
+def row(module: Any, file: str, result: dict | None) -> dict:
+    variant = file[len(module.NAME) + 1 :] if file != module.NAME else ""
+    title = module.TITLE + (
+        f", {result.get('variant', variant) if result else variant}" if variant else ""
+    )
+    out = {
+        "title": title,
+        "setup": "",
+        "cells": {c: "not run" for c in CLASSES},
+        "verdict": NA,
+        "notes": [],
+    }
     if result is None or "error" in result:
-        out["notes"].append(f"**{title}**: the scenario failed: `{result['error']}`." if result else
-                            f"**{title}**: no result file; run `.venv/bin/python -m bench {module.NAME}`.")
+        out["notes"].append(
+            f"**{title}**: the scenario failed: `{result['error']}`."
+            if result
+            else f"**{title}**: no result file; run `.venv/bin/python -m bench {module.NAME}`."
+        )
         return {**out, "cells": {c: "failed" for c in CLASSES}, "verdict": NO} if result else out
     out["setup"] = setup_text(module, result)
     headline = result.get("headline", {})
@@ -133,17 +152,28 @@ def row(module: Any, file: str, result: Optional[dict]) -> dict:
     missing = [m.key for m in module.METRICS if not any(m.key in v for v in headline.values())]
     shown = [m for m in module.METRICS if m.key not in missing]
     for cls in CLASSES:  # a class a legacy headline lacks did run: its figures are just not there
-        out["cells"][cls] = (cell(shown, headline[cls], base) or "n/a") if cls in headline \
-            else "n/a" if missing else "not run"
+        out["cells"][cls] = (
+            (cell(shown, headline[cls], base) or "n/a")
+            if cls in headline
+            else "n/a"
+            if missing
+            else "not run"
+        )
     if missing:
-        out["notes"].append(f"**{title}**: `{file}.json` has no {', '.join(f'`{k}`' for k in missing)} "
-                            f"(written before these figures existed): n/a until "
-                            f"`.venv/bin/{result.get('command', 'python -m bench ' + module.NAME)}` runs again.")
+        out["notes"].append(
+            f"**{title}**: `{file}.json` has no {', '.join(f'`{k}`' for k in missing)} "
+            f"(written before these figures existed): n/a until "
+            f"`.venv/bin/{result.get('command', 'python -m bench ' + module.NAME)}` runs again."
+        )
     h = headline.get("hardened")
     if h is None:
         return out
-    graded = {(m, peer): compare(m, h, headline[peer]) for m in module.METRICS for peer in PEERS
-              if peer in headline}
+    graded = {
+        (m, peer): compare(m, h, headline[peer])
+        for m in module.METRICS
+        for peer in PEERS
+        if peer in headline
+    }
     worse = [(m, p) for (m, p), g in graded.items() if g == "worse"]
     noisy = [(m, p) for (m, p), g in graded.items() if g == "noise"]
     known = [g for g in graded.values() if g is not None]
@@ -151,11 +181,20 @@ def row(module: Any, file: str, result: Optional[dict]) -> dict:
     says = []
     for what, pairs in (("behind", worse), ("within noise (not graded a win)", noisy)):
         if pairs:
-            says.append(f"{what} on " + "; ".join(
-                f"{m.label} against {plots.PLOT_LABELS[p]} ({absolute(m, h.get(m.key))} against "
-                f"{absolute(m, headline[p].get(m.key))})" for m, p in pairs))
+            says.append(
+                f"{what} on "
+                + "; ".join(
+                    f"{m.label} against {plots.PLOT_LABELS[p]} ({absolute(m, h.get(m.key))} against "
+                    f"{absolute(m, headline[p].get(m.key))})"
+                    for m, p in pairs
+                )
+            )
     if says:  # a module's NOTE says what its figures alone cannot
-        out["notes"].append(f"**{title}**: hardened_worker is " + "; ".join(says) + (". " + getattr(module, "NOTE", "")).rstrip())
+        out["notes"].append(
+            f"**{title}**: hardened_worker is "
+            + "; ".join(says)
+            + (". " + getattr(module, "NOTE", "")).rstrip()
+        )
     return out
 
 
@@ -180,7 +219,7 @@ def load(results: Path) -> dict[str, dict]:
     return found
 
 
-def _when(text: Optional[str]) -> str:
+def _when(text: str | None) -> str:
     try:
         moment = datetime.datetime.fromisoformat(text or "")
     except ValueError:
@@ -191,20 +230,34 @@ def _when(text: Optional[str]) -> str:
 def header(found: dict) -> list[str]:
     names = {m.NAME for m in scenarios()}
     runs = {name: d for name, d in found.items() if d.get("scenario") in names and "machine" in d}
-    anchor = found["all"] if "machine" in found.get("all", {}) else \
-        max(runs.values(), key=lambda d: d["machine"].get("date", ""), default=None)
+    anchor = (
+        found["all"]
+        if "machine" in found.get("all", {})
+        else max(runs.values(), key=lambda d: d["machine"].get("date", ""), default=None)
+    )
     if anchor is None:
         return ["No results yet: run `make bench`.", ""]
     m, repo = anchor["machine"], anchor["machine"].get("repo", {})
     p = m.get("packages", {})
     changed = repo.get("modified_package_files")
-    dirty = (f" with uncommitted changes to {', '.join(f'`{f}`' for f in changed[:6])}" if changed
-             else ", no uncommitted changes to the package" if changed is not None else "")
+    dirty = (
+        f" with uncommitted changes to {', '.join(f'`{f}`' for f in changed[:6])}"
+        if changed
+        else ", no uncommitted changes to the package"
+        if changed is not None
+        else ""
+    )
     command = anchor.get("command", "python -m bench all")
-    how = ("`make bench` (which runs `.venv/bin/python -m bench all`)" if command.strip() == "python -m bench all"
-           else f"`.venv/bin/{command}`")
-    took = (f" (run started {_when(anchor.get('run_id'))}, took {anchor['duration_s'] / 60:.1f} min)"
-            if anchor.get("scenario") == "all" and anchor.get("duration_s") else "")
+    how = (
+        "`make bench` (which runs `.venv/bin/python -m bench all`)"
+        if command.strip() == "python -m bench all"
+        else f"`.venv/bin/{command}`"
+    )
+    took = (
+        f" (run started {_when(anchor.get('run_id'))}, took {anchor['duration_s'] / 60:.1f} min)"
+        if anchor.get("scenario") == "all" and anchor.get("duration_s")
+        else ""
+    )
     lines = [
         f"- **Date**: {_when(m.get('date'))}{took}",
         f"- **Command**: {how}, from the repository root",
@@ -218,43 +271,65 @@ def header(found: dict) -> list[str]:
         f"{re.sub(r' Copyright.*', '', m.get('wrk') or 'wrk unknown')}; "
         f"{(m.get('nginx') or 'nginx unknown').replace('nginx version: ', '')}",
     ]
-    stray = [f"`{name}.json` ({_when(d['machine'].get('date'))}, `{d.get('command', '?')}`)"
-             for name, d in runs.items() if d.get("run_id") != anchor.get("run_id")]
+    stray = [
+        f"`{name}.json` ({_when(d['machine'].get('date'))}, `{d.get('command', '?')}`)"
+        for name, d in runs.items()
+        if d.get("run_id") != anchor.get("run_id")
+    ]
     if stray:
         lines.append(f"- **Not from that run**: {', '.join(stray)}")
     return lines + [""]
 
 
-def render(found: dict, table: list[dict], made: dict, problems: list, image_dir: str, readme: str) -> str:
+def render(
+    found: dict, table: list[dict], made: dict, problems: list, image_dir: str, readme: str
+) -> str:
     out = [
-        "# Benchmark: hardened_worker against UvicornWorker and gunicorn's asgi worker", "",
+        "# Benchmark: hardened_worker against UvicornWorker and gunicorn's asgi worker",
+        "",
         "`hardened_worker.Worker`, `uvicorn_worker.UvicornWorker` and gunicorn's own `-k asgi`, on the "
         "same app (`tests/apps/testapp.py`) on the same machine; each gunicorn master in its own process "
-        f"group, killed by pid at the end. Method and every knob: [bench/README.md]({readme}).", "",
+        f"group, killed by pid at the end. Method and every knob: [bench/README.md]({readme}).",
+        "",
         *header(found),
         "Each cell: **ratios first** (to UvicornWorker; a figure that is itself a ratio shows the "
         "quartiles of its per-round ratios in brackets), absolute figures second. The last column: is "
         "hardened_worker at least as good as both peers on every figure of that row? A difference within "
         "the figure's noise band is never graded a win. Every row that is not a plain yes is explained "
-        "below the table.", "",
+        "below the table.",
+        "",
         "| scenario | " + " | ".join(LABELS[c] for c in CLASSES) + " | hardened ≥ both? |",
         "|---|---|---|---|---|",
     ]
-    out += [f"| **{r['title']}**<br><sub>{r['setup']}</sub> | " + " | ".join(r["cells"][c] for c in CLASSES)
-            + f" | {r['verdict']} |" for r in table]
+    out += [
+        f"| **{r['title']}**<br><sub>{r['setup']}</sub> | "
+        + " | ".join(r["cells"][c] for c in CLASSES)
+        + f" | {r['verdict']} |"
+        for r in table
+    ]
     notes = [note for r in table for note in r["notes"]]
-    out += ["", "## Where hardened_worker is not ahead", "", *(f"- {note}" for note in notes), ""] if notes \
+    out += (
+        ["", "## Where hardened_worker is not ahead", "", *(f"- {note}" for note in notes), ""]
+        if notes
         else ["", "hardened_worker is at least as good as both peers on every row of this run.", ""]
+    )
     if made or problems:
         out += ["## Plots", ""]
         for name, caption in made.items():
             out += [f"### {caption}", "", f"![{caption}]({image_dir}{name})", ""]
         out += [f"- {problem}\n" for problem in problems]
-    out += ["## Reproduce", "", "```sh",
-            "make bench                          # everything, then this report (under 15 min on 2 cores)",
-            ".venv/bin/python -m bench hup       # one scenario; see bench/README.md for each one's knobs",
-            ".venv/bin/python -m bench report    # this report again from bench/results/*.json",
-            "```", "", "The raw figures (and the machine description) are in `bench/results/<scenario>.json`.", ""]
+    out += [
+        "## Reproduce",
+        "",
+        "```sh",
+        "make bench                          # everything, then this report (under 15 min on 2 cores)",
+        ".venv/bin/python -m bench hup       # one scenario; see bench/README.md for each one's knobs",
+        ".venv/bin/python -m bench report    # this report again from bench/results/*.json",
+        "```",
+        "",
+        "The raw figures (and the machine description) are in `bench/results/<scenario>.json`.",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -275,15 +350,25 @@ def run(publish: bool = True, results: Path = common.RESULTS) -> dict:
             if name in made:
                 shutil.copyfile(results / name, PUBLISHED_PLOTS / name)
             elif (PUBLISHED_PLOTS / name).exists():
-                (PUBLISHED_PLOTS / name).unlink()  # a plot this report could not draw must not look current
-        PUBLISHED.write_text(render(found, table, made, problems, image_dir="report/", readme="README.md"))
-        section = render(found, table, made, problems, image_dir="bench/report/", readme="bench/README.md")
+                (
+                    PUBLISHED_PLOTS / name
+                ).unlink()  # a plot this report could not draw must not look current
+        PUBLISHED.write_text(
+            render(found, table, made, problems, image_dir="report/", readme="README.md")
+        )
+        section = render(
+            found, table, made, problems, image_dir="bench/report/", readme="bench/README.md"
+        )
         section = re.sub(r"^(#+) ", r"#\1 ", section, flags=re.MULTILINE).replace(
             "[bench/README.md](bench/README.md)",
-            "[bench/README.md](bench/README.md) (full report: [bench/REPORT.md](bench/REPORT.md))", 1)
+            "[bench/README.md](bench/README.md) (full report: [bench/REPORT.md](bench/REPORT.md))",
+            1,
+        )
         SECTION.write_text(section)
         written += [str(p).replace(f"{common.ROOT}/", "") for p in (PUBLISHED, SECTION)]
-        written += [f"bench/report/{name}" for name in made] + (["README.md"] if embed_in_readme(section) else [])
+        written += [f"bench/report/{name}" for name in made] + (
+            ["README.md"] if embed_in_readme(section) else []
+        )
     common.log(f"report: wrote {', '.join(written)}")
     return {"scenario": NAME, "written": written, "plots": sorted(made), "problems": problems}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Optional
 
 from bench.common import rig
 
@@ -23,8 +22,14 @@ class TimedClient(rig.Client):
     """``rig.Client``, whose ``(monotonic end, latency_ms, outcome)`` records are given here as
     seconds since ``t0``."""
 
-    def __init__(self, port: int, t0: float, paths: tuple = ("/",), concurrency: int = 4,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        t0: float,
+        paths: tuple = ("/",),
+        concurrency: int = 4,
+        timeout: float = 10.0,
+    ) -> None:
         super().__init__(port, paths=paths, concurrency=concurrency, timeout=timeout)
         self.t0 = t0
 
@@ -38,15 +43,16 @@ def is_error(outcome: object) -> bool:
     return not (isinstance(outcome, int) and outcome < 400)
 
 
-def _p99(values: list[float]) -> Optional[float]:
+def _p99(values: list[float]) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
-def buckets(timed: list[tuple[float, float, object]], duration: float,
-            width: float = BUCKET_S) -> dict:
+def buckets(
+    timed: list[tuple[float, float, object]], duration: float, width: float = BUCKET_S
+) -> dict:
     """``{"columns": [...], "points": [[t_start, ok, errors, p99_ms, max_ms], ...]}`` for every
     bucket in ``[0, duration)``; requests finishing outside that window are left out."""
     count = max(1, int(round(duration / width)))
@@ -66,10 +72,20 @@ def buckets(timed: list[tuple[float, float, object]], duration: float,
     for i in range(count):
         p99 = _p99(latencies[i])
         peak = max(latencies[i]) if latencies[i] else None
-        points.append([round(i * width, 2), ok[i], errors[i],
-                       round(p99, 1) if p99 is not None else None,
-                       round(peak, 1) if peak is not None else None])
-    return {"bucket_s": width, "columns": ["t_s", "ok", "errors", "p99_ms", "max_ms"], "points": points}
+        points.append(
+            [
+                round(i * width, 2),
+                ok[i],
+                errors[i],
+                round(p99, 1) if p99 is not None else None,
+                round(peak, 1) if peak is not None else None,
+            ]
+        )
+    return {
+        "bucket_s": width,
+        "columns": ["t_s", "ok", "errors", "p99_ms", "max_ms"],
+        "points": points,
+    }
 
 
 def summary(client: TimedClient, duration: float) -> dict:
@@ -94,14 +110,18 @@ class Running:
     """A started :class:`TimedClient` as a context manager: stopped on the way out, whatever
     happened (its threads are daemons and finish their request in flight, at most ``timeout``)."""
 
-    def __init__(self, port: int, t0: Optional[float] = None, concurrency: int = 4,
-                 timeout: float = 10.0) -> None:
-        self.client = TimedClient(port, t0 if t0 is not None else time.monotonic(),
-                                  concurrency=concurrency, timeout=timeout)
+    def __init__(
+        self, port: int, t0: float | None = None, concurrency: int = 4, timeout: float = 10.0
+    ) -> None:
+        self.client = TimedClient(
+            port,
+            t0 if t0 is not None else time.monotonic(),
+            concurrency=concurrency,
+            timeout=timeout,
+        )
 
     def __enter__(self) -> TimedClient:
         return self.client.start()
 
     def __exit__(self, *exc: object) -> None:
         self.client.stop(timeout=self.client.timeout + 5)
-

@@ -19,7 +19,11 @@ app = FastAPI(lifespan=lifespan)
 
 @app.get("/")
 async def index(request: Request) -> dict:
-    return {"hello": "world", "pid": os.getpid(), "client": request.client.host if request.client else None}
+    return {
+        "hello": "world",
+        "pid": os.getpid(),
+        "client": request.client.host if request.client else None,
+    }
 
 
 @app.get("/slow")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
 
 from gunicorn.app.base import Application
 from gunicorn.app.wsgiapp import WSGIApplication
@@ -32,9 +31,11 @@ from gunicorn.app.wsgiapp import WSGIApplication
 from hardened_worker import checks, config
 
 COMMANDS = ("check-config", "print-config", "status", "reload")
-USAGE = ("python -m hardened_worker {check-config|print-config} [gunicorn options] [APP_MODULE]\n"
-         "       python -m hardened_worker status [--json] [--pid PID | --pidfile FILE | METRICS_URL]\n"
-         "       python -m hardened_worker reload [--wait] [--pid PID | --pidfile FILE] [--timeout S]")
+USAGE = (
+    "python -m hardened_worker {check-config|print-config} [gunicorn options] [APP_MODULE]\n"
+    "       python -m hardened_worker status [--json] [--pid PID | --pidfile FILE | METRICS_URL]\n"
+    "       python -m hardened_worker reload [--wait] [--pid PID | --pidfile FILE] [--timeout S]"
+)
 
 
 class _Configuration(WSGIApplication):
@@ -51,7 +52,7 @@ class _Configuration(WSGIApplication):
             Application.load_config(self)  # all of it but WSGIApplication's demand for an app
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] not in COMMANDS:
         print(f"usage: {USAGE}", file=sys.stderr)

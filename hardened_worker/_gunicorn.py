@@ -31,7 +31,8 @@ import os
 import random
 import signal
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from gunicorn.arbiter import Arbiter
 
@@ -47,8 +48,12 @@ def _check_arbiter() -> None:
     """Fail at import, naming what moved, rather than misbehave in a running master."""
     missing = [name for name in _ARBITER_ATTRIBUTES if not hasattr(Arbiter, name)]
     if missing:
-        raise ImportError("hardened_worker: this gunicorn's Arbiter lacks " + ", ".join(missing)
-                          + "; supported: gunicorn " + _versions.SUPPORTED[0].specifier)
+        raise ImportError(
+            "hardened_worker: this gunicorn's Arbiter lacks "
+            + ", ".join(missing)
+            + "; supported: gunicorn "
+            + _versions.SUPPORTED[0].specifier
+        )
 
 
 _check_arbiter()
@@ -83,8 +88,9 @@ def members(arbiter: Any, table: Table) -> list[pool.Member]:
     return found
 
 
-def install_pool_owner(worker_class: type, table: Callable[[], Optional[Table]],
-                       generations: Generations) -> None:
+def install_pool_owner(
+    worker_class: type, table: Callable[[], Table | None], generations: Generations
+) -> None:
     """Replace ``Arbiter.manage_workers`` (in the master, once) by one that follows
     :func:`hardened_worker.pool.plan` while ``worker_class`` serves."""
     original = Arbiter.manage_workers
@@ -124,6 +130,8 @@ def wake_master(master_pid: int) -> None:
 def redirect_reloader(reloader: Any, changed: Callable[[str], None]) -> None:
     """Make gunicorn's --reload call ``changed(filename)`` (from the reloader's thread)."""
     if not hasattr(reloader, "_callback"):
-        raise RuntimeError("hardened_worker: gunicorn's reloader has no _callback; "
-                           "supported: gunicorn " + _versions.SUPPORTED[0].specifier)
+        raise RuntimeError(
+            "hardened_worker: gunicorn's reloader has no _callback; "
+            "supported: gunicorn " + _versions.SUPPORTED[0].specifier
+        )
     reloader._callback = changed

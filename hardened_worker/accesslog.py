@@ -71,7 +71,8 @@ import os
 import re
 import time
 import traceback
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 Scope = dict
 _TYPES = ("http", "websocket")
@@ -161,7 +162,7 @@ def loop_iteration_start(clock: Callable[[], float] = time.perf_counter) -> floa
     return clock() - stale if stale > 0 else clock()
 
 
-def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> Optional[str]:
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
     found = None
     for key, value in headers:  # the last one wins, as in gunicorn's dict of headers
         if key.lower() == name:
@@ -179,14 +180,21 @@ class Atoms(dict):
 
     __slots__ = ("_scope", "_peer", "_response", "_seconds", "_log", "_environ", "_headers")
 
-    def __init__(self, scope: Scope, peer: Any, response: Response, seconds: float, log: Any,
-                 getters: Iterable[tuple[str, Callable[["Atoms"], Any]]] = (),
-                 pid: str = "") -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        peer: Any,
+        response: Response,
+        seconds: float,
+        log: Any,
+        getters: Iterable[tuple[str, Callable[[Atoms], Any]]] = (),
+        pid: str = "",
+    ) -> None:
         self["p"] = pid or f"<{os.getpid()}>"
         self._scope, self._peer, self._response, self._log = scope, peer, response, log
         self._seconds = seconds if seconds > 0.0 else 0.0
-        self._environ: Optional[dict] = None
-        self._headers: Optional[dict] = None
+        self._environ: dict | None = None
+        self._headers: dict | None = None
         for key, getter in getters:  # __missing__, inlined: this is the per-request cost
             value = getter(self)
             if value is None:
@@ -205,7 +213,7 @@ class Atoms(dict):
         value = self._atom(key)
         return default if value is None else value
 
-    def _header(self, name: str) -> Optional[str]:
+    def _header(self, name: str) -> str | None:
         if self._headers is None:  # one pass; the last of repeated headers wins, as in gunicorn
             # ASGI servers send header names lowercased (the spec requires it; uvicorn's
             # protocols do): no decoding or lowering per name.
@@ -225,11 +233,15 @@ class Atoms(dict):
                 return _header(self._response.raw, name.encode("latin-1", "replace"))
             if kind == "e":
                 if name in ("raw_uri", "peer_addr", "peer_port"):  # the JSON log's: no environ
-                    return _raw_uri(self._scope) if name == "raw_uri" else (
-                        str(self._peer[name == "peer_port"]) if self._peer else None)
+                    return (
+                        _raw_uri(self._scope)
+                        if name == "raw_uri"
+                        else (str(self._peer[name == "peer_port"]) if self._peer else None)
+                    )
                 if self._environ is None:
-                    self._environ = {k.lower(): v for k, v in
-                                     environ_of(self._scope, self._peer).items()}
+                    self._environ = {
+                        k.lower(): v for k, v in environ_of(self._scope, self._peer).items()
+                    }
                 return self._environ.get(name)
             return None
         getter = _ATOMS.get(key)
@@ -292,7 +304,9 @@ def format_keys(fmt: str) -> tuple[str, ...]:
 
 def getters_of(keys: Iterable[str]) -> tuple[tuple[str, Callable[[Atoms], Any]], ...]:
     """Each atom of ``keys`` with the function that computes it, looked up once per format."""
-    return tuple((key, _ATOMS.get(key) or (lambda atoms, key=key: atoms._atom(key))) for key in keys)
+    return tuple(
+        (key, _ATOMS.get(key) or (lambda atoms, key=key: atoms._atom(key))) for key in keys
+    )
 
 
 def _raw_uri(scope: Scope) -> str:
@@ -303,7 +317,7 @@ def _raw_uri(scope: Scope) -> str:
 
 def _path_info(scope: Scope) -> str:
     path, root = scope.get("path", ""), scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def configured(log: Any) -> bool:
@@ -318,8 +332,10 @@ def configured(log: Any) -> bool:
     if not logger.isEnabledFor(logging.INFO):
         return False
     while logger is not None:
-        if any(not isinstance(h, logging.NullHandler) and h.level <= logging.INFO
-               for h in logger.handlers):
+        if any(
+            not isinstance(h, logging.NullHandler) and h.level <= logging.INFO
+            for h in logger.handlers
+        ):
             return True
         logger = logger.parent if logger.propagate else None
     return False
@@ -330,12 +346,14 @@ def gunicorns_own(log: Any) -> bool:
     from gunicorn import glogging
 
     kind = type(log)
-    return (getattr(kind, "access", None) is glogging.Logger.access
-            and getattr(kind, "atoms", None) is glogging.Logger.atoms
-            and getattr(log, "atoms_wrapper_class", None) is glogging.SafeAtoms)
+    return (
+        getattr(kind, "access", None) is glogging.Logger.access
+        and getattr(kind, "atoms", None) is glogging.Logger.atoms
+        and getattr(log, "atoms_wrapper_class", None) is glogging.SafeAtoms
+    )
 
 
-def plain_handlers(logger: logging.Logger) -> Optional[list]:
+def plain_handlers(logger: logging.Logger) -> list | None:
     """gunicorn's own access handlers (``Logger._set_handler``: a ``FileHandler`` for a path, a
     ``StreamHandler`` for ``-``, each with the ``%(message)s`` formatter of ``access_fmt``), when
     they are all the line goes to: no filters, no other handler, no propagation. For those the
@@ -348,11 +366,15 @@ def plain_handlers(logger: logging.Logger) -> Optional[list]:
         return None
     for handler in handlers:
         formatter = handler.formatter
-        if (type(handler) not in (logging.FileHandler, logging.StreamHandler)
-                or not getattr(handler, "_gunicorn", False) or handler.filters
-                or handler.level > logging.INFO or type(formatter) is not logging.Formatter
-                or type(formatter._style) is not logging.PercentStyle
-                or formatter._fmt != "%(message)s"):
+        if (
+            type(handler) not in (logging.FileHandler, logging.StreamHandler)
+            or not getattr(handler, "_gunicorn", False)
+            or handler.filters
+            or handler.level > logging.INFO
+            or type(formatter) is not logging.Formatter
+            or type(formatter._style) is not logging.PercentStyle
+            or formatter._fmt != "%(message)s"
+        ):
             return None
     return list(handlers)
 
@@ -365,9 +387,16 @@ def write_plain(logger: logging.Logger, handlers: list, line: str) -> None:
         try:
             stream = handler.stream
             if stream is None:  # closed (FileHandler.emit would reopen it): the full path
-                handler.handle(logging.makeLogRecord({"name": logger.name, "msg": line,
-                                                      "levelno": logging.INFO,
-                                                      "levelname": "INFO"}))
+                handler.handle(
+                    logging.makeLogRecord(
+                        {
+                            "name": logger.name,
+                            "msg": line,
+                            "levelno": logging.INFO,
+                            "levelname": "INFO",
+                        }
+                    )
+                )
                 continue
             stream.write(line + handler.terminator)
             stream.flush()
@@ -386,8 +415,13 @@ class AccessLogMiddleware:
     ``skip`` is a set of paths not logged (the health path, unless ``HARDENED_HEALTH_ACCESS_LOG``).
     """
 
-    def __init__(self, app: Any, log: Any, skip: Iterable[str] = (),
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        app: Any,
+        log: Any,
+        skip: Iterable[str] = (),
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.app = app
         self.log = log
         self.skip = frozenset(skip)
@@ -429,8 +463,11 @@ class AccessLogMiddleware:
                 response.raw = message.get("headers", ())
             elif kind == "websocket.send":
                 data = message.get("bytes")
-                response.sent += len(data) if data is not None else len(
-                    (message.get("text") or "").encode("utf-8"))
+                response.sent += (
+                    len(data)
+                    if data is not None
+                    else len((message.get("text") or "").encode("utf-8"))
+                )
             elif kind == "websocket.close" and response.status is None:
                 response.status = 403  # refused before the accept: uvicorn answers 403
             await send(message)
@@ -446,17 +483,31 @@ class AccessLogMiddleware:
         log = self.log
         try:
             plain, logger = self.plain, log.access_log
-            if plain is not None and logger.handlers == plain and not logger.disabled \
-                    and logger.isEnabledFor(logging.INFO):  # as Logger.info and .handle check
+            if (
+                plain is not None
+                and logger.handlers == plain
+                and not logger.disabled
+                and logger.isEnabledFor(logging.INFO)
+            ):  # as Logger.info and .handle check
                 # The line formatted once, straight to gunicorn's own handlers.
-                write_plain(logger, plain, self.format % Atoms(scope, peer, response, seconds, log,
-                                                               self.getters, self.pid))
+                write_plain(
+                    logger,
+                    plain,
+                    self.format
+                    % Atoms(scope, peer, response, seconds, log, self.getters, self.pid),
+                )
             elif self.fast:  # what Logger.access does, with only the atoms the format uses
-                logger.info(self.format, Atoms(scope, peer, response, seconds, log,
-                                               self.getters, self.pid))
+                logger.info(
+                    self.format, Atoms(scope, peer, response, seconds, log, self.getters, self.pid)
+                )
             else:
-                log.access(response, request_headers(scope), environ_of(scope, peer),
-                           datetime.timedelta(seconds=max(seconds, 0.0)))
+                log.access(
+                    response,
+                    request_headers(scope),
+                    environ_of(scope, peer),
+                    datetime.timedelta(seconds=max(seconds, 0.0)),
+                )
         except Exception:  # a log line must never fail a request
-            log.error("hardened_worker: could not write the access log line\n%s",
-                      traceback.format_exc())
+            log.error(
+                "hardened_worker: could not write the access log line\n%s", traceback.format_exc()
+            )

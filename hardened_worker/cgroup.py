@@ -20,11 +20,11 @@ import math
 import os
 import posixpath
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional, Union
 
 # No HARDENED_CGROUP_ROOT: this process's own cgroup (see own()).
-DEFAULT_ROOT: Optional[str] = None
+DEFAULT_ROOT: str | None = None
 # cgroup v1 reports "no limit" as PAGE_COUNTER_MAX pages (0x7FFFFFFFFFFFF000 on 64-bit):
 # anything this large is no real limit.
 _V1_UNLIMITED = 2**62
@@ -37,18 +37,20 @@ class Location:
     """Where one cgroup's files are: its v2 directory and its v1 controller directories (None,
     or no candidate: that hierarchy is not there, and what it would tell is unknown)."""
 
-    unified: Optional[str] = None        # cgroup v2: memory.max, memory.current, cpu.max
-    memory: Optional[str] = None         # cgroup v1 memory controller
-    cpu: tuple[str, ...] = ()            # cgroup v1 cpu controller (candidates, first found wins)
+    unified: str | None = None  # cgroup v2: memory.max, memory.current, cpu.max
+    memory: str | None = None  # cgroup v1 memory controller
+    cpu: tuple[str, ...] = ()  # cgroup v1 cpu controller (candidates, first found wins)
 
 
 # What the readers below take: a directory (HARDENED_CGROUP_ROOT), a Location, or None: own().
-Root = Optional[Union[str, Location]]
+Root = str | Location | None
 
 
 def at(root: str) -> Location:
     """An explicit directory (``HARDENED_CGROUP_ROOT``): v2 files in it, v1 controllers below it."""
-    return Location(root, os.path.join(root, "memory"), tuple(os.path.join(root, n) for n in _V1_CPU_DIRS))
+    return Location(
+        root, os.path.join(root, "memory"), tuple(os.path.join(root, n) for n in _V1_CPU_DIRS)
+    )
 
 
 def find(proc_cgroup: str, mountinfo: str) -> Location:
@@ -69,14 +71,14 @@ def find(proc_cgroup: str, mountinfo: str) -> Location:
         fields = line.split()
         if "-" not in fields[5:]:
             continue
-        tail = fields[fields.index("-", 5) + 1:]
+        tail = fields[fields.index("-", 5) + 1 :]
         if len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
             continue
         controllers = [""] if tail[0] == "cgroup2" else tail[2].split(",")
         for controller in controllers:
             mounts.setdefault(controller, []).append((_unescape(fields[3]), _unescape(fields[4])))
 
-    def locate(controller: str) -> Optional[str]:
+    def locate(controller: str) -> str | None:
         path = paths.get(controller)
         for shown, point in mounts.get(controller, []) if path else []:
             relative = posixpath.relpath(path, shown)
@@ -96,7 +98,9 @@ def _unescape(field: str) -> str:
 @functools.lru_cache(maxsize=1)
 def own() -> Location:
     """This process's own cgroup (a process does not change cgroup: read once, forks inherit it)."""
-    return find(_read("/proc/self/cgroup", 65536) or "", _read("/proc/self/mountinfo", 1 << 20) or "")
+    return find(
+        _read("/proc/self/cgroup", 65536) or "", _read("/proc/self/mountinfo", 1 << 20) or ""
+    )
 
 
 def _locate(root: Root) -> Location:
@@ -105,7 +109,7 @@ def _locate(root: Root) -> Location:
     return at(root) if root else own()
 
 
-def _read(path: Optional[str], limit: int = 4096) -> str | None:
+def _read(path: str | None, limit: int = 4096) -> str | None:
     if path is None:
         return None
     try:
@@ -115,11 +119,11 @@ def _read(path: Optional[str], limit: int = 4096) -> str | None:
         return None
 
 
-def _join(directory: Optional[str], name: str) -> Optional[str]:
+def _join(directory: str | None, name: str) -> str | None:
     return os.path.join(directory, name) if directory else None
 
 
-def _first(*paths: Optional[str]) -> str | None:
+def _first(*paths: str | None) -> str | None:
     for path in paths:
         text = _read(path)
         if text is not None:
@@ -142,15 +146,17 @@ def _bytes_value(text: str | None) -> int | None:
 def memory_limit(root: Root = DEFAULT_ROOT) -> int | None:
     """The cgroup memory limit in bytes, or None when unlimited or unknown."""
     where = _locate(root)
-    return _bytes_value(_first(_join(where.unified, "memory.max"),
-                               _join(where.memory, "memory.limit_in_bytes")))
+    return _bytes_value(
+        _first(_join(where.unified, "memory.max"), _join(where.memory, "memory.limit_in_bytes"))
+    )
 
 
 def memory_current(root: Root = DEFAULT_ROOT) -> int | None:
     """Bytes the whole cgroup uses now (page cache included), or None when unknown."""
     where = _locate(root)
-    return _bytes_value(_first(_join(where.unified, "memory.current"),
-                               _join(where.memory, "memory.usage_in_bytes")))
+    return _bytes_value(
+        _first(_join(where.unified, "memory.current"), _join(where.memory, "memory.usage_in_bytes"))
+    )
 
 
 def memory_working_set(root: Root = DEFAULT_ROOT) -> int | None:

@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 PREFIX = "HARDENED_"
 _SPACE = " \t"  # the only blanks a value may have around it
@@ -56,8 +57,14 @@ _DURATION_RE = re.compile(_NUMBER + r"[ \t]*([A-Za-z]*)")
 _PERCENT_RE = re.compile(_NUMBER + r"[ \t]*%")
 _SIZE_UNITS = {"": 1, "b": 1}
 for _power, _letter in enumerate("kmgtpe", start=1):
-    _SIZE_UNITS.update({_letter: 1000**_power, _letter + "b": 1000**_power,
-                        _letter + "i": 1024**_power, _letter + "ib": 1024**_power})
+    _SIZE_UNITS.update(
+        {
+            _letter: 1000**_power,
+            _letter + "b": 1000**_power,
+            _letter + "i": 1024**_power,
+            _letter + "ib": 1024**_power,
+        }
+    )
 _DURATION_UNITS = {"": 1, "s": 1, "ms": Decimal("0.001"), "m": 60, "h": 3600}
 
 
@@ -171,7 +178,9 @@ def parse_path(text: str) -> str | None:
     value = text.strip(_SPACE)
     if not value:
         return None
-    if not value.startswith("/") or any(c.isspace() or not c.isprintable() or c in "?#" for c in value):
+    if not value.startswith("/") or any(
+        c.isspace() or not c.isprintable() or c in "?#" for c in value
+    ):
         raise ValueError("is not a URL path")
     return value
 
@@ -246,7 +255,7 @@ class Setting:
     default: str  # as the operator would write it, parsed like any value
     example: str
     meaning: str
-    preset: Optional[str] = None  # the preset that reads it when the configuration loads
+    preset: str | None = None  # the preset that reads it when the configuration loads
 
     @property
     def env(self) -> str:
@@ -259,151 +268,358 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     # Foundation
-    Setting("STARTUP_TIMEOUT", parse_positive_duration, "60s", "90s",
-            "Longest a worker may spend importing the app and running lifespan startup; past it "
-            "the worker logs where it was stuck and exits as a failed start."),
+    Setting(
+        "STARTUP_TIMEOUT",
+        parse_positive_duration,
+        "60s",
+        "90s",
+        "Longest a worker may spend importing the app and running lifespan startup; past it "
+        "the worker logs where it was stuck and exits as a failed start.",
+    ),
     # Drain
-    Setting("DRAIN_DELAY", parse_duration, "0s", "5s",
-            "After SIGTERM, keep serving normally this long before draining, so load balancers "
-            "and Kubernetes endpoints stop routing first; 0 drains at once."),
-    Setting("DRAIN_IDLE_WINDOW", parse_duration, "500ms", "1s",
-            "While draining, an idle keep-alive connection is closed once it has been quiet this "
-            "long and has no unread bytes; 0 closes it as soon as it is idle."),
-    Setting("HEALTH_PATH", parse_path, "", "/healthz",
-            "Path the worker answers itself (200 ready, 503 booting or draining); off when empty."),
-    Setting("HEALTH_CHECK", parse_import, "", "myapp.health:check",
-            "Optional app-level check (sync or async callable) the health path also calls; a false "
-            "result or an exception answers 503."),
-    Setting("HEALTH_CHECK_TIMEOUT", parse_positive_duration, "1s", "500ms",
-            "Longest the app-level health check may take before the answer is 503."),
-    Setting("HEALTH_ACCESS_LOG", parse_bool, "false", "true",
-            "Write health-path requests to the access log."),
+    Setting(
+        "DRAIN_DELAY",
+        parse_duration,
+        "0s",
+        "5s",
+        "After SIGTERM, keep serving normally this long before draining, so load balancers "
+        "and Kubernetes endpoints stop routing first; 0 drains at once.",
+    ),
+    Setting(
+        "DRAIN_IDLE_WINDOW",
+        parse_duration,
+        "500ms",
+        "1s",
+        "While draining, an idle keep-alive connection is closed once it has been quiet this "
+        "long and has no unread bytes; 0 closes it as soon as it is idle.",
+    ),
+    Setting(
+        "HEALTH_PATH",
+        parse_path,
+        "",
+        "/healthz",
+        "Path the worker answers itself (200 ready, 503 booting or draining); off when empty.",
+    ),
+    Setting(
+        "HEALTH_CHECK",
+        parse_import,
+        "",
+        "myapp.health:check",
+        "Optional app-level check (sync or async callable) the health path also calls; a false "
+        "result or an exception answers 503.",
+    ),
+    Setting(
+        "HEALTH_CHECK_TIMEOUT",
+        parse_positive_duration,
+        "1s",
+        "500ms",
+        "Longest the app-level health check may take before the answer is 503.",
+    ),
+    Setting(
+        "HEALTH_ACCESS_LOG",
+        parse_bool,
+        "false",
+        "true",
+        "Write health-path requests to the access log.",
+    ),
     # Diagnostics
-    Setting("STALL_THRESHOLD", parse_duration, "1s", "250ms",
-            "Warn, with the blocking stack and request, when the event loop is blocked this long; "
-            "0 turns the watchdog off."),
+    Setting(
+        "STALL_THRESHOLD",
+        parse_duration,
+        "1s",
+        "250ms",
+        "Warn, with the blocking stack and request, when the event loop is blocked this long; "
+        "0 turns the watchdog off.",
+    ),
     # Requests
-    Setting("REQUEST_TIMEOUT", parse_optional_duration, "", "30s",
-            "An HTTP request still running this long is cancelled: 504 with Connection: close if "
-            "no response started, else its connection is closed (an event stream gets its final "
-            "chunk); websockets and the health path are exempt; off when empty or 0."),
-    Setting("HEADER_TIMEOUT", parse_duration, "10s", "5s",
-            "Slowloris: a connection that has not sent a complete request head this long after it "
-            "opened (on keep-alive, after the next request's first byte; the wait before that byte "
-            "is --keep-alive's) is closed; 0 turns it off. gunicorn's --limit-request-line, "
-            "--limit-request-fields and --limit-request-field_size hold too: 414/431 at once."),
-    Setting("BODY_TIMEOUT", parse_duration, "60s", "30s",
-            "A request body that stops arriving: its connection is closed after this long without "
-            "a new body byte while the app waits for more (nginx's client_body_timeout); a body "
-            "that trickles steadily is bounded by HARDENED_REQUEST_TIMEOUT, which covers the "
-            "whole request, body included; 0 turns it off."),
-    Setting("MAX_INFLIGHT", parse_count, "", "64",
-            "Backpressure: with this many requests in flight (open websockets count) a worker stops "
-            "accepting connections, so the kernel hands new ones to a sibling; requests on the "
-            "connections it holds are still served; off when empty or 0."),
-    Setting("SPREAD", parse_bool, "true", "false",
-            "Even connections across workers: a worker that holds more open connections than a "
-            "sibling that accepts leaves the next connection to that sibling (decided before each "
-            "accept, counts in the shared table)."),
-    Setting("MAX_QUEUE_TIME", parse_optional_duration, "", "2s",
-            "Load shedding: a request that already waited longer than this before the app would "
-            "run (X-Request-Start from a trusted proxy, else since its connection was accepted) "
-            "gets a fast 503 with Retry-After; the health path reports it and still answers 200 "
-            "unless HARDENED_SHED_FAILS_HEALTH; off when empty or 0."),
-    Setting("SHED_FAILS_HEALTH", parse_bool, "false", "true",
-            "While a worker sheds (HARDENED_MAX_QUEUE_TIME), its health path answers 503, so a "
-            "readiness probe takes it out of rotation. Off by default: under a fleet-wide "
-            "overload every pod would go NotReady in turn and the rest take all the load."),
+    Setting(
+        "REQUEST_TIMEOUT",
+        parse_optional_duration,
+        "",
+        "30s",
+        "An HTTP request still running this long is cancelled: 504 with Connection: close if "
+        "no response started, else its connection is closed (an event stream gets its final "
+        "chunk); websockets and the health path are exempt; off when empty or 0.",
+    ),
+    Setting(
+        "HEADER_TIMEOUT",
+        parse_duration,
+        "10s",
+        "5s",
+        "Slowloris: a connection that has not sent a complete request head this long after it "
+        "opened (on keep-alive, after the next request's first byte; the wait before that byte "
+        "is --keep-alive's) is closed; 0 turns it off. gunicorn's --limit-request-line, "
+        "--limit-request-fields and --limit-request-field_size hold too: 414/431 at once.",
+    ),
+    Setting(
+        "BODY_TIMEOUT",
+        parse_duration,
+        "60s",
+        "30s",
+        "A request body that stops arriving: its connection is closed after this long without "
+        "a new body byte while the app waits for more (nginx's client_body_timeout); a body "
+        "that trickles steadily is bounded by HARDENED_REQUEST_TIMEOUT, which covers the "
+        "whole request, body included; 0 turns it off.",
+    ),
+    Setting(
+        "MAX_INFLIGHT",
+        parse_count,
+        "",
+        "64",
+        "Backpressure: with this many requests in flight (open websockets count) a worker stops "
+        "accepting connections, so the kernel hands new ones to a sibling; requests on the "
+        "connections it holds are still served; off when empty or 0.",
+    ),
+    Setting(
+        "SPREAD",
+        parse_bool,
+        "true",
+        "false",
+        "Even connections across workers: a worker that holds more open connections than a "
+        "sibling that accepts leaves the next connection to that sibling (decided before each "
+        "accept, counts in the shared table).",
+    ),
+    Setting(
+        "MAX_QUEUE_TIME",
+        parse_optional_duration,
+        "",
+        "2s",
+        "Load shedding: a request that already waited longer than this before the app would "
+        "run (X-Request-Start from a trusted proxy, else since its connection was accepted) "
+        "gets a fast 503 with Retry-After; the health path reports it and still answers 200 "
+        "unless HARDENED_SHED_FAILS_HEALTH; off when empty or 0.",
+    ),
+    Setting(
+        "SHED_FAILS_HEALTH",
+        parse_bool,
+        "false",
+        "true",
+        "While a worker sheds (HARDENED_MAX_QUEUE_TIME), its health path answers 503, so a "
+        "readiness probe takes it out of rotation. Off by default: under a fleet-wide "
+        "overload every pod would go NotReady in turn and the rest take all the load.",
+    ),
     # Readiness
-    Setting("READY_TIMEOUT", parse_positive_duration, "", "30s",
-            "Longest a new worker's HARDENED_HEALTH_CHECK may keep failing after lifespan startup "
-            "before its start fails (a reload is then rejected); empty means 80% of "
-            "--graceful-timeout. An old worker waits for its successors' verdict up to "
-            "HARDENED_STARTUP_TIMEOUT + this (with a check) + 5 s, so it never gives up first."),
-    Setting("ROLLING", parse_bool, "false", "true",
-            "On HUP, replace workers one at a time (each old worker leaves as one more successor "
-            "is ready) so at most workers + 1 hold the app in memory; an old worker waits for "
-            "as many successor start deadlines."),
+    Setting(
+        "READY_TIMEOUT",
+        parse_positive_duration,
+        "",
+        "30s",
+        "Longest a new worker's HARDENED_HEALTH_CHECK may keep failing after lifespan startup "
+        "before its start fails (a reload is then rejected); empty means 80% of "
+        "--graceful-timeout. An old worker waits for its successors' verdict up to "
+        "HARDENED_STARTUP_TIMEOUT + this (with a check) + 5 s, so it never gives up first.",
+    ),
+    Setting(
+        "ROLLING",
+        parse_bool,
+        "false",
+        "true",
+        "On HUP, replace workers one at a time (each old worker leaves as one more successor "
+        "is ready) so at most workers + 1 hold the app in memory; an old worker waits for "
+        "as many successor start deadlines.",
+    ),
     # Forwarded headers
-    Setting("FORWARDED", _choice("x-forwarded", "forwarded", "off"), "x-forwarded", "forwarded",
-            "Which header family carries the client address from trusted proxies "
-            "(--forwarded-allow-ips): X-Forwarded-*, RFC 7239 Forwarded, or none."),
-    Setting("FORWARDED_HOST", parse_bool, "false", "true",
-            "Let a trusted proxy's X-Forwarded-Host / Forwarded host= set the Host the app sees."),
-    Setting("FORWARDED_PORT", parse_bool, "false", "true",
-            "Let a trusted proxy's X-Forwarded-Port set the server port the app sees."),
-    Setting("FORWARDED_PREFIX", parse_bool, "false", "true",
-            "Let a trusted proxy's X-Forwarded-Prefix set the app's root_path."),
+    Setting(
+        "FORWARDED",
+        _choice("x-forwarded", "forwarded", "off"),
+        "x-forwarded",
+        "forwarded",
+        "Which header family carries the client address from trusted proxies "
+        "(--forwarded-allow-ips): X-Forwarded-*, RFC 7239 Forwarded, or none.",
+    ),
+    Setting(
+        "FORWARDED_HOST",
+        parse_bool,
+        "false",
+        "true",
+        "Let a trusted proxy's X-Forwarded-Host / Forwarded host= set the Host the app sees.",
+    ),
+    Setting(
+        "FORWARDED_PORT",
+        parse_bool,
+        "false",
+        "true",
+        "Let a trusted proxy's X-Forwarded-Port set the server port the app sees.",
+    ),
+    Setting(
+        "FORWARDED_PREFIX",
+        parse_bool,
+        "false",
+        "true",
+        "Let a trusted proxy's X-Forwarded-Prefix set the app's root_path.",
+    ),
     # Memory
-    Setting("MEMORY_LIMIT", parse_optional_size, "", "512Mi",
-            "Soft per-worker memory ceiling: past it the worker drains and is replaced; off when "
-            "empty or 0."),
-    Setting("MEMORY_HARD_LIMIT", parse_positive_size, "", "640Mi",
-            "Past this a worker recycles at once, without waiting its turn; empty means the soft "
-            "limit plus 25%."),
-    Setting("MEMORY_MEASURE", _choice("uss", "pss", "rss"), "uss", "rss",
-            "What counts as a worker's memory: uss (private pages, not shared with the master), "
-            "pss (shared pages split between sharers) or rss."),
-    Setting("MEMORY_JITTER", parse_percent, "5%", "10%",
-            "Per-worker random lowering of the soft limit, so workers do not all recycle at once; "
-            "0% lowers none."),
-    Setting("MEMORY_CHECK_INTERVAL", parse_positive_duration, "250ms", "1s",
-            "How often a worker reads its memory."),
-    Setting("MEMORY_CHECK_REQUESTS", parse_count, "16", "100",
-            "Also read memory after this many requests since the last read (at 256 KiB leaked per "
-            "request, 16 requests bound the overshoot to 4 MiB); 0 reads on the interval only."),
-    Setting("MEMORY_MIN_LIFETIME", parse_duration, "30s", "2m",
-            "A worker already over the soft limit at its first reading (the limit is below the "
-            "app's baseline) recycles no sooner than this, so it cannot loop; one warning says so. "
-            "0 sets no minimum."),
-    Setting("MEMORY_CGROUP", parse_bool, "false", "true",
-            "Recycle the largest worker when all workers together approach the container's "
-            "cgroup memory limit."),
+    Setting(
+        "MEMORY_LIMIT",
+        parse_optional_size,
+        "",
+        "512Mi",
+        "Soft per-worker memory ceiling: past it the worker drains and is replaced; off when "
+        "empty or 0.",
+    ),
+    Setting(
+        "MEMORY_HARD_LIMIT",
+        parse_positive_size,
+        "",
+        "640Mi",
+        "Past this a worker recycles at once, without waiting its turn; empty means the soft "
+        "limit plus 25%.",
+    ),
+    Setting(
+        "MEMORY_MEASURE",
+        _choice("uss", "pss", "rss"),
+        "uss",
+        "rss",
+        "What counts as a worker's memory: uss (private pages, not shared with the master), "
+        "pss (shared pages split between sharers) or rss.",
+    ),
+    Setting(
+        "MEMORY_JITTER",
+        parse_percent,
+        "5%",
+        "10%",
+        "Per-worker random lowering of the soft limit, so workers do not all recycle at once; "
+        "0% lowers none.",
+    ),
+    Setting(
+        "MEMORY_CHECK_INTERVAL",
+        parse_positive_duration,
+        "250ms",
+        "1s",
+        "How often a worker reads its memory.",
+    ),
+    Setting(
+        "MEMORY_CHECK_REQUESTS",
+        parse_count,
+        "16",
+        "100",
+        "Also read memory after this many requests since the last read (at 256 KiB leaked per "
+        "request, 16 requests bound the overshoot to 4 MiB); 0 reads on the interval only.",
+    ),
+    Setting(
+        "MEMORY_MIN_LIFETIME",
+        parse_duration,
+        "30s",
+        "2m",
+        "A worker already over the soft limit at its first reading (the limit is below the "
+        "app's baseline) recycles no sooner than this, so it cannot loop; one warning says so. "
+        "0 sets no minimum.",
+    ),
+    Setting(
+        "MEMORY_CGROUP",
+        parse_bool,
+        "false",
+        "true",
+        "Recycle the largest worker when all workers together approach the container's "
+        "cgroup memory limit.",
+    ),
     # Recycling by age
-    Setting("MAX_LIFETIME", parse_optional_duration, "", "24h",
-            "A worker older than this is replaced, its successor started first; off when empty or 0."),
-    Setting("MAX_LIFETIME_JITTER", parse_duration, "", "30m",
-            "Each worker's lifetime is shortened by a random amount up to this, so workers do not "
-            "recycle together; empty means 10% of HARDENED_MAX_LIFETIME, 0 none. Must be shorter "
-            "than HARDENED_MAX_LIFETIME."),
-    Setting("CGROUP_ROOT", parse_path, "", "/sys/fs/cgroup",
-            "The cgroup directory whose memory and CPU limits are read (cgroup v1: the one holding "
-            "the controller directories); empty means this process's own cgroup, found from "
-            "/proc/self/cgroup and /proc/self/mountinfo (a systemd service's, a container's)."),
+    Setting(
+        "MAX_LIFETIME",
+        parse_optional_duration,
+        "",
+        "24h",
+        "A worker older than this is replaced, its successor started first; off when empty or 0.",
+    ),
+    Setting(
+        "MAX_LIFETIME_JITTER",
+        parse_duration,
+        "",
+        "30m",
+        "Each worker's lifetime is shortened by a random amount up to this, so workers do not "
+        "recycle together; empty means 10% of HARDENED_MAX_LIFETIME, 0 none. Must be shorter "
+        "than HARDENED_MAX_LIFETIME.",
+    ),
+    Setting(
+        "CGROUP_ROOT",
+        parse_path,
+        "",
+        "/sys/fs/cgroup",
+        "The cgroup directory whose memory and CPU limits are read (cgroup v1: the one holding "
+        "the controller directories); empty means this process's own cgroup, found from "
+        "/proc/self/cgroup and /proc/self/mountinfo (a systemd service's, a container's).",
+    ),
     # Observability
-    Setting("METRICS_PATH", parse_path, "", "/metrics",
-            "Path the worker answers itself with Prometheus metrics for the whole pool (every "
-            "worker, from whichever answers; ?format=json for the status command); off when empty."),
-    Setting("METRICS_ALLOW", parse_allow, "", "10.0.0.0/8,192.168.1.7",
-            "Peers allowed to read the metrics path besides this host (loopback or unix, for "
-            "requests no proxy relayed; --forwarded-allow-ips admits nobody): IP addresses, CIDR "
-            "networks, * (anyone) or unix; others get 403."),
-    Setting("METRICS_PORT", parse_port, "", "9100",
-            "Answer the metrics path only on connections to this local port (a second --bind, "
-            "e.g. 0.0.0.0:9100, a Kubernetes scrape port), where every other path gets 404; "
-            "empty: on every bind."),
+    Setting(
+        "METRICS_PATH",
+        parse_path,
+        "",
+        "/metrics",
+        "Path the worker answers itself with Prometheus metrics for the whole pool (every "
+        "worker, from whichever answers; ?format=json for the status command); off when empty.",
+    ),
+    Setting(
+        "METRICS_ALLOW",
+        parse_allow,
+        "",
+        "10.0.0.0/8,192.168.1.7",
+        "Peers allowed to read the metrics path besides this host (loopback or unix, for "
+        "requests no proxy relayed; --forwarded-allow-ips admits nobody): IP addresses, CIDR "
+        "networks, * (anyone) or unix; others get 403.",
+    ),
+    Setting(
+        "METRICS_PORT",
+        parse_port,
+        "",
+        "9100",
+        "Answer the metrics path only on connections to this local port (a second --bind, "
+        "e.g. 0.0.0.0:9100, a Kubernetes scrape port), where every other path gets 404; "
+        "empty: on every bind.",
+    ),
     # Read by the presets (hardened_worker.presets) when gunicorn loads the configuration
-    Setting("LOG_FORMAT", _choice("text", "json"), "text", "json",
-            "text, or json: one JSON object per line, errors on stderr and access on stdout.",
-            preset="base"),
-    Setting("ACCESS_LOG", parse_bool, "false", "true",
-            "Write gunicorn's access log to stdout (off: the proxy in front usually keeps one).",
-            preset="base"),
-    Setting("BIND", parse_binds, "127.0.0.1:8000", "127.0.0.1:8000,unix:/run/app/app.sock",
-            "Comma-separated gunicorn bind addresses (host:port, unix:path).", preset="vm"),
-    Setting("PIDFILE", parse_file, "", "/run/app/gunicorn.pid",
-            "gunicorn's pid file; empty means gunicorn.pid in systemd's $RUNTIME_DIRECTORY when "
-            "the unit has RuntimeDirectory=, else none.", preset="vm"),
-    Setting("TERMINATION_GRACE_PERIOD", parse_positive_duration, "30s", "60s",
-            "The pod's terminationGracePeriodSeconds: --graceful-timeout becomes this minus 5 s "
-            "(whole seconds, at least 1), and the default drain delay fits within it.",
-            preset="kubernetes"),
-    Setting("CPU_REQUEST", parse_cpu, "", "2",
-            "The container's CPU request, from the downward API (resourceFieldRef requests.cpu): "
-            "with no CPU limit the preset runs ceil(request) workers, at most the CPUs available; "
-            "without a limit or a request it runs one worker (not one per CPU of the node) and "
-            "says so. 0 or empty: no request. WEB_CONCURRENCY and a CPU limit win.",
-            preset="kubernetes"),
+    Setting(
+        "LOG_FORMAT",
+        _choice("text", "json"),
+        "text",
+        "json",
+        "text, or json: one JSON object per line, errors on stderr and access on stdout.",
+        preset="base",
+    ),
+    Setting(
+        "ACCESS_LOG",
+        parse_bool,
+        "false",
+        "true",
+        "Write gunicorn's access log to stdout (off: the proxy in front usually keeps one).",
+        preset="base",
+    ),
+    Setting(
+        "BIND",
+        parse_binds,
+        "127.0.0.1:8000",
+        "127.0.0.1:8000,unix:/run/app/app.sock",
+        "Comma-separated gunicorn bind addresses (host:port, unix:path).",
+        preset="vm",
+    ),
+    Setting(
+        "PIDFILE",
+        parse_file,
+        "",
+        "/run/app/gunicorn.pid",
+        "gunicorn's pid file; empty means gunicorn.pid in systemd's $RUNTIME_DIRECTORY when "
+        "the unit has RuntimeDirectory=, else none.",
+        preset="vm",
+    ),
+    Setting(
+        "TERMINATION_GRACE_PERIOD",
+        parse_positive_duration,
+        "30s",
+        "60s",
+        "The pod's terminationGracePeriodSeconds: --graceful-timeout becomes this minus 5 s "
+        "(whole seconds, at least 1), and the default drain delay fits within it.",
+        preset="kubernetes",
+    ),
+    Setting(
+        "CPU_REQUEST",
+        parse_cpu,
+        "",
+        "2",
+        "The container's CPU request, from the downward API (resourceFieldRef requests.cpu): "
+        "with no CPU limit the preset runs ceil(request) workers, at most the CPUs available; "
+        "without a limit or a request it runs one worker (not one per CPU of the node) and "
+        "says so. 0 or empty: no request. WEB_CONCURRENCY and a CPU limit win.",
+        preset="kubernetes",
+    ),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -445,9 +661,13 @@ def file_source(namespace: Mapping[str, Any], label: str) -> Source:
     setting (``import hardened_worker`` binds such a name)."""
     import types
 
-    values = {name.upper(): value for name, value in namespace.items()
-              if name.lower().startswith(PREFIX.lower())
-              and not isinstance(value, types.ModuleType) and not callable(value)}
+    values = {
+        name.upper(): value
+        for name, value in namespace.items()
+        if name.lower().startswith(PREFIX.lower())
+        and not isinstance(value, types.ModuleType)
+        and not callable(value)
+    }
     return Source(label, values, in_file=True)
 
 
@@ -509,12 +729,17 @@ def _unknown_names(sources: Sequence[Source]) -> list[str]:
         for env in sorted(k for k in source.values if k.startswith(PREFIX) and k not in _BY_ENV):
             where = source.quoted(env, source.values[env])
             if env in RESERVED:
-                notes.append(f"hardened_worker: {where} is a setting of a newer hardened_worker; "
-                             "this release ignores it")
+                notes.append(
+                    f"hardened_worker: {where} is a setting of a newer hardened_worker; "
+                    "this release ignores it"
+                )
                 continue
             hint = _closest(env)
-            advice = (f"did you mean {source.spelled(hint)}?" if hint
-                      else "see the README table of HARDENED_* variables")
+            advice = (
+                f"did you mean {source.spelled(hint)}?"
+                if hint
+                else "see the README table of HARDENED_* variables"
+            )
             raise ConfigError(f"hardened_worker: {where} is not a known setting; {advice}")
     return notes
 
@@ -529,18 +754,22 @@ def load_sources(sources: Sequence[Source]) -> Settings:
     for setting in SETTINGS:
         source = next((src for src in sources if setting.env in src.values), None)
         raw = setting.default if source is None else source.values[setting.env]
-        where = f"{setting.env}={_shown(raw)}" if source is None else source.quoted(setting.env, raw)
+        where = (
+            f"{setting.env}={_shown(raw)}" if source is None else source.quoted(setting.env, raw)
+        )
         try:
             text = file_text(raw) if source is not None and source.in_file else raw
             values[setting.attr] = setting.parse(text) if text.strip(_SPACE) else _empty(setting)
         except ValueError as exc:
-            raise ConfigError(f"hardened_worker: {where} {exc}; use e.g. {setting.example}") from None
+            raise ConfigError(
+                f"hardened_worker: {where} {exc}; use e.g. {setting.example}"
+            ) from None
         texts[setting.attr] = text
         origin[setting.attr] = DEFAULT if source is None else source.label
     return Settings(values, texts, origin, tuple(notes))
 
 
-def load(environ: Mapping[str, str], file: Optional[Source] = None) -> Settings:
+def load(environ: Mapping[str, str], file: Source | None = None) -> Settings:
     """Parse the ``HARDENED_*`` variables of ``environ``, then a configuration file's ``hardened_x``
     names (the environment wins); raise ConfigError on the first bad one."""
     return load_sources([Source(ENVIRONMENT, environ), *([file] if file else [])])
@@ -557,8 +786,11 @@ def explain(settings: Settings) -> list[str]:
     """What ``python -m hardened_worker print-config`` shows: every setting's effective value, as
     written and as parsed, and where it came from."""
     width = max(len(s.env) for s in SETTINGS)
-    return [f"{s.env:<{width}} = {settings.texts[s.attr]:<16} # {settings.origin[s.attr]}: "
-            f"{settings.values[s.attr]!r}" for s in SETTINGS]
+    return [
+        f"{s.env:<{width}} = {settings.texts[s.attr]:<16} # {settings.origin[s.attr]}: "
+        f"{settings.values[s.attr]!r}"
+        for s in SETTINGS
+    ]
 
 
 def markdown_table() -> str:

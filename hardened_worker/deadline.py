@@ -47,7 +47,8 @@ import socket
 import struct
 import time
 import types
-from typing import Any, Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import uvicorn
 
@@ -111,7 +112,7 @@ def is_event_stream(headers: Any) -> bool:
     return False
 
 
-def response_state(start: Optional[Message], complete: bool) -> Response:
+def response_state(start: Message | None, complete: bool) -> Response:
     if start is None:
         return Response.NOT_STARTED
     if complete:
@@ -123,10 +124,13 @@ def response_state(start: Optional[Message], complete: bool) -> Response:
 
 _GATEWAY_TIMEOUT_BODY = b"Gateway Timeout: the request ran past the server's deadline\n"
 GATEWAY_TIMEOUT = {
-    "type": "http.response.start", "status": 504,
-    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(_GATEWAY_TIMEOUT_BODY)).encode()),
-                (b"connection", b"close")],
+    "type": "http.response.start",
+    "status": 504,
+    "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(_GATEWAY_TIMEOUT_BODY)).encode()),
+        (b"connection", b"close"),
+    ],
 }
 END_OF_STREAM = {"type": "http.response.body", "body": b"", "more_body": False}
 
@@ -146,8 +150,11 @@ def skip_expected(record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
     if isinstance(exc, Cut):
         return False
-    if isinstance(exc, asyncio.CancelledError) and exc.args and \
-            str(exc.args[0]).startswith("hardened_worker:"):
+    if (
+        isinstance(exc, asyncio.CancelledError)
+        and exc.args
+        and str(exc.args[0]).startswith("hardened_worker:")
+    ):
         return False
     return True
 
@@ -164,15 +171,18 @@ def reset(transport: Any) -> None:
     transport.abort()
 
 
-def abort_later(transport: Any, gone: Callable[[], bool], closing: bool = True,
-                grace: float = ABORT_GRACE) -> None:
+def abort_later(
+    transport: Any, gone: Callable[[], bool], closing: bool = True, grace: float = ABORT_GRACE
+) -> None:
     """In ``grace`` seconds, unless ``gone()`` (the connection was lost meanwhile): :func:`reset`
     ``transport`` if it was ``closing`` (a close that waits for the client), else only if its
     client has still not taken what was written (a kept-alive connection whose client reads is
     left alone). ``gone`` is checked first: once lost, the descriptor may already be another's."""
+
     def check() -> None:
-        if gone() or (not closing and (transport.is_closing()
-                                        or not transport.get_write_buffer_size())):
+        if gone() or (
+            not closing and (transport.is_closing() or not transport.get_write_buffer_size())
+        ):
             return
         reset(transport)
 
@@ -183,7 +193,7 @@ def abort_later(transport: Any, gone: Callable[[], bool], closing: bool = True,
     loop.call_later(grace, check)
 
 
-def _cycle_of(task: Optional[asyncio.Task[Any]]) -> Any:
+def _cycle_of(task: asyncio.Task[Any] | None) -> Any:
     """The uvicorn request cycle running ``task`` (its coroutine is the cycle's ``run_asgi``, in
     httptools and h11 alike): its ``transport`` and ``disconnected``; None for anything else."""
     frame = getattr(task.get_coro(), "cr_frame", None) if task is not None else None
@@ -191,22 +201,36 @@ def _cycle_of(task: Optional[asyncio.Task[Any]]) -> Any:
     return cycle if hasattr(cycle, "transport") and hasattr(cycle, "disconnected") else None
 
 
-def describe(scope: Scope, cause: Cause, elapsed: float, outcome: Ending, response: Response,
-             timeout: Optional[float], stack: str, sent: int = 0) -> str:
+def describe(
+    scope: Scope,
+    cause: Cause,
+    elapsed: float,
+    outcome: Ending,
+    response: Response,
+    timeout: float | None,
+    stack: str,
+    sent: int = 0,
+) -> str:
     """The one log line (plus the stack where the request was waiting) for an ended request;
     ``sent``: the response body bytes the app had sent (how much of a cut download got out)."""
     what = f"{scope.get('method', '?')} {scope.get('path', '?')}"
-    limit = f" (HARDENED_REQUEST_TIMEOUT {timeout:g} s)" if cause is Cause.REQUEST_DEADLINE \
-        and timeout is not None else ""
-    line = (f"{cause.value}: {what} ended after {elapsed:.2f} s{limit}, "
-            f"{response.value}: {outcome.value}, {sent} bytes sent")
+    limit = (
+        f" (HARDENED_REQUEST_TIMEOUT {timeout:g} s)"
+        if cause is Cause.REQUEST_DEADLINE and timeout is not None
+        else ""
+    )
+    line = (
+        f"{cause.value}: {what} ended after {elapsed:.2f} s{limit}, "
+        f"{response.value}: {outcome.value}, {sent} bytes sent"
+    )
     if stack:
         line += "; it was waiting at:\n" + stack.rstrip()
     return line
 
 
-_PLUMBING = tuple(os.path.dirname(module.__file__ or "") + os.sep
-                  for module in (uvicorn, diagnostics))
+_PLUMBING = tuple(
+    os.path.dirname(module.__file__ or "") + os.sep for module in (uvicorn, diagnostics)
+)
 
 
 def app_stack(coro: Any) -> str:
@@ -245,15 +269,21 @@ class RequestGuard:
     app's return without one), and its status to ``statuses`` (0 when the app sent none).
     """
 
-    def __init__(self, app: ASGIApp, signal: DrainSignal, timeout: Optional[float] = None,
-                 log: Callable[[str], None] = logging.getLogger("hardened_worker").warning,
-                 counted: Optional[Callable[[], None]] = None, tally: Any = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        signal: DrainSignal,
+        timeout: float | None = None,
+        log: Callable[[str], None] | None = None,
+        counted: Callable[[], None] | None = None,
+        tally: Any = None,
+    ) -> None:
         self.app = app
         self.counted = counted
         self.tally = tally
         self.signal = signal
         self.timeout = timeout
-        self.log = log
+        self.log = log or logging.getLogger("hardened_worker").warning
         # One read-only mapping for every request without a deadline: nothing written into it by
         # one request (a layer, the app) can reach the next.
         self._shared = types.MappingProxyType({"draining": signal.event, "deadline": None})
@@ -261,13 +291,13 @@ class RequestGuard:
         self._in_flight: dict[Any, float] = {}  # task -> its deadline (loop time)
         self._expired: dict[Any, str] = {}  # task -> the stack where it waited when cancelled
         self._sweeping = False
-        self._loop: Optional[asyncio.AbstractEventLoop] = None  # the worker's one loop, looked up once
+        self._loop: asyncio.AbstractEventLoop | None = None  # the worker's one loop, looked up once
         self._interval = min(SWEEP_INTERVAL, timeout / 4) if timeout else SWEEP_INTERVAL
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start: Optional[Message] = None
+        start: Message | None = None
         ended = 0.0  # when the last body byte was handed over (monotonic); 0.0 until then
         sent = 0  # body bytes, for the log line of a request ended midway
 
@@ -304,15 +334,27 @@ class RequestGuard:
             await self.app(scope, receive, sending)
         except asyncio.CancelledError:
             stack = self._expired.pop(task, None) if task is not None else None
-            cause = Cause.REQUEST_DEADLINE if stack is not None else \
-                Cause.DRAIN_DEADLINE if self.signal.deadline_passed else None
+            cause = (
+                Cause.REQUEST_DEADLINE
+                if stack is not None
+                else Cause.DRAIN_DEADLINE
+                if self.signal.deadline_passed
+                else None
+            )
             if cause is None:
                 raise  # a quick stop, the client went away: not ours to decide
             current = asyncio.current_task()
             if current is not None and hasattr(current, "uncancel"):  # Python 3.11+
                 current.uncancel()  # handled here: the answer's awaits must not count as cancelled
-            await self._end(scope, send, response_state(start, ended > 0.0), cause,
-                            _monotonic() - began, stack or "", sent)
+            await self._end(
+                scope,
+                send,
+                response_state(start, ended > 0.0),
+                cause,
+                _monotonic() - began,
+                stack or "",
+                sent,
+            )
         finally:
             if task is not None:
                 self._in_flight.pop(task, None)
@@ -347,8 +389,16 @@ class RequestGuard:
         self._expired[task] = app_stack(task.get_coro())
         task.cancel(msg=CANCEL_MESSAGE)
 
-    async def _end(self, scope: Scope, send: Send, response: Response, cause: Cause,
-                   elapsed: float, stack: str, sent: int) -> None:
+    async def _end(
+        self,
+        scope: Scope,
+        send: Send,
+        response: Response,
+        cause: Cause,
+        elapsed: float,
+        stack: str,
+        sent: int,
+    ) -> None:
         """One line per ended request (at the drain deadline too, after the server's summary
         line: method, path, age, how far the response got and its bytes sent), then the ending."""
         outcome = ending(cause, response)
@@ -356,8 +406,11 @@ class RequestGuard:
         cycle = _cycle_of(asyncio.current_task())
         if cycle is not None and outcome is not Ending.NOTHING:
             # Each ending below may wait on a client that does not read: it gets ABORT_GRACE.
-            abort_later(cycle.transport, lambda: cycle.disconnected,
-                        closing=outcome in (Ending.CUT, Ending.GATEWAY_TIMEOUT))
+            abort_later(
+                cycle.transport,
+                lambda: cycle.disconnected,
+                closing=outcome in (Ending.CUT, Ending.GATEWAY_TIMEOUT),
+            )
         if outcome is Ending.GATEWAY_TIMEOUT:
             await send(GATEWAY_TIMEOUT)
             await send({"type": "http.response.body", "body": _GATEWAY_TIMEOUT_BODY})

@@ -27,8 +27,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from types import FrameType
-from typing import Any, Callable, Optional
+from typing import Any
 
 from hardened_worker.lifecycle import Reason
 
@@ -39,7 +40,7 @@ STACK_LIMIT = 20
 EXIT_REASONS = tuple(reason.value for reason in Reason)
 
 
-def format_stack(frame: Optional[FrameType]) -> str:
+def format_stack(frame: FrameType | None) -> str:
     """A frame's stack, most recent call last, as traceback prints it."""
     if frame is None:
         return "  (no Python frame)\n"
@@ -60,7 +61,7 @@ def coroutine_stack(coro: Any) -> str:
     return "".join(traceback.format_list(traceback.StackSummary.extract(frames)))
 
 
-def request_in(frame: Optional[FrameType]) -> Optional[str]:
+def request_in(frame: FrameType | None) -> str | None:
     """``"GET /path"`` of the ASGI request whose code this stack runs, if any.
 
     Walking the frames for an ASGI ``scope`` local costs nothing per request, unlike recording
@@ -74,7 +75,7 @@ def request_in(frame: Optional[FrameType]) -> Optional[str]:
     return None
 
 
-def main_thread_frame() -> Optional[FrameType]:
+def main_thread_frame() -> FrameType | None:
     ident = threading.main_thread().ident
     return sys._current_frames().get(ident) if ident is not None else None
 
@@ -117,7 +118,10 @@ class StallWatchdog:
             self.log.warning(
                 "hardened_worker: worker %s event loop blocked for %.1f s (threshold %.1f s) "
                 "serving %s; stack:\n%s",
-                self.pid, blocked, self.threshold, request_in(frame) or "no request",
+                self.pid,
+                blocked,
+                self.threshold,
+                request_in(frame) or "no request",
                 format_stack(frame).rstrip(),
             )
 
@@ -163,8 +167,10 @@ class LogFailures:
         dropped += 1
         if self.count == 1:
             why = sys.exc_info()[1]
-            _try_stderr(f"hardened_worker: {self.who} cannot write its log {self.name} "
-                        f"({why!r}); its lines are dropped until it can (said once)\n")
+            _try_stderr(
+                f"hardened_worker: {self.who} cannot write its log {self.name} "
+                f"({why!r}); its lines are dropped until it can (said once)\n"
+            )
 
 
 dropped = 0  # log lines this process could not write (every handler given a LogFailures)
@@ -205,7 +211,7 @@ def tolerate_log_failures(log: Any, who: str) -> None:
                 handler.close = _closing_anyway(handler, failures)  # type: ignore[method-assign]
 
 
-def arm_abort_dump(log: Any, on_abort: Callable[[int, Optional[FrameType]], None]) -> None:
+def arm_abort_dump(log: Any, on_abort: Callable[[int, FrameType | None], None]) -> None:
     """On SIGABRT: every thread's stack from C first, then ``on_abort`` when Python runs again.
 
     faulthandler handles SIGABRT only through ``enable()`` (with the other fatal signals, which is

@@ -10,7 +10,7 @@ default, those are named in one warning line at start, never silently dropped.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 AS_GUNICORN = "as gunicorn documents it"
 
@@ -18,35 +18,35 @@ CHANGED: dict[str, str] = {
     "workers": "as gunicorn; one more while a worker recycles (its successor starts first)",
     "worker_class": "`hardened_worker.Worker` (or a subclass)",
     "worker_connections": "a cap on each worker's open connections: at the cap it stops accepting "
-                          "and the kernel hands new connections to a sibling (or queues them); "
-                          "gunicorn's default 1000 is not enforced, as under UvicornWorker",
+    "and the kernel hands new connections to a sibling (or queues them); "
+    "gunicorn's default 1000 is not enforced, as under UvicornWorker",
     "max_requests": "a worker past it recycles with its successor started first, one worker at a "
-                    "time across the pool: under load a worker may serve more before its turn",
+    "time across the pool: under load a worker may serve more before its turn",
     "max_requests_jitter": "as gunicorn (added when the worker is forked)",
     "timeout": "as gunicorn; the heartbeat comes from the event loop's tick, also during startup "
-               "and drain, and the SIGABRT dumps every thread's stack",
+    "and drain, and the SIGABRT dumps every thread's stack",
     "graceful_timeout": "the drain budget (HARDENED_DRAIN_DELAY included); 80% of it is the "
-                        "default HARDENED_READY_TIMEOUT",
+    "default HARDENED_READY_TIMEOUT",
     "keepalive": "uvicorn's `timeout_keep_alive`",
     "limit_request_line": "enforced on the request head (414), same meaning as gunicorn's parser",
     "limit_request_fields": "enforced on the request head (431), same meaning as gunicorn's parser",
     "limit_request_field_size": "enforced on the request head (431), same meaning as gunicorn's "
-                                "parser",
+    "parser",
     "reload": "a changed file recycles every worker, one at a time, its successor started first "
-              "(with the new code unless `--preload`)",
+    "(with the new code unless `--preload`)",
     "check_config": "gunicorn never imports the worker for it: the HARDENED_* checks do not run; "
-                    "use `python -m hardened_worker check-config`",
+    "use `python -m hardened_worker check-config`",
     "reuse_port": "each worker's own socket (gunicorn 27); a leaving worker serves what is queued "
-                  "on it; the master warns unless `net.ipv4.tcp_migrate_req` is 1",
+    "on it; the master warns unless `net.ipv4.tcp_migrate_req` is 1",
     "forwarded_allow_ips": "the proxies trusted for forwarded headers (HARDENED_FORWARDED); never "
-                           "an admission to the metrics path",
+    "an admission to the metrics path",
     "accesslog": "the access log, written by this worker (uvicorn's own is off)",
     "access_log_format": "gunicorn's atoms, filled from the ASGI request",
     "statsd_host": "request metrics (`gunicorn.requests`, duration, status) with or without an "
-                   "access log",
+    "access log",
     "child_exit": "as gunicorn; `worker.exit_reason` says why the worker left",
     "nworkers_changed": "as gunicorn (TTIN/TTOU, HUP); a recycle's extra worker does not change "
-                        "the count",
+    "the count",
     "worker_exit": "runs on every exit that is not a SIGKILL (the drain exits 0)",
     "worker_int": "runs on SIGINT/SIGQUIT (quick stop)",
     "worker_abort": "runs on SIGABRT (`--timeout`), after the stacks are logged",
@@ -73,7 +73,7 @@ IGNORED: dict[str, str] = {
     "sendfile": "WSGI file wrappers only",
     "tmp_upload_dir": "WSGI only",
     "secure_scheme_headers": "gunicorn's parser; the scheme comes from X-Forwarded-Proto of a "
-                             "trusted proxy (HARDENED_FORWARDED)",
+    "trusted proxy (HARDENED_FORWARDED)",
     "paste": "WSGI only",
     "raw_paste_global_conf": "WSGI only",
     "proxy_protocol": "uvicorn does not read the PROXY protocol",
@@ -88,7 +88,7 @@ IGNORED: dict[str, str] = {
     "forwarder_headers": "gunicorn's parser (its WSGI environ)",
     "header_map": "gunicorn's parser",
     "root_path": "not passed to uvicorn (use the app's root_path, or X-Forwarded-Prefix with "
-                 "HARDENED_FORWARDED_PREFIX)",
+    "HARDENED_FORWARDED_PREFIX)",
     "pre_request": "WSGI workers only",
     "post_request": "WSGI workers only",
     "ssl_context": "UvicornWorker passes the SSL files, not a context",
@@ -103,7 +103,7 @@ IGNORED: dict[str, str] = {
 }
 
 
-def connection_cap(cfg: Any) -> Optional[int]:
+def connection_cap(cfg: Any) -> int | None:
     """``--worker-connections`` when the operator set it; gunicorn's default (1000) applies to its
     own async workers, and enforcing it here would change what an upgrade from UvicornWorker does."""
     setting = cfg.settings["worker_connections"]
@@ -124,12 +124,15 @@ def ignored_and_set(cfg: Any) -> list[str]:
     return named
 
 
-def warning(cfg: Any) -> Optional[str]:
+def warning(cfg: Any) -> str | None:
     named = ignored_and_set(cfg)
     if not named:
         return None
-    return ("hardened_worker: gunicorn settings this worker does not use: " + "; ".join(named)
-            + " (docs/gunicorn-settings.md)")
+    return (
+        "hardened_worker: gunicorn settings this worker does not use: "
+        + "; ".join(named)
+        + " (docs/gunicorn-settings.md)"
+    )
 
 
 def meaning(name: str) -> str:

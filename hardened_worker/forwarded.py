@@ -83,9 +83,9 @@ import ipaddress
 import itertools
 import logging
 import re
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import (Any, Awaitable, Callable, Iterable, Iterator, NamedTuple, Sequence, Tuple,
-                    Union)
+from typing import Any, NamedTuple
 
 __all__ = [
     "EXTENSION",
@@ -106,9 +106,9 @@ __all__ = [
 
 logger = logging.getLogger("hardened_worker.forwarded")
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-Headers = Iterable[Tuple[bytes, bytes]]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Headers = Iterable[tuple[bytes, bytes]]
 Report = Callable[[str, str], None]
 
 FAMILIES = ("x-forwarded", "forwarded", "off")
@@ -158,17 +158,23 @@ _IPV4 = rf"{_DEC_OCTET}\.{_DEC_OCTET}\.{_DEC_OCTET}\.{_DEC_OCTET}"
 # No zone identifier (RFC 6874 "%eth0"): it means nothing outside the host that wrote it.
 _H16 = "[0-9A-Fa-f]{1,4}"
 _LS32 = f"(?:{_H16}:{_H16}|{_IPV4})"
-_IPV6 = "(?:" + "|".join([
-    f"(?:{_H16}:){{6}}{_LS32}",
-    f"::(?:{_H16}:){{5}}{_LS32}",
-    f"(?:{_H16})?::(?:{_H16}:){{4}}{_LS32}",
-    f"(?:(?:{_H16}:){{0,1}}{_H16})?::(?:{_H16}:){{3}}{_LS32}",
-    f"(?:(?:{_H16}:){{0,2}}{_H16})?::(?:{_H16}:){{2}}{_LS32}",
-    f"(?:(?:{_H16}:){{0,3}}{_H16})?::{_H16}:{_LS32}",
-    f"(?:(?:{_H16}:){{0,4}}{_H16})?::{_LS32}",
-    f"(?:(?:{_H16}:){{0,5}}{_H16})?::{_H16}",
-    f"(?:(?:{_H16}:){{0,6}}{_H16})?::",
-]) + ")"
+_IPV6 = (
+    "(?:"
+    + "|".join(
+        [
+            f"(?:{_H16}:){{6}}{_LS32}",
+            f"::(?:{_H16}:){{5}}{_LS32}",
+            f"(?:{_H16})?::(?:{_H16}:){{4}}{_LS32}",
+            f"(?:(?:{_H16}:){{0,1}}{_H16})?::(?:{_H16}:){{3}}{_LS32}",
+            f"(?:(?:{_H16}:){{0,2}}{_H16})?::(?:{_H16}:){{2}}{_LS32}",
+            f"(?:(?:{_H16}:){{0,3}}{_H16})?::{_H16}:{_LS32}",
+            f"(?:(?:{_H16}:){{0,4}}{_H16})?::{_LS32}",
+            f"(?:(?:{_H16}:){{0,5}}{_H16})?::{_H16}",
+            f"(?:(?:{_H16}:){{0,6}}{_H16})?::",
+        ]
+    )
+    + ")"
+)
 _IPV4_RE = re.compile(_IPV4)
 _IPV6_RE = re.compile(_IPV6)
 _IPV6_MAX = len("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255")
@@ -433,9 +439,11 @@ class TrustedProxies:
             # that covers IPv4-mapped addresses must also be expressed over IPv4.
             if network.version == 6:
                 if network.subnet_of(_V4_IN_V6):  # type: ignore[arg-type]
-                    nets.append(ipaddress.IPv4Network(
-                        (int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96)
-                    ))
+                    nets.append(
+                        ipaddress.IPv4Network(
+                            (int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96)
+                        )
+                    )
                 elif network.supernet_of(_V4_IN_V6):  # type: ignore[arg-type]
                     nets.append(_ALL_V4)
         self.addresses: frozenset[IPAddress] = frozenset(exact)
@@ -528,8 +536,11 @@ def parse_trusted(value: str | Iterable[str]) -> TrustedProxies:
             addresses.append(address)
     # A UNIX socket is reachable only from this host, as loopback is: trusting loopback (gunicorn's
     # default, 127.0.0.1,::1) trusts nginx on the same host whether it connects over TCP or a socket.
-    trust_unix = trust_unix or any(a.is_loopback for a in addresses) or any(
-        n.network_address.is_loopback for n in networks)
+    trust_unix = (
+        trust_unix
+        or any(a.is_loopback for a in addresses)
+        or any(n.network_address.is_loopback for n in networks)
+    )
     return TrustedProxies(addresses, networks, trust_all, trust_unix)
 
 
@@ -561,10 +572,12 @@ def trust_warning(trusted: TrustedProxies) -> str | None:
         return None
     versions = {network.version for network in everything}
     what = "every address" if versions == {4, 6} else f"every IPv{versions.pop()} address"
-    return (f"hardened_worker: forwarded_allow_ips trusts {what} as a proxy "
-            f"({', '.join(map(str, everything))}), so a client chooses the address the app sees "
-            "(the leftmost X-Forwarded-For/Forwarded entry, which it wrote); use '*' to trust "
-            "every peer and take the address that peer added, or list your proxies' networks")
+    return (
+        f"hardened_worker: forwarded_allow_ips trusts {what} as a proxy "
+        f"({', '.join(map(str, everything))}), so a client chooses the address the app sees "
+        "(the leftmost X-Forwarded-For/Forwarded entry, which it wrote); use '*' to trust "
+        "every peer and take the address that peer added, or list your proxies' networks"
+    )
 
 
 def is_unix_listener(server: Any) -> bool:
@@ -607,8 +620,13 @@ class Resolution:
     prefix: str | None = None  # prepended to root_path, path and raw_path
 
 
-def _resolution(client: tuple[str, int] | None, scheme: str | None, host: str | None = None,
-                port: int | None = None, prefix: str | None = None) -> Resolution | None:
+def _resolution(
+    client: tuple[str, int] | None,
+    scheme: str | None,
+    host: str | None = None,
+    port: int | None = None,
+    prefix: str | None = None,
+) -> Resolution | None:
     """None when there is nothing to change; an empty prefix ("/") is no change."""
     if client is None and scheme is None and host is None and port is None and not prefix:
         return None
@@ -719,9 +737,9 @@ class _Hop(NamedTuple):
 def _parse_xff_entry_text(text: str) -> _Node | None:
     """One X-Forwarded-For entry (OWS already stripped):
 
-        xff-entry = IPv4address [ ":" port ]
-                  / "[" IPv6address "]" [ ":" port ]
-                  / IPv6address
+    xff-entry = IPv4address [ ":" port ]
+              / "[" IPv6address "]" [ ":" port ]
+              / IPv6address
     """
     port: int | None = 0
     if text.startswith("["):
@@ -832,13 +850,15 @@ def _from_x_forwarded(
     if extras.port and (lines := found.get(_XFPORT)) is not None:
         port = _extra(_safe_port, "X-Forwarded-Port", _rightmost(lines), "a port", report)
     if extras.prefix and (lines := found.get(_XFPREFIX)) is not None:
-        prefix = _extra(_safe_prefix, "X-Forwarded-Prefix", _rightmost(lines), "a safe path",
-                        report)
+        prefix = _extra(
+            _safe_prefix, "X-Forwarded-Prefix", _rightmost(lines), "a safe path", report
+        )
     return _resolution(client, scheme, host, port, prefix)
 
 
-def _extra(check: Callable[[str], Any], header: str, text: str, what: str,
-           report: Report | None) -> Any:
+def _extra(
+    check: Callable[[str], Any], header: str, text: str, what: str, report: Report | None
+) -> Any:
     value = check(text)
     if value is None and report is not None:
         report(header, f"{_shorten(text)} is not {what}")
@@ -930,7 +950,7 @@ def _elements_from_right(line: str) -> Iterator[_Element | str]:
         # Only a window is reversed and lexed. An element longer than the window has the
         # lexer run to the window's end, or fail inside a quoted-string that the cut leaves
         # open (see _REV_QUOTED_STRING): never a shorter element that would parse.
-        window = line[max(0, end - _MAX_ELEMENT - 1):end][::-1]
+        window = line[max(0, end - _MAX_ELEMENT - 1) : end][::-1]
         stop = _REV_ELEMENT_RE.match(window).end()  # type: ignore[union-attr]
         if stop > _MAX_ELEMENT:
             yield f"an element longer than {_MAX_ELEMENT} characters"
@@ -938,7 +958,7 @@ def _elements_from_right(line: str) -> Iterator[_Element | str]:
         if stop < len(window) and window[stop] != ",":  # a DQUOTE that opens or closes nothing
             yield f"unbalanced quote at offset {end - 1 - stop}"
             return
-        element = _parse_element(line[end - stop:end])
+        element = _parse_element(line[end - stop : end])
         if element is not None:  # an empty list element (RFC 7230 section 7) says nothing
             yield element
         if stop == len(window):  # the start of the line
@@ -963,7 +983,7 @@ def _parse_element(text: str) -> _Element | str | None:
             continue
         match = _PAIR_RE.match(text, pos) if expect_pair else None
         if match is None:
-            return f"syntax error in {_shorten(text)} at {_shorten(text[pos:pos + 20])}"
+            return f"syntax error in {_shorten(text)} at {_shorten(text[pos : pos + 20])}"
         name = match[1].lower()  # parameter names are case-insensitive (section 4)
         if name in pairs:
             return f"parameter {name!r} appears twice in one element"
@@ -1050,8 +1070,9 @@ def _from_forwarded(
 # ---------------------------------------------------------------------------------------------
 
 Scope = dict  # an ASGI scope: a plain dict
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
-                   Awaitable[None]]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
+]
 
 _HTTP_TYPES = frozenset({"http", "websocket"})
 EXTENSION = "hardened_worker"  # our key in scope["extensions"]
@@ -1106,7 +1127,7 @@ def _keep_peer(extensions: dict, peer: Any) -> None:
         extensions[EXTENSION] = {**ours, "peer": peer}
 
 
-def _with_host(headers: Iterable[Tuple[bytes, bytes]], host: bytes) -> list[tuple[bytes, bytes]]:
+def _with_host(headers: Iterable[tuple[bytes, bytes]], host: bytes) -> list[tuple[bytes, bytes]]:
     rewritten: list[tuple[bytes, bytes]] = []
     placed = False
     for name, value in headers:
@@ -1214,16 +1235,20 @@ class ForwardedMiddleware:
     def _resolve(self, key: tuple, peer_host: Any) -> Resolution | None:
         found, kind = key
         report = self._reporter(peer_host) if logger.isEnabledFor(logging.DEBUG) else None
-        resolution = _resolve_trusted(found, self._names, self.trusted, self.family,
-                                      kind == "websocket", self.extras, report)
+        resolution = _resolve_trusted(
+            found, self._names, self.trusted, self.family, kind == "websocket", self.extras, report
+        )
         if report is None:  # not memoised while debug logging wants the reasons every time
             self._verdicts.put(key, resolution, _verdict_size(found, resolution))
         return resolution
 
     def _explain_untrusted(self, scope: Scope, peer_host: Any) -> None:
         for name in _present(scope["headers"], self._names):
-            logger.debug("ignored %s from %r: peer is not a trusted proxy (forwarded_allow_ips)",
-                         _DISPLAY[name], peer_host)
+            logger.debug(
+                "ignored %s from %r: peer is not a trusted proxy (forwarded_allow_ips)",
+                _DISPLAY[name],
+                peer_host,
+            )
 
     @staticmethod
     def _reporter(peer_host: Any) -> Report:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Optional
 
 from hardened_worker.memory import HARD_LIMIT_FACTOR  # hard = soft x this, as the settings default
 
@@ -48,19 +47,22 @@ class Replacement(enum.Enum):
     SURGE = "surge"  # the successor starts first; this worker serves until it is ready
     DRAIN_FIRST = "drain first"  # no room: this worker leaves, the master replaces it after
 
-    def explain(self, room: "Room") -> str:
+    def explain(self, room: Room) -> str:
         """The tail of the recycle log line: what happens and why."""
         if self is Replacement.SURGE:
             return "its successor starts first"
-        return "no room for a successor, it drains first and the master replaces it: " + room.describe()
+        return (
+            "no room for a successor, it drains first and the master replaces it: "
+            + room.describe()
+        )
 
 
 @dataclass(frozen=True)
 class Room:
     """What the decision saw (bytes); ``limit`` or ``used`` None: unknown."""
 
-    limit: Optional[int]
-    used: Optional[int]  # the cgroup's working set
+    limit: int | None
+    used: int | None  # the cgroup's working set
     footprint: int  # one app's private memory when ready
     starting: int = 0  # workers starting besides the successor asked for
     workers: int = 1  # configured workers (the successor comes on top)
@@ -72,8 +74,10 @@ class Room:
 
     def fits_workers_plus_one(self) -> bool:
         """Could the container hold ``workers + 1`` apps next to the master at all?"""
-        return self.limit is None or \
-            self.master + (self.workers + 1) * self.footprint + self.margin <= self.limit
+        return (
+            self.limit is None
+            or self.master + (self.workers + 1) * self.footprint + self.margin <= self.limit
+        )
 
     def needed(self) -> int:
         return self.footprint * (self.starting + 1) + self.margin
@@ -82,14 +86,18 @@ class Room:
         if self.limit is None:
             return "no cgroup memory limit known"
         if not self.fits_workers_plus_one():
-            return (f"the cgroup limit {_mib(self.limit)} cannot hold {self.workers} + 1 apps of "
-                    f"{_mib(self.footprint)} next to the master ({_mib(self.master)}) and a "
-                    f"{_mib(self.margin)} margin")
+            return (
+                f"the cgroup limit {_mib(self.limit)} cannot hold {self.workers} + 1 apps of "
+                f"{_mib(self.footprint)} next to the master ({_mib(self.master)}) and a "
+                f"{_mib(self.margin)} margin"
+            )
         if self.used is None:
             return f"cgroup limit {_mib(self.limit)}, its usage unknown"
-        return (f"cgroup working set {_mib(self.used)} of {_mib(self.limit)} leaves "
-                f"{_mib(self.limit - self.used)}, {_mib(self.needed())} needed ({self.starting + 1} "
-                f"x {_mib(self.footprint)} app + {_mib(self.margin)} margin)")
+        return (
+            f"cgroup working set {_mib(self.used)} of {_mib(self.limit)} leaves "
+            f"{_mib(self.limit - self.used)}, {_mib(self.needed())} needed ({self.starting + 1} "
+            f"x {_mib(self.footprint)} app + {_mib(self.margin)} margin)"
+        )
 
 
 def margin(limit: int) -> int:
@@ -153,17 +161,23 @@ class Budget:
 
     def describe(self) -> str:
         """One log line: the budget and where each figure came from."""
-        line = (f"memory budget: cgroup limit {_mib(self.limit)} = master {_mib(self.master)} + "
-                f"{self.workers} workers x hard limit {_mib(self.hard)} (soft {_mib(self.soft)})")
+        line = (
+            f"memory budget: cgroup limit {_mib(self.limit)} = master {_mib(self.master)} + "
+            f"{self.workers} workers x hard limit {_mib(self.hard)} (soft {_mib(self.soft)})"
+        )
         if self.surge:
             line += f" + one successor {_mib(self.app)} (app footprint measured)"
         line += f" + margin {_mib(self.margin)}"
         if not self.surge:
-            line += (f"; too small for {self.workers} + 1 apps of {_mib(self.app)}: recycling "
-                     f"runs without surge (a worker drains first, then is replaced)")
+            line += (
+                f"; too small for {self.workers} + 1 apps of {_mib(self.app)}: recycling "
+                f"runs without surge (a worker drains first, then is replaced)"
+            )
         if not self.fits:
-            line += (f"; the soft limit is below the app's footprint {_mib(self.app)}: use fewer "
-                     f"workers or a larger limit")
+            line += (
+                f"; the soft limit is below the app's footprint {_mib(self.app)}: use fewer "
+                f"workers or a larger limit"
+            )
         return line
 
 

@@ -25,7 +25,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 from hardened_worker.drain import ASGIApp, Receive, Scope, Send
 
@@ -46,8 +47,8 @@ def load_check(reference: str) -> Callable[[], Any]:
 def _is_async(check: Callable[[], Any]) -> bool:
     """A coroutine function, or an object whose ``__call__`` is one (``async def __call__``,
     which :func:`inspect.iscoroutinefunction` does not see on the object itself)."""
-    return inspect.iscoroutinefunction(check) or inspect.iscoroutinefunction(
-        getattr(check, "__call__", None))
+    call = type(check).__call__ if not inspect.isfunction(check) else None
+    return inspect.iscoroutinefunction(check) or inspect.iscoroutinefunction(call)
 
 
 class HealthCheck:
@@ -74,16 +75,17 @@ class HealthCheck:
         self.check = check
         self.timeout = timeout
         self._async = _is_async(check)
-        self._running: Optional[asyncio.Future[tuple[bool, str]]] = None
-        self._thread: Optional[threading.Thread] = None
+        self._running: asyncio.Future[tuple[bool, str]] | None = None
+        self._thread: threading.Thread | None = None
         self._thread_started = 0.0
 
     async def run(self) -> tuple[bool, str]:
         if self._running is None or self._running.done():
             if self._thread is not None and self._thread.is_alive():
                 hung = time.monotonic() - self._thread_started
-                return False, (f"timed out after {self.timeout:g} s, "
-                               f"still running after {hung:.0f} s")
+                return False, (
+                    f"timed out after {self.timeout:g} s, still running after {hung:.0f} s"
+                )
             self._running = asyncio.ensure_future(self._run_once())
         # shield: a probe that goes away (client disconnect) must not cancel the others' run.
         return await asyncio.shield(self._running)
@@ -110,7 +112,7 @@ class HealthCheck:
 
         def call() -> None:
             try:
-                outcome: tuple[Any, Optional[Exception]] = (self.check(), None)
+                outcome: tuple[Any, Exception | None] = (self.check(), None)
             except Exception as exc:
                 outcome = (None, exc)
             try:
@@ -118,14 +120,15 @@ class HealthCheck:
             except RuntimeError:  # the loop closed while the check hung: nobody is waiting
                 pass
 
-        self._thread = threading.Thread(target=call, name="hardened_worker health check",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=call, name="hardened_worker health check", daemon=True
+        )
         self._thread_started = time.monotonic()
         self._thread.start()
         return future
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: Optional[Exception]) -> None:
+def _settle(future: asyncio.Future[Any], result: Any, error: Exception | None) -> None:
     if future.done():  # the run timed out and was cancelled meanwhile
         return
     if error is not None:
@@ -146,7 +149,7 @@ class WorkerStatus:
         self.shedding: Callable[[], bool] = lambda: False
         self.shed_fails_health = False
         self.generation = 0  # this worker's (0: not known, outside a hardened_worker pool)
-        self.reload: Optional[Callable[[], dict[str, Any]]] = None  # the pool's last reload
+        self.reload: Callable[[], dict[str, Any]] | None = None  # the pool's last reload
 
     @property
     def ready(self) -> bool:
@@ -181,41 +184,56 @@ class HealthMiddleware:
         app: ASGIApp,
         path: str,
         status: WorkerStatus,
-        check: Union[Callable[[], Any], HealthCheck, None] = None,
+        check: Callable[[], Any] | HealthCheck | None = None,
         check_timeout: float = 1.0,
     ) -> None:
         self.app = app
         self.path = path
         self.status = status
-        self.health_check: Optional[HealthCheck] = (
-            check if isinstance(check, HealthCheck) or check is None
-            else HealthCheck(check, check_timeout))
+        self.health_check: HealthCheck | None = (
+            check
+            if isinstance(check, HealthCheck) or check is None
+            else HealthCheck(check, check_timeout)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path:
             return await self.app(scope, receive, send)
         if scope["method"] not in _METHODS:
-            return await _respond(send, 405, {"error": "method not allowed"}, head=False,
-                                  headers=[(b"allow", ", ".join(_METHODS).encode())])
+            return await _respond(
+                send,
+                405,
+                {"error": "method not allowed"},
+                head=False,
+                headers=[(b"allow", ", ".join(_METHODS).encode())],
+            )
         extra: dict[str, Any] = {}
         healthy = self.status.ready
         if healthy and self.health_check is not None:
             healthy, extra["check"] = await self.health_check.run()
-        await _respond(send, 200 if healthy else 503, self.status.body(**extra),
-                       head=scope["method"] == "HEAD")
+        await _respond(
+            send, 200 if healthy else 503, self.status.body(**extra), head=scope["method"] == "HEAD"
+        )
 
 
-async def _respond(send: Send, status: int, body: dict[str, Any], head: bool,
-                   headers: Optional[list[tuple[bytes, bytes]]] = None) -> None:
+async def _respond(
+    send: Send,
+    status: int,
+    body: dict[str, Any],
+    head: bool,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     content = json.dumps(body).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(content)).encode()),
-            (b"cache-control", b"no-store"),
-            *(headers or ()),
-        ],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+                (b"cache-control", b"no-store"),
+                *(headers or ()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": b"" if head else content})

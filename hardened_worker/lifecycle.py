@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Optional
 
 
 class Phase(enum.Enum):
@@ -105,7 +104,7 @@ class LifecycleError(RuntimeError):
 class Move:
     to: Phase
     actions: tuple[Action, ...] = ()
-    reason: Optional[Reason] = None  # set when the move decides why the worker leaves
+    reason: Reason | None = None  # set when the move decides why the worker leaves
 
 
 _SIGNALS_WHILE_BOOTING = {
@@ -127,8 +126,14 @@ def _stay(phase: Phase, *events: Event) -> dict[Event, Move]:
     return {event: Move(phase) for event in events}
 
 
-_LEAVING_ALREADY = (Event.STOP, Event.SUPERSEDED, Event.MEMORY_SOFT, Event.REQUEST_COUNT,
-                    Event.LIFETIME, Event.CODE_CHANGED)
+_LEAVING_ALREADY = (
+    Event.STOP,
+    Event.SUPERSEDED,
+    Event.MEMORY_SOFT,
+    Event.REQUEST_COUNT,
+    Event.LIFETIME,
+    Event.CODE_CHANGED,
+)
 
 TRANSITIONS: dict[Phase, dict[Event, Move]] = {
     Phase.BOOTING: {
@@ -147,36 +152,39 @@ TRANSITIONS: dict[Phase, dict[Event, Move]] = {
         Event.SUPERSEDED: Move(Phase.DEFERRING),
         Event.QUICK_STOP: _QUICK,
         Event.ABORT: _ABORT,
-        Event.MEMORY_SOFT: Move(Phase.SURGING, (Action.START_SUCCESSOR,),
-                                Reason.MEMORY),
-        Event.REQUEST_COUNT: Move(Phase.SURGING, (Action.START_SUCCESSOR,),
-                                  Reason.MAX_REQUESTS),
-        Event.LIFETIME: Move(Phase.SURGING, (Action.START_SUCCESSOR,),
-                             Reason.MAX_LIFETIME),
+        Event.MEMORY_SOFT: Move(Phase.SURGING, (Action.START_SUCCESSOR,), Reason.MEMORY),
+        Event.REQUEST_COUNT: Move(Phase.SURGING, (Action.START_SUCCESSOR,), Reason.MAX_REQUESTS),
+        Event.LIFETIME: Move(Phase.SURGING, (Action.START_SUCCESSOR,), Reason.MAX_LIFETIME),
         Event.CODE_CHANGED: Move(Phase.SURGING, (Action.START_SUCCESSOR,), Reason.RELOAD),
         Event.MEMORY_HARD: _HARD,
         Event.PARENT_GONE: _ORPHAN,
     },
     Phase.SURGING: {
         Event.SUCCESSORS_READY: Move(Phase.DRAINING, (Action.RETIRE, Action.BEGIN_DRAIN)),
-        Event.DEADLINE: Move(Phase.DRAINING,
-                             (Action.LOG_NOT_READY, Action.RETIRE, Action.BEGIN_DRAIN)),
+        Event.DEADLINE: Move(
+            Phase.DRAINING, (Action.LOG_NOT_READY, Action.RETIRE, Action.BEGIN_DRAIN)
+        ),
         Event.RELOAD_REJECTED: Move(Phase.READY, (Action.LOG_ROLLBACK, Action.CANCEL_SURGE)),
         Event.STOP: Move(Phase.DEFERRING, (Action.CANCEL_SURGE,)),
         Event.SUPERSEDED: Move(Phase.DEFERRING, (Action.CANCEL_SURGE,)),
         Event.QUICK_STOP: _QUICK,
         Event.ABORT: _ABORT,
-        Event.MEMORY_HARD: Move(Phase.DRAINING, (Action.RETIRE,
-                                                Action.BEGIN_DRAIN), Reason.MEMORY),
+        Event.MEMORY_HARD: Move(Phase.DRAINING, (Action.RETIRE, Action.BEGIN_DRAIN), Reason.MEMORY),
         Event.PARENT_GONE: _ORPHAN,
-        **_stay(Phase.SURGING, Event.MEMORY_SOFT, Event.REQUEST_COUNT, Event.LIFETIME,
-                Event.CODE_CHANGED),
+        **_stay(
+            Phase.SURGING,
+            Event.MEMORY_SOFT,
+            Event.REQUEST_COUNT,
+            Event.LIFETIME,
+            Event.CODE_CHANGED,
+        ),
     },
     Phase.DEFERRING: {
         Event.SUCCESSORS_READY: Move(Phase.STOPPING, (Action.PLAN_DRAIN,), Reason.RELOAD),
         Event.NO_SUCCESSOR: Move(Phase.STOPPING, (Action.PLAN_DRAIN,), Reason.SHUTDOWN),
-        Event.DEADLINE: Move(Phase.STOPPING, (Action.LOG_NOT_READY, Action.PLAN_DRAIN),
-                             Reason.SHUTDOWN),
+        Event.DEADLINE: Move(
+            Phase.STOPPING, (Action.LOG_NOT_READY, Action.PLAN_DRAIN), Reason.SHUTDOWN
+        ),
         Event.RELOAD_REJECTED: Move(Phase.READY, (Action.LOG_ROLLBACK,)),
         Event.QUICK_STOP: _QUICK,
         Event.ABORT: _ABORT,
@@ -200,9 +208,18 @@ TRANSITIONS: dict[Phase, dict[Event, Move]] = {
         **_stay(Phase.DRAINING, *_LEAVING_ALREADY, Event.MEMORY_HARD, Event.PARENT_GONE),
     },
     # A timer or a signal that fires while the worker leaves changes nothing.
-    Phase.EXITING: _stay(Phase.EXITING, *_LEAVING_ALREADY, Event.QUICK_STOP, Event.ABORT,
-                         Event.PARENT_GONE, Event.MEMORY_HARD, Event.DRAIN_DONE, Event.DEADLINE,
-                         Event.STARTUP_TIMED_OUT, Event.STARTUP_FAILED),
+    Phase.EXITING: _stay(
+        Phase.EXITING,
+        *_LEAVING_ALREADY,
+        Event.QUICK_STOP,
+        Event.ABORT,
+        Event.PARENT_GONE,
+        Event.MEMORY_HARD,
+        Event.DRAIN_DONE,
+        Event.DEADLINE,
+        Event.STARTUP_TIMED_OUT,
+        Event.STARTUP_FAILED,
+    ),
 }
 
 SERVING = frozenset({Phase.READY, Phase.SURGING, Phase.DEFERRING, Phase.STOPPING})
@@ -213,7 +230,7 @@ class Lifecycle:
 
     def __init__(self) -> None:
         self.phase = Phase.BOOTING
-        self.reason: Optional[Reason] = None
+        self.reason: Reason | None = None
 
     def post(self, event: Event) -> tuple[Action, ...]:
         move = TRANSITIONS[self.phase].get(event)
@@ -252,9 +269,13 @@ def markdown_table() -> str:
                 continue  # listed below as "ignored"
             actions = "; ".join(a.value for a in move.actions) or "-"
             reason = move.reason.value if move.reason else "-"
-            rows.append(f"| {phase.value} | {event.value} | {move.to.value} | {actions} | {reason} |")
-    ignored = [f"{phase.value}: " + ", ".join(e.value for e, m in moves.items()
-                                              if m.to is phase and not m.actions)
-               for phase, moves in TRANSITIONS.items()
-               if any(m.to is phase and not m.actions for m in moves.values())]
+            rows.append(
+                f"| {phase.value} | {event.value} | {move.to.value} | {actions} | {reason} |"
+            )
+    ignored = [
+        f"{phase.value}: "
+        + ", ".join(e.value for e, m in moves.items() if m.to is phase and not m.actions)
+        for phase, moves in TRANSITIONS.items()
+        if any(m.to is phase and not m.actions for m in moves.values())
+    ]
     return "\n".join(rows) + "\n\nIgnored (no change): " + "; ".join(ignored) + ".\n"

@@ -61,8 +61,8 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from hardened_worker.config import ConfigError
 
@@ -93,8 +93,10 @@ class MemoryReader:
             raise ValueError(f"measure must be one of {'|'.join(MEASURES)}, not {measure!r}")
         self.measure = measure
         # os.open fds are non-inheritable (PEP 446): an exec'd child does not keep them.
-        self._statm = _open_or_warn("/proc/self/statm", "memory is measured as the peak RSS "
-                                    "(getrusage), which never goes down")
+        self._statm = _open_or_warn(
+            "/proc/self/statm",
+            "memory is measured as the peak RSS (getrusage), which never goes down",
+        )
         self._smaps: int | None = None
         self.exact = True
         if measure != "rss":
@@ -176,8 +178,9 @@ def _open_or_warn(path: str, instead: str) -> int:
     try:
         return os.open(path, os.O_RDONLY)
     except OSError as exc:
-        logging.getLogger("gunicorn.error").warning("hardened_worker: %s is unreadable (%s): %s",
-                                                    path, exc.strerror, instead)
+        logging.getLogger("gunicorn.error").warning(
+            "hardened_worker: %s is unreadable (%s): %s", path, exc.strerror, instead
+        )
         return -1
 
 
@@ -251,7 +254,11 @@ class MemoryLimits:
         memory_min_lifetime: float = 30.0,
     ) -> MemoryLimits:
         """From the parsed ``HARDENED_MEMORY_*`` values (``Settings`` attribute names)."""
-        hard = memory_hard_limit if memory_hard_limit is not None else int(memory_limit * HARD_LIMIT_FACTOR)
+        hard = (
+            memory_hard_limit
+            if memory_hard_limit is not None
+            else int(memory_limit * HARD_LIMIT_FACTOR)
+        )
         return cls(memory_limit, hard, memory_jitter, memory_min_lifetime)
 
 
@@ -388,7 +395,10 @@ class MemoryWatch:
         return now >= self._next_time or total_requests >= self._next_requests
 
     def check(
-        self, now: float, total_requests: int, pool: Callable[[], tuple[int, bool]],
+        self,
+        now: float,
+        total_requests: int,
+        pool: Callable[[], tuple[int, bool]],
         connections: int = 0,
     ) -> tuple[Decision, int]:
         """Read memory, schedule the next check, return the decision and the bytes used.
@@ -426,8 +436,12 @@ class MemoryWatch:
         if self._last is not None and total_requests > self._last[1]:
             self.per_request = max(0.0, (rss - self._last[0]) / (total_requests - self._last[1]))
         self._last = (rss, total_requests)
-        self.drain_growth = drain_growth(self.per_request, connections, self.exit_growth,
-                                         (self.limits.hard - self.limits.soft) // 2)
+        self.drain_growth = drain_growth(
+            self.per_request,
+            connections,
+            self.exit_growth,
+            (self.limits.hard - self.limits.soft) // 2,
+        )
 
     def _measure(self, now: float) -> int:
         """The measure, or a proof of where it stands against ``soft`` (module docstring)."""
@@ -479,13 +493,17 @@ class EveryRequests:
             try:
                 self.callback()
             except Exception:
-                logging.getLogger("hardened_worker").exception("hardened_worker: memory check failed")
+                logging.getLogger("hardened_worker").exception(
+                    "hardened_worker: memory check failed"
+                )
 
 
 CGROUP_PRESSURE = 0.9  # fraction of the container's memory limit at which the largest worker leaves
 
 
-def cgroup_pressure(current: int | None, limit: int | None, threshold: float = CGROUP_PRESSURE) -> bool:
+def cgroup_pressure(
+    current: int | None, limit: int | None, threshold: float = CGROUP_PRESSURE
+) -> bool:
     """True when the container's memory use is at or past ``threshold`` of its limit.
 
     Unknown figures (no cgroup limit, unreadable files) are never pressure.
@@ -514,17 +532,25 @@ def format_duration(seconds: float) -> str:
 
 
 def recycle_message(
-    pid: int, used: int, limit: int, measure: str, requests: int, uptime: float, hard: bool,
+    pid: int,
+    used: int,
+    limit: int,
+    measure: str,
+    requests: int,
+    uptime: float,
+    hard: bool,
     ahead: int = 0,
 ) -> str:
     """One log line, e.g. ``hardened_worker: worker 1234 recycling: memory uss 131.2 MiB over
     limit 128.0 MiB (soft), 5120 requests served, up 12.3 s``."""
     return f"hardened_worker: worker {pid} recycling: " + recycle_cause(
-        used, limit, measure, requests, uptime, hard, ahead)
+        used, limit, measure, requests, uptime, hard, ahead
+    )
 
 
-def recycle_cause(used: int, limit: int, measure: str, requests: int, uptime: float, hard: bool,
-                  ahead: int = 0) -> str:
+def recycle_cause(
+    used: int, limit: int, measure: str, requests: int, uptime: float, hard: bool, ahead: int = 0
+) -> str:
     """``memory uss 131.2 MiB over limit 128.0 MiB (soft), 5120 requests served, up 12.3 s``;
     ``ahead``: what its drain may still add (:func:`drain_growth`), named when it counted."""
     grows = f" + {format_size(ahead)} its drain may add" if ahead and used < limit else ""
@@ -534,7 +560,9 @@ def recycle_cause(used: int, limit: int, measure: str, requests: int, uptime: fl
     )
 
 
-def baseline_message(pid: int, used: int, limit: int, measure: str, age: float, min_lifetime: float) -> str:
+def baseline_message(
+    pid: int, used: int, limit: int, measure: str, age: float, min_lifetime: float
+) -> str:
     """The one warning of :meth:`MemoryWatch.baseline_warning_due`."""
     return (
         f"hardened_worker: worker {pid} memory {measure} {format_size(used)} is over the limit "

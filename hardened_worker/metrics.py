@@ -27,25 +27,52 @@ import os
 import string
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Optional
+from typing import Any
 
 from hardened_worker import diagnostics, forwarded, spread
-from hardened_worker.memory import _parse_rollup
 from hardened_worker.lifecycle import Phase, Reason
-from hardened_worker.readiness import (BUCKETS, C_ACCEPT, C_BEAT, C_BUCKET0, C_CONNECTIONS,
-                                       C_DURATION_US, C_INFLIGHT, C_MEMORY, C_PHASE, C_REQUESTS,
-                                       C_SHED, C_STALLS, C_STATUS0, EXIT_KINDS,
-                                       R_ACCEPTED, R_EXITS, R_REJECTED, R_RING, R_RING_NEXT,
-                                       R_TOTALS, RING, Snapshot, State, monotonic_ms)
+from hardened_worker.memory import _parse_rollup
+from hardened_worker.readiness import (
+    BUCKETS,
+    C_ACCEPT,
+    C_BEAT,
+    C_BUCKET0,
+    C_CONNECTIONS,
+    C_DURATION_US,
+    C_INFLIGHT,
+    C_MEMORY,
+    C_PHASE,
+    C_REQUESTS,
+    C_SHED,
+    C_STALLS,
+    C_STATUS0,
+    EXIT_KINDS,
+    R_ACCEPTED,
+    R_EXITS,
+    R_REJECTED,
+    R_RING,
+    R_RING_NEXT,
+    R_TOTALS,
+    RING,
+    Snapshot,
+    State,
+    monotonic_ms,
+)
 
 PREFIX = "hardened_worker_"
 PHASES = tuple(Phase)  # C_PHASE holds the index + 1 (0: not yet published)
 STATES = ("booting", "ready", "stopping", "draining")
 _STATE_OF_PHASE = {
-    Phase.BOOTING: "booting", Phase.WAITING: "booting", Phase.READY: "ready",
-    Phase.SURGING: "ready", Phase.DEFERRING: "stopping", Phase.STOPPING: "stopping",
-    Phase.DRAINING: "draining", Phase.EXITING: "draining",
+    Phase.BOOTING: "booting",
+    Phase.WAITING: "booting",
+    Phase.READY: "ready",
+    Phase.SURGING: "ready",
+    Phase.DEFERRING: "stopping",
+    Phase.STOPPING: "stopping",
+    Phase.DRAINING: "draining",
+    Phase.EXITING: "draining",
 }
 RECYCLE_CAUSES = ("max-requests", "max-lifetime", "memory")
 CODES = ("1xx", "2xx", "3xx", "4xx", "5xx")  # C_STATUS0 + i counts CODES[i]
@@ -82,9 +109,12 @@ def _state(peer_state: State, phase: int) -> str:
 def pool(snapshot: Snapshot, now: float, backlog: int = -1) -> dict[str, Any]:
     """Everything the metrics show, as plain data (JSON-ready), from one table snapshot."""
     retired = snapshot.retired
-    totals = {"requests": retired[R_TOTALS + C_REQUESTS],
-              "duration_us": retired[R_TOTALS + C_DURATION_US],
-              "stalls": retired[R_TOTALS + C_STALLS], "shed": retired[R_TOTALS + C_SHED]}
+    totals = {
+        "requests": retired[R_TOTALS + C_REQUESTS],
+        "duration_us": retired[R_TOTALS + C_DURATION_US],
+        "stalls": retired[R_TOTALS + C_STALLS],
+        "shed": retired[R_TOTALS + C_SHED],
+    }
     buckets = [retired[R_TOTALS + C_BUCKET0 + i] for i in range(len(BUCKETS) + 1)]
     codes = [retired[R_TOTALS + C_STATUS0 + i] for i in range(len(CODES))]
     exits: dict[str, int] = {}
@@ -94,8 +124,9 @@ def pool(snapshot: Snapshot, now: float, backlog: int = -1) -> dict[str, Any]:
     last_exits = []
     for n in range(min(retired[R_RING_NEXT], RING)):
         at = R_RING + 3 * ((retired[R_RING_NEXT] - 1 - n) % RING)
-        last_exits.append({"pid": retired[at], "reason": _reason(retired[at + 1]),
-                           "at": retired[at + 2]})
+        last_exits.append(
+            {"pid": retired[at], "reason": _reason(retired[at + 1]), "at": retired[at + 2]}
+        )
     workers = []
     for slot in snapshot.slots:
         row = slot.counters
@@ -115,13 +146,20 @@ def pool(snapshot: Snapshot, now: float, backlog: int = -1) -> dict[str, Any]:
             continue
         if peer.state == State.FREE:
             continue  # leaving: no longer part of the pool
-        workers.append({
-            "pid": peer.pid, "state": _state(peer.state, row[C_PHASE]),
-            "generation": peer.generation, "age": peer.age, "up_s": round(now - peer.started, 3),
-            "requests": row[C_REQUESTS], "in_flight": row[C_INFLIGHT],
-            "memory_bytes": row[C_MEMORY] or peer.memory,
-            "connections": row[C_CONNECTIONS], "accept": spread.ACCEPT_NAMES[row[C_ACCEPT]],
-        })
+        workers.append(
+            {
+                "pid": peer.pid,
+                "state": _state(peer.state, row[C_PHASE]),
+                "generation": peer.generation,
+                "age": peer.age,
+                "up_s": round(now - peer.started, 3),
+                "requests": row[C_REQUESTS],
+                "in_flight": row[C_INFLIGHT],
+                "memory_bytes": row[C_MEMORY] or peer.memory,
+                "connections": row[C_CONNECTIONS],
+                "accept": spread.ACCEPT_NAMES[row[C_ACCEPT]],
+            }
+        )
     workers.sort(key=lambda w: w["age"])
     last_exits.sort(key=lambda e: -e["at"])
     return {
@@ -129,8 +167,11 @@ def pool(snapshot: Snapshot, now: float, backlog: int = -1) -> dict[str, Any]:
         "requests": totals["requests"],
         "codes": dict(zip(CODES, codes)),
         "in_flight": sum(w["in_flight"] for w in workers),
-        "duration": {"buckets": list(zip((*BUCKETS, float("inf")), buckets)),
-                     "sum_s": totals["duration_us"] / 1e6, "count": sum(buckets)},
+        "duration": {
+            "buckets": list(zip((*BUCKETS, float("inf")), buckets)),
+            "sum_s": totals["duration_us"] / 1e6,
+            "count": sum(buckets),
+        },
         "exits": exits,
         "last_exits": last_exits[:RING],
         "reloads": {"accepted": retired[R_ACCEPTED], "rejected": retired[R_REJECTED]},
@@ -159,41 +200,88 @@ class Family:
 # name is used both with and without ``pid``, so ``sum()`` over a family never counts a request
 # twice. Pool families count the whole pool, workers that left included.
 FAMILIES = (
-    Family("workers", "gauge", ("state",),
-           "Workers of the pool by state: booting, ready, stopping, draining (failed: a worker "
-           "whose start failed)."),
-    Family("requests_total", "counter", (),
-           "HTTP requests the app ran to their end, pool-wide, workers that left included (not "
-           "the health path, shed requests nor scrapes), as of each worker's last tick."),
-    Family("responses_total", "counter", ("code",),
-           "The requests of requests_total by status class (1xx .. 5xx); a request the app sent "
-           "no status for (it raised, passed its deadline) counts as 5xx: the server answered "
-           "500 or 504."),
+    Family(
+        "workers",
+        "gauge",
+        ("state",),
+        "Workers of the pool by state: booting, ready, stopping, draining (failed: a worker "
+        "whose start failed).",
+    ),
+    Family(
+        "requests_total",
+        "counter",
+        (),
+        "HTTP requests the app ran to their end, pool-wide, workers that left included (not "
+        "the health path, shed requests nor scrapes), as of each worker's last tick.",
+    ),
+    Family(
+        "responses_total",
+        "counter",
+        ("code",),
+        "The requests of requests_total by status class (1xx .. 5xx); a request the app sent "
+        "no status for (it raised, passed its deadline) counts as 5xx: the server answered "
+        "500 or 504.",
+    ),
     Family("inflight_requests", "gauge", (), "HTTP requests in progress, pool-wide."),
-    Family("request_duration_seconds", "histogram", ("le",),
-           "From the request reaching the app to its last body byte handed to the server, "
-           "pool-wide."),
-    Family("worker_exits_total", "counter", ("reason",),
-           "Workers that exited, by reason (hardened_worker.diagnostics.EXIT_REASONS)."),
-    Family("recycles_total", "counter", ("cause",),
-           "Planned replacements (counted once the worker left), by cause."),
-    Family("reloads_total", "counter", ("result",),
-           "HUP reloads: accepted (the new generation serves) or rejected."),
-    Family("event_loop_stalls_total", "counter", (),
-           "Event loop stalls past HARDENED_STALL_THRESHOLD, pool-wide."),
-    Family("shed_requests_total", "counter", (),
-           "Requests answered 503 without running the app (HARDENED_MAX_QUEUE_TIME), pool-wide."),
-    Family("listen_backlog", "gauge", (),
-           "Connections waiting in the accept queue (gunicorn's get_backlog; -1 unknown)."),
+    Family(
+        "request_duration_seconds",
+        "histogram",
+        ("le",),
+        "From the request reaching the app to its last body byte handed to the server, pool-wide.",
+    ),
+    Family(
+        "worker_exits_total",
+        "counter",
+        ("reason",),
+        "Workers that exited, by reason (hardened_worker.diagnostics.EXIT_REASONS).",
+    ),
+    Family(
+        "recycles_total",
+        "counter",
+        ("cause",),
+        "Planned replacements (counted once the worker left), by cause.",
+    ),
+    Family(
+        "reloads_total",
+        "counter",
+        ("result",),
+        "HUP reloads: accepted (the new generation serves) or rejected.",
+    ),
+    Family(
+        "event_loop_stalls_total",
+        "counter",
+        (),
+        "Event loop stalls past HARDENED_STALL_THRESHOLD, pool-wide.",
+    ),
+    Family(
+        "shed_requests_total",
+        "counter",
+        (),
+        "Requests answered 503 without running the app (HARDENED_MAX_QUEUE_TIME), pool-wide.",
+    ),
+    Family(
+        "listen_backlog",
+        "gauge",
+        (),
+        "Connections waiting in the accept queue (gunicorn's get_backlog; -1 unknown).",
+    ),
     Family("generation", "gauge", (), "The master's configuration generation (1 + HUPs)."),
-    Family("worker_requests_total", "counter", ("pid",),
-           "HTTP requests each live worker ran to their end (as requests_total), as of its last "
-           "tick; a worker's series ends when it leaves, its requests stay in requests_total."),
+    Family(
+        "worker_requests_total",
+        "counter",
+        ("pid",),
+        "HTTP requests each live worker ran to their end (as requests_total), as of its last "
+        "tick; a worker's series ends when it leaves, its requests stay in requests_total.",
+    ),
     Family("worker_inflight_requests", "gauge", ("pid",), "HTTP requests in progress, per worker."),
     Family("worker_open_connections", "gauge", ("pid",), "Connections each worker holds open."),
-    Family("worker_memory_bytes", "gauge", ("pid",),
-           "Each worker's memory in HARDENED_MEMORY_MEASURE (uss by default: the measure the "
-           "memory limits compare), published once a second."),
+    Family(
+        "worker_memory_bytes",
+        "gauge",
+        ("pid",),
+        "Each worker's memory in HARDENED_MEMORY_MEASURE (uss by default: the measure the "
+        "memory limits compare), published once a second.",
+    ),
 )
 _FAMILIES = {f.name: f for f in FAMILIES}
 
@@ -246,7 +334,9 @@ def render(data: dict[str, Any]) -> str:
         "request_duration_seconds": histogram,
         "worker_exits_total": [("", {"reason": r}, n) for r, n in sorted(data["exits"].items())],
         "recycles_total": [("", {"cause": c}, data["exits"].get(c, 0)) for c in RECYCLE_CAUSES],
-        "reloads_total": [("", {"result": r}, data["reloads"][r]) for r in ("accepted", "rejected")],
+        "reloads_total": [
+            ("", {"result": r}, data["reloads"][r]) for r in ("accepted", "rejected")
+        ],
         "event_loop_stalls_total": [("", {}, data["stalls"])],
         "shed_requests_total": [("", {}, data["shed"])],
         "listen_backlog": [("", {}, data["listen_backlog"])],
@@ -283,7 +373,7 @@ class Access:
     headers rule (the shipped nginx site also refuses the path). ``forwarded_allow_ips`` is
     accepted and ignored, for callers that pass it."""
 
-    def __init__(self, forwarded_allow_ips: Any = None, allow: Optional[str] = None) -> None:
+    def __init__(self, forwarded_allow_ips: Any = None, allow: str | None = None) -> None:
         self.local = forwarded.parse_trusted(LOCAL)
         self.allowed = forwarded.parse_trusted(allow) if allow else None
 
@@ -363,8 +453,16 @@ class MetricsMiddleware:
     ``__call__``, the type's slot, cost three times as much).
     """
 
-    def __init__(self, app: Any, table: Any, path: str, access: Access, tally: Optional[Tally] = None,
-                 backlog: Callable[[], int] = lambda: -1, port: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        table: Any,
+        path: str,
+        access: Access,
+        tally: Tally | None = None,
+        backlog: Callable[[], int] = lambda: -1,
+        port: int | None = None,
+    ) -> None:
         self.app = app
         self.table = table
         self.path = path
@@ -411,8 +509,12 @@ class MetricsMiddleware:
         if b"format=json" in scope.get("query_string", b""):
             data["answered_by"] = os.getpid()
             return await _respond(send, 200, b"application/json", json.dumps(data).encode())
-        await _respond(send, 200, b"text/plain; version=0.0.4; charset=utf-8",
-                       render(data).encode() + app_metrics())
+        await _respond(
+            send,
+            200,
+            b"text/plain; version=0.0.4; charset=utf-8",
+            render(data).encode() + app_metrics(),
+        )
 
 
 def app_metrics() -> bytes:
@@ -431,11 +533,18 @@ def app_metrics() -> bytes:
 
 
 async def _respond(send: Any, status: int, content_type: bytes, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"cache-control", b"no-store"),
-                            (b"x-hardened-worker-pid", str(os.getpid()).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+                (b"x-hardened-worker-pid", str(os.getpid()).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -468,8 +577,11 @@ def memory_bytes(measure: str) -> int:
         try:
             with open("/proc/self/smaps_rollup", "rb") as f:
                 fields = _parse_rollup(f.read())
-            return fields["Pss"] if measure == "pss" else \
-                fields["Private_Clean"] + fields["Private_Dirty"]
+            return (
+                fields["Pss"]
+                if measure == "pss"
+                else fields["Private_Clean"] + fields["Private_Dirty"]
+            )
         except (OSError, KeyError, ValueError):
             pass
     return rss_bytes()
@@ -490,15 +602,19 @@ class StallCounting:
         return getattr(self._log, name)
 
 
-def health(snapshot: Snapshot, now_ms: int, stale_ms: int) -> Optional[str]:
+def health(snapshot: Snapshot, now_ms: int, stale_ms: int) -> str | None:
     """The systemd watchdog's rule: the pool is healthy while at least one ready worker has
     ticked (its event loop ran: ``C_BEAT``) within ``stale_ms``. Returns the one-line pool summary
     for ``STATUS=``, or None when unhealthy. A single stuck worker is gunicorn's ``--timeout``'s
     business; a pool with none serving is the watchdog's."""
-    beating = [slot for slot in snapshot.slots
-               if slot.alive and slot.peer.state in (State.READY, State.SURGING)
-               and _state(slot.peer.state, slot.counters[C_PHASE]) == "ready"
-               and now_ms - slot.counters[C_BEAT] <= stale_ms]
+    beating = [
+        slot
+        for slot in snapshot.slots
+        if slot.alive
+        and slot.peer.state in (State.READY, State.SURGING)
+        and _state(slot.peer.state, slot.counters[C_PHASE]) == "ready"
+        and now_ms - slot.counters[C_BEAT] <= stale_ms
+    ]
     if not beating:
         return None
     data = pool(snapshot, time.time())
@@ -508,14 +624,16 @@ def health(snapshot: Snapshot, now_ms: int, stale_ms: int) -> Optional[str]:
     parts = []
     for state, generations in sorted(groups.items(), key=lambda i: i[0] != "ready"):
         shown = ", ".join(str(g) for g in sorted(set(generations)))
-        parts.append(f"{len(generations)} {state} (generation{'s' if ',' in shown else ''} {shown})")
+        parts.append(
+            f"{len(generations)} {state} (generation{'s' if ',' in shown else ''} {shown})"
+        )
     line = "serving: " + ", ".join(parts)
     if data["reloads"]["rejected"] and snapshot.reloads.rejected >= snapshot.reloads.generation:
         line += f"; reload rejected: generation {snapshot.reloads.rejected} cannot start"
     return line
 
 
-def health_check(table: Any, interval: float) -> Callable[[], Optional[str]]:
+def health_check(table: Any, interval: float) -> Callable[[], str | None]:
     """:func:`health` on ``table`` now; a worker counts as beating within ``interval`` (>= 1 s)."""
     stale_ms = max(1000, int(interval * 1000))
     return lambda: health(table.snapshot(), monotonic_ms(), stale_ms)

@@ -28,12 +28,13 @@ import math
 import re
 import struct
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from hardened_worker.forwarded import is_unix_listener
 
 
-def accepting(in_flight: int, bound: Optional[int]) -> bool:
+def accepting(in_flight: int, bound: int | None) -> bool:
     """May a worker with ``in_flight`` requests accept new connections? ``bound`` None: always."""
     return bound is None or in_flight < bound
 
@@ -73,7 +74,7 @@ class InFlight(set):  # type: ignore[type-arg]
 _REQUEST_START = re.compile(r"[ \t]*(?:t=)?([0-9]{1,20})(?:\.([0-9]{1,9}))?[ \t]*")
 
 
-def parse_request_start(value: bytes) -> Optional[float]:
+def parse_request_start(value: bytes) -> float | None:
     """The epoch seconds an ``X-Request-Start`` value names, or None when it is not one."""
     try:
         text = value.decode("ascii")
@@ -104,7 +105,7 @@ _LAST_DATA_RECV = struct.Struct("=I")
 _LAST_DATA_RECV_OFFSET = 52
 
 
-def received_ago(tcp_info: bytes) -> Optional[float]:
+def received_ago(tcp_info: bytes) -> float | None:
     """Seconds since the socket last received data, from a ``getsockopt(TCP_INFO)`` value; None
     when the value is too short to hold the field (not Linux's layout)."""
     if len(tcp_info) < _LAST_DATA_RECV_OFFSET + _LAST_DATA_RECV.size:
@@ -112,7 +113,7 @@ def received_ago(tcp_info: bytes) -> Optional[float]:
     return _LAST_DATA_RECV.unpack_from(tcp_info, _LAST_DATA_RECV_OFFSET)[0] / 1000.0
 
 
-def waited(start: Optional[float], now: float) -> Optional[float]:
+def waited(start: float | None, now: float) -> float | None:
     """Seconds between ``start`` and ``now`` (both epoch); None when unknown. A clock skewed
     between the proxy and this host can make it negative: that is no wait at all."""
     if start is None:
@@ -120,7 +121,7 @@ def waited(start: Optional[float], now: float) -> Optional[float]:
     return max(now - start, 0.0)
 
 
-def shed(wait: Optional[float], bound: Optional[float]) -> bool:
+def shed(wait: float | None, bound: float | None) -> bool:
     """Answer 503 without running the app? Only for a known wait past a set bound."""
     return bound is not None and wait is not None and wait > bound
 
@@ -133,7 +134,7 @@ def retry_after(bound: float) -> int:
 SHEDDING_HOLD = 1.0  # at least this long after its last shed request a worker counts as shedding
 
 
-def shedding(last_shed: Optional[float], now: float, hold: float = SHEDDING_HOLD) -> bool:
+def shedding(last_shed: float | None, now: float, hold: float = SHEDDING_HOLD) -> bool:
     """Is the worker shedding (reported by its health path)? ``last_shed``: when it last shed a
     request, on the same clock as ``now``; None if never."""
     return last_shed is not None and now - last_shed < hold
@@ -156,11 +157,17 @@ class ShedMiddleware:
     :meth:`shedding` are for the health path and the metrics.
     """
 
-    def __init__(self, app: Any, bound: float, trusted: Any,
-                 accepted_at: Optional[Callable[[Any], Optional[float]]] = None,
-                 wall: Callable[[], float] = time.time,
-                 log: Callable[[str], None] = lambda line: None,
-                 counted: Callable[[], None] = lambda: None, fails_health: bool = False) -> None:
+    def __init__(
+        self,
+        app: Any,
+        bound: float,
+        trusted: Any,
+        accepted_at: Callable[[Any], float | None] | None = None,
+        wall: Callable[[], float] = time.time,
+        log: Callable[[str], None] = lambda line: None,
+        counted: Callable[[], None] = lambda: None,
+        fails_health: bool = False,
+    ) -> None:
         self.app = app
         self.fails_health = fails_health  # HARDENED_SHED_FAILS_HEALTH: for the log line only
         self.log = log
@@ -170,16 +177,17 @@ class ShedMiddleware:
         self.accepted_at = accepted_at
         self.wall = wall
         self.shed_count = 0
-        self.last_shed: Optional[float] = None
+        self.last_shed: float | None = None
         self._retry_after = str(retry_after(bound)).encode()
 
     def shedding(self) -> bool:
         return shedding(self.last_shed, time.monotonic(), max(SHEDDING_HOLD, self.bound))
 
-    def _wait(self, scope: Any, send: Any) -> Optional[float]:
+    def _wait(self, scope: Any, send: Any) -> float | None:
         client = scope.get("client")
         if self.trusted is not None and self.trusted.trusts_peer(
-                client[0] if client else None, is_unix_listener(scope.get("server"))):
+            client[0] if client else None, is_unix_listener(scope.get("server"))
+        ):
             for name, value in scope["headers"]:
                 if name == b"x-request-start":
                     return waited(parse_request_start(value), self.wall())
@@ -194,15 +202,27 @@ class ShedMiddleware:
         if not shed(wait, self.bound):
             return await self.app(scope, receive, send)
         if not self.shedding():  # one line per episode, not per request
-            health = ("health answers 503 until none has waited that long for a while"
-                      if self.fails_health else "health still answers 200 (HARDENED_SHED_FAILS_HEALTH)")
-            self.log(f"shedding: {scope.get('method')} {scope.get('path')} waited {wait:.3g} s "
-                     f"(HARDENED_MAX_QUEUE_TIME {self.bound:g} s): 503, {health}")
+            health = (
+                "health answers 503 until none has waited that long for a while"
+                if self.fails_health
+                else "health still answers 200 (HARDENED_SHED_FAILS_HEALTH)"
+            )
+            self.log(
+                f"shedding: {scope.get('method')} {scope.get('path')} waited {wait:.3g} s "
+                f"(HARDENED_MAX_QUEUE_TIME {self.bound:g} s): 503, {health}"
+            )
         self.shed_count += 1
         self.counted()
         self.last_shed = time.monotonic()
-        await send({"type": "http.response.start", "status": 503, "headers": [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(_SHED_BODY)).encode()),
-            (b"retry-after", self._retry_after)]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(_SHED_BODY)).encode()),
+                    (b"retry-after", self._retry_after),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": _SHED_BODY})

@@ -18,8 +18,8 @@ Pure: a list of :class:`Member` in, a :class:`Plan` out.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from hardened_worker.readiness import State
 
@@ -49,13 +49,17 @@ def successor_ready(me: Member, peers: Sequence[Member], wanted: int) -> bool:
     ready workers of its generation or newer as the master wants. Not "the worker forked after my
     surge began": the master forks for several reasons (a death, the operator's TTIN), and a worker
     forked for one of them just before the surge is as good a successor."""
-    return sum(1 for p in peers if p.state is State.READY and p.generation >= me.generation) >= wanted
+    return (
+        sum(1 for p in peers if p.state is State.READY and p.generation >= me.generation) >= wanted
+    )
 
 
 def target(wanted: int, members: Sequence[Member], generation: int) -> int:
     """``wanted`` (gunicorn's ``num_workers``) plus one per surge of the current generation: a
     surging worker of an older one is being replaced by the reload already."""
-    return wanted + sum(1 for m in members if m.state is State.SURGING and m.generation == generation)
+    return wanted + sum(
+        1 for m in members if m.state is State.SURGING and m.generation == generation
+    )
 
 
 def plan(wanted: int, members: Sequence[Member], generation: int) -> Plan:

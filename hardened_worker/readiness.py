@@ -64,8 +64,8 @@ import mmap
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 
 class State(enum.IntEnum):
@@ -130,8 +130,9 @@ def _rolling_turn(me: Peer, peers: list[Peer], newer: list[Peer], workers: int) 
     return sum(1 for p in newer if p.state == State.READY) >= departed + 1
 
 
-def retirement_gate(me: Peer, peers: Iterable[Peer], reloads: Reloads, stop_requested: float,
-                    rolling: int = 0) -> Gate:
+def retirement_gate(
+    me: Peer, peers: Iterable[Peer], reloads: Reloads, stop_requested: float, rolling: int = 0
+) -> Gate:
     """Decide what worker ``me``, sent SIGTERM at ``stop_requested`` (time.time()), does now.
 
     "Enough" successors: every newer worker has finished booting and at least one of them is
@@ -164,8 +165,11 @@ def retirement_gate(me: Peer, peers: Iterable[Peer], reloads: Reloads, stop_requ
         return Gate.ROLLBACK
     if any(p.state in (State.BOOTING, State.WAITING) for p in newer):
         return Gate.WAIT
-    if rolling and any(p.state == State.READY for p in newer) and not _rolling_turn(
-            me, peers, newer, rolling):
+    if (
+        rolling
+        and any(p.state == State.READY for p in newer)
+        and not _rolling_turn(me, peers, newer, rolling)
+    ):
         return Gate.WAIT  # an older worker of ours leaves first
     if any(p.state == State.READY for p in newer):
         return Gate.RETIRE
@@ -184,8 +188,10 @@ def _rolled_back(me: Peer, newer: list[Peer], reloads: Reloads, stop_requested: 
     if reloads.rejected <= me.generation or any(p.state == State.READY for p in newer):
         return False
     rejected = (State.FAILED, State.BOOTING, State.WAITING)
-    return any(p.generation <= reloads.rejected and p.state in rejected for p in newer) \
+    return (
+        any(p.generation <= reloads.rejected and p.state in rejected for p in newer)
         or reloads.rejected_at >= stop_requested
+    )
 
 
 def has_older_live(me: int, peers: Iterable[Peer]) -> bool:
@@ -217,8 +223,14 @@ C_CONNECTIONS = C_SHED + 1
 C_ACCEPT = C_SHED + 2
 # Requests by the class of their status, 1xx .. 5xx (metrics.Tally): five counters, folded.
 C_STATUS0 = C_ACCEPT + 1
-FOLDED = (C_REQUESTS, C_DURATION_US, C_STALLS, *range(C_BUCKET0, C_BUCKET0 + len(BUCKETS) + 1), C_SHED,
-          *range(C_STATUS0, C_STATUS0 + 5))
+FOLDED = (
+    C_REQUESTS,
+    C_DURATION_US,
+    C_STALLS,
+    *range(C_BUCKET0, C_BUCKET0 + len(BUCKETS) + 1),
+    C_SHED,
+    *range(C_STATUS0, C_STATUS0 + 5),
+)
 assert C_STATUS0 + 5 <= COUNTERS
 # The retired row: in a snapshot R_SEQ is the fold version it was read at (see the module
 # docstring); then the newest generation counted as an accepted reload, the reload counts, a ring
@@ -303,7 +315,7 @@ class Table:
         # ``in``), so a scan costs no Python step per empty slot.
         stride = ctypes.sizeof(_Slot) // 4
         words = memoryview(self._map).cast("i")  # type: ignore[arg-type]
-        self._pids = words[slots_at // 4 + _Slot.pid.offset // 4::stride][:SLOTS]
+        self._pids = words[slots_at // 4 + _Slot.pid.offset // 4 :: stride][:SLOTS]
         self._lock = ProcessLock()
         self._slot: int | None = None
         self._private = memoryview(bytearray(COUNTERS * 8)).cast("q")  # no slot: counted nowhere
@@ -385,8 +397,11 @@ class Table:
         """Did a worker stop for ``reason`` after ``since`` (time.time())? Gone ones count too."""
         for index in self._occupied():
             peer = self._read(index)
-            if peer.reason == reason + 1 and peer.state in (State.STOPPING, State.FREE) \
-                    and peer.changed >= since:
+            if (
+                peer.reason == reason + 1
+                and peer.state in (State.STOPPING, State.FREE)
+                and peer.changed >= since
+            ):
                 return True
         return False
 
@@ -394,7 +409,9 @@ class Table:
         """The exit reason a (just exited) worker recorded, read in the master. Its pid cannot
         have been reused yet (the master has only just reaped it); of older slots of that pid,
         the latest change wins."""
-        found = [peer for peer in map(self._read, self._occupied()) if peer.pid == pid and peer.reason]
+        found = [
+            peer for peer in map(self._read, self._occupied()) if peer.pid == pid and peer.reason
+        ]
         return max(found, key=lambda peer: peer.changed).reason - 1 if found else None
 
     def take_surge_turn(self, reason: int) -> bool:
@@ -418,8 +435,10 @@ class Table:
         """The state worker ``pid`` published, read in the master. A dead worker's slot that
         holds the same (reused) pid is passed over; with no live one (the worker already left),
         the first slot of that pid from ``age`` on, where its claim started looking."""
-        found = sorted((index for index in self._occupied() if self._pids[index] == pid),
-                       key=lambda index: (index - age) % SLOTS)
+        found = sorted(
+            (index for index in self._occupied() if self._pids[index] == pid),
+            key=lambda index: (index - age) % SLOTS,
+        )
         slots = [_Slot.from_buffer_copy(self._slots[index]) for index in found]
         chosen = [slot for slot in slots if self._live(slot)] or slots
         return State(chosen[0].state) if chosen else State.FREE
@@ -497,7 +516,7 @@ class Table:
 
     def _row(self, index: int) -> memoryview:
         start = self._counters_at // 8 + index * COUNTERS
-        return self._all[start:start + COUNTERS]
+        return self._all[start : start + COUNTERS]
 
     def counters(self) -> memoryview:
         """This worker's counter row (int64s, ``C_*``): the worker's to write, no lock needed."""
@@ -550,11 +569,13 @@ class Table:
             row = self._live_copy().row  # folds only happen under this lock: stays live meanwhile
             if generation <= max(1, row[R_ACCEPTED_GEN]):
                 return False
-            row[R_ACCEPTED_GEN] = generation  # the mark first: a crash loses the count, never doubles it
+            row[R_ACCEPTED_GEN] = (
+                generation  # the mark first: a crash loses the count, never doubles it
+            )
             row[R_ACCEPTED] += 1
         return True
 
-    def snapshot(self) -> "Snapshot":
+    def snapshot(self) -> Snapshot:
         """Every slot not yet folded with its counters, and the retired row, read lock-free.
 
         Consistent with respect to folds unless a fold lands during each of ``READ_ATTEMPTS``
@@ -564,14 +585,17 @@ class Table:
         for _ in range(READ_ATTEMPTS):
             folds = self._header.folds
             copy = _Retired.from_buffer_copy(self._copies[folds % 2])
-            slots = tuple(self._view(index) for index in self._occupied()
-                          if self._slots[index].claims != copy.folded[index])
+            slots = tuple(
+                self._view(index)
+                for index in self._occupied()
+                if self._slots[index].claims != copy.folded[index]
+            )
             if self._header.folds == folds:
                 break
         retired = (folds, *copy.row[1:])
         return Snapshot(slots, retired, self.reloads())
 
-    def _view(self, index: int) -> "SlotView":
+    def _view(self, index: int) -> SlotView:
         slot = _Slot.from_buffer_copy(self._slots[index])
         return SlotView(_peer(slot), self._live(slot), tuple(self._row(index)))
 
@@ -580,8 +604,16 @@ _ZEROS = memoryview(bytes(COUNTERS * 8)).cast("q")
 
 
 def _peer(slot: _Slot) -> Peer:
-    return Peer(slot.pid, State(slot.state), slot.age, slot.generation, slot.started, slot.changed,
-                slot.reason, slot.memory)
+    return Peer(
+        slot.pid,
+        State(slot.state),
+        slot.age,
+        slot.generation,
+        slot.started,
+        slot.changed,
+        slot.reason,
+        slot.memory,
+    )
 
 
 def _record_exit(totals: ctypes.Array, slot: _Slot) -> None:
@@ -628,12 +660,13 @@ class ProcessLock:
     """
 
     def __init__(self) -> None:
-        fd, path = tempfile.mkstemp(prefix="hardened-worker-", dir="/dev/shm" if os.path.isdir(
-            "/dev/shm") else None)
+        fd, path = tempfile.mkstemp(
+            prefix="hardened-worker-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+        )
         os.unlink(path)
         self._fd = fd
 
-    def __enter__(self) -> "ProcessLock":
+    def __enter__(self) -> ProcessLock:
         fcntl.lockf(self._fd, fcntl.LOCK_EX)
         return self
 
@@ -659,10 +692,11 @@ def process_start(pid: int) -> int:
             _proc_missing_said = True
             logging.getLogger("gunicorn.error").warning(
                 "hardened_worker: /proc/PID/stat is unreadable: a worker's liveness is checked "
-                "with kill(pid, 0) alone, which takes a reused pid for the worker that had it")
+                "with kill(pid, 0) alone, which takes a reused pid for the worker that had it"
+            )
         return 0
     # comm (field 2) may hold spaces and parentheses: count the fields after its last ")".
-    return int(stat[stat.rindex(b")") + 2:].split()[19])
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])
 
 
 def is_running(pid: int, start_time: int = 0) -> bool:

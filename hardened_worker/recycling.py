@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from hardened_worker import _gunicorn, cgroup, diagnostics, headroom, pool
 from hardened_worker import memory as policy  # not `memory`: the attribute below has that name
@@ -37,73 +37,118 @@ class Recycling:
     ppid: Any
     generation: Any
     exit_reason: Any
-    request_limit: Optional[int]
-    lifetime_limit: Optional[float]
+    request_limit: int | None
+    lifetime_limit: float | None
     ready_at: float
-    surge: Optional["Surge"]
-    _waiting_logged: Optional[str]
-    memory: Optional[policy.MemoryWatch] = None
-    memory_reader: Optional[policy.MemoryReader] = None
+    surge: Surge | None
+    _waiting_logged: str | None
+    memory: policy.MemoryWatch | None = None
+    memory_reader: policy.MemoryReader | None = None
     _memory_decision = policy.Decision.OK
     _next_cgroup_check = 0.0
-    changed_file: Optional[str] = None  # --reload: set by gunicorn's reloader thread
-    footprint: Optional[int] = None  # this worker's private memory at ready: what a successor costs
+    changed_file: str | None = None  # --reload: set by gunicorn's reloader thread
+    footprint: int | None = None  # this worker's private memory at ready: what a successor costs
 
-    def _memory_watch(self) -> Optional[policy.MemoryWatch]:
+    def _memory_watch(self) -> policy.MemoryWatch | None:
         s = self.settings
         if not (s.memory_limit or s.memory_cgroup):
             return None
         # Opened here, after fork: /proc/self opened in the master would read the master.
         self.memory_reader = policy.MemoryReader(s.memory_measure)
         if not self.memory_reader.exact:
-            self.log.warning("hardened_worker: /proc/self/smaps_rollup is unreadable; memory is "
-                             "measured as RSS (an over-estimate)")
+            self.log.warning(
+                "hardened_worker: /proc/self/smaps_rollup is unreadable; memory is "
+                "measured as RSS (an over-estimate)"
+            )
         if not s.memory_limit:
             return None
         limits = policy.MemoryLimits.from_settings(
-            s.memory_limit, s.memory_hard_limit, s.memory_jitter, s.memory_min_lifetime)
-        return policy.MemoryWatch(limits, self.memory_reader, check_interval=s.memory_check_interval,
-                                  check_requests=s.memory_check_requests)
+            s.memory_limit, s.memory_hard_limit, s.memory_jitter, s.memory_min_lifetime
+        )
+        return policy.MemoryWatch(
+            limits,
+            self.memory_reader,
+            check_interval=s.memory_check_interval,
+            check_requests=s.memory_check_requests,
+        )
 
     def check_memory(self, now_due: bool = False) -> None:
         """On the tick and every ``HARDENED_MEMORY_CHECK_REQUESTS`` requests; cheap unless due.
         ``now_due``: at ready, so the baseline is the ready worker's, whatever comes next."""
         watch, server = self.memory, self.server
-        if self.footprint is None and self.memory_reader is not None and server is not None \
-                and self.lifecycle.phase is Phase.READY:
+        if (
+            self.footprint is None
+            and self.memory_reader is not None
+            and server is not None
+            and self.lifecycle.phase is Phase.READY
+        ):
             self._learn_footprint(self.memory_reader)
-        if watch is None or server is None or self.lifecycle.phase not in (Phase.READY, Phase.SURGING):
+        if (
+            watch is None
+            or server is None
+            or self.lifecycle.phase not in (Phase.READY, Phase.SURGING)
+        ):
             return
         now = time.monotonic()
         stats = server.stats()
         total = stats.requests
         if not (now_due or watch.due(now, total)):
             return
-        decision, used = watch.check(now, total, lambda: (self.table.recycling(), self._replaceable()),
-                                     stats.connections)
+        decision, used = watch.check(
+            now, total, lambda: (self.table.recycling(), self._replaceable()), stats.connections
+        )
         if decision.recycles:
             hard = decision is policy.Decision.RECYCLE_HARD
             limit = watch.limits.hard if hard else watch.soft
             if hard:
-                self.log.warning("%s", policy.recycle_message(
-                    self.pid, used, limit, self.settings.memory_measure, total, self._uptime(), hard,
-                    watch.drain_growth))
+                self.log.warning(
+                    "%s",
+                    policy.recycle_message(
+                        self.pid,
+                        used,
+                        limit,
+                        self.settings.memory_measure,
+                        total,
+                        self._uptime(),
+                        hard,
+                        watch.drain_growth,
+                    ),
+                )
                 self._post(Event.MEMORY_HARD)
             elif self.lifecycle.phase is Phase.READY and not self._recycle(
-                    Event.MEMORY_SOFT, policy.recycle_cause(used, limit, self.settings.memory_measure,
-                                                            total, self._uptime(), hard),
-                    logging.WARNING):
+                Event.MEMORY_SOFT,
+                policy.recycle_cause(
+                    used, limit, self.settings.memory_measure, total, self._uptime(), hard
+                ),
+                logging.WARNING,
+            ):
                 decision = policy.Decision.WAIT_TURN
-        elif decision is not self._memory_decision and decision is policy.Decision.BLOCKED_NO_REPLACEMENT:
-            self.log.warning("hardened_worker: worker %s memory %s %s over its limit %s; not "
-                             "recycling yet: no replacement can start (the last reload was "
-                             "rejected)", self.pid, self.settings.memory_measure,
-                             policy.format_size(used), policy.format_size(watch.soft))
+        elif (
+            decision is not self._memory_decision
+            and decision is policy.Decision.BLOCKED_NO_REPLACEMENT
+        ):
+            self.log.warning(
+                "hardened_worker: worker %s memory %s %s over its limit %s; not "
+                "recycling yet: no replacement can start (the last reload was "
+                "rejected)",
+                self.pid,
+                self.settings.memory_measure,
+                policy.format_size(used),
+                policy.format_size(watch.soft),
+            )
         self._memory_decision = decision
         if watch.baseline_warning_due():
-            self.log.warning("%s", policy.baseline_message(
-                self.pid, used, watch.soft, self.settings.memory_measure, now - watch.started,
-                watch.limits.min_lifetime))
+            self.log.warning(
+                "%s",
+                policy.baseline_message(
+                    self.pid,
+                    used,
+                    watch.soft,
+                    self.settings.memory_measure,
+                    now - watch.started,
+                    watch.limits.min_lifetime,
+                ),
+            )
 
     def _learn_footprint(self, reader: policy.MemoryReader) -> None:
         """At ready: this worker's private memory, read precisely once (about 1 ms), is what the
@@ -126,8 +171,13 @@ class Recycling:
         """HARDENED_MEMORY_CGROUP: the largest worker leaves before the kernel's OOM killer acts."""
         reader, server = self.memory_reader, self.server
         now = time.monotonic()
-        if (reader is None or server is None or self.lifecycle.phase is not Phase.READY
-                or not self.settings.memory_cgroup or now < self._next_cgroup_check):
+        if (
+            reader is None
+            or server is None
+            or self.lifecycle.phase is not Phase.READY
+            or not self.settings.memory_cgroup
+            or now < self._next_cgroup_check
+        ):
             return
         self._next_cgroup_check = now + self.settings.memory_check_interval
         rss = reader.rss()
@@ -136,22 +186,31 @@ class Recycling:
         # The working set, not the usage: page cache the kernel drops before any OOM kill is no
         # pressure (a container that writes logs would otherwise recycle for its cache).
         current, limit = cgroup.memory_working_set(root), cgroup.memory_limit(root)
-        if not policy.cgroup_pressure(current, limit) or self._uptime() < self.settings.memory_min_lifetime:
+        if (
+            not policy.cgroup_pressure(current, limit)
+            or self._uptime() < self.settings.memory_min_lifetime
+        ):
             return
         peers = self.table.peers()
         recent = time.time() - self.settings.memory_min_lifetime
         # After a recycle the container's figure needs time to settle: wait until the replacement
         # is older than the minimum lifetime, so one pressure reading cannot empty the pool.
         settling = any(p.started > recent for p in peers) or self.table.left_since(MEMORY, recent)
-        if settling or any(p.memory > rss for p in peers if p.state == State.READY) \
-                or not self._replaceable():
+        if (
+            settling
+            or any(p.memory > rss for p in peers if p.state == State.READY)
+            or not self._replaceable()
+        ):
             return
         assert current is not None and limit is not None
-        self._recycle(Event.MEMORY_SOFT,
-                      f"container memory {policy.format_size(current)} is {current / limit:.0%} of "
-                      f"the cgroup limit {policy.format_size(limit)} and this worker is the largest "
-                      f"(rss {policy.format_size(rss)}), {server.stats().requests} requests served, "
-                      f"up {policy.format_duration(self._uptime())}", logging.WARNING)
+        self._recycle(
+            Event.MEMORY_SOFT,
+            f"container memory {policy.format_size(current)} is {current / limit:.0%} of "
+            f"the cgroup limit {policy.format_size(limit)} and this worker is the largest "
+            f"(rss {policy.format_size(rss)}), {server.stats().requests} requests served, "
+            f"up {policy.format_duration(self._uptime())}",
+            logging.WARNING,
+        )
 
     def _replaceable(self) -> bool:
         reloads = self.table.reloads()
@@ -170,11 +229,14 @@ class Recycling:
         self.table.set_state(State.RETIRING)
         self.surge.retired = True
         _gunicorn.wake_master(self.ppid)  # one worker too many: the master stops this one first
-        self.log.info("hardened_worker: worker %s retiring: reason %s, its successor %s after "
-                      "%.2f s", self.pid, self.exit_reason,
-                      "is ready" if event is Event.SUCCESSORS_READY else "is not ready",
-                      time.monotonic() - self.surge.started,
-                      extra=self._facts(successor_ready=event is Event.SUCCESSORS_READY))
+        self.log.info(
+            "hardened_worker: worker %s retiring: reason %s, its successor %s after %.2f s",
+            self.pid,
+            self.exit_reason,
+            "is ready" if event is Event.SUCCESSORS_READY else "is not ready",
+            time.monotonic() - self.surge.started,
+            extra=self._facts(successor_ready=event is Event.SUCCESSORS_READY),
+        )
 
     def _do_cancel_surge(self, event: Event) -> None:
         self.surge = None  # no longer SURGING in the table: the master stops adding a worker
@@ -186,13 +248,22 @@ class Recycling:
         if self.lifecycle.phase is not Phase.READY or self.server is None:
             return
         if self.request_limit is not None and self.server.stats().requests >= self.request_limit:
-            self._recycle(Event.REQUEST_COUNT, f"{self.server.stats().requests} requests served "
-                          f"(--max-requests {self.cfg.max_requests} + jitter)")
+            self._recycle(
+                Event.REQUEST_COUNT,
+                f"{self.server.stats().requests} requests served "
+                f"(--max-requests {self.cfg.max_requests} + jitter)",
+            )
         elif self.changed_file is not None:
             self._recycle(Event.CODE_CHANGED, f"{self.changed_file} changed (--reload)")
-        elif self.lifetime_limit is not None and time.monotonic() - self.ready_at >= self.lifetime_limit:
-            self._recycle(Event.LIFETIME, f"up {self._uptime():.1f} s (HARDENED_MAX_LIFETIME "
-                          f"{self.settings.max_lifetime:g} s - jitter)")
+        elif (
+            self.lifetime_limit is not None
+            and time.monotonic() - self.ready_at >= self.lifetime_limit
+        ):
+            self._recycle(
+                Event.LIFETIME,
+                f"up {self._uptime():.1f} s (HARDENED_MAX_LIFETIME "
+                f"{self.settings.max_lifetime:g} s - jitter)",
+            )
 
     def _recycle(self, event: Event, why: str, level: int = logging.INFO) -> bool:
         """Recycle: the successor first when the container has room for it
@@ -207,9 +278,13 @@ class Recycling:
         # fork a successor (pool.plan), the very thing there may be no room for.
         if way is headroom.Replacement.SURGE:
             if self.table.take_surge_turn(diagnostics.EXIT_REASONS.index(reason.value)):
-                self.log.log(level, "hardened_worker: worker %s recycling: %s; its successor "
-                             "starts first", self.pid, why, extra=self._facts(
-                                 recycle=reason.value, why=why, replacement=way.value))
+                self.log.log(
+                    level,
+                    "hardened_worker: worker %s recycling: %s; its successor starts first",
+                    self.pid,
+                    why,
+                    extra=self._facts(recycle=reason.value, why=why, replacement=way.value),
+                )
                 self._post(event)
                 return True
             if event is not Event.MEMORY_SOFT or room.limit is None:
@@ -223,19 +298,27 @@ class Recycling:
         # one drain at a time.
         if any(p.state == State.STOPPING for p in self.table.peers()):
             return self._wait(why, "another worker is draining")
-        self.log.log(level, "hardened_worker: worker %s recycling: %s; %s", self.pid, why,
-                     way.explain(room) if way is headroom.Replacement.DRAIN_FIRST else
-                     "another worker is recycling: it drains first and the master replaces it",
-                     extra=self._facts(recycle=reason.value, why=why,
-                                       replacement=headroom.Replacement.DRAIN_FIRST.value))
+        self.log.log(
+            level,
+            "hardened_worker: worker %s recycling: %s; %s",
+            self.pid,
+            why,
+            way.explain(room)
+            if way is headroom.Replacement.DRAIN_FIRST
+            else "another worker is recycling: it drains first and the master replaces it",
+            extra=self._facts(
+                recycle=reason.value, why=why, replacement=headroom.Replacement.DRAIN_FIRST.value
+            ),
+        )
         self._post(Event.MEMORY_HARD)  # the drain at once, without a successor
         return True
 
     def _wait(self, why: str, because: str) -> bool:
         if self._waiting_logged != because:  # once per cause, not per reading
             self._waiting_logged = because
-            self.log.info("hardened_worker: worker %s would recycle (%s); waiting: %s", self.pid,
-                          why, because)
+            self.log.info(
+                "hardened_worker: worker %s would recycle (%s); waiting: %s", self.pid, why, because
+            )
         return False
 
     def _room(self) -> headroom.Room:
@@ -249,9 +332,14 @@ class Recycling:
         peers = self.table.peers()
         booting = sum(1 for p in peers if p.state in (State.BOOTING, State.WAITING))
         footprint = self.footprint or policy.process_rss(self.pid) or 0
-        return headroom.Room(limit, cgroup.memory_working_set(root), footprint,
-                             headroom.starting(self.cfg.workers, len(peers), booting),
-                             self.cfg.workers, policy.process_rss(self.ppid) or 0)
+        return headroom.Room(
+            limit,
+            cgroup.memory_working_set(root),
+            footprint,
+            headroom.starting(self.cfg.workers, len(peers), booting),
+            self.cfg.workers,
+            policy.process_rss(self.ppid) or 0,
+        )
 
     def _check_successor(self) -> None:
         assert self.surge is not None
@@ -266,7 +354,6 @@ class Recycling:
             self._post(Event.DEADLINE)
 
 
-
 @dataclass
 class Surge:
     started: float  # monotonic: when this worker asked the master for its successor
@@ -274,5 +361,9 @@ class Surge:
     acknowledged: bool = False  # that SIGTERM arrived
 
 
-_RECYCLE_REASONS = {Event.MEMORY_SOFT: Reason.MEMORY, Event.REQUEST_COUNT: Reason.MAX_REQUESTS,
-                    Event.LIFETIME: Reason.MAX_LIFETIME, Event.CODE_CHANGED: Reason.RELOAD}
+_RECYCLE_REASONS = {
+    Event.MEMORY_SOFT: Reason.MEMORY,
+    Event.REQUEST_COUNT: Reason.MAX_REQUESTS,
+    Event.LIFETIME: Reason.MAX_LIFETIME,
+    Event.CODE_CHANGED: Reason.RELOAD,
+}

@@ -61,8 +61,9 @@ import struct
 import tempfile
 import termios
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Protocol
+from typing import Any, Protocol
 
 from uvicorn._compat import asyncio_run
 from uvicorn.lifespan.on import LifespanOn
@@ -123,9 +124,9 @@ class HardenedLifespan(LifespanOn):
         super().__init__(config)
         self.received = False
         self.unsupported = False
-        self.error: Optional[BaseException] = None
-        self.failure: Optional[str] = None
-        self.task: Optional[asyncio.Task[None]] = None
+        self.error: BaseException | None = None
+        self.failure: str | None = None
+        self.task: asyncio.Task[None] | None = None
 
     async def receive(self) -> Any:
         self.received = True
@@ -165,7 +166,9 @@ class HardenedLifespan(LifespanOn):
                 self.unsupported = True
                 self.logger.info(
                     "ASGI lifespan not supported by the app (it raised %r before receiving "
-                    "lifespan.startup); serving without lifespan events", exc)
+                    "lifespan.startup); serving without lifespan events",
+                    exc,
+                )
             else:
                 self.error = exc
                 phase = "shutdown" if self.startup_event.is_set() else "startup"
@@ -200,8 +203,10 @@ def _pending_bytes(conn: Any) -> int:
 
 def _http_protocols() -> tuple[type, ...]:
     found = []
-    for module, name in (("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol"),
-                         ("uvicorn.protocols.http.h11_impl", "H11Protocol")):
+    for module, name in (
+        ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol"),
+        ("uvicorn.protocols.http.h11_impl", "H11Protocol"),
+    ):
         try:
             found.append(getattr(importlib.import_module(module), name))
         except ImportError:  # httptools is optional
@@ -218,6 +223,7 @@ def _is_http(conn: Any) -> bool:
 
 def _one_write(protocol_class: type, flusher: writes.Flusher) -> type:
     """``protocol_class`` writing through :class:`writes.OneWrite` (one write per response)."""
+
     class OneWriteProtocol(protocol_class):  # type: ignore[misc, valid-type]
         def connection_made(self, transport: Any) -> None:
             super().connection_made(writes.OneWrite(transport, flusher))
@@ -331,16 +337,18 @@ def _leave_wake_directory(pool: str) -> None:
 
 
 class HardenedServer(Server):
-    _reserve: Optional[descriptors.Reserve] = None  # reset clients when out of descriptors
+    _reserve: descriptors.Reserve | None = None  # reset clients when out of descriptors
     _short_of_descriptors = False  # since an accept failed for want of one, until one succeeds
 
     def __init__(self, config: Any, host: Host) -> None:
         super().__init__(config)
         self.host = host
         self.lifespan: HardenedLifespan
-        self.drain_started: Optional[float] = None
+        self.drain_started: float | None = None
         self.not_ready = ""  # the app's check never passed (Host.until_ready)
-        self.drain_signal = drain.DrainSignal()  # the app's view of the drain (deadline.RequestGuard)
+        self.drain_signal = (
+            drain.DrainSignal()
+        )  # the app's view of the drain (deadline.RequestGuard)
         self.pauses = 0  # HARDENED_MAX_INFLIGHT: times this worker stopped accepting
         self._at_bound = False  # HARDENED_MAX_INFLIGHT reached
         self._connection_cap = flags.connection_cap(host.cfg)  # --worker-connections, when set
@@ -355,14 +363,18 @@ class HardenedServer(Server):
         self._row = host.table.counters()
         self._pool = host.table.token  # in the wake sockets' names
         self._siblings: list[tuple[int, Any]] = []  # (pid, counter row), refreshed on the tick
-        self._waker: Optional[socket.socket] = None
+        self._waker: socket.socket | None = None
         self._handovers: set[asyncio.Task[None]] = set()
         bound = getattr(host.settings, "max_inflight", None)
         if bound:  # the protocols take the set when they are created: replace it before any is
-            self.server_state.tasks = overload.InFlight(bound, self._pause_accepting,
-                                                        self._resume_accepting)
-        connections = _Accepted() if getattr(host.settings, "max_queue_time", None) is not None \
+            self.server_state.tasks = overload.InFlight(
+                bound, self._pause_accepting, self._resume_accepting
+            )
+        connections = (
+            _Accepted()
+            if getattr(host.settings, "max_queue_time", None) is not None
             else _Connections()
+        )
         connections.opened, connections.closed = self._connection_opened, self._connection_closed
         self.server_state.connections = connections
 
@@ -396,7 +408,7 @@ class HardenedServer(Server):
         finally:
             serving.close()  # a stop before the loop started it: no "never awaited" warning
 
-    async def serve(self, sockets: Optional[list[Any]] = None) -> None:
+    async def serve(self, sockets: list[Any] | None = None) -> None:
         config = self.config
         if not config.loaded:
             config.load()
@@ -426,12 +438,17 @@ class HardenedServer(Server):
 
         guard = guarded_http.guard_of(self.host.cfg, self.host.settings, self.host.log)
         protocol_class = guarded_http.guarded(
-            _one_write(config.http_protocol_class, writes.Flusher(loop)), guard)
+            _one_write(config.http_protocol_class, writes.Flusher(loop)), guard
+        )
         self._reserve = descriptors.Reserve()
 
         def create_protocol(_loop: Any = None) -> asyncio.Protocol:
             return protocol_class(  # type: ignore[call-arg]
-                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=_loop)
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
 
         # gunicorn's socket wrappers close their socket again after we did: take the plain
         # socket inside (closing a Python socket twice is harmless).
@@ -464,7 +481,7 @@ class HardenedServer(Server):
                 pass
             should_exit = await self.on_tick(counter)
 
-    def first_request_accepted_at(self, send: Any) -> Optional[float]:
+    def first_request_accepted_at(self, send: Any) -> float | None:
         """``time.monotonic()`` at which the connection of the request whose ASGI ``send`` this is was
         accepted, or at which the kernel received its last bytes if that was earlier (TCP_INFO:
         time spent in the accept queue, which the worker cannot see otherwise), for its first
@@ -479,7 +496,8 @@ class HardenedServer(Server):
             return None
         try:
             info = transport.get_extra_info("socket").getsockopt(
-                socket.IPPROTO_TCP, socket.TCP_INFO, overload.TCP_INFO_SIZE)
+                socket.IPPROTO_TCP, socket.TCP_INFO, overload.TCP_INFO_SIZE
+            )
         except (OSError, AttributeError):  # not TCP (a UNIX socket bind): from the accept
             return at
         ago = overload.received_ago(info)
@@ -489,8 +507,13 @@ class HardenedServer(Server):
 
     def _wanted(self) -> int:
         """What this worker should do about new connections now (spread.OFF/LISTENING/YIELDING)."""
-        if not self.started or self.drain_started is not None or self._at_bound or self._starved \
-                or (self._connection_cap is not None and self._open() >= self._connection_cap):
+        if (
+            not self.started
+            or self.drain_started is not None
+            or self._at_bound
+            or self._starved
+            or (self._connection_cap is not None and self._open() >= self._connection_cap)
+        ):
             return spread.OFF
         if not self._spread:
             return spread.LISTENING
@@ -508,8 +531,12 @@ class HardenedServer(Server):
     def _rows(self) -> list[spread.Sibling]:
         """The siblings' rows as the rule weighs them (a blocked one's as not accepting)."""
         now_ms = readiness.monotonic_ms()
-        return [spread.weighed(row[readiness.C_CONNECTIONS], row[readiness.C_ACCEPT],
-                               row[readiness.C_BEAT], now_ms) for _, row in self._siblings]
+        return [
+            spread.weighed(
+                row[readiness.C_CONNECTIONS], row[readiness.C_ACCEPT], row[readiness.C_BEAT], now_ms
+            )
+            for _, row in self._siblings
+        ]
 
     def _decide(self) -> None:
         """Listen or not (the reader on each listening socket), publish the count and the state
@@ -525,7 +552,9 @@ class HardenedServer(Server):
                 loop.remove_reader(listening.fileno())
         row = self._row
         count = self._open()
-        if state != row[readiness.C_ACCEPT] or count != row[readiness.C_CONNECTIONS]:  # also for the status
+        if (
+            state != row[readiness.C_ACCEPT] or count != row[readiness.C_CONNECTIONS]
+        ):  # also for the status
             changed = state != row[readiness.C_ACCEPT]
             row[readiness.C_CONNECTIONS], row[readiness.C_ACCEPT] = count, state
             if changed or state != spread.UNBALANCED:  # siblings never weigh an unbalanced count
@@ -583,10 +612,17 @@ class HardenedServer(Server):
             if first:
                 self.host.log.warning(
                     "hardened_worker: worker %s out of descriptors (%s; %d open, RLIMIT_NOFILE %d): "
-                    "resetting new connections until one closes (%d reset now)", self.host.pid,
-                    exc.strerror, shortage.open, shortage.limit, shortage.reset)
+                    "resetting new connections until one closes (%d reset now)",
+                    self.host.pid,
+                    exc.strerror,
+                    shortage.open,
+                    shortage.limit,
+                    shortage.reset,
+                )
         elif first:
-            self.host.log.warning("hardened_worker: worker %s cannot accept: %s", self.host.pid, exc)
+            self.host.log.warning(
+                "hardened_worker: worker %s cannot accept: %s", self.host.pid, exc
+            )
 
     async def _hand_over(self, conn: socket.socket) -> None:
         made: list[Any] = []
@@ -596,7 +632,9 @@ class HardenedServer(Server):
             return made[0]
 
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(protocol, conn, ssl=self.config.ssl)
+            await asyncio.get_running_loop().connect_accepted_socket(
+                protocol, conn, ssl=self.config.ssl
+            )
         except Exception:  # a failed TLS handshake, a reset: that connection only, as the
             conn.close()  # loop's own accept path drops it
             if not made or getattr(made[0], "transport", None) is None:  # it never joined
@@ -620,8 +658,12 @@ class HardenedServer(Server):
         try:
             waker = _bind_waker(self._pool)
         except OSError as exc:  # no /tmp, a path too long: the tick re-decides instead
-            self.host.log.warning("hardened_worker: worker %s has no wake socket (%s); the accept "
-                                  "policy re-reads the table on the 100 ms tick only", self.host.pid, exc)
+            self.host.log.warning(
+                "hardened_worker: worker %s has no wake socket (%s); the accept "
+                "policy re-reads the table on the 100 ms tick only",
+                self.host.pid,
+                exc,
+            )
             return
         waker.setblocking(False)
         loop.add_reader(waker.fileno(), self._woken)
@@ -647,8 +689,9 @@ class HardenedServer(Server):
             return
         for index in indexes:
             try:
-                self._waker.sendto(b"w", socket.MSG_DONTWAIT,
-                                   _wake_address(self._pool, self._siblings[index][0]))
+                self._waker.sendto(
+                    b"w", socket.MSG_DONTWAIT, _wake_address(self._pool, self._siblings[index][0])
+                )
             except OSError:  # queue full (a wake is pending there already), gone, or not listening
                 pass  # yet (it reads the table when it starts)
 
@@ -672,8 +715,10 @@ class HardenedServer(Server):
         if self.pauses == 1:  # the first time only: under load it can happen many times a second
             self.host.log.info(
                 "hardened_worker: worker %s reached its in-flight bound (HARDENED_MAX_INFLIGHT %d): "
-                "it leaves new connections to its siblings until below it", self.host.pid,
-                self.server_state.tasks.bound)
+                "it leaves new connections to its siblings until below it",
+                self.host.pid,
+                self.server_state.tasks.bound,
+            )
 
     def _resume_accepting(self) -> None:
         if self._at_bound:
@@ -698,8 +743,9 @@ class HardenedServer(Server):
                     # once a second (a newcomer says hello, a dead one is checked before yielding)
                     self._siblings = self.host.table.sibling_rows()
                     accepted, answered = self._accepted, self.server_state.total_requests
-                    self._churning = spread.churning(accepted - self._churn_mark[0],
-                                                     answered - self._churn_mark[1])
+                    self._churning = spread.churning(
+                        accepted - self._churn_mark[0], answered - self._churn_mark[1]
+                    )
                     self._churn_mark = (accepted, answered)
             self._starved = False
             self._decide()
@@ -734,7 +780,7 @@ class HardenedServer(Server):
             if _is_http(conn) and conn.app is not self.closing_app:
                 conn.app = self.closing_app
 
-    async def shutdown(self, sockets: Optional[list[Any]] = None) -> None:
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
         plan = self.host.drain_plan()
         self.begin_drain()
         if self.force_exit:
@@ -755,8 +801,11 @@ class HardenedServer(Server):
         idle_since: dict[Any, float] = {}
         window = self.host.settings.drain_idle_window
         beat = 0.0
-        while (state.connections or state.tasks or self._handovers or self.host.holding()) \
-                and time.monotonic() < plan.requests_deadline and not self.force_exit:
+        while (
+            (state.connections or state.tasks or self._handovers or self.host.holding())
+            and time.monotonic() < plan.requests_deadline
+            and not self.force_exit
+        ):
             self.host.on_drain_tick()
             self._closing()
             now = time.monotonic()
@@ -780,33 +829,52 @@ class HardenedServer(Server):
         closing handshake; the app receives ``websocket.disconnect`` as usual."""
         sockets = [c for c in self.server_state.connections if not _is_http(c)]
         for conn in sockets:
-            send = getattr(conn, "asgi_send", None) or conn.send  # websockets_impl / sansio, wsproto
+            send = (
+                getattr(conn, "asgi_send", None) or conn.send
+            )  # websockets_impl / sansio, wsproto
             try:
-                await send({"type": "websocket.close", "code": 1001, "reason": "server shutting down"})
-            except Exception:  # closed meanwhile by the client or the app: nothing to say goodbye to
+                await send(
+                    {"type": "websocket.close", "code": 1001, "reason": "server shutting down"}
+                )
+            except (
+                Exception
+            ):  # closed meanwhile by the client or the app: nothing to say goodbye to
                 pass
         deadline = min(time.monotonic() + WEBSOCKET_CLOSE_WAIT, plan.requests_deadline)
-        while any(c in self.server_state.connections for c in sockets) and time.monotonic() < deadline:
+        while (
+            any(c in self.server_state.connections for c in sockets) and time.monotonic() < deadline
+        ):
             await asyncio.sleep(0.05)
         for conn in sockets:
             if conn in self.server_state.connections:
                 conn.shutdown()  # a client that did not answer the close frame in time
 
     async def _deadline_passed(self, plan: drain.DrainPlan) -> None:
-        in_flight = [c.scope for c in self.server_state.connections
-                     if _is_http(c) and not _is_idle(c) and isinstance(getattr(c, "scope", None), dict)]
+        in_flight = [
+            c.scope
+            for c in self.server_state.connections
+            if _is_http(c) and not _is_idle(c) and isinstance(getattr(c, "scope", None), dict)
+        ]
         self.host.log.warning(
             "hardened_worker: worker %s drain deadline passed; closing %d connections, in flight: %s",
-            self.host.pid, len(self.server_state.connections),
-            drain.describe_in_flight(in_flight, time.monotonic(), self.drain_started or plan.drain_at))
+            self.host.pid,
+            len(self.server_state.connections),
+            drain.describe_in_flight(
+                in_flight, time.monotonic(), self.drain_started or plan.drain_at
+            ),
+        )
         # A connection with no response under way is closed at once (its request is cut before
         # uvicorn could answer the cancellation with a 500). One whose response has started is
         # cancelled first and closed after: an event stream gets its terminating chunk on the way
         # out (deadline.RequestGuard), anything else is cut as its task ends or at the close below.
         for conn in list(self.server_state.connections):
             cycle = getattr(conn, "cycle", None)
-            if not (_is_http(conn) and cycle is not None and cycle.response_started
-                    and not cycle.response_complete):
+            if not (
+                _is_http(conn)
+                and cycle is not None
+                and cycle.response_started
+                and not cycle.response_complete
+            ):
                 self._close(conn)
         self.drain_signal.deadline_passed = True
         tasks = list(self.server_state.tasks)
@@ -845,7 +913,8 @@ class HardenedServer(Server):
         except asyncio.TimeoutError:
             self.host.log.error(
                 "hardened_worker: worker %s lifespan shutdown did not finish within %.1f s",
-                self.host.pid, budget)
+                self.host.pid,
+                budget,
+            )
         finally:
             beating.cancel()
-

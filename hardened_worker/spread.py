@@ -31,13 +31,18 @@ in the shared table (:mod:`hardened_worker.readiness`); the server reads its sib
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 # C_ACCEPT: not accepting at all / listening / yielding / listening whatever the counts (churn:
 # siblings neither yield to it nor wake it).
 OFF, LISTENING, YIELDING, UNBALANCED = 0, 1, 2, 3
-ACCEPT_NAMES = ("off", "listening", "yielding", "churn")  # as the metrics' JSON and the status show them
+ACCEPT_NAMES = (
+    "off",
+    "listening",
+    "yielding",
+    "churn",
+)  # as the metrics' JSON and the status show them
 CHURN_ACCEPTS = 32  # connections a second: below it, the policy's cost is nothing to save
 STALE_MS = 250  # a sibling whose loop has not ticked (every 100 ms) for this long is blocked
 
@@ -58,7 +63,10 @@ class Sibling:
     accept: int  # OFF, LISTENING, YIELDING or UNBALANCED
 
 
-TAKERS = (LISTENING, YIELDING)  # siblings a worker leaves the next connection to when they hold fewer
+TAKERS = (
+    LISTENING,
+    YIELDING,
+)  # siblings a worker leaves the next connection to when they hold fewer
 
 
 def weighed(connections: int, accept: int, beat_ms: int, now_ms: int) -> Sibling:

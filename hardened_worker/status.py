@@ -40,11 +40,14 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8000/metrics"
-USAGE = ("python -m hardened_worker status [--json] [--pid PID | --pidfile FILE | URL]\n"
-         "       python -m hardened_worker reload [--wait] [--pid PID | --pidfile FILE] [--timeout S]")
+USAGE = (
+    "python -m hardened_worker status [--json] [--pid PID | --pidfile FILE | URL]\n"
+    "       python -m hardened_worker reload [--wait] [--pid PID | --pidfile FILE] [--timeout S]"
+)
 SOCKET_PREFIX = "hardened_worker.status."
 POLL = 0.1  # seconds between reads of the status socket while reload --wait waits
 DEFAULT_RELOAD_TIMEOUT = 120.0
@@ -52,8 +55,10 @@ DEFAULT_RELOAD_TIMEOUT = 120.0
 
 # --- the last reload's verdict (pure) ------------------------------------------------------------
 
-def verdict(generation: int, rejected: int, accepted: int, abandoned: int,
-            serving: Iterable[int]) -> dict[str, Any]:
+
+def verdict(
+    generation: int, rejected: int, accepted: int, abandoned: int, serving: Iterable[int]
+) -> dict[str, Any]:
     """What became of the master's newest configuration load, from what the table holds.
 
     ``generation`` is the master's newest (1 + HUPs, as far as it has forked), ``rejected``,
@@ -79,12 +84,15 @@ def verdict_of(snapshot: Any) -> dict[str, Any]:
     from hardened_worker.readiness import R_ACCEPTED_GEN, State
 
     r = snapshot.reloads
-    serving = (s.peer.generation for s in snapshot.slots
-               if s.alive and s.peer.state in (State.READY, State.SURGING))
+    serving = (
+        s.peer.generation
+        for s in snapshot.slots
+        if s.alive and s.peer.state in (State.READY, State.SURGING)
+    )
     return verdict(r.generation, r.rejected, snapshot.retired[R_ACCEPTED_GEN], r.abandoned, serving)
 
 
-def reload_outcome(before: int, report: dict[str, Any]) -> Optional[str]:
+def reload_outcome(before: int, report: dict[str, Any]) -> str | None:
     """After a HUP sent when the master's generation was ``before``: ``accepted``, ``rejected``,
     ``abandoned``, or None while the new generation has not been decided (or not yet forked)."""
     reload = report["reload"]
@@ -95,12 +103,19 @@ def reload_outcome(before: int, report: dict[str, Any]) -> Optional[str]:
 
 def rejection_line(report: dict[str, Any]) -> str:
     reload = report["reload"]
-    serving = f"generation {reload['serving']} keeps serving" if reload["serving"] else "no generation serves"
-    return (f"hardened_worker: reload rejected: generation {reload['generation']} could not start; "
-            f"{serving} (the error log's 'reload rejected' line says why)")
+    serving = (
+        f"generation {reload['serving']} keeps serving"
+        if reload["serving"]
+        else "no generation serves"
+    )
+    return (
+        f"hardened_worker: reload rejected: generation {reload['generation']} could not start; "
+        f"{serving} (the error log's 'reload rejected' line says why)"
+    )
 
 
 # --- the master's status socket ----------------------------------------------------------------
+
 
 def _pid_namespace() -> int:
     """This process's pid namespace (its inode), 0 when unknown. Containers of one pod share a
@@ -120,8 +135,9 @@ def address(master_pid: int) -> str:
 
 def _peer(sock: socket.socket) -> tuple[int, int]:
     """(pid, uid) of the other end, as the kernel recorded it at connect/listen (SO_PEERCRED)."""
-    pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                         struct.calcsize("3i")))
+    pid, uid, _gid = struct.unpack(
+        "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    )
     return pid, uid
 
 
@@ -136,7 +152,7 @@ class StatusServer:
     def __init__(self, report: Callable[[], dict[str, Any]], log: Any) -> None:
         self.report = report
         self.log = log
-        self.sock: Optional[socket.socket] = None
+        self.sock: socket.socket | None = None
 
     def start(self) -> bool:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -145,8 +161,11 @@ class StatusServer:
             sock.listen(8)
         except OSError as exc:  # not Linux, or the name taken: status through the metrics path only
             sock.close()
-            self.log.warning("hardened_worker: no status socket for python -m hardened_worker "
-                             "status and reload --wait: %s", exc)
+            self.log.warning(
+                "hardened_worker: no status socket for python -m hardened_worker "
+                "status and reload --wait: %s",
+                exc,
+            )
             return False
         self.sock = sock
         # A forked worker must not keep the master's socket: an orphan would hold the name.
@@ -172,13 +191,16 @@ class StatusServer:
                     continue
 
 
-def master_report(table: Any, now: Optional[float] = None) -> dict[str, Any]:
+def master_report(table: Any, now: float | None = None) -> dict[str, Any]:
     """What the status socket answers: the pool as the metrics path shows it, and the verdict."""
     from hardened_worker import metrics
 
     snapshot = table.snapshot()
-    return {**metrics.pool(snapshot, time.time() if now is None else now),
-            "master": os.getpid(), "reload": verdict_of(snapshot)}
+    return {
+        **metrics.pool(snapshot, time.time() if now is None else now),
+        "master": os.getpid(),
+        "reload": verdict_of(snapshot),
+    }
 
 
 def query(pid: int, timeout: float = 5.0) -> dict[str, Any]:
@@ -189,12 +211,15 @@ def query(pid: int, timeout: float = 5.0) -> dict[str, Any]:
         try:
             sock.connect(address(pid))
         except ConnectionRefusedError:
-            raise OSError(f"no hardened_worker master with pid {pid} answers (not running, or not "
-                          "hardened_worker.Worker)") from None
+            raise OSError(
+                f"no hardened_worker master with pid {pid} answers (not running, or not "
+                "hardened_worker.Worker)"
+            ) from None
         holder = _peer(sock)[0]
         if holder != pid:
-            raise ValueError(f"the status socket of pid {pid} is held by process {holder}, not "
-                             "the master")
+            raise ValueError(
+                f"the status socket of pid {pid} is held by process {holder}, not the master"
+            )
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)
@@ -211,7 +236,9 @@ def masters(net_unix: str = "/proc/net/unix") -> list[int]:
     except OSError:
         return []
     mine = f"@{SOCKET_PREFIX}{_pid_namespace()}."
-    return sorted({int(n[len(mine):]) for n in names if n.startswith(mine) and n[len(mine):].isdigit()})
+    return sorted(
+        {int(n[len(mine) :]) for n in names if n.startswith(mine) and n[len(mine) :].isdigit()}
+    )
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -243,13 +270,16 @@ def fetch(url: str, timeout: float = 5.0) -> dict[str, Any]:
     finally:
         conn.close()
     if response.status != 200:
-        raise ValueError(f"{url} answered {response.status} (is HARDENED_METRICS_PATH set, and "
-                         "this host allowed by HARDENED_METRICS_ALLOW?)")
+        raise ValueError(
+            f"{url} answered {response.status} (is HARDENED_METRICS_PATH set, and "
+            "this host allowed by HARDENED_METRICS_ALLOW?)"
+        )
     try:
         return json.loads(body)
     except ValueError:
-        raise ValueError(f"{url} did not answer the pool's JSON (not a hardened_worker metrics "
-                         "path?)") from None
+        raise ValueError(
+            f"{url} did not answer the pool's JSON (not a hardened_worker metrics path?)"
+        ) from None
 
 
 def _size(n: int) -> str:
@@ -269,35 +299,70 @@ def _ago(seconds: float) -> str:
     return f"{seconds // 3600} h"
 
 
-def format_table(pool: dict[str, Any], now: Optional[float] = None) -> str:
+def format_table(pool: dict[str, Any], now: float | None = None) -> str:
     """The pool for a person."""
     now = time.time() if now is None else now
     verdict_text = ""
     if "reload" in pool:  # the status socket's answer: the last reload's verdict too
         r = pool["reload"]
         verdict_text = f" (last reload: {r['result']}; generation {r['serving']} serves)"
-    lines = [f"generation {pool['generation']}{verdict_text}; {pool['requests']} requests served, "
-             f"{pool['in_flight']} in flight; reloads: {pool['reloads']['accepted']} accepted, "
-             f"{pool['reloads']['rejected']} rejected; listen backlog "
-             f"{pool['listen_backlog'] if pool['listen_backlog'] >= 0 else 'unknown'}"]
-    rows = [("PID", "STATE", "GEN", "AGE", "UP", "REQUESTS", "IN FLIGHT", "CONNECTIONS", "ACCEPT", "MEMORY")]
+    lines = [
+        f"generation {pool['generation']}{verdict_text}; {pool['requests']} requests served, "
+        f"{pool['in_flight']} in flight; reloads: {pool['reloads']['accepted']} accepted, "
+        f"{pool['reloads']['rejected']} rejected; listen backlog "
+        f"{pool['listen_backlog'] if pool['listen_backlog'] >= 0 else 'unknown'}"
+    ]
+    rows = [
+        (
+            "PID",
+            "STATE",
+            "GEN",
+            "AGE",
+            "UP",
+            "REQUESTS",
+            "IN FLIGHT",
+            "CONNECTIONS",
+            "ACCEPT",
+            "MEMORY",
+        )
+    ]
     for w in pool["workers"]:
-        rows.append((str(w["pid"]), w["state"], str(w["generation"]), str(w["age"]),
-                     _ago(w["up_s"]), str(w["requests"]), str(w["in_flight"]), str(w["connections"]),
-                     w["accept"], _size(w["memory_bytes"]) if w["memory_bytes"] else "-"))
+        rows.append(
+            (
+                str(w["pid"]),
+                w["state"],
+                str(w["generation"]),
+                str(w["age"]),
+                _ago(w["up_s"]),
+                str(w["requests"]),
+                str(w["in_flight"]),
+                str(w["connections"]),
+                w["accept"],
+                _size(w["memory_bytes"]) if w["memory_bytes"] else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-              for row in rows]
+    lines += [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
+    ]
     if pool["last_exits"]:
-        lines.append("last exits: " + ", ".join(
-            f"{e['pid']} {e['reason']} ({_ago(now - e['at'])} ago)" for e in pool["last_exits"]))
+        lines.append(
+            "last exits: "
+            + ", ".join(
+                f"{e['pid']} {e['reason']} ({_ago(now - e['at'])} ago)" for e in pool["last_exits"]
+            )
+        )
     if pool["exits"]:
-        lines.append("exits by reason: " + ", ".join(
-            f"{reason} {n}" for reason, n in sorted(pool["exits"].items())))
+        lines.append(
+            "exits by reason: "
+            + ", ".join(f"{reason} {n}" for reason, n in sorted(pool["exits"].items()))
+        )
     return "\n".join(lines)
 
 
-def _options(args: list[str], flags: tuple[str, ...], valued: tuple[str, ...]) -> Optional[dict[str, Any]]:
+def _options(
+    args: list[str], flags: tuple[str, ...], valued: tuple[str, ...]
+) -> dict[str, Any] | None:
     """``--flag`` and ``--name VALUE`` options and positionals; None on a usage error."""
     found: dict[str, Any] = {"args": []}
     rest = iter(args)
@@ -316,7 +381,7 @@ def _options(args: list[str], flags: tuple[str, ...], valued: tuple[str, ...]) -
     return found
 
 
-def _pid(options: dict[str, Any]) -> Optional[int]:
+def _pid(options: dict[str, Any]) -> int | None:
     """The master's pid from ``--pid`` or ``--pidfile``; ValueError with a readable message."""
     if "--pid" in options:
         text, where = options["--pid"], "--pid"
@@ -336,23 +401,33 @@ def _pid(options: dict[str, Any]) -> Optional[int]:
 def _the_master() -> int:
     found = masters()
     if len(found) != 1:
-        raise ValueError("no hardened_worker master here; pass --pid or --pidfile" if not found else
-                         f"several masters ({', '.join(map(str, found))}); pass --pid or --pidfile")
+        raise ValueError(
+            "no hardened_worker master here; pass --pid or --pidfile"
+            if not found
+            else f"several masters ({', '.join(map(str, found))}); pass --pid or --pidfile"
+        )
     return found[0]
 
 
 def main(args: list[str]) -> int:
     """``status``."""
     options = _options(args, ("--json",), ("--pid", "--pidfile"))
-    if options is None or len(options["args"]) > 1 or (
-            options["args"] and ("--pid" in options or "--pidfile" in options)):
+    if (
+        options is None
+        or len(options["args"]) > 1
+        or (options["args"] and ("--pid" in options or "--pidfile" in options))
+    ):
         print(f"usage: {USAGE}", file=sys.stderr)
         return 2
     try:
         pid = _pid(options)
         if pid is None and not options["args"] and masters():
             pid = _the_master()
-        pool = query(pid) if pid is not None else fetch(options["args"][0] if options["args"] else DEFAULT_URL)
+        pool = (
+            query(pid)
+            if pid is not None
+            else fetch(options["args"][0] if options["args"] else DEFAULT_URL)
+        )
     except (OSError, ValueError, http.client.HTTPException) as exc:
         print(f"hardened_worker: status: {exc}", file=sys.stderr)
         return 1
@@ -379,7 +454,9 @@ def reload_main(args: list[str]) -> int:
         print(f"usage: {USAGE}", file=sys.stderr)
         return 2
     try:
-        timeout = config.parse_positive_duration(options.get("--timeout", str(DEFAULT_RELOAD_TIMEOUT)))
+        timeout = config.parse_positive_duration(
+            options.get("--timeout", str(DEFAULT_RELOAD_TIMEOUT))
+        )
         pid = _pid(options) or _the_master()
         # Asked first even without --wait: a stale pid file must not HUP some other process.
         before = query(pid)["reload"]["generation"]
@@ -399,25 +476,36 @@ def _wait_for_verdict(pid: int, before: int, timeout: float) -> int:
             report = query(pid)
         except (OSError, ValueError):
             if not _alive(pid):
-                print(f"hardened_worker: reload: master {pid} exited before the new generation "
-                      "served", file=sys.stderr)
+                print(
+                    f"hardened_worker: reload: master {pid} exited before the new generation "
+                    "served",
+                    file=sys.stderr,
+                )
                 return 1
             time.sleep(POLL)  # a reader's hiccup: ask again
             continue
         outcome = reload_outcome(before, report)
         if outcome == "accepted":
-            print(f"hardened_worker: reload accepted: generation {report['reload']['generation']} "
-                  "serves", flush=True)
+            print(
+                f"hardened_worker: reload accepted: generation {report['reload']['generation']} "
+                "serves",
+                flush=True,
+            )
             return 0
         if outcome == "rejected":
             print(rejection_line(report), file=sys.stderr)
             return 1
         if outcome == "abandoned":
-            print(f"hardened_worker: reload abandoned: master {pid} stopped generation "
-                  f"{report['reload']['generation']} while it booted (shutting down?)", file=sys.stderr)
+            print(
+                f"hardened_worker: reload abandoned: master {pid} stopped generation "
+                f"{report['reload']['generation']} while it booted (shutting down?)",
+                file=sys.stderr,
+            )
             return 1
         time.sleep(POLL)
-    print(f"hardened_worker: reload: no verdict within {timeout:g} s: generation {before + 1} is "
-          "neither serving nor rejected (--timeout; the error log says what it is doing)",
-          file=sys.stderr)
+    print(
+        f"hardened_worker: reload: no verdict within {timeout:g} s: generation {before + 1} is "
+        "neither serving nor rejected (--timeout; the error log says what it is doing)",
+        file=sys.stderr,
+    )
     return 1

@@ -52,15 +52,16 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Callable, Mapping, MutableMapping, Optional
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
 
 NOTIFY_SOCKET = "NOTIFY_SOCKET"
 STASH = "_HARDENED_WORKER_NOTIFY_SOCKET"
 _TOKEN = b"R"
 
-_address: Optional[str] = None
-_token_fd: Optional[int] = None
-_owner: Optional[int] = None  # the pid of the master that called defer_ready
+_address: str | None = None
+_token_fd: int | None = None
+_owner: int | None = None  # the pid of the master that called defer_ready
 
 
 def _supported(address: str) -> bool:
@@ -69,7 +70,7 @@ def _supported(address: str) -> bool:
     return address.startswith(("/", "@"))
 
 
-def defer_ready(environ: Optional[MutableMapping[str, str]] = None) -> bool:
+def defer_ready(environ: MutableMapping[str, str] | None = None) -> bool:
     """In the master, before gunicorn's own READY=1: hold readiness back for the workers.
 
     Returns True when there is a supervisor to tell (``NOTIFY_SOCKET`` was set). Calling it again
@@ -114,14 +115,18 @@ def notify_ready(mainpid: int, log: Any = None) -> bool:
     try:
         notify(state, _address)
     except OSError as exc:
-        log.warning("hardened_worker: worker %s could not tell systemd READY=1 at %s: %s",
-                    pid, _address, exc)
+        log.warning(
+            "hardened_worker: worker %s could not tell systemd READY=1 at %s: %s",
+            pid,
+            _address,
+            exc,
+        )
         return False
     log.info("hardened_worker: worker %s told systemd READY=1 (main pid %s)", pid, mainpid)
     return True
 
 
-def address() -> Optional[str]:
+def address() -> str | None:
     """Where systemd listens: the deferred address, else this process's environment's."""
     found = _address or os.environ.get(NOTIFY_SOCKET) or os.environ.get(STASH)
     return found if found and _supported(found) else None
@@ -146,8 +151,12 @@ def monotonic_usec() -> int:
 
 def notify_reloading(generation: int, log: Any = None) -> bool:
     """In the master, as a HUP's new generation is forked: a reload has begun."""
-    sent = _send(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}\n"
-                 f"STATUS=reloading: generation {generation} starting", log, "RELOADING=1")
+    sent = _send(
+        f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}\n"
+        f"STATUS=reloading: generation {generation} starting",
+        log,
+        "RELOADING=1",
+    )
     if sent and log is not None:
         log.info("hardened_worker: told systemd RELOADING=1 (generation %d)", generation)
     return sent
@@ -156,18 +165,27 @@ def notify_reloading(generation: int, log: Any = None) -> bool:
 def notify_reloaded(mainpid: int, generation: int, log: Any = None) -> bool:
     """In the first ready worker of a reloaded generation: the reload is done."""
     pid = os.getpid()
-    sent = _send(f"READY=1\nMAINPID={mainpid}\nSTATUS=serving: reloaded, generation {generation} "
-                 f"ready (worker {pid})", log, "READY=1")
+    sent = _send(
+        f"READY=1\nMAINPID={mainpid}\nSTATUS=serving: reloaded, generation {generation} "
+        f"ready (worker {pid})",
+        log,
+        "READY=1",
+    )
     if sent and log is not None:
-        log.info("hardened_worker: worker %s told systemd the reload is done (generation %d)",
-                 pid, generation)
+        log.info(
+            "hardened_worker: worker %s told systemd the reload is done (generation %d)",
+            pid,
+            generation,
+        )
     return sent
 
 
 def notify_reload_rejected(mainpid: int, generation: int, detail: str, log: Any = None) -> bool:
     """In the first failed worker of a rejected generation: the reload is over, and rejected."""
-    line = " ".join(f"reload rejected: generation {generation} cannot start ({detail}); the "
-                    "previous generation keeps serving".split())
+    line = " ".join(
+        f"reload rejected: generation {generation} cannot start ({detail}); the "
+        "previous generation keeps serving".split()
+    )
     return _send(f"READY=1\nMAINPID={mainpid}\nSTATUS={line}", log, "READY=1")
 
 
@@ -175,17 +193,22 @@ class Watchdog:
     """``WATCHDOG=1`` from the master every ``interval`` seconds while ``healthy()`` returns a
     status line (None: unhealthy, nothing is sent, and systemd's watchdog runs out)."""
 
-    def __init__(self, interval: float, healthy: Callable[[], Optional[str]], log: Any = None) -> None:
+    def __init__(self, interval: float, healthy: Callable[[], str | None], log: Any = None) -> None:
         self.interval = interval
         self.healthy = healthy
         self.log = log
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hardened-systemd-watchdog",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="hardened-systemd-watchdog", daemon=True
+        )
 
     @classmethod
-    def from_environ(cls, healthy: Callable[[], Optional[str]], log: Any = None,
-                     environ: Optional[Mapping[str, str]] = None) -> Optional["Watchdog"]:
+    def from_environ(
+        cls,
+        healthy: Callable[[], str | None],
+        log: Any = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Watchdog | None:
         """As ``sd_watchdog_enabled(3)``: ``WATCHDOG_USEC`` set, ``WATCHDOG_PID`` unset or ours,
         or our parent's when we are the master a USR2 started (gunicorn sets ``GUNICORN_PID`` to
         the old master's pid): it becomes the main process once the old master leaves."""

@@ -21,15 +21,27 @@ import sys
 import time
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError
 from uvicorn_worker import UvicornWorker
 
-from hardened_worker import (_gunicorn, accesslog, checks, config, diagnostics, drain, flags,
-                             forwarded, memory, metrics, readiness, systemd)
-from hardened_worker import overload
+from hardened_worker import (
+    _gunicorn,
+    accesslog,
+    checks,
+    config,
+    diagnostics,
+    drain,
+    flags,
+    forwarded,
+    memory,
+    metrics,
+    overload,
+    readiness,
+    systemd,
+)
 from hardened_worker.deadline import RequestGuard, skip_expected
 from hardened_worker.health import HealthCheck, HealthMiddleware, WorkerStatus, load_check
 from hardened_worker.lifecycle import Event, Lifecycle, Phase, Reason
@@ -51,12 +63,15 @@ VERDICT_MARGIN = 5.0
 
 class Worker(Recycling, UvicornWorker):
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
-        "loop": "auto", "http": "auto", "lifespan": "on", "proxy_headers": False,
+        "loop": "auto",
+        "http": "auto",
+        "lifespan": "on",
+        "proxy_headers": False,
         # --max-requests is ours: recycled with its successor started first (_check_recycling).
         "limit_max_requests": None,
     }
-    _settings: ClassVar[Optional[config.Settings]] = None
-    _table: ClassVar[Optional[readiness.Table]] = None
+    _settings: ClassVar[config.Settings | None] = None
+    _table: ClassVar[readiness.Table | None] = None
     _generations: ClassVar[_gunicorn.Generations] = _gunicorn.Generations()
 
     # --- in the master ------------------------------------------------------------------
@@ -89,8 +104,11 @@ class Worker(Recycling, UvicornWorker):
         if watchdog is not None:  # WatchdogSec=: pings from the master while the pool is healthy
             watchdog.healthy = metrics.health_check(cls._table, watchdog.interval)
             watchdog.start()
-            log.info("hardened_worker: systemd watchdog: WATCHDOG=1 every %.1f s while a ready "
-                     "worker's event loop runs", watchdog.interval)
+            log.info(
+                "hardened_worker: systemd watchdog: WATCHDOG=1 every %.1f s while a ready "
+                "worker's event loop runs",
+                watchdog.interval,
+            )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -107,7 +125,7 @@ class Worker(Recycling, UvicornWorker):
         self.settings = self._current_settings()
         # uvicorn builds no access record at all: gunicorn's access log is ours (accesslog.py).
         logging.getLogger("uvicorn.access").handlers = []
-        self.server: Optional[HardenedServer] = None
+        self.server: HardenedServer | None = None
         self.lifecycle = Lifecycle()
         self.status = WorkerStatus(lambda: self.server.stats().requests if self.server else 0)
         self.stall = diagnostics.StallWatchdog(self.settings.stall_threshold, self.log, 0)
@@ -116,16 +134,16 @@ class Worker(Recycling, UvicornWorker):
         self._interruptible = False  # while booting a stop signal also interrupts the boot
         self._reopen_logs = False  # SIGUSR1
         self._timed_out_at = ""  # where the startup timer found the worker
-        self._abort_frame: Optional[FrameType] = None
-        self.stop: Optional[StopRequest] = None
-        self.plan: Optional[drain.DrainPlan] = None
-        self.surge: Optional[Surge] = None
+        self._abort_frame: FrameType | None = None
+        self.stop: StopRequest | None = None
+        self.plan: drain.DrainPlan | None = None
+        self.surge: Surge | None = None
         self.started_at = self.ready_at = time.monotonic()
-        self.request_limit: Optional[int] = None
-        self.lifetime_limit: Optional[float] = None
-        self._waiting_logged: Optional[str] = None
+        self.request_limit: int | None = None
+        self.lifetime_limit: float | None = None
+        self._waiting_logged: str | None = None
         self._next_memory_publish = 0.0
-        self.tally: Optional[metrics.Tally] = None  # HARDENED_METRICS_PATH: this worker's counts
+        self.tally: metrics.Tally | None = None  # HARDENED_METRICS_PATH: this worker's counts
 
     def _current_settings(self) -> config.Settings:
         """In the master before each fork; after a HUP, the re-read environment and file."""
@@ -134,8 +152,12 @@ class Worker(Recycling, UvicornWorker):
         except config.ConfigError as exc:
             # Only a HUP can get here (start-up validated the same variables): keep serving with the
             # values that were valid, and say so, once per reload, not once per worker forked.
-            self._log_once(self.log, [f"{exc} (keeping the previous HARDENED_* settings)"],
-                           self.log.error, self.generation)
+            self._log_once(
+                self.log,
+                [f"{exc} (keeping the previous HARDENED_* settings)"],
+                self.log.error,
+                self.generation,
+            )
             return type(self)._settings or config.load({})
         type(self)._settings = settings  # the previous settings for the next HUP
         self._log_once(self.log, settings.notes)
@@ -187,13 +209,23 @@ class Worker(Recycling, UvicornWorker):
         self.table.set_reason(diagnostics.EXIT_REASONS.index(Reason.CRASH.value))
         self.table.set_state(State.FAILED)
         served = self.server.stats().requests if self.server is not None else 0
-        self.log.error("hardened_worker: worker %s crashed: %r; served %d requests, up %.1f s",
-                       self.pid, exc, served, self._uptime(),
-                       extra=self._facts(detail=repr(exc), requests=served))
+        self.log.error(
+            "hardened_worker: worker %s crashed: %r; served %d requests, up %.1f s",
+            self.pid,
+            exc,
+            served,
+            self._uptime(),
+            extra=self._facts(detail=repr(exc), requests=served),
+        )
         if self.table.record_failure() < CRASH_LOOP_WINDOW:
-            self.log.error("hardened_worker: worker %s pausing %.0f s before exiting: the pool's "
-                           "previous crash or failed start was less than %.0f s ago (crash loop)",
-                           self.pid, CRASH_LOOP_PAUSE, CRASH_LOOP_WINDOW, extra=self._facts())
+            self.log.error(
+                "hardened_worker: worker %s pausing %.0f s before exiting: the pool's "
+                "previous crash or failed start was less than %.0f s ago (crash loop)",
+                self.pid,
+                CRASH_LOOP_PAUSE,
+                CRASH_LOOP_WINDOW,
+                extra=self._facts(),
+            )
             time.sleep(CRASH_LOOP_PAUSE)
 
     def init_signals(self) -> None:
@@ -220,15 +252,16 @@ class Worker(Recycling, UvicornWorker):
         if self._interruptible:
             raise BootInterrupted()
 
-    def _on_startup_timer(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _on_startup_timer(self, signum: int, frame: FrameType | None) -> None:
         # Where it was stuck, taken now: a coroutine suspended in an await (the signal interrupted
         # the idle loop) is cancelled, and its stack gone, once the boot is interrupted.
         lifespan = self.server.lifespan if self.server is not None else None
-        self._timed_out_at = (lifespan.suspended_stack() if lifespan else "") or \
-            diagnostics.format_stack(frame)
+        self._timed_out_at = (
+            lifespan.suspended_stack() if lifespan else ""
+        ) or diagnostics.format_stack(frame)
         self._record(Event.STARTUP_TIMED_OUT)
 
-    def _on_abort(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _on_abort(self, signum: int, frame: FrameType | None) -> None:
         # faulthandler already wrote every thread's stack to the error log. Raising interrupts the
         # blocking call: inside a request uvicorn turns it into a 500 for that request (its
         # traceback kept out of the log), and the next tick handles the recorded event.
@@ -241,8 +274,9 @@ class Worker(Recycling, UvicornWorker):
         signal.setitimer(signal.ITIMER_REAL, timeout)
         # A hang that holds the GIL never lets the alarm's Python handler run; this C-level timer
         # still dumps every stack and ends the process.
-        faulthandler.dump_traceback_later(timeout + 10, exit=True,
-                                          file=diagnostics.error_log_stream(self.log))
+        faulthandler.dump_traceback_later(
+            timeout + 10, exit=True, file=diagnostics.error_log_stream(self.log)
+        )
 
     def _stop_startup_timers(self) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -279,8 +313,12 @@ class Worker(Recycling, UvicornWorker):
         waited = time.monotonic()
         while not self.table.try_load(self.cfg.workers):
             time.sleep(0.05)  # a stop signal meanwhile interrupts the sleep (BootInterrupted)
-        self.log.info("hardened_worker: worker %s loading the app after waiting %.1f s for its "
-                      "turn (HARDENED_ROLLING)", self.pid, time.monotonic() - waited)
+        self.log.info(
+            "hardened_worker: worker %s loading the app after waiting %.1f s for its "
+            "turn (HARDENED_ROLLING)",
+            self.pid,
+            time.monotonic() - waited,
+        )
         self._post(Event.TURN)
 
     def _boot_interrupted(self) -> None:
@@ -293,41 +331,67 @@ class Worker(Recycling, UvicornWorker):
             where = "lifespan startup" if self.server is not None else "app import"
             self.log.error(
                 "hardened_worker: worker %s startup timed out after %.1f s in %s; stuck at:\n%s",
-                self.pid, self.settings.startup_timeout, where, self._timed_out_at.rstrip())
-            self.fail_start(f"startup timed out after {self.settings.startup_timeout:g} s in {where}",
-                            Arbiter.WORKER_BOOT_ERROR)
+                self.pid,
+                self.settings.startup_timeout,
+                where,
+                self._timed_out_at.rstrip(),
+            )
+            self.fail_start(
+                f"startup timed out after {self.settings.startup_timeout:g} s in {where}",
+                Arbiter.WORKER_BOOT_ERROR,
+            )
         # Nobody depends on this worker yet, and the workers it was to replace must not wait for it.
         self.table.set_state(State.STOPPING)
         self.table.abandon(self.generation)
-        self.log.info("hardened_worker: worker %s exiting while booting: reason %s, up %.1f s",
-                      self.pid, self.exit_reason, self._uptime(),
-                      extra=self._facts(up_s=round(self._uptime(), 3)))
+        self.log.info(
+            "hardened_worker: worker %s exiting while booting: reason %s, up %.1f s",
+            self.pid,
+            self.exit_reason,
+            self._uptime(),
+            extra=self._facts(up_s=round(self._uptime(), 3)),
+        )
         sys.exit(1 if reason is Reason.TIMEOUT else 0)
 
     def wrap_app(self, app: Any) -> Any:
         """Our ASGI layers around the app uvicorn loaded (after its ASGI2/WSGI adaptation)."""
         s = self.settings
         # One check, shared by the readiness gate (until_ready) and the health path.
-        self.health_check = HealthCheck(load_check(s.health_check), s.health_check_timeout) \
-            if s.health_check else None
+        self.health_check = (
+            HealthCheck(load_check(s.health_check), s.health_check_timeout)
+            if s.health_check
+            else None
+        )
         if s.forwarded != "off":
             # In place of uvicorn's proxy_headers (off in CONFIG_KWARGS), same trust list.
             trusted = forwarded.trusted_from_gunicorn(self.cfg.forwarded_allow_ips)
-            app = forwarded.ForwardedMiddleware(app, trusted, s.forwarded, s.forwarded_host,
-                                                s.forwarded_port, s.forwarded_prefix)
+            app = forwarded.ForwardedMiddleware(
+                app, trusted, s.forwarded, s.forwarded_host, s.forwarded_port, s.forwarded_prefix
+            )
         assert self.server is not None
-        every = memory.EveryRequests(s.memory_check_requests, self.check_memory_counted).count \
-            if self.memory is not None and s.memory_check_requests else None  # no layer of its own
+        every = (
+            memory.EveryRequests(s.memory_check_requests, self.check_memory_counted).count
+            if self.memory is not None and s.memory_check_requests
+            else None
+        )  # no layer of its own
         self.tally = metrics.Tally() if s.metrics_path else None
-        app = RequestGuard(app, self.server.drain_signal, s.request_timeout,
-                           lambda line: self.log.warning("hardened_worker: worker %s %s", self.pid, line),
-                           counted=every, tally=self.tally)
+        app = RequestGuard(
+            app,
+            self.server.drain_signal,
+            s.request_timeout,
+            lambda line: self.log.warning("hardened_worker: worker %s %s", self.pid, line),
+            counted=every,
+            tally=self.tally,
+        )
         if s.max_queue_time is not None:  # outside the forwarded layer: it trusts the socket peer
             self.shedder = overload.ShedMiddleware(
-                app, s.max_queue_time, forwarded.trusted_from_gunicorn(self.cfg.forwarded_allow_ips),
+                app,
+                s.max_queue_time,
+                forwarded.trusted_from_gunicorn(self.cfg.forwarded_allow_ips),
                 self.server.first_request_accepted_at,
                 log=lambda line: self.log.warning("hardened_worker: worker %s %s", self.pid, line),
-                counted=self._count_shed, fails_health=s.shed_fails_health)
+                counted=self._count_shed,
+                fails_health=s.shed_fails_health,
+            )
             app = self.shedder
             self.status.shedding = self.shedder.shedding  # reported by the health path
             self.status.shed_fails_health = s.shed_fails_health  # and a 503 only if asked for
@@ -340,10 +404,17 @@ class Worker(Recycling, UvicornWorker):
         if s.metrics_path:  # outside the forwarded middleware: access goes by the socket peer
             self.stall.log = metrics.StallCounting(self.stall.log, self.table)
             app = metrics.MetricsMiddleware(
-                app, self.table, s.metrics_path,
-                metrics.Access(self.cfg.forwarded_allow_ips, s.metrics_allow), self.tally,
-                lambda: metrics.backlog_of(self.sockets), s.metrics_port).asgi
-        if accesslog.configured(self.log):  # outermost: sees the client forwarded handling settled on
+                app,
+                self.table,
+                s.metrics_path,
+                metrics.Access(self.cfg.forwarded_allow_ips, s.metrics_allow),
+                self.tally,
+                lambda: metrics.backlog_of(self.sockets),
+                s.metrics_port,
+            ).asgi
+        if accesslog.configured(
+            self.log
+        ):  # outermost: sees the client forwarded handling settled on
             skip = () if s.health_access_log or not path else (path,)
             app = accesslog.AccessLogMiddleware(app, self.log, skip)
         return app
@@ -371,8 +442,12 @@ class Worker(Recycling, UvicornWorker):
         self.table.set_state(State.FREE)  # gone as far as the others are concerned (not yet reaped)
         self.log.info(
             "hardened_worker: worker %s exiting: reason %s, served %d requests, up %.1f s",
-            self.pid, self.exit_reason, self.server.stats().requests, self._uptime(),
-            extra=self._facts(requests=self.server.stats().requests, up_s=round(self._uptime(), 3)))
+            self.pid,
+            self.exit_reason,
+            self.server.stats().requests,
+            self._uptime(),
+            extra=self._facts(requests=self.server.stats().requests, up_s=round(self._uptime(), 3)),
+        )
         if self.aborted:
             sys.exit(1)
 
@@ -384,8 +459,12 @@ class Worker(Recycling, UvicornWorker):
         self.table.set_reason(diagnostics.EXIT_REASONS.index(self.exit_reason))
         self.table.set_state(State.FAILED)
         peers = self.table.peers()
-        self.log.error("hardened_worker: worker %s failed to start: %s", self.pid, detail,
-                       extra=self._facts(detail=detail))
+        self.log.error(
+            "hardened_worker: worker %s failed to start: %s",
+            self.pid,
+            detail,
+            extra=self._facts(detail=detail),
+        )
         if not readiness.has_older_live(self.age, peers):
             sys.exit(cold_status)
         serving = [p for p in peers if p.age < self.age and p.state in readiness.SERVING]
@@ -393,8 +472,12 @@ class Worker(Recycling, UvicornWorker):
         if reload and self.table.reject(self.generation):
             self.log.error(
                 "hardened_worker: reload rejected: generation %d cannot start (%s); %d workers of "
-                "the previous generation keep serving", self.generation, detail, len(serving),
-                extra=self._facts(detail=detail, serving=len(serving)))
+                "the previous generation keep serving",
+                self.generation,
+                detail,
+                len(serving),
+                extra=self._facts(detail=detail, serving=len(serving)),
+            )
             systemd.notify_reload_rejected(self.ppid, self.generation, detail, self.log)
         if self.table.record_failure() < CRASH_LOOP_WINDOW:
             time.sleep(CRASH_LOOP_PAUSE)  # holds the slot, so the master does not respawn at once
@@ -440,7 +523,7 @@ class Worker(Recycling, UvicornWorker):
         for action in actions:
             getattr(self, "_do_" + action.name.lower())(event)
 
-    def handle_usr1(self, signum: int, frame: Optional[FrameType]) -> None:
+    def handle_usr1(self, signum: int, frame: FrameType | None) -> None:
         # gunicorn's handler reopens the log files right there, taking logging's locks.
         self._reopen_logs = True
 
@@ -456,9 +539,12 @@ class Worker(Recycling, UvicornWorker):
             if event is Event.QUICK_STOP:
                 self.cfg.worker_int(self)
             if event is Event.ABORT:
-                self.log.error("hardened_worker: worker %s timed out (SIGABRT from the master) "
-                               "serving %s; stacks above", self.pid,
-                               diagnostics.request_in(self._abort_frame) or "no request")
+                self.log.error(
+                    "hardened_worker: worker %s timed out (SIGABRT from the master) "
+                    "serving %s; stacks above",
+                    self.pid,
+                    diagnostics.request_in(self._abort_frame) or "no request",
+                )
                 self.cfg.worker_abort(self)
                 self.aborted = True
             if event in (Event.STOP, Event.SUPERSEDED) and self.surge and self.surge.retired:
@@ -483,12 +569,19 @@ class Worker(Recycling, UvicornWorker):
             self.lifetime_limit = lifetime - random.uniform(0, jitter)
         self.stall.start()
         self.check_memory(now_due=True)
-        self.log.info("hardened_worker: worker %s ready in %.2f s (generation %d)",
-                      self.pid, self._uptime(), self.generation,
-                      extra=self._facts(up_s=round(self._uptime(), 3)))
+        self.log.info(
+            "hardened_worker: worker %s ready in %.2f s (generation %d)",
+            self.pid,
+            self._uptime(),
+            self.generation,
+            extra=self._facts(up_s=round(self._uptime(), 3)),
+        )
         if self.table.count_accepted(self.generation):
-            self.log.info("hardened_worker: reload accepted: generation %d serves", self.generation,
-                          extra=self._facts())
+            self.log.info(
+                "hardened_worker: reload accepted: generation %d serves",
+                self.generation,
+                extra=self._facts(),
+            )
             systemd.notify_reloaded(self.ppid, self.generation, self.log)
         systemd.notify_ready(self.ppid)
 
@@ -498,8 +591,12 @@ class Worker(Recycling, UvicornWorker):
         start = now if self.stop.waited else self.stop.at
         self.plan = drain.plan(start, self.cfg.graceful_timeout, self.settings.drain_delay)
         if self.plan.drain_at > now:
-            self.log.info("hardened_worker: worker %s drains in %.1f s (HARDENED_DRAIN_DELAY); "
-                          "health answers 503 meanwhile", self.pid, self.plan.drain_at - now)
+            self.log.info(
+                "hardened_worker: worker %s drains in %.1f s (HARDENED_DRAIN_DELAY); "
+                "health answers 503 meanwhile",
+                self.pid,
+                self.plan.drain_at - now,
+            )
 
     def _do_begin_drain(self, event: Event) -> None:
         server = self.server
@@ -507,10 +604,20 @@ class Worker(Recycling, UvicornWorker):
         stats = server.stats()
         self.log.info(
             "hardened_worker: worker %s draining: reason %s, %d connections open, %d requests in "
-            "flight, served %d requests, up %.1f s", self.pid, self.exit_reason, stats.connections,
-            stats.in_flight, stats.requests, self._uptime(),
-            extra=self._facts(connections=stats.connections, in_flight=stats.in_flight,
-                              requests=stats.requests, up_s=round(self._uptime(), 3)))
+            "flight, served %d requests, up %.1f s",
+            self.pid,
+            self.exit_reason,
+            stats.connections,
+            stats.in_flight,
+            stats.requests,
+            self._uptime(),
+            extra=self._facts(
+                connections=stats.connections,
+                in_flight=stats.in_flight,
+                requests=stats.requests,
+                up_s=round(self._uptime(), 3),
+            ),
+        )
         self.drain_plan()
         server.begin_drain()  # at once, not at the next tick: a fast leak grows with every request
         server.request_stop(force=False)
@@ -521,21 +628,32 @@ class Worker(Recycling, UvicornWorker):
 
     def _do_log_rollback(self, event: Event) -> None:
         if self.surge is not None:
-            self.log.warning("hardened_worker: worker %s keeps serving: its successor cannot start "
-                             "(generation %d is rejected)", self.pid, self.generation,
-                             extra=self._facts())
+            self.log.warning(
+                "hardened_worker: worker %s keeps serving: its successor cannot start "
+                "(generation %d is rejected)",
+                self.pid,
+                self.generation,
+                extra=self._facts(),
+            )
         else:
-            self.log.warning("hardened_worker: worker %s keeps serving: generation %d failed to "
-                             "start", self.pid, self.table.reloads().rejected,
-                             extra=self._facts(rejected=self.table.reloads().rejected))
+            self.log.warning(
+                "hardened_worker: worker %s keeps serving: generation %d failed to start",
+                self.pid,
+                self.table.reloads().rejected,
+                extra=self._facts(rejected=self.table.reloads().rejected),
+            )
         self.stop = None
 
     def _do_log_not_ready(self, event: Event) -> None:
-        self.log.warning("hardened_worker: worker %s %s although its successor%s not ready after "
-                         "%.1f s (their start deadline has passed)", self.pid,
-                         "recycling" if self.surge else "stopping",
-                         " is" if self.surge else "s are", self.verdict_timeout(),
-                         extra=self._facts())
+        self.log.warning(
+            "hardened_worker: worker %s %s although its successor%s not ready after "
+            "%.1f s (their start deadline has passed)",
+            self.pid,
+            "recycling" if self.surge else "stopping",
+            " is" if self.surge else "s are",
+            self.verdict_timeout(),
+            extra=self._facts(),
+        )
 
     def _do_exit(self, event: Event) -> None:
         if self.server is not None and self.lifecycle.reason is Reason.TIMEOUT:
@@ -549,8 +667,11 @@ class Worker(Recycling, UvicornWorker):
         self._publish()
         if os.getppid() != self.ppid and self.lifecycle.allows(Event.PARENT_GONE):
             if self.lifecycle.serving:
-                self.log.warning("hardened_worker: worker %s lost its master (parent %s); stopping",
-                                 self.pid, self.ppid)
+                self.log.warning(
+                    "hardened_worker: worker %s lost its master (parent %s); stopping",
+                    self.pid,
+                    self.ppid,
+                )
             self._post(Event.PARENT_GONE)
         phase = self.lifecycle.phase
         if phase is Phase.READY:
@@ -560,7 +681,11 @@ class Worker(Recycling, UvicornWorker):
             self._check_successor()
         elif phase is Phase.DEFERRING:
             self._check_gate()
-        elif phase is Phase.STOPPING and self.plan is not None and time.monotonic() >= self.plan.drain_at:
+        elif (
+            phase is Phase.STOPPING
+            and self.plan is not None
+            and time.monotonic() >= self.plan.drain_at
+        ):
             self._post(Event.DELAY_OVER)
         return self.lifecycle.phase in (Phase.DRAINING, Phase.EXITING)
 
@@ -581,20 +706,28 @@ class Worker(Recycling, UvicornWorker):
         peers = self.table.peers()
         me = self.table.me()
         rolling = self.cfg.workers if self.settings.rolling else 0
-        gate = readiness.retirement_gate(me, peers, self.table.reloads(), self.stop.at_wall,
-                                         rolling) if me is not None else Gate.RETIRE
+        gate = (
+            readiness.retirement_gate(me, peers, self.table.reloads(), self.stop.at_wall, rolling)
+            if me is not None
+            else Gate.RETIRE
+        )
         if gate is Gate.WAIT:
             if now - self.stop.at < self.verdict_timeout():
                 if not self.stop.waited:
                     self.stop.waited = True
-                    self.log.info("hardened_worker: worker %s will stop once its successors are "
-                                  "ready (waiting up to %.1f s)", self.pid, self.verdict_timeout())
+                    self.log.info(
+                        "hardened_worker: worker %s will stop once its successors are "
+                        "ready (waiting up to %.1f s)",
+                        self.pid,
+                        self.verdict_timeout(),
+                    )
                 return
             self._post(Event.DEADLINE)
         elif gate is Gate.ROLLBACK:
             self._post(Event.RELOAD_REJECTED)
-        elif me is not None and any(p.generation > me.generation and p.state == State.READY
-                                    for p in peers):
+        elif me is not None and any(
+            p.generation > me.generation and p.state == State.READY for p in peers
+        ):
             self._post(Event.SUCCESSORS_READY)
         else:
             self._post(Event.NO_SUCCESSOR)
@@ -610,8 +743,9 @@ class Worker(Recycling, UvicornWorker):
         leaves before it: a successor gets HARDENED_STARTUP_TIMEOUT for the import and lifespan
         startup, then HARDENED_READY_TIMEOUT for its health check; with HARDENED_ROLLING each
         successor waits for the one before it."""
-        one = self.settings.startup_timeout + (self._ready_timeout() if self.settings.health_check
-                                               else 0.0)
+        one = self.settings.startup_timeout + (
+            self._ready_timeout() if self.settings.health_check else 0.0
+        )
         turns = self.cfg.workers if self.settings.rolling else 1
         return one * turns + VERDICT_MARGIN
 
@@ -626,9 +760,15 @@ class Worker(Recycling, UvicornWorker):
     def _facts(self, **figures: Any) -> dict[str, Any]:
         """The lifecycle facts of a log line as fields (``extra=``; the JSON log shows them)."""
         reason = self.lifecycle.reason
-        return {"hardened_worker": {"pid": self.pid, "generation": self.generation,
-                                    "reason": reason.value if reason else None,
-                                    "phase": self.lifecycle.phase.value, **figures}}
+        return {
+            "hardened_worker": {
+                "pid": self.pid,
+                "generation": self.generation,
+                "reason": reason.value if reason else None,
+                "phase": self.lifecycle.phase.value,
+                **figures,
+            }
+        }
 
     def _publish(self) -> None:
         """On the tick: this worker's beat (the systemd watchdog reads it) in its row; with
@@ -644,7 +784,7 @@ class Worker(Recycling, UvicornWorker):
             row[readiness.C_MEMORY] = metrics.memory_bytes(self.settings.memory_measure)
 
 
-def _read(path: str) -> Optional[str]:
+def _read(path: str) -> str | None:
     try:
         with open(path) as file:
             return file.read()
@@ -669,7 +809,12 @@ class StopRequest:
 
 # What the shared table tells the other workers (and the master) about each phase.
 _PUBLISHED = {
-    Phase.BOOTING: State.BOOTING, Phase.WAITING: State.WAITING, Phase.READY: State.READY,
-    Phase.SURGING: State.SURGING, Phase.DEFERRING: State.READY, Phase.STOPPING: State.STOPPING,
-    Phase.DRAINING: State.STOPPING, Phase.EXITING: State.STOPPING,
+    Phase.BOOTING: State.BOOTING,
+    Phase.WAITING: State.WAITING,
+    Phase.READY: State.READY,
+    Phase.SURGING: State.SURGING,
+    Phase.DEFERRING: State.READY,
+    Phase.STOPPING: State.STOPPING,
+    Phase.DRAINING: State.STOPPING,
+    Phase.EXITING: State.STOPPING,
 }

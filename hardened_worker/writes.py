@@ -18,7 +18,7 @@ Plain asyncio: no uvicorn internals here (``server.py`` installs it).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 BIG = 64 * 1024  # a held write and one this long go out as two writes, never copied into one
 
@@ -32,7 +32,7 @@ class Flusher:
         self.loop = loop
         self.held: list[OneWrite] = []
 
-    def hold(self, writer: "OneWrite") -> None:
+    def hold(self, writer: OneWrite) -> None:
         if not self.held:
             self.loop.call_soon(self.flush)
         self.held.append(writer)
@@ -52,7 +52,7 @@ class OneWrite:
     def __init__(self, transport: Any, flusher: Flusher) -> None:
         self.transport = transport
         self._flusher = flusher
-        self._held: Optional[bytes] = None
+        self._held: bytes | None = None
         self._through = False
 
     def write(self, data: bytes) -> None:

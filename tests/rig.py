@@ -17,9 +17,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "tests" / "apps"
@@ -46,8 +46,13 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
         time.sleep(interval)
 
 
-def get(port: int, path: str = "/", timeout: float = 5.0, method: str = "GET",
-        headers: Optional[dict] = None) -> tuple[int, bytes]:
+def get(
+    port: int,
+    path: str = "/",
+    timeout: float = 5.0,
+    method: str = "GET",
+    headers: dict | None = None,
+) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(method, path, headers=headers or {})
@@ -86,7 +91,7 @@ def children(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         if int(fields[1]) == pid and fields[0] != "Z":
             found.append(int(entry.name))
     return sorted(found)
@@ -103,25 +108,51 @@ def alive(pid: int) -> bool:
 class Master:
     """One gunicorn master in its own process group, its error log in a file."""
 
-    def __init__(self, tmp: Path, app: str = "testapp:app", worker: str = "hardened_worker.Worker",
-                 workers: int = 2, env: Optional[dict] = None, args: Iterable[str] = (),
-                 port: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        app: str = "testapp:app",
+        worker: str = "hardened_worker.Worker",
+        workers: int = 2,
+        env: dict | None = None,
+        args: Iterable[str] = (),
+        port: int | None = None,
+    ) -> None:
         self.tmp = tmp
         self.worker = worker
         self.port = port or free_port()
         self.log_path = tmp / f"gunicorn-{self.port}.log"
         self.events_path = tmp / f"events-{self.port}.txt"
         self.cmd = [
-            *GUNICORN, app, "-k", worker, "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
-            "--pythonpath", str(APPS), "--no-control-socket", "--error-logfile", str(self.log_path),
-            "--graceful-timeout", "10", *args,
+            *GUNICORN,
+            app,
+            "-k",
+            worker,
+            "-w",
+            str(workers),
+            "-b",
+            f"127.0.0.1:{self.port}",
+            "--pythonpath",
+            str(APPS),
+            "--no-control-socket",
+            "--error-logfile",
+            str(self.log_path),
+            "--graceful-timeout",
+            "10",
+            *args,
         ]
         self.env = {**_clean_environ(), "TESTAPP_EVENTS": str(self.events_path), **(env or {})}
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
 
-    def start(self, wait: bool = True, timeout: float = 30.0) -> "Master":
-        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.tmp, start_new_session=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    def start(self, wait: bool = True, timeout: float = 30.0) -> Master:
+        self.proc = subprocess.Popen(
+            self.cmd,
+            env=self.env,
+            cwd=self.tmp,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         if wait:
             self.wait_serving(timeout)
         return self
@@ -134,7 +165,9 @@ class Master:
     def wait_serving(self, timeout: float = 30.0) -> None:
         def serving() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.output()}\n{self.log()}")
+                raise RuntimeError(
+                    f"gunicorn exited with {self.proc.returncode}:\n{self.output()}\n{self.log()}"
+                )
             try:
                 return get(self.port, "/", timeout=1.0)[0] == 200
             except OSError:
@@ -147,12 +180,14 @@ class Master:
 
     def wait_workers(self, count: int, timeout: float = 30.0) -> list[int]:
         """``count`` live workers; for the hardened worker, each past its lifespan startup."""
-        def settled() -> Optional[list[int]]:
+
+        def settled() -> list[int] | None:
             pids = self.workers()
             if len(pids) != count:
                 return None
             if "hardened_worker" in self.worker and not all(
-                    f"worker {pid} ready in" in self.log() for pid in pids):
+                f"worker {pid} ready in" in self.log() for pid in pids
+            ):
                 return None
             return pids
 
@@ -184,8 +219,9 @@ class Master:
 
     def wait_started(self, path: str, count: int = 1, timeout: float = 30.0) -> None:
         """Until ``count`` requests to ``path`` (``/sleep``, ``/block``) have reached the app."""
-        wait_for(lambda: sum(e.startswith(f"started {path} ") for e in self.events()) >= count,
-                 timeout)
+        wait_for(
+            lambda: sum(e.startswith(f"started {path} ") for e in self.events()) >= count, timeout
+        )
 
     def wait_log(self, pattern: str, timeout: float = 30.0, count: int = 1) -> list[str]:
         regex = re.compile(pattern)
@@ -198,7 +234,9 @@ class Master:
         leftovers = self.workers() if self.proc.poll() is None else []
         for target in [self.pid, *leftovers]:
             try:
-                os.killpg(target, signal.SIGKILL) if target == self.pid else os.kill(target, signal.SIGKILL)
+                os.killpg(target, signal.SIGKILL) if target == self.pid else os.kill(
+                    target, signal.SIGKILL
+                )
             except (ProcessLookupError, PermissionError):
                 pass
         try:
@@ -211,8 +249,11 @@ class Master:
 
 def _clean_environ() -> dict:
     """The test process's environment without any HARDENED_* or FORWARDED_ALLOW_IPS of its own."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("HARDENED_", "TESTAPP_")) and k != "FORWARDED_ALLOW_IPS"}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HARDENED_", "TESTAPP_")) and k != "FORWARDED_ALLOW_IPS"
+    }
 
 
 # --- exact per-request outcomes ---------------------------------------------------------------
@@ -241,8 +282,9 @@ class Client:
     non-idempotent requests prove that nothing was lost.
     """
 
-    def __init__(self, port: int, paths: Iterable[str] = ("/",), concurrency: int = 8,
-                 timeout: float = 30.0) -> None:
+    def __init__(
+        self, port: int, paths: Iterable[str] = ("/",), concurrency: int = 8, timeout: float = 30.0
+    ) -> None:
         self.port = port
         self.paths = list(paths)
         self.concurrency = concurrency
@@ -253,8 +295,8 @@ class Client:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
-    def _loop(self, index: int, count: Optional[int]) -> None:
-        conn: Optional[http.client.HTTPConnection] = None
+    def _loop(self, index: int, count: int | None) -> None:
+        conn: http.client.HTTPConnection | None = None
         sent = 0
         while not self._stop.is_set() and (count is None or sent < count):
             path = self.paths[(index + sent) % len(self.paths)]
@@ -282,7 +324,7 @@ class Client:
         if conn is not None:
             conn.close()
 
-    def start(self, count_each: Optional[int] = None) -> "Client":
+    def start(self, count_each: int | None = None) -> Client:
         for index in range(self.concurrency):
             thread = threading.Thread(target=self._loop, args=(index, count_each), daemon=True)
             thread.start()
@@ -325,7 +367,7 @@ class Prober:
             self.results.append((outcome, time.monotonic() - began))
             self._stop.wait(max(self.period - (time.monotonic() - began), 0))
 
-    def stop(self) -> "Prober":
+    def stop(self) -> Prober:
         self._stop.set()
         self._thread.join(30)
         return self
@@ -361,26 +403,59 @@ def parse_wrk(text: str) -> WrkResult:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s|m)\b", text)
     p99_ms = float(p99.group(1)) * _UNITS_MS[p99.group(2)] if p99 else float("nan")
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    kinds = dict(zip(("connect", "read", "write", "timeout"), map(int, errors.groups()))) if errors \
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    kinds = (
+        dict(zip(("connect", "read", "write", "timeout"), map(int, errors.groups())))
+        if errors
         else {"connect": 0, "read": 0, "write": 0, "timeout": 0}
+    )
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    return WrkResult(requests, rps, p99_ms, sum(kinds.values()),
-                     int(non_2xx.group(1)) if non_2xx else 0, text, kinds)
+    return WrkResult(
+        requests,
+        rps,
+        p99_ms,
+        sum(kinds.values()),
+        int(non_2xx.group(1)) if non_2xx else 0,
+        text,
+        kinds,
+    )
 
 
-def wrk_command(port: int, path: str = "/", duration: float = 5.0, connections: int = 32,
-                threads: int = 2, timeout: str = "10s", script: Optional[Path] = None) -> list[str]:
+def wrk_command(
+    port: int,
+    path: str = "/",
+    duration: float = 5.0,
+    connections: int = 32,
+    threads: int = 2,
+    timeout: str = "10s",
+    script: Path | None = None,
+) -> list[str]:
     """wrk's command line, for :func:`wrk` and the bench's background runs alike."""
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
-           f"--timeout={timeout}", f"http://127.0.0.1:{port}{path}"]
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        f"--timeout={timeout}",
+        f"http://127.0.0.1:{port}{path}",
+    ]
     if script is not None:
         cmd[1:1] = ["-s", str(script)]
     return cmd
 
 
-def wrk(port: int, path: str = "/", duration: float = 5.0, connections: int = 32, threads: int = 2,
-        timeout: str = "10s", script: Optional[Path] = None) -> WrkResult:
+def wrk(
+    port: int,
+    path: str = "/",
+    duration: float = 5.0,
+    connections: int = 32,
+    threads: int = 2,
+    timeout: str = "10s",
+    script: Path | None = None,
+) -> WrkResult:
     cmd = wrk_command(port, path, duration, connections, threads, timeout, script)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     if done.returncode != 0:
@@ -388,14 +463,16 @@ def wrk(port: int, path: str = "/", duration: float = 5.0, connections: int = 32
     return parse_wrk(done.stdout)
 
 
-def under_load(port: int, action: Callable[[], object], seconds: float,
-               script: Optional[Path] = None) -> tuple[Outcomes, WrkResult]:
+def under_load(
+    port: int, action: Callable[[], object], seconds: float, script: Path | None = None
+) -> tuple[Outcomes, WrkResult]:
     """The Python client (exact outcomes, half POSTs) and wrk (volume, 32 connections) against
     ``port`` while ``action()`` runs; both outcomes once wrk's ``seconds`` are over."""
     client = Client(port, concurrency=8).start()
     result: dict = {}
-    load = threading.Thread(target=lambda: result.update(
-        wrk=wrk(port, duration=seconds, connections=32, script=script)))
+    load = threading.Thread(
+        target=lambda: result.update(wrk=wrk(port, duration=seconds, connections=32, script=script))
+    )
     load.start()
     action()
     load.join()
@@ -412,7 +489,9 @@ SITE = ROOT / "gunicorn_conf_examples" / "vm" / "nginx-site.conf"
 
 
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
     assert found, "nginx is needed (make test installs it)"
     return found
 
@@ -423,13 +502,23 @@ def upstream_failures(error_log: str) -> list[str]:
     A client's own closes are not losses. nginx names what it was doing in each line's "while ..."
     clause: "while reading response header from upstream" is a loss, "while sending to client" is
     the client (wrk closing its sockets as a run ends) resetting a connection it no longer reads."""
-    keys = ("upstream prematurely closed", "reset by peer) while", "connect() failed",
-            "upstream timed out", "no live upstreams", "Broken pipe) while")
+    keys = (
+        "upstream prematurely closed",
+        "reset by peer) while",
+        "connect() failed",
+        "upstream timed out",
+        "no live upstreams",
+        "Broken pipe) while",
+    )
     failures = []
     for line in error_log.splitlines():
         clause = re.search(r" while ([^,]*)", line)
-        if (clause and "upstream" in clause.group(1) and "client prematurely closed" not in line
-                and any(k in line for k in keys)):
+        if (
+            clause
+            and "upstream" in clause.group(1)
+            and "client prematurely closed" not in line
+            and any(k in line for k in keys)
+        ):
             failures.append(line)
     return failures
 
@@ -448,7 +537,9 @@ class Nginx:
         text = site.read_text()
         assert "server 127.0.0.1:8000;" in text and "listen 80;" in text
         text = text.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};")
-        (self.dir / "site.conf").write_text(text.replace("listen 80;", f"listen 127.0.0.1:{self.port};"))
+        (self.dir / "site.conf").write_text(
+            text.replace("listen 80;", f"listen 127.0.0.1:{self.port};")
+        )
         self.error_log = self.dir / "error.log"
         self.conf = self.dir / "nginx.conf"
         temp = self.dir / "temp"
@@ -468,14 +559,27 @@ http {{
 }}
 """)
         temp.mkdir()
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
 
     def command(self, *extra: str) -> list[str]:
-        return [nginx_binary(), "-p", str(self.dir), "-c", str(self.conf), "-e", str(self.error_log), *extra]
+        return [
+            nginx_binary(),
+            "-p",
+            str(self.dir),
+            "-c",
+            str(self.conf),
+            "-e",
+            str(self.error_log),
+            *extra,
+        ]
 
-    def start(self) -> "Nginx":
-        self.proc = subprocess.Popen(self.command(), start_new_session=True,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def start(self) -> Nginx:
+        self.proc = subprocess.Popen(
+            self.command(),
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
         def up() -> bool:
             try:
@@ -518,8 +622,13 @@ end
 # --- websockets ---------------------------------------------------------------------------------
 
 
-def websocket_close_codes(port: int, action: Callable[[], object], sessions: int = 4,
-                          path: str = "/ws", timeout: float = 30.0) -> list:
+def websocket_close_codes(
+    port: int,
+    action: Callable[[], object],
+    sessions: int = 4,
+    path: str = "/ws",
+    timeout: float = 30.0,
+) -> list:
     """Open ``sessions`` echo websockets to ``port``; once each has echoed, run ``action()`` (in a
     thread) and return the close code each one then receives (None: closed without a close frame)."""
     import asyncio
@@ -534,8 +643,10 @@ def websocket_close_codes(port: int, action: Callable[[], object], sessions: int
             return closed.rcvd.code if closed.rcvd else None
 
     async def main() -> list:
-        sockets = [await websockets.connect(f"ws://127.0.0.1:{port}{path}", open_timeout=10)
-                   for _ in range(sessions)]
+        sockets = [
+            await websockets.connect(f"ws://127.0.0.1:{port}{path}", open_timeout=10)
+            for _ in range(sessions)
+        ]
         try:
             for ws in sockets:
                 await ws.send("hello")

@@ -16,7 +16,6 @@ import re
 import signal
 
 import pytest
-
 from rig import get, wait_for
 
 from hardened_worker import accesslog
@@ -42,8 +41,9 @@ def wait_lines(path, request: str) -> list[re.Match]:
 @pytest.fixture
 def logged(master, tmp_path):
     access = tmp_path / "access.log"
-    m = master(app="obsapp:app", args=["--access-logfile", str(access),
-                                       "--access-logformat", FORMAT])
+    m = master(
+        app="obsapp:app", args=["--access-logfile", str(access), "--access-logformat", FORMAT]
+    )
     m.access = access
     return m
 
@@ -100,18 +100,30 @@ def test_with_an_access_log_uvicorn_builds_none_of_its_own(logged):
     assert json.loads(body) == {"uvicorn_access_handlers": False, "access_middlewares": 1}
 
 
-def test_json_access_records_carry_duration_and_peer_and_lifecycle_lines_their_facts(master, tmp_path):
+def test_json_access_records_carry_duration_and_peer_and_lifecycle_lines_their_facts(
+    master, tmp_path
+):
     conf = tmp_path / "json_conf.py"
-    conf.write_text("from hardened_worker.presets import jsonlog\n"
-                    "logconfig_dict = jsonlog.logconfig_dict(access=True)\n"
-                    "accesslog = '-'\n")
+    conf.write_text(
+        "from hardened_worker.presets import jsonlog\n"
+        "logconfig_dict = jsonlog.logconfig_dict(access=True)\n"
+        "accesslog = '-'\n"
+    )
     m = master(app="obsapp:app", args=["-c", str(conf)], workers=1)
-    assert get(m.port, "/sleep?s=0.05", headers={"X-Forwarded-For": "198.51.100.9",
-                                                  "X-Request-ID": "req-42"})[0] == 200
+    assert (
+        get(
+            m.port,
+            "/sleep?s=0.05",
+            headers={"X-Forwarded-For": "198.51.100.9", "X-Request-ID": "req-42"},
+        )[0]
+        == 200
+    )
     m.signal(15)
     m.wait_exit(30)
     docs = [json.loads(line) for line in m.output().splitlines() if line.startswith("{")]
-    [access] = [d for d in docs if d["logger"] == "gunicorn.access" and d.get("path") == "/sleep?s=0.05"]
+    [access] = [
+        d for d in docs if d["logger"] == "gunicorn.access" and d.get("path") == "/sleep?s=0.05"
+    ]
     assert access["client"] == "198.51.100.9" and access["peer"] == "127.0.0.1"
     assert access["status_code"] == 200 and access["method"] == "GET" and "status" not in access
     assert access["request_id"] == "req-42"
@@ -122,42 +134,144 @@ def test_json_access_records_carry_duration_and_peer_and_lifecycle_lines_their_f
     assert exiting["reason"] == "shutdown" and exiting["requests"] >= 1
 
 
-@pytest.mark.parametrize("scope, peer, expected", [
-    ({"method": "GET", "path": "/a b", "raw_path": b"/a%20b", "query_string": b"x=1",
-      "http_version": "1.1", "scheme": "https", "client": ("10.0.0.2", 5), "server": ("h", 80),
-      "headers": [(b"user-agent", b"ua"), (b"content-type", b"text/plain"), (b"x-a", b"1"),
-                  (b"x-a", b"2")]},
-     ("127.0.0.1", 9),
-     {"REQUEST_METHOD": "GET", "RAW_URI": "/a%20b?x=1", "PATH_INFO": "/a b", "SCRIPT_NAME": "",
-      "QUERY_STRING": "x=1", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "https",
-      "REMOTE_ADDR": "10.0.0.2", "REMOTE_PORT": "5", "PEER_ADDR": "127.0.0.1", "PEER_PORT": "9",
-      "SERVER_NAME": "h", "SERVER_PORT": "80", "HTTP_USER_AGENT": "ua",
-      "CONTENT_TYPE": "text/plain", "HTTP_X_A": "1,2"}),
-    ({"method": "POST", "path": "/app/x", "root_path": "/app", "query_string": b"",
-      "http_version": "2", "client": None, "server": ("/run/s.sock", None), "headers": []},
-     None,
-     {"REQUEST_METHOD": "POST", "RAW_URI": "/app/x", "PATH_INFO": "/x", "SCRIPT_NAME": "/app",
-      "QUERY_STRING": "", "SERVER_PROTOCOL": "HTTP/2", "wsgi.url_scheme": "http",
-      "SERVER_NAME": "/run/s.sock", "SERVER_PORT": ""}),
-])
+@pytest.mark.parametrize(
+    "scope, peer, expected",
+    [
+        (
+            {
+                "method": "GET",
+                "path": "/a b",
+                "raw_path": b"/a%20b",
+                "query_string": b"x=1",
+                "http_version": "1.1",
+                "scheme": "https",
+                "client": ("10.0.0.2", 5),
+                "server": ("h", 80),
+                "headers": [
+                    (b"user-agent", b"ua"),
+                    (b"content-type", b"text/plain"),
+                    (b"x-a", b"1"),
+                    (b"x-a", b"2"),
+                ],
+            },
+            ("127.0.0.1", 9),
+            {
+                "REQUEST_METHOD": "GET",
+                "RAW_URI": "/a%20b?x=1",
+                "PATH_INFO": "/a b",
+                "SCRIPT_NAME": "",
+                "QUERY_STRING": "x=1",
+                "SERVER_PROTOCOL": "HTTP/1.1",
+                "wsgi.url_scheme": "https",
+                "REMOTE_ADDR": "10.0.0.2",
+                "REMOTE_PORT": "5",
+                "PEER_ADDR": "127.0.0.1",
+                "PEER_PORT": "9",
+                "SERVER_NAME": "h",
+                "SERVER_PORT": "80",
+                "HTTP_USER_AGENT": "ua",
+                "CONTENT_TYPE": "text/plain",
+                "HTTP_X_A": "1,2",
+            },
+        ),
+        (
+            {
+                "method": "POST",
+                "path": "/app/x",
+                "root_path": "/app",
+                "query_string": b"",
+                "http_version": "2",
+                "client": None,
+                "server": ("/run/s.sock", None),
+                "headers": [],
+            },
+            None,
+            {
+                "REQUEST_METHOD": "POST",
+                "RAW_URI": "/app/x",
+                "PATH_INFO": "/x",
+                "SCRIPT_NAME": "/app",
+                "QUERY_STRING": "",
+                "SERVER_PROTOCOL": "HTTP/2",
+                "wsgi.url_scheme": "http",
+                "SERVER_NAME": "/run/s.sock",
+                "SERVER_PORT": "",
+            },
+        ),
+    ],
+)
 def test_environ_of(scope, peer, expected):
     assert environ_of(scope, peer) == expected
 
 
 # --- the lazy atoms: the same values as gunicorn's own Logger.atoms + SafeAtoms ----------------
 
-ATOM_KEYS = ["h", "l", "u", "r", "s", "m", "U", "q", "H", "b", "B", "f", "a", "T", "D", "M",
-             "L", "p", "{user-agent}i", "{User-Agent}i", "{x-a}i", "{missing}i",
-             "{content-type}o", "{X-Resp}o", "{nothing}o", "{raw_uri}e", "{peer_addr}e",
-             "{peer_port}e", "{remote_addr}e", "{http_x_a}e", "{path_info}e", "{nope}e", "x",
-             "{wsgi.url_scheme}e"]
+ATOM_KEYS = [
+    "h",
+    "l",
+    "u",
+    "r",
+    "s",
+    "m",
+    "U",
+    "q",
+    "H",
+    "b",
+    "B",
+    "f",
+    "a",
+    "T",
+    "D",
+    "M",
+    "L",
+    "p",
+    "{user-agent}i",
+    "{User-Agent}i",
+    "{x-a}i",
+    "{missing}i",
+    "{content-type}o",
+    "{X-Resp}o",
+    "{nothing}o",
+    "{raw_uri}e",
+    "{peer_addr}e",
+    "{peer_port}e",
+    "{remote_addr}e",
+    "{http_x_a}e",
+    "{path_info}e",
+    "{nope}e",
+    "x",
+    "{wsgi.url_scheme}e",
+]
 ATOM_SCOPES = [
-    {"type": "http", "method": "GET", "path": "/a b", "raw_path": b"/a%20b", "query_string": b"x=1",
-     "http_version": "1.1", "scheme": "https", "client": ("10.0.0.2", 5), "server": ("h", 80),
-     "headers": [(b"user-agent", b'say "hi"'), (b"x-a", b"1"), (b"x-a", b"2"),
-                 (b"authorization", b"Basic dXNlcjpwdw=="), (b"referer", b"http://r/")]},
-    {"type": "http", "method": "POST", "path": "/app/x", "root_path": "/app", "query_string": b"",
-     "http_version": "2", "client": None, "server": ("/run/s.sock", None), "headers": []},
+    {
+        "type": "http",
+        "method": "GET",
+        "path": "/a b",
+        "raw_path": b"/a%20b",
+        "query_string": b"x=1",
+        "http_version": "1.1",
+        "scheme": "https",
+        "client": ("10.0.0.2", 5),
+        "server": ("h", 80),
+        "headers": [
+            (b"user-agent", b'say "hi"'),
+            (b"x-a", b"1"),
+            (b"x-a", b"2"),
+            (b"authorization", b"Basic dXNlcjpwdw=="),
+            (b"referer", b"http://r/"),
+        ],
+    },
+    {
+        "type": "http",
+        "method": "POST",
+        "path": "/app/x",
+        "root_path": "/app",
+        "query_string": b"",
+        "http_version": "2",
+        "client": None,
+        "server": ("/run/s.sock", None),
+        "headers": [],
+    },
 ]
 
 
@@ -177,8 +291,9 @@ def test_lazy_atoms_match_gunicorns(scope, seconds):
     response.raw = [(b"content-type", b"text/plain"), (b"x-resp", b"1")]
     peer = ("127.0.0.1", 9)
     request_time = datetime.timedelta(seconds=round(seconds * 1e6) / 1e6)
-    theirs = glogging.SafeAtoms(log.atoms(response, request_headers(scope),
-                                          environ_of(scope, peer), request_time))
+    theirs = glogging.SafeAtoms(
+        log.atoms(response, request_headers(scope), environ_of(scope, peer), request_time)
+    )
     ours = Atoms(scope, peer, response, seconds, log)
     assert {k: ours[k] for k in ATOM_KEYS} == {k: theirs[k] for k in ATOM_KEYS}
     fmt = '%(h)s %(l)s %(u)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s %({x-a}i)s'
@@ -189,8 +304,10 @@ def test_a_logging_configuration_that_discards_access_lines_builds_none(master, 
     # gunicorn's access_log_enabled is true for any logconfig_dict; the JSON preset's, with the
     # access log off, sends gunicorn.access to a NullHandler.
     conf = tmp_path / "json_off.py"
-    conf.write_text("from hardened_worker.presets import jsonlog\n"
-                    "logconfig_dict = jsonlog.logconfig_dict(access=False)\n")
+    conf.write_text(
+        "from hardened_worker.presets import jsonlog\n"
+        "logconfig_dict = jsonlog.logconfig_dict(access=False)\n"
+    )
     m = master(app="obsapp:app", args=["-c", str(conf)])
     status, body = get(m.port, "/introspect")
     assert json.loads(body) == {"uvicorn_access_handlers": False, "access_middlewares": 0}
@@ -240,13 +357,16 @@ def _propagate(log):
     log.access_log.propagate = True
 
 
-@pytest.mark.parametrize("change, plain", [
-    (None, True),  # gunicorn's own FileHandler with access_fmt "%(message)s"
-    (_add_filter, False),  # a filter may drop or rewrite the record: the full record
-    (_add_handler, False),
-    (_json_formatter, False),  # a formatter that reads more than the message
-    (_propagate, False),  # the root's handlers would see it too
-])
+@pytest.mark.parametrize(
+    "change, plain",
+    [
+        (None, True),  # gunicorn's own FileHandler with access_fmt "%(message)s"
+        (_add_filter, False),  # a filter may drop or rewrite the record: the full record
+        (_add_handler, False),
+        (_json_formatter, False),  # a formatter that reads more than the message
+        (_propagate, False),  # the root's handlers would see it too
+    ],
+)
 def test_plain_handlers_only_for_gunicorns_own(gunicorn_logger, change, plain):
     from hardened_worker.accesslog import plain_handlers
 
@@ -287,9 +407,13 @@ def test_after_usr1_lines_go_to_the_reopened_file(logged):
         n = next(sent)
         status, body = get(logged.port, f"/pid?n={n}")
         assert status == 200
-        if wait_for(lambda: access_lines(logged.access, f"GET /pid?n={n} ") or
-                    access_lines(rotated, f"GET /pid?n={n} "), 10) and \
-                access_lines(logged.access, f"GET /pid?n={n} "):
+        if wait_for(
+            lambda: (
+                access_lines(logged.access, f"GET /pid?n={n} ")
+                or access_lines(rotated, f"GET /pid?n={n} ")
+            ),
+            10,
+        ) and access_lines(logged.access, f"GET /pid?n={n} "):
             reopened.add(int(body))
         return reopened == workers
 
@@ -304,20 +428,23 @@ def test_after_usr1_lines_go_to_the_reopened_file(logged):
 # --- the request id --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sent, kept", [
-    ([b"abc-123"], True),
-    ([b"0f8fad5b-d9cb-469f-a165-70867728950e"], True),
-    ([b"dGhpcyBpcyBiYXNlNjQ+/w=="], True),  # base64: Heroku's alphabet
-    ([b"x" * 200], True),
-    ([b"x" * 201], False),
-    ([b""], False),
-    ([b"two words"], False),
-    ([b'a"b'], False),
-    ([b"\xc3\xa9t\xc3\xa9"], False),
-    ([b"first", b"bad one"], False),  # the last one counts, as gunicorn's headers
-    ([b"bad one", b"last"], True),
-    ([], False),
-])
+@pytest.mark.parametrize(
+    "sent, kept",
+    [
+        ([b"abc-123"], True),
+        ([b"0f8fad5b-d9cb-469f-a165-70867728950e"], True),
+        ([b"dGhpcyBpcyBiYXNlNjQ+/w=="], True),  # base64: Heroku's alphabet
+        ([b"x" * 200], True),
+        ([b"x" * 201], False),
+        ([b""], False),
+        ([b"two words"], False),
+        ([b'a"b'], False),
+        ([b"\xc3\xa9t\xc3\xa9"], False),
+        ([b"first", b"bad one"], False),  # the last one counts, as gunicorn's headers
+        ([b"bad one", b"last"], True),
+        ([], False),
+    ],
+)
 def test_request_id_is_kept_when_well_formed_else_replaced(sent, kept):
     scope = {"headers": [(b"host", b"h"), *((b"x-request-id", v) for v in sent)]}
     rid = accesslog.request_id(scope)
@@ -338,8 +465,14 @@ def test_request_id_goes_on_the_response_unless_the_app_set_one():
 
 def test_the_request_id_is_in_the_line_the_app_and_the_response(master, tmp_path):
     access = tmp_path / "access.log"
-    m = master(args=["--access-logfile", str(access),
-                     "--access-logformat", '"%(r)s" %(s)s id=%({x-request-id}i)s'])
+    m = master(
+        args=[
+            "--access-logfile",
+            str(access),
+            "--access-logformat",
+            '"%(r)s" %(s)s id=%({x-request-id}i)s',
+        ]
+    )
 
     def ask(path: str, rid: str | None) -> str:
         conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=10)
@@ -351,15 +484,23 @@ def test_the_request_id_is_in_the_line_the_app_and_the_response(master, tmp_path
         finally:
             conn.close()
 
-    echoed = {"kept": ask("/?kept", "trace-7"), "bad": ask("/?bad", "not ok"),
-              "none": ask("/?none", None), "again": ask("/?again", None)}
+    echoed = {
+        "kept": ask("/?kept", "trace-7"),
+        "bad": ask("/?bad", "not ok"),
+        "none": ask("/?none", None),
+        "again": ask("/?again", None),
+    }
     assert echoed["kept"] == "trace-7"
     assert all(re.fullmatch(r"[0-9a-f]{32}", echoed[k]) for k in ("bad", "none", "again"))
     assert echoed["none"] != echoed["again"]
 
     def logged() -> dict | None:
-        found = dict(re.findall(r'"GET /\?(\w+) HTTP/1.1" 200 id=(\S+)', access.read_text()
-                                if access.exists() else ""))
+        found = dict(
+            re.findall(
+                r'"GET /\?(\w+) HTTP/1.1" 200 id=(\S+)',
+                access.read_text() if access.exists() else "",
+            )
+        )
         return found if len(found) == 4 else None
 
     assert wait_for(logged, 10) == echoed  # the log reads the id the app saw (scope headers)

@@ -14,13 +14,16 @@ import pytest
 from bench import spread
 
 
-@pytest.mark.parametrize("cpus, expected", [
-    ({0}, None),                              # one CPU: nothing to separate, both share it
-    ({0, 1}, ({0}, {1})),
-    ({3, 1}, ({1}, {3})),                      # the CPUs this process may use, not 0..n-1
-    ({0, 1, 2}, ({0}, {1, 2})),                # an odd CPU goes to the pool
-    ({0, 1, 2, 3}, ({0, 1}, {2, 3})),
-])
+@pytest.mark.parametrize(
+    "cpus, expected",
+    [
+        ({0}, None),  # one CPU: nothing to separate, both share it
+        ({0, 1}, ({0}, {1})),
+        ({3, 1}, ({1}, {3})),  # the CPUs this process may use, not 0..n-1
+        ({0, 1, 2}, ({0}, {1, 2})),  # an odd CPU goes to the pool
+        ({0, 1, 2, 3}, ({0, 1}, {2, 3})),
+    ],
+)
 def test_placement_splits_client_from_pool(cpus, expected):
     assert spread.placement(cpus) == expected
 
@@ -33,9 +36,16 @@ def test_placement_never_shares_a_cpu():
 
 def test_pin_moves_every_thread_of_a_process():
     # A worker has threads besides its loop's (the stall watchdog); sched_setaffinity moves one.
-    child = subprocess.Popen([sys.executable, "-c", "import threading, time\n"
-                              "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
-                              "print(flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import threading, time\n"
+            "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+            "print(flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
     try:
         child.stdout.readline()  # the second thread has started
 
@@ -44,7 +54,9 @@ def test_pin_moves_every_thread_of_a_process():
 
         assert len(tasks()) == 2
         one = {min(os.sched_getaffinity(0))}
-        assert os.sched_getaffinity(tasks()[-1]) != one, "pinning can only be seen with 2 CPUs or more"
+        assert os.sched_getaffinity(tasks()[-1]) != one, (
+            "pinning can only be seen with 2 CPUs or more"
+        )
         spread.pin(child.pid, one)
         assert [os.sched_getaffinity(t) for t in tasks()] == [one, one]
     finally:
@@ -60,4 +72,6 @@ def test_per_pid_counts_by_wrk_thread():
 def test_count_lua_paces_only_when_asked():
     assert spread.count_lua() == spread.COUNT_LUA
     paced = spread.count_lua(3)
-    assert paced.startswith(spread.COUNT_LUA) and paced.endswith("delay = function() return 3 end\n")
+    assert paced.startswith(spread.COUNT_LUA) and paced.endswith(
+        "delay = function() return 3 end\n"
+    )

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from hardened_worker import config
-from hardened_worker.cgroup import Location, cpu_quota, find, memory_current, memory_limit, own, worker_count
+from hardened_worker.cgroup import (
+    Location,
+    cpu_quota,
+    find,
+    memory_current,
+    memory_limit,
+    own,
+    worker_count,
+)
 
 GiB = 1024**3
 V1_UNLIMITED = "9223372036854771712"  # what cgroup v1 prints for "no limit" on 64-bit
@@ -61,7 +69,10 @@ def test_memory_current(tmp_path, files, current):
         ({"cpu.max": "150000 100000\n"}, 1.5),
         ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
         ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
-        ({"cpu,cpuacct/cpu.cfs_quota_us": "300000", "cpu,cpuacct/cpu.cfs_period_us": "100000"}, 3.0),
+        (
+            {"cpu,cpuacct/cpu.cfs_quota_us": "300000", "cpu,cpuacct/cpu.cfs_period_us": "100000"},
+            3.0,
+        ),
         ({"cpu/cpu.cfs_quota_us": "50000\n"}, None),  # no period
         ({"cpu.max": "50000 0"}, None),
         ({"cpu.max": "0 100000"}, None),
@@ -121,7 +132,9 @@ def test_web_concurrency_must_be_positive_whole_number(tmp_path, value):
 
 # --- which cgroup: this process's own, from /proc/self/cgroup and /proc/self/mountinfo -----------
 
-V2_MOUNT = "31 23 0:26 / {mnt} rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
+V2_MOUNT = (
+    "31 23 0:26 / {mnt} rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
+)
 V1_MOUNTS = (
     "25 23 0:22 / {mnt} ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755\n"
     "26 25 0:23 / {mnt}/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw\n"
@@ -130,15 +143,22 @@ V1_MOUNTS = (
     "rw,cpu,cpuacct\n"
 )
 SERVICE = "/system.slice/myapp.service"
-V1_CGROUP = f"12:memory:{SERVICE}\n4:cpu,cpuacct:{SERVICE}\n1:name=systemd:{SERVICE}\n0::{SERVICE}\n"
+V1_CGROUP = (
+    f"12:memory:{SERVICE}\n4:cpu,cpuacct:{SERVICE}\n1:name=systemd:{SERVICE}\n0::{SERVICE}\n"
+)
 
 
 def test_v2_service_on_a_vm_gets_its_own_quota_and_memory_max(tmp_path):
     # CPUQuota=200%, MemoryMax=1G on a 32-CPU host: the limits are in the service's directory of
     # the host's cgroup mount, none at its root. 2 workers and the 1 GiB limit.
-    mnt = tree(tmp_path, {f"{SERVICE[1:]}/cpu.max": "200000 100000\n",
-                          f"{SERVICE[1:]}/memory.max": "1073741824\n",
-                          f"{SERVICE[1:]}/memory.current": "4096\n"})
+    mnt = tree(
+        tmp_path,
+        {
+            f"{SERVICE[1:]}/cpu.max": "200000 100000\n",
+            f"{SERVICE[1:]}/memory.max": "1073741824\n",
+            f"{SERVICE[1:]}/memory.current": "4096\n",
+        },
+    )
     where = find(f"0::{SERVICE}\n", V2_MOUNT.format(mnt=mnt))
     assert where.unified == f"{mnt}{SERVICE}"
     assert worker_count(where, {}, 32) == 2
@@ -148,13 +168,23 @@ def test_v2_service_on_a_vm_gets_its_own_quota_and_memory_max(tmp_path):
 
 
 def test_v1_service_reads_each_controller_in_its_own_hierarchy(tmp_path):
-    mnt = tree(tmp_path, {f"memory{SERVICE}/memory.limit_in_bytes": "536870912\n",
-                          f"cpu,cpuacct{SERVICE}/cpu.cfs_quota_us": "300000\n",
-                          f"cpu,cpuacct{SERVICE}/cpu.cfs_period_us": "100000\n"})
+    mnt = tree(
+        tmp_path,
+        {
+            f"memory{SERVICE}/memory.limit_in_bytes": "536870912\n",
+            f"cpu,cpuacct{SERVICE}/cpu.cfs_quota_us": "300000\n",
+            f"cpu,cpuacct{SERVICE}/cpu.cfs_period_us": "100000\n",
+        },
+    )
     where = find(V1_CGROUP, V1_MOUNTS.format(mnt=mnt))
-    assert where == Location(f"{mnt}/unified{SERVICE}", f"{mnt}/memory{SERVICE}",
-                             (f"{mnt}/cpu,cpuacct{SERVICE}",))
-    assert (memory_limit(where), cpu_quota(where), worker_count(where, {}, 32)) == (GiB // 2, 3.0, 3)
+    assert where == Location(
+        f"{mnt}/unified{SERVICE}", f"{mnt}/memory{SERVICE}", (f"{mnt}/cpu,cpuacct{SERVICE}",)
+    )
+    assert (memory_limit(where), cpu_quota(where), worker_count(where, {}, 32)) == (
+        GiB // 2,
+        3.0,
+        3,
+    )
 
 
 @pytest.mark.parametrize(
@@ -163,18 +193,29 @@ def test_v1_service_reads_each_controller_in_its_own_hierarchy(tmp_path):
         # a container with a cgroup namespace: its cgroup is the mount's root
         ("0::/\n", V2_MOUNT.format(mnt="/sys/fs/cgroup"), Location("/sys/fs/cgroup")),
         # Docker on cgroup v1 without a namespace: the container's cgroup is bind-mounted
-        ("9:memory:/docker/abc\n",
-         "40 30 0:33 /docker/abc /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n",
-         Location(memory="/sys/fs/cgroup/memory")),
+        (
+            "9:memory:/docker/abc\n",
+            "40 30 0:33 /docker/abc /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n",
+            Location(memory="/sys/fs/cgroup/memory"),
+        ),
         # the process's cgroup is outside what the mount shows: unknown, never another cgroup
-        ("0::/elsewhere\n", "31 23 0:26 /kubepods /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n", Location()),
+        (
+            "0::/elsewhere\n",
+            "31 23 0:26 /kubepods /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+            Location(),
+        ),
         # the first mount that shows the cgroup wins
-        ("0::/a/b\n",
-         "1 0 0:1 /x /mnt/x rw - cgroup2 cgroup2 rw\n2 0 0:1 /a /mnt/a rw - cgroup2 cgroup2 rw\n",
-         Location("/mnt/a/b")),
+        (
+            "0::/a/b\n",
+            "1 0 0:1 /x /mnt/x rw - cgroup2 cgroup2 rw\n2 0 0:1 /a /mnt/a rw - cgroup2 cgroup2 rw\n",
+            Location("/mnt/a/b"),
+        ),
         # mountinfo escapes a space as \040
-        ("0::/my app.service\n", "31 23 0:26 / /c\\040g rw - cgroup2 cgroup2 rw\n",
-         Location("/c g/my app.service")),
+        (
+            "0::/my app.service\n",
+            "31 23 0:26 / /c\\040g rw - cgroup2 cgroup2 rw\n",
+            Location("/c g/my app.service"),
+        ),
         # no cgroup mounted at all, or a hierarchy missing from /proc/self/cgroup
         ("0::/\n", "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n", Location()),
         ("", V2_MOUNT.format(mnt="/sys/fs/cgroup"), Location()),
@@ -188,7 +229,11 @@ def test_find_own_cgroup(proc_cgroup, mountinfo, expected):
 
 
 def test_unknown_location_reads_as_unknown():
-    assert (memory_limit(Location()), memory_current(Location()), cpu_quota(Location())) == (None, None, None)
+    assert (memory_limit(Location()), memory_current(Location()), cpu_quota(Location())) == (
+        None,
+        None,
+        None,
+    )
 
 
 def test_default_is_this_process_own_cgroup():

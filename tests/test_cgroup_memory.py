@@ -47,8 +47,10 @@ def tree(tmp_path, files: dict[str, str]) -> str:
         # v2: memory.current minus inactive_file
         ({"memory.current": str(600 * MiB), "memory.stat": V2_STAT}, 600 * MiB - 157286400),
         # v1: usage_in_bytes minus total_inactive_file (children included, as the usage is)
-        ({"memory/memory.usage_in_bytes": str(600 * MiB), "memory/memory.stat": V1_STAT},
-         600 * MiB - 157286400),
+        (
+            {"memory/memory.usage_in_bytes": str(600 * MiB), "memory/memory.stat": V1_STAT},
+            600 * MiB - 157286400,
+        ),
         # no stat file: the usage as it is (an over-estimate, never an under-estimate)
         ({"memory.current": str(600 * MiB)}, 600 * MiB),
         ({"memory.current": "100", "memory.stat": "inactive_file 5000\n"}, 0),  # never negative

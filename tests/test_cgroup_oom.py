@@ -40,19 +40,35 @@ def run(tmp_path, **kwargs) -> dict:
 
 @pytest.mark.parametrize("kib", [64, 8])
 def test_shipped_example_holds_a_700_mib_cgroup_without_oom_kill_or_failed_request(
-        kib, tmp_path, load_lock):
+    kib, tmp_path, load_lock
+):
     r = run(tmp_path, kib=kib, limit=700 * MIB, workers=3, duration=30)
-    summary = {k: r[k] for k in ("oom_kills", "failed", "client_failures", "peak_cgroup_mib",
-                                 "peak_worker_uss_mib", "recycles_surge", "recycles_drain_first",
-                                 "recycles_hard", "oom_lines", "memory_log_lines")}
+    summary = {
+        k: r[k]
+        for k in (
+            "oom_kills",
+            "failed",
+            "client_failures",
+            "peak_cgroup_mib",
+            "peak_worker_uss_mib",
+            "recycles_surge",
+            "recycles_drain_first",
+            "recycles_hard",
+            "oom_lines",
+            "memory_log_lines",
+        )
+    }
     assert r["oom_kills"] == 0, summary
     assert r["failed"] == 0, summary
     assert r["master_alive_at_end"], summary
     assert r["requests"] > 1000, summary
     # The example measured its budget (master, app, one successor) and said so at start:
     [budget] = r["budget"]
-    assert re.search(r"memory budget: cgroup limit 700 MiB = master \d+ MiB \+ 3 workers x hard "
-                     r"limit \d+ MiB .*\+ one successor \d+ MiB \(app footprint measured\)", budget)
+    assert re.search(
+        r"memory budget: cgroup limit 700 MiB = master \d+ MiB \+ 3 workers x hard "
+        r"limit \d+ MiB .*\+ one successor \d+ MiB \(app footprint measured\)",
+        budget,
+    )
     if kib == 64:  # the leak outgrows the limits many times over: recycling did happen
         assert r["recycles_surge"] + r["recycles_drain_first"] + r["recycles_hard"] >= 3, summary
 
@@ -60,8 +76,9 @@ def test_shipped_example_holds_a_700_mib_cgroup_without_oom_kill_or_failed_reque
 def test_a_limit_too_small_for_workers_plus_one_runs_without_surge(tmp_path, load_lock):
     # One worker of a 60 MiB app in 160 MiB: the master plus two apps and the margin do not fit.
     r = run(tmp_path, kib=64, limit=160 * MIB, workers=1, duration=15, connections=4, clients=2)
-    summary = {k: r[k] for k in ("oom_kills", "failed", "client_failures", "budget",
-                                 "memory_log_lines")}
+    summary = {
+        k: r[k] for k in ("oom_kills", "failed", "client_failures", "budget", "memory_log_lines")
+    }
     [budget] = r["budget"]
     assert "too small for 1 + 1 apps" in budget and "without surge" in budget, budget
     assert r["oom_kills"] == 0 and r["failed"] == 0, summary

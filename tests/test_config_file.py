@@ -5,16 +5,15 @@ release warn; preset-only knobs say when they do nothing. Pure tables first, the
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 
 import pytest
+from rig import APPS, ROOT, _clean_environ, free_port, get, wait_for
 
 from hardened_worker import checks, config
 from hardened_worker.config import SETTINGS, ConfigError, Source
-from rig import APPS, ROOT, _clean_environ, free_port, get, wait_for
 
 CONF = "gunicorn.conf.py"
 
@@ -25,40 +24,62 @@ def from_file(**names) -> config.Settings:
 
 # --- the file's Python values, read by the environment's parser --------------------------------
 
-@pytest.mark.parametrize("name,value,attr,expected", [
-    ("hardened_memory_limit", "512Mi", "memory_limit", 512 * 1024**2),
-    ("hardened_drain_delay", 5, "drain_delay", 5.0),  # a bare number is seconds, as in the env
-    ("hardened_drain_delay", 0.25, "drain_delay", 0.25),
-    ("hardened_spread", False, "spread", False),
-    ("hardened_rolling", True, "rolling", True),
-    ("hardened_max_inflight", 64, "max_inflight", 64),
-    ("hardened_bind", ["127.0.0.1:8000", "unix:/run/a.sock"], "bind", ["127.0.0.1:8000", "unix:/run/a.sock"]),
-    ("hardened_metrics_allow", ("10.0.0.0/8", "unix"), "metrics_allow", "10.0.0.0/8,unix"),
-    ("hardened_request_timeout", None, "request_timeout", None),  # None is empty: off
-    ("HARDENED_HEALTH_PATH", "/ready", "health_path", "/ready"),  # either case
-])
+
+@pytest.mark.parametrize(
+    "name,value,attr,expected",
+    [
+        ("hardened_memory_limit", "512Mi", "memory_limit", 512 * 1024**2),
+        ("hardened_drain_delay", 5, "drain_delay", 5.0),  # a bare number is seconds, as in the env
+        ("hardened_drain_delay", 0.25, "drain_delay", 0.25),
+        ("hardened_spread", False, "spread", False),
+        ("hardened_rolling", True, "rolling", True),
+        ("hardened_max_inflight", 64, "max_inflight", 64),
+        (
+            "hardened_bind",
+            ["127.0.0.1:8000", "unix:/run/a.sock"],
+            "bind",
+            ["127.0.0.1:8000", "unix:/run/a.sock"],
+        ),
+        ("hardened_metrics_allow", ("10.0.0.0/8", "unix"), "metrics_allow", "10.0.0.0/8,unix"),
+        ("hardened_request_timeout", None, "request_timeout", None),  # None is empty: off
+        ("HARDENED_HEALTH_PATH", "/ready", "health_path", "/ready"),  # either case
+    ],
+)
 def test_a_file_value_is_parsed_like_the_environment(name, value, attr, expected):
     settings = from_file(**{name: value})
     assert getattr(settings, attr) == expected
     assert settings.origin[attr] == CONF
 
 
-@pytest.mark.parametrize("names,line", [
-    ({"hardened_memory_limit": "512"},
-     "hardened_worker: hardened_memory_limit in gunicorn.conf.py = '512' is not a size (no unit: "
-     "write B for bytes, Mi for 2^20); use e.g. 512Mi"),
-    ({"hardened_memory_limit": 512},
-     "hardened_worker: hardened_memory_limit in gunicorn.conf.py = 512 is not a size (no unit: "
-     "write B for bytes, Mi for 2^20); use e.g. 512Mi"),
-    ({"hardened_drain_delay": "5 minutes"},
-     "hardened_worker: hardened_drain_delay in gunicorn.conf.py = '5 minutes' is not a duration; use e.g. 5s"),
-    ({"hardened_memry_limit": "1Gi"},
-     "hardened_worker: hardened_memry_limit in gunicorn.conf.py = '1Gi' is not a known setting; "
-     "did you mean hardened_memory_limit?"),
-    ({"hardened_spread": {"on": True}},
-     "hardened_worker: hardened_spread in gunicorn.conf.py = {'on': True} is not a string, number, "
-     "boolean or list of strings; use e.g. false"),
-])
+@pytest.mark.parametrize(
+    "names,line",
+    [
+        (
+            {"hardened_memory_limit": "512"},
+            "hardened_worker: hardened_memory_limit in gunicorn.conf.py = '512' is not a size (no unit: "
+            "write B for bytes, Mi for 2^20); use e.g. 512Mi",
+        ),
+        (
+            {"hardened_memory_limit": 512},
+            "hardened_worker: hardened_memory_limit in gunicorn.conf.py = 512 is not a size (no unit: "
+            "write B for bytes, Mi for 2^20); use e.g. 512Mi",
+        ),
+        (
+            {"hardened_drain_delay": "5 minutes"},
+            "hardened_worker: hardened_drain_delay in gunicorn.conf.py = '5 minutes' is not a duration; use e.g. 5s",
+        ),
+        (
+            {"hardened_memry_limit": "1Gi"},
+            "hardened_worker: hardened_memry_limit in gunicorn.conf.py = '1Gi' is not a known setting; "
+            "did you mean hardened_memory_limit?",
+        ),
+        (
+            {"hardened_spread": {"on": True}},
+            "hardened_worker: hardened_spread in gunicorn.conf.py = {'on': True} is not a string, number, "
+            "boolean or list of strings; use e.g. false",
+        ),
+    ],
+)
 def test_a_bad_file_value_is_one_line_naming_the_file(names, line):
     with pytest.raises(ConfigError) as caught:
         from_file(**names)
@@ -73,6 +94,7 @@ def test_modules_and_functions_in_the_file_are_not_settings():
 
 
 # --- precedence: environment (raw_env included) > file > a preset's raw_env defaults > default ---
+
 
 class Cfg:
     """The attributes of gunicorn's Config that checks.sources reads."""
@@ -92,12 +114,21 @@ def conf_module(monkeypatch):
     return module
 
 
-@pytest.mark.parametrize("environ,raw_env,file,expected,origin", [
-    ({}, {}, {"hardened_drain_delay": "2s"}, 2.0, "gunicorn.conf.py"),
-    ({"HARDENED_DRAIN_DELAY": "1s"}, {}, {"hardened_drain_delay": "2s"}, 1.0, "environment"),
-    ({"HARDENED_DRAIN_DELAY": "3s"}, {"HARDENED_DRAIN_DELAY": "3s"}, {"hardened_drain_delay": "2s"}, 3.0, "raw_env"),
-    ({}, {}, {}, 0.0, "default"),
-])
+@pytest.mark.parametrize(
+    "environ,raw_env,file,expected,origin",
+    [
+        ({}, {}, {"hardened_drain_delay": "2s"}, 2.0, "gunicorn.conf.py"),
+        ({"HARDENED_DRAIN_DELAY": "1s"}, {}, {"hardened_drain_delay": "2s"}, 1.0, "environment"),
+        (
+            {"HARDENED_DRAIN_DELAY": "3s"},
+            {"HARDENED_DRAIN_DELAY": "3s"},
+            {"hardened_drain_delay": "2s"},
+            3.0,
+            "raw_env",
+        ),
+        ({}, {}, {}, 0.0, "default"),
+    ],
+)
 def test_the_environment_wins_over_the_file(conf_module, environ, raw_env, file, expected, origin):
     vars(conf_module).update(file)
     settings = config.load_sources(checks.sources(environ, Cfg(raw_env, "./gunicorn.conf.py")))
@@ -129,12 +160,15 @@ def test_a_python_module_configuration_is_read_too(monkeypatch):
 
 # --- names of a newer release warn; other unknown names stay one error ---------------------------
 
+
 @pytest.mark.parametrize("source", [Source("environment", {}), Source(CONF, {}, in_file=True)])
 def test_a_reserved_name_warns_instead_of_failing(source):
     name = config.RESERVED[0]
     settings = config.load_sources([Source(source.label, {name: "x-request-id"}, source.in_file)])
-    assert settings.notes == (f"hardened_worker: {source.quoted(name, 'x-request-id')} is a setting "
-                              "of a newer hardened_worker; this release ignores it",)
+    assert settings.notes == (
+        f"hardened_worker: {source.quoted(name, 'x-request-id')} is a setting "
+        "of a newer hardened_worker; this release ignores it",
+    )
 
 
 def test_reserved_names_are_not_in_the_table():
@@ -148,8 +182,14 @@ PRESET_ONLY = [s for s in SETTINGS if s.preset]
 
 
 def test_the_preset_only_knobs_are_these():
-    assert [s.name for s in PRESET_ONLY] == ["LOG_FORMAT", "ACCESS_LOG", "BIND", "PIDFILE",
-                                             "TERMINATION_GRACE_PERIOD", "CPU_REQUEST"]
+    assert [s.name for s in PRESET_ONLY] == [
+        "LOG_FORMAT",
+        "ACCESS_LOG",
+        "BIND",
+        "PIDFILE",
+        "TERMINATION_GRACE_PERIOD",
+        "CPU_REQUEST",
+    ]
 
 
 @pytest.mark.parametrize("setting", PRESET_ONLY, ids=lambda s: s.name)
@@ -157,19 +197,26 @@ def test_a_preset_only_knob_without_its_preset_warns(setting):
     settings = config.load({setting.env: setting.example})
     assert checks.preset_warnings(settings, loaded=set()) == [
         f"hardened_worker: {setting.env} has no effect: only the {setting.preset} preset reads it, "
-        "and this configuration does not use it"]
-    assert checks.preset_warnings(settings, loaded={"hardened_worker.presets." + setting.preset}) == []
+        "and this configuration does not use it"
+    ]
+    assert (
+        checks.preset_warnings(settings, loaded={"hardened_worker.presets." + setting.preset}) == []
+    )
 
 
 @pytest.mark.parametrize("setting", PRESET_ONLY, ids=lambda s: s.name)
 def test_a_preset_only_knob_in_the_file_warns_even_with_its_preset(setting):
     settings = from_file(**{setting.env.lower(): setting.example})
-    assert checks.preset_warnings(settings, loaded={"hardened_worker.presets." + setting.preset}) == [
+    assert checks.preset_warnings(
+        settings, loaded={"hardened_worker.presets." + setting.preset}
+    ) == [
         f"hardened_worker: {setting.env.lower()} in gunicorn.conf.py has no effect: the "
-        f"{setting.preset} preset reads {setting.env} from the environment when it is imported"]
+        f"{setting.preset} preset reads {setting.env} from the environment when it is imported"
+    ]
 
 
 # --- one meaning of 0 for every duration and size; sizes need a unit -----------------------------
+
 
 def _kind(setting) -> str | None:
     for probe, value, kind in (("1Mi", 1024**2, "size"), ("1m", 60.0, "duration")):
@@ -183,8 +230,14 @@ def _kind(setting) -> str | None:
 
 MEASURED = [s for s in SETTINGS if _kind(s)]
 # Knobs whose empty value is a computed default, not off: these have no off, so 0 is refused.
-NO_OFF = {"STARTUP_TIMEOUT", "HEALTH_CHECK_TIMEOUT", "READY_TIMEOUT", "MEMORY_HARD_LIMIT",
-          "MEMORY_CHECK_INTERVAL", "TERMINATION_GRACE_PERIOD"}
+NO_OFF = {
+    "STARTUP_TIMEOUT",
+    "HEALTH_CHECK_TIMEOUT",
+    "READY_TIMEOUT",
+    "MEMORY_HARD_LIMIT",
+    "MEMORY_CHECK_INTERVAL",
+    "TERMINATION_GRACE_PERIOD",
+}
 
 
 def test_every_duration_and_size_is_in_one_of_the_two_zero_classes():
@@ -194,8 +247,10 @@ def test_every_duration_and_size_is_in_one_of_the_two_zero_classes():
 
 @pytest.mark.parametrize("setting", MEASURED, ids=lambda s: s.name)
 def test_zero_is_off_where_off_exists_and_refused_elsewhere(setting):
-    for where in (Source("environment", {setting.env: "0"}),
-                  Source(CONF, {setting.env: 0}, in_file=True)):
+    for where in (
+        Source("environment", {setting.env: "0"}),
+        Source(CONF, {setting.env: 0}, in_file=True),
+    ):
         if setting.name in NO_OFF:
             with pytest.raises(ConfigError, match="must be more than 0; use e.g. "):
                 config.load_sources([where])
@@ -204,7 +259,9 @@ def test_zero_is_off_where_off_exists_and_refused_elsewhere(setting):
             assert "0" in setting.meaning  # and the table says so
 
 
-@pytest.mark.parametrize("setting", [s for s in MEASURED if _kind(s) == "size"], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "setting", [s for s in MEASURED if _kind(s) == "size"], ids=lambda s: s.name
+)
 def test_a_size_without_a_unit_is_refused(setting):
     with pytest.raises(ConfigError, match=r"='512' is not a size \(no unit"):
         config.load({setting.env: "512"})
@@ -213,8 +270,10 @@ def test_a_size_without_a_unit_is_refused(setting):
 
 # --- real processes ----------------------------------------------------------------------------
 
-BAD_SIZE = ("hardened_worker: hardened_memory_limit in gunicorn.conf.py = '512' is not a size (no "
-            "unit: write B for bytes, Mi for 2^20); use e.g. 512Mi")
+BAD_SIZE = (
+    "hardened_worker: hardened_memory_limit in gunicorn.conf.py = '512' is not a size (no "
+    "unit: write B for bytes, Mi for 2^20); use e.g. 512Mi"
+)
 
 
 def test_a_setting_in_the_file_takes_effect_and_a_hup_rereads_it(master, tmp_path):
@@ -233,7 +292,9 @@ def test_a_setting_in_the_file_takes_effect_and_a_hup_rereads_it(master, tmp_pat
     assert get(m.port, "/ready")[0] == 200 and get(m.port, "/healthz")[0] == 404
     logged = [line for line in m.log().splitlines() if "hardened_memory_limit" in line]
     line = BAD_SIZE.replace(CONF, str(conf))  # the file as gunicorn was given it
-    assert len(logged) == 1 and logged[0].endswith(f"{line} (keeping the previous HARDENED_* settings)")
+    assert len(logged) == 1 and logged[0].endswith(
+        f"{line} (keeping the previous HARDENED_* settings)"
+    )
 
     # A good value at the next HUP takes effect.
     conf.write_text('hardened_health_path = "/healthz"\n')
@@ -248,10 +309,22 @@ def test_a_setting_in_the_file_takes_effect_and_a_hup_rereads_it(master, tmp_pat
 
 def test_a_wrong_setting_in_the_file_stops_gunicorn_with_one_line(tmp_path):
     (tmp_path / CONF).write_text('hardened_memory_limit = "512"\n')
-    cmd = [sys.executable, "-m", "gunicorn", "testapp:app", "-k", "hardened_worker.Worker",
-           "--pythonpath", str(APPS), "-b", f"127.0.0.1:{free_port()}", "--no-control-socket"]
-    done = subprocess.run(cmd, env=_clean_environ(), cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60)
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "testapp:app",
+        "-k",
+        "hardened_worker.Worker",
+        "--pythonpath",
+        str(APPS),
+        "-b",
+        f"127.0.0.1:{free_port()}",
+        "--no-control-socket",
+    ]
+    done = subprocess.run(
+        cmd, env=_clean_environ(), cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if "hardened_worker:" in line]
     assert len(lines) == 1 and lines[0].endswith(BAD_SIZE), done.stderr
@@ -259,29 +332,49 @@ def test_a_wrong_setting_in_the_file_stops_gunicorn_with_one_line(tmp_path):
 
 
 def test_print_config_shows_the_file_as_the_source(tmp_path):
-    (tmp_path / CONF).write_text('hardened_drain_delay = "2s"\nhardened_request_id_header = "x-id"\n')
-    done = subprocess.run([sys.executable, "-m", "hardened_worker", "print-config"], cwd=tmp_path,
-                          env={**_clean_environ(), "HARDENED_STALL_THRESHOLD": "250ms",
-                               "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True, timeout=60)
+    (tmp_path / CONF).write_text(
+        'hardened_drain_delay = "2s"\nhardened_request_id_header = "x-id"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "hardened_worker", "print-config"],
+        cwd=tmp_path,
+        env={**_clean_environ(), "HARDENED_STALL_THRESHOLD": "250ms", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     rows = {line.split(" = ")[0].strip(): line for line in done.stdout.splitlines()}
     assert rows["HARDENED_DRAIN_DELAY"].endswith("# gunicorn.conf.py: 2.0")
     assert rows["HARDENED_STALL_THRESHOLD"].endswith("# environment: 0.25")
-    assert done.stderr == ("hardened_worker: hardened_request_id_header in gunicorn.conf.py = 'x-id' "
-                           "is a setting of a newer hardened_worker; this release ignores it\n")
+    assert done.stderr == (
+        "hardened_worker: hardened_request_id_header in gunicorn.conf.py = 'x-id' "
+        "is a setting of a newer hardened_worker; this release ignores it\n"
+    )
 
 
 def test_configuration_warnings_come_once_not_once_per_worker_or_reload(master, tmp_path):
     conf = tmp_path / CONF
     conf.write_text('hardened_request_id_header = "x-request-id"\n')  # a newer release's knob
-    m = master(args=["-c", str(conf)], workers=2, env={"HARDENED_BIND": "127.0.0.1:9"})  # no vm preset
+    m = master(
+        args=["-c", str(conf)], workers=2, env={"HARDENED_BIND": "127.0.0.1:9"}
+    )  # no vm preset
     m.wait_log(r"ready in [\d.]+ s \(generation 1\)", count=2)
     m.signal(signal.SIGHUP)
     m.wait_log(r"ready in [\d.]+ s \(generation 2\)", count=2)
     log = m.log()
-    assert log.count("hardened_worker: HARDENED_BIND has no effect: only the vm preset reads it, "
-                     "and this configuration does not use it") == 1
-    assert log.count(f"hardened_worker: hardened_request_id_header in {conf} = 'x-request-id' is a "
-                     "setting of a newer hardened_worker; this release ignores it") == 1
+    assert (
+        log.count(
+            "hardened_worker: HARDENED_BIND has no effect: only the vm preset reads it, "
+            "and this configuration does not use it"
+        )
+        == 1
+    )
+    assert (
+        log.count(
+            f"hardened_worker: hardened_request_id_header in {conf} = 'x-request-id' is a "
+            "setting of a newer hardened_worker; this release ignores it"
+        )
+        == 1
+    )
     assert "Traceback" not in log

@@ -8,18 +8,26 @@ from __future__ import annotations
 import signal
 
 import pytest
-
 from rig import get, wait_for
 
 GOOD = 'raw_env = ["HARDENED_HEALTH_PATH=/healthz"]\n'
 
 
-@pytest.mark.parametrize("name,value,reason", [
-    ("MEMORY_LIMIT", "9" * 398 + "Mi", "(400 characters) is more than 1Pi, the largest accepted"),  # OverflowError
-    ("STARTUP_TIMEOUT", "9300000000", "is more than 720h, the largest accepted"),  # setitimer
-    ("HEALTH_CHECK_TIMEOUT", "0", "must be more than 0"),
-])
-def test_a_bad_value_at_hup_keeps_the_master_and_the_previous_settings(master, tmp_path, name, value, reason):
+@pytest.mark.parametrize(
+    "name,value,reason",
+    [
+        (
+            "MEMORY_LIMIT",
+            "9" * 398 + "Mi",
+            "(400 characters) is more than 1Pi, the largest accepted",
+        ),  # OverflowError
+        ("STARTUP_TIMEOUT", "9300000000", "is more than 720h, the largest accepted"),  # setitimer
+        ("HEALTH_CHECK_TIMEOUT", "0", "must be more than 0"),
+    ],
+)
+def test_a_bad_value_at_hup_keeps_the_master_and_the_previous_settings(
+    master, tmp_path, name, value, reason
+):
     conf = tmp_path / "gunicorn.conf.py"
     conf.write_text(GOOD)
     m = master(args=["-c", str(conf)], workers=1)

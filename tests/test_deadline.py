@@ -8,16 +8,17 @@ import json
 import threading
 
 import pytest
-
 from rig import APPS, get, wait_for, wrk
 
-WAIT_LINE = next(n for n, line in enumerate((APPS / "deadline_app.py").read_text().splitlines(), 1)
-                 if "WAIT-LINE" in line)
+WAIT_LINE = next(
+    n
+    for n, line in enumerate((APPS / "deadline_app.py").read_text().splitlines(), 1)
+    if "WAIT-LINE" in line
+)
 
 
 def deadline_master(master, **env):
-    return master(app="deadline_app:app", workers=1,
-                  env={"HARDENED_REQUEST_TIMEOUT": "1s", **env})
+    return master(app="deadline_app:app", workers=1, env={"HARDENED_REQUEST_TIMEOUT": "1s", **env})
 
 
 def request(port, path, timeout=30.0):
@@ -30,8 +31,9 @@ def test_a_request_past_its_deadline_gets_504_and_the_worker_serves_on(master):
     m = deadline_master(master)
     [pid] = m.wait_workers(1)
     result = {}
-    load = threading.Thread(target=lambda: result.update(
-        wrk=wrk(m.port, "/", duration=3, connections=8)))
+    load = threading.Thread(
+        target=lambda: result.update(wrk=wrk(m.port, "/", duration=3, connections=8))
+    )
     load.start()
     conn, response = request(m.port, "/wait?s=10")
     body = response.read()
@@ -56,8 +58,10 @@ def test_a_response_already_streaming_past_its_deadline_is_cut(master):
         response.read()
     conn.close()
     assert cut.value.partial == b"first chunk\n"
-    m.wait_log(r"request deadline: GET /stream-then-wait ended after .* a response in progress: "
-               r"connection closed")
+    m.wait_log(
+        r"request deadline: GET /stream-then-wait ended after .* a response in progress: "
+        r"connection closed"
+    )
     assert "Traceback" not in m.log()
 
 

@@ -12,8 +12,17 @@ from hypothesis import strategies as st
 
 from hardened_worker import deadline
 from hardened_worker.deadline import (
-    ENDINGS, Cause, Cut, Ending, RequestGuard, Response, describe, ending, is_event_stream,
-    response_state, skip_expected,
+    ENDINGS,
+    Cause,
+    Cut,
+    Ending,
+    RequestGuard,
+    Response,
+    describe,
+    ending,
+    is_event_stream,
+    response_state,
+    skip_expected,
 )
 from hardened_worker.drain import DrainSignal
 
@@ -28,8 +37,10 @@ EXPECTED = {
 STATES = [R.NOT_STARTED, R.EVENT_STREAM, R.STARTED, R.COMPLETE]
 
 
-@pytest.mark.parametrize("cause,response,expected",
-                         [(c, r, row[i]) for c, row in EXPECTED.items() for i, r in enumerate(STATES)])
+@pytest.mark.parametrize(
+    "cause,response,expected",
+    [(c, r, row[i]) for c, row in EXPECTED.items() for i, r in enumerate(STATES)],
+)
 def test_every_ending(cause, response, expected):
     assert ending(cause, response) is expected
 
@@ -49,18 +60,21 @@ def test_rules_that_hold_whatever_the_pair(cause, response):
         assert outcome is Ending.CUT  # never a clean end that looks like a whole download
 
 
-@pytest.mark.parametrize("headers,expected", [
-    ([(b"content-type", b"text/event-stream")], True),
-    ([(b"content-type", b"text/event-stream; charset=utf-8")], True),
-    ([(b"Content-Type", b"Text/Event-Stream")], True),
-    ([(b"content-type", b" text/event-stream ;x=1")], True),
-    ([(b"x-a", b"1"), (b"content-type", b"text/event-stream")], True),
-    ([(b"content-type", b"text/plain")], False),
-    ([(b"content-type", b"text/event-streams")], False),
-    ([(b"x-content-type", b"text/event-stream")], False),
-    ([], False),
-    (None, False),
-])
+@pytest.mark.parametrize(
+    "headers,expected",
+    [
+        ([(b"content-type", b"text/event-stream")], True),
+        ([(b"content-type", b"text/event-stream; charset=utf-8")], True),
+        ([(b"Content-Type", b"Text/Event-Stream")], True),
+        ([(b"content-type", b" text/event-stream ;x=1")], True),
+        ([(b"x-a", b"1"), (b"content-type", b"text/event-stream")], True),
+        ([(b"content-type", b"text/plain")], False),
+        ([(b"content-type", b"text/event-streams")], False),
+        ([(b"x-content-type", b"text/event-stream")], False),
+        ([], False),
+        (None, False),
+    ],
+)
 def test_is_event_stream(headers, expected):
     assert is_event_stream(headers) is expected
 
@@ -90,24 +104,50 @@ def test_response_state():
 
 
 def test_the_log_line_names_the_request_the_clock_and_the_stack():
-    line = describe({"method": "GET", "path": "/slow"}, C.REQUEST_DEADLINE, 1.004,
-                    N.GATEWAY_TIMEOUT, R.NOT_STARTED, 1.0, '  File "app.py", line 9, in slow\n')
-    assert line.startswith("request deadline: GET /slow ended after 1.00 s "
-                           "(HARDENED_REQUEST_TIMEOUT 1 s), no response started: answered 504")
+    line = describe(
+        {"method": "GET", "path": "/slow"},
+        C.REQUEST_DEADLINE,
+        1.004,
+        N.GATEWAY_TIMEOUT,
+        R.NOT_STARTED,
+        1.0,
+        '  File "app.py", line 9, in slow\n',
+    )
+    assert line.startswith(
+        "request deadline: GET /slow ended after 1.00 s "
+        "(HARDENED_REQUEST_TIMEOUT 1 s), no response started: answered 504"
+    )
     assert line.endswith('it was waiting at:\n  File "app.py", line 9, in slow')
     assert ": answered 504, 0 bytes sent;" in line
 
 
 def test_a_request_cut_at_the_drain_deadline_says_how_much_of_it_got_out():
-    line = describe({"method": "GET", "path": "/export.csv"}, C.DRAIN_DEADLINE, 12.345, N.CUT,
-                    R.STARTED, None, "", sent=65536)
-    assert line == ("drain deadline: GET /export.csv ended after 12.35 s, a response in progress: "
-                    "connection closed, 65536 bytes sent")
+    line = describe(
+        {"method": "GET", "path": "/export.csv"},
+        C.DRAIN_DEADLINE,
+        12.345,
+        N.CUT,
+        R.STARTED,
+        None,
+        "",
+        sent=65536,
+    )
+    assert line == (
+        "drain deadline: GET /export.csv ended after 12.35 s, a response in progress: "
+        "connection closed, 65536 bytes sent"
+    )
 
 
 def _record(exc):
-    return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1,
-                             "Exception in ASGI application\n", None, (type(exc), exc, None))
+    return logging.LogRecord(
+        "uvicorn.error",
+        logging.ERROR,
+        __file__,
+        1,
+        "Exception in ASGI application\n",
+        None,
+        (type(exc), exc, None),
+    )
 
 
 def test_the_filter_drops_only_tracebacks_of_requests_we_ended():
@@ -176,8 +216,13 @@ def test_a_response_in_progress_past_its_deadline_is_cut():
 
 
 async def sse(scope, receive, send):
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/event-stream")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream")],
+        }
+    )
     while True:
         await send({"type": "http.response.body", "body": b"data: x\n\n", "more_body": True})
         await asyncio.sleep(0.01)
@@ -204,8 +249,10 @@ def test_at_the_drain_deadline_an_event_stream_ends_and_anything_else_is_cut():
     assert isinstance(error, Cut)
     [line] = lines  # one per cut request, with how much of its body got out
     assert line.startswith("drain deadline: GET / ended after ")
-    assert line.endswith(" s, a response in progress: connection closed, "
-                         f"{sum(len(m.get('body', b'')) for m in sent)} bytes sent")
+    assert line.endswith(
+        " s, a response in progress: connection closed, "
+        f"{sum(len(m.get('body', b'')) for m in sent)} bytes sent"
+    )
 
 
 def test_a_cancellation_that_is_not_ours_passes_through():

@@ -9,23 +9,38 @@ from __future__ import annotations
 
 import os
 import re
-from html import escape as html_escape
 import subprocess
 import sys
+from html import escape as html_escape
 from pathlib import Path
 
 import pytest
+from rig import ROOT
 
 from hardened_worker import config
-from rig import ROOT
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"),
-                           "-d", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "-f",
+            str(ROOT / "mkdocs.yml"),
+            "-d",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     # mkdocs and the material theme come with the test extra (pyproject.toml): `make test`.
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
@@ -44,7 +59,9 @@ def test_the_site_builds_strict_with_every_page(site):
 
 def test_the_generated_tables_are_in_the_built_pages(site):
     settings = page(site, "settings")
-    assert [s.env for s in config.SETTINGS if f"<td><code>{s.env}</code></td>" not in settings] == []
+    assert [
+        s.env for s in config.SETTINGS if f"<td><code>{s.env}</code></td>" not in settings
+    ] == []
     assert "<td>booting</td>" in page(site, "how-it-works")
     assert "<td><code>threads</code></td>" in page(site, "gunicorn-settings")
 
@@ -58,15 +75,27 @@ def test_the_benchmark_report_and_its_plots_are_in_the_site(site):
     assert plots
     for plot in plots:
         assert f'src="../bench/report/{plot}"' in html
-        assert (site / "bench" / "report" / plot).read_bytes() == (ROOT / "bench" / "report" / plot).read_bytes()
+        assert (site / "bench" / "report" / plot).read_bytes() == (
+            ROOT / "bench" / "report" / plot
+        ).read_bytes()
 
 
 def test_links_to_repository_files_lead_to_github(site):
     html = page(site, "deployments")
-    assert 'href="https://github.com/hardened-worker/hardened-worker/blob/main/gunicorn_conf_examples/kubernetes/Dockerfile"' in html
-    assert 'href="https://github.com/hardened-worker/hardened-worker/tree/main/gunicorn_conf_examples/vm"' in html
+    assert (
+        'href="https://github.com/hardened-worker/hardened-worker/blob/main/gunicorn_conf_examples/kubernetes/Dockerfile"'
+        in html
+    )
+    assert (
+        'href="https://github.com/hardened-worker/hardened-worker/tree/main/gunicorn_conf_examples/vm"'
+        in html
+    )
     # no relative link climbs out of the site
     for built in site.glob("**/*.html"):
-        climbing = [h for h in re.findall(r'(?:href|src)="([^"]+)"', built.read_text())
-                    if h.startswith("../") and not (built.parent / h.split("#")[0]).resolve().is_relative_to(site)]
+        climbing = [
+            h
+            for h in re.findall(r'(?:href|src)="([^"]+)"', built.read_text())
+            if h.startswith("../")
+            and not (built.parent / h.split("#")[0]).resolve().is_relative_to(site)
+        ]
         assert climbing == []

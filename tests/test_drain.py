@@ -64,7 +64,9 @@ def test_drain_delay_keeps_serving_while_health_says_503(master):
 
 def test_health_path_never_reaches_the_app_and_stays_out_of_the_access_log(master, tmp_path):
     access = tmp_path / "access.log"
-    m = master(workers=1, env={"HARDENED_HEALTH_PATH": "/healthz"}, args=["--access-logfile", str(access)])
+    m = master(
+        workers=1, env={"HARDENED_HEALTH_PATH": "/healthz"}, args=["--access-logfile", str(access)]
+    )
     assert get(m.port, "/healthz")[0] == 200
     assert get(m.port, "/")[0] == 200
     wait_for(lambda: access.exists() and "GET / " in access.read_text(), timeout=5)
@@ -73,8 +75,14 @@ def test_health_path_never_reaches_the_app_and_stays_out_of_the_access_log(maste
 
 def test_app_level_health_check_answers_503_when_it_fails(master, tmp_path):
     flag = tmp_path / "database-down"
-    m = master(workers=1, env={"HARDENED_HEALTH_PATH": "/healthz", "HEALTH_FAIL_FILE": str(flag),
-                               "HARDENED_HEALTH_CHECK": "health_checks:unless_flagged"})
+    m = master(
+        workers=1,
+        env={
+            "HARDENED_HEALTH_PATH": "/healthz",
+            "HEALTH_FAIL_FILE": str(flag),
+            "HARDENED_HEALTH_CHECK": "health_checks:unless_flagged",
+        },
+    )
     assert get(m.port, "/healthz")[0] == 200  # the check passed: the worker got ready
     flag.touch()
     status, body = get(m.port, "/healthz")
@@ -83,8 +91,11 @@ def test_app_level_health_check_answers_503_when_it_fails(master, tmp_path):
 
 def test_hung_request_is_reported_with_its_stack_and_worker_abort_runs(master, tmp_path):
     hooks = tmp_path / "hooks.txt"
-    m = master(workers=1, args=["--timeout", "4", "-c", str(APPS / "hooks_conf.py")],
-               env={"HARDENED_STALL_THRESHOLD": "1s", "HOOKS_FILE": str(hooks)})
+    m = master(
+        workers=1,
+        args=["--timeout", "4", "-c", str(APPS / "hooks_conf.py")],
+        env={"HARDENED_STALL_THRESHOLD": "1s", "HOOKS_FILE": str(hooks)},
+    )
     [pid] = m.wait_workers(1)
     request = Background(m.port, "/block?s=60")
     m.wait_log(r"WORKER TIMEOUT \(pid:%d\)" % pid, timeout=20)
@@ -93,8 +104,8 @@ def test_hung_request_is_reported_with_its_stack_and_worker_abort_runs(master, t
     log = m.log()
     stall = log.index(f"worker {pid} event loop blocked")
     assert stall < log.index("WORKER TIMEOUT")
-    assert "serving GET /block" in log[stall:stall + 300]
-    dump = log[log.index("WORKER TIMEOUT"):]
+    assert "serving GET /block" in log[stall : stall + 300]
+    dump = log[log.index("WORKER TIMEOUT") :]
     assert "testapp.py" in dump and "line" in dump
     assert "serving GET /block" in dump
     assert "Exception in ASGI application" not in log  # not an app error: the stacks say it all

@@ -18,11 +18,11 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from rig import APPS, GUNICORN, ROOT, Nginx, have
+from test_presets import clean_env, gunicorn_cli, printed_config
 
 from hardened_worker import config, diagnostics, drain, metrics
 from hardened_worker.presets import base, kubernetes
-from rig import APPS, GUNICORN, ROOT, Nginx, have
-from test_presets import clean_env, gunicorn_cli, printed_config
 
 EXAMPLES = ROOT / "gunicorn_conf_examples"
 UNIT = EXAMPLES / "vm" / "app.service"
@@ -57,9 +57,16 @@ def unit_directives(text: str) -> dict[str, dict[str, list[str]]]:
 def test_systemd_unit_is_sandboxed_and_agrees_with_the_worker():
     service = unit_directives(UNIT.read_text())["Service"]
     one = {key: values[-1] for key, values in service.items()}
-    for key, value in {"NoNewPrivileges": "yes", "PrivateTmp": "yes", "ProtectSystem": "strict",
-                       "ProtectHome": "yes", "RuntimeDirectory": "myapp", "Type": "notify",
-                       "NotifyAccess": "all", "KillMode": "mixed"}.items():
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "PrivateTmp": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "RuntimeDirectory": "myapp",
+        "Type": "notify",
+        "NotifyAccess": "all",
+        "KillMode": "mixed",
+    }.items():
         assert one.get(key) == value, key
     assert one["RestrictAddressFamilies"].split() == ["AF_UNIX", "AF_INET", "AF_INET6"]
     # Everything but these is read-only; "-": a path that does not exist is no error.
@@ -69,9 +76,14 @@ def test_systemd_unit_is_sandboxed_and_agrees_with_the_worker():
     # systemctl reload fails on a rejected deploy: the command waits for the reload's verdict,
     # within the job's limit (TimeoutStartSec=).
     reload = one["ExecReload"].split()
-    assert reload[:6] == ["/srv/myapp/.venv/bin/python", "-m", "hardened_worker", "reload", "--wait",
-                          "--pid"] and reload[6] == "$MAINPID"
-    assert config.parse_duration(reload[reload.index("--timeout") + 1]) < int(one["TimeoutStartSec"])
+    assert (
+        reload[:6]
+        == ["/srv/myapp/.venv/bin/python", "-m", "hardened_worker", "reload", "--wait", "--pid"]
+        and reload[6] == "$MAINPID"
+    )
+    assert config.parse_duration(reload[reload.index("--timeout") + 1]) < int(
+        one["TimeoutStartSec"]
+    )
     # The watchdog outlasts the boot (nothing pings before a worker is ready) and gunicorn's own
     # per-worker --timeout, which replaces a single stuck worker first.
     assert int(one["WatchdogSec"]) >= int(one["TimeoutStartSec"])
@@ -82,10 +94,14 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
     assert have("systemd-analyze"), "systemd-analyze is needed (make test installs it)"
     # verify checks that ExecStart's program exists: point it at this venv's gunicorn.
     unit = tmp_path / "myapp.service"
-    unit.write_text(UNIT.read_text().replace("/srv/myapp/.venv/bin/gunicorn", GUNICORN[0])
-                    .replace("/srv/myapp/.venv/bin/python", sys.executable))
-    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
-                          timeout=60)
+    unit.write_text(
+        UNIT.read_text()
+        .replace("/srv/myapp/.venv/bin/gunicorn", GUNICORN[0])
+        .replace("/srv/myapp/.venv/bin/python", sys.executable)
+    )
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     complaints = [line for line in (done.stdout + done.stderr).splitlines() if "myapp" in line]
     assert done.returncode == 0 and complaints == [], done.stdout + done.stderr
 
@@ -113,19 +129,23 @@ def test_nginx_site_passes_uploads_over_one_mib_and_streams_events_unbuffered(ma
     nginx.start()
     try:
         conn = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=30)
-        conn.request("POST", "/", body=b"x" * (5 * MiB), headers={"Content-Type": "application/octet-stream"})
+        conn.request(
+            "POST", "/", body=b"x" * (5 * MiB), headers={"Content-Type": "application/octet-stream"}
+        )
         response = conn.getresponse()
         assert (response.status, response.read()) == (200, b"ok")
         conn.close()
         with socket.create_connection(("127.0.0.1", nginx.port), timeout=30) as sock:
-            sock.sendall(b"GET /events HTTP/1.1\r\nHost: myapp\r\nAccept: text/event-stream\r\n\r\n")
+            sock.sendall(
+                b"GET /events HTTP/1.1\r\nHost: myapp\r\nAccept: text/event-stream\r\n\r\n"
+            )
             received = b""
             try:
                 while b"data: hello" not in received:
                     chunk = sock.recv(4096)
                     assert chunk, received
                     received += chunk
-            except socket.timeout:
+            except TimeoutError:
                 pytest.fail(f"nginx held the event (proxy_buffering?): {received!r}")
         assert received.startswith(b"HTTP/1.1 200") and b"text/event-stream" in received
     finally:
@@ -157,20 +177,28 @@ ALERTS = EXAMPLES / "prometheus" / "alerts.yaml"
 
 
 def alert_rules() -> list[dict]:
-    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+    return [
+        rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]
+    ]
 
 
 def test_alert_rules_use_declared_series_and_labels_and_sum_only_pool_families():
     rules = alert_rules()
-    assert rules and all(rule.keys() >= {"alert", "expr", "labels", "annotations"} for rule in rules)
+    assert rules and all(
+        rule.keys() >= {"alert", "expr", "labels", "annotations"} for rule in rules
+    )
     assert len({rule["alert"] for rule in rules}) == len(rules)
     declared = {metrics.PREFIX + f.name: f for f in metrics.FAMILIES}
     for f in metrics.FAMILIES:
         if f.kind == "histogram":
             declared.update({metrics.PREFIX + f.name + s: f for s in ("_bucket", "_sum", "_count")})
-    values = {"code": set(metrics.CODES), "cause": set(metrics.RECYCLE_CAUSES),
-              "result": {"accepted", "rejected"}, "state": set(metrics.STATES),
-              "reason": set(diagnostics.EXIT_REASONS)}
+    values = {
+        "code": set(metrics.CODES),
+        "cause": set(metrics.RECYCLE_CAUSES),
+        "result": {"accepted", "rejected"},
+        "state": set(metrics.STATES),
+        "reason": set(diagnostics.EXIT_REASONS),
+    }
     for rule in rules:
         for name, matchers in re.findall(r"\b(hardened_worker_[a-z_]+)(\{[^}]*\})?", rule["expr"]):
             family = declared.get(name)
@@ -183,11 +211,15 @@ def test_alert_rules_use_declared_series_and_labels_and_sum_only_pool_families()
 
 
 def test_promtool_checks_the_alert_rules():
-    assert have("promtool"), "promtool is needed: apt-get install prometheus (Debian ships it there)"
-    done = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 0 and f"SUCCESS: {len(alert_rules())} rules found" in done.stdout, \
+    assert have("promtool"), (
+        "promtool is needed: apt-get install prometheus (Debian ships it there)"
+    )
+    done = subprocess.run(
+        ["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and f"SUCCESS: {len(alert_rules())} rules found" in done.stdout, (
         done.stdout + done.stderr
+    )
 
 
 # --- Kubernetes --------------------------------------------------------------------------------
@@ -214,8 +246,14 @@ def container() -> tuple[dict, dict, dict]:
     """The Deployment's pod spec, its one container, and that container's env as a dict."""
     pod = kind("Deployment")["spec"]["template"]["spec"]
     [app] = pod["containers"]
-    return pod, app, {e["name"]: e["value"] if "value" in e else downward(e["valueFrom"], app)
-                      for e in app.get("env", [])}
+    return (
+        pod,
+        app,
+        {
+            e["name"]: e["value"] if "value" in e else downward(e["valueFrom"], app)
+            for e in app.get("env", [])
+        },
+    )
 
 
 def downward(source: dict, app: dict) -> str:
@@ -240,10 +278,16 @@ def test_the_cpu_request_reaches_the_preset_for_a_pod_without_a_cpu_limit():
 @pytest.mark.parametrize("version", ["1.27.0", kubernetes_validate.latest_version()])
 def test_every_manifest_passes_kubernetes_schemas(version):
     docs = documents()
-    assert {d["kind"] for d in docs} == {"Deployment", "Service", "PodDisruptionBudget",
-                                         "HorizontalPodAutoscaler"}
+    assert {d["kind"] for d in docs} == {
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+    }
     for doc in docs:
-        kubernetes_validate.validate(doc, version, strict=True)  # raises on any unknown or bad field
+        kubernetes_validate.validate(
+            doc, version, strict=True
+        )  # raises on any unknown or bad field
 
 
 def settings_of(env: dict) -> config.Settings:
@@ -257,7 +301,11 @@ def test_stop_budget_fits_the_grace_period():
     settings = settings_of(env)
     assert settings.termination_grace_period == grace
     graceful = kubernetes.graceful_timeout_for(grace)
-    delay = settings.drain_delay if "HARDENED_DRAIN_DELAY" in env else kubernetes.drain_delay_for(graceful)
+    delay = (
+        settings.drain_delay
+        if "HARDENED_DRAIN_DELAY" in env
+        else kubernetes.drain_delay_for(graceful)
+    )
     # The drain delay runs inside graceful_timeout (drain.plan counts both from SIGTERM), which
     # the master ends with its own SIGKILL of late workers: the kubelet's must come later.
     assert delay > 0 and drain.check_budget(graceful, delay) is None
@@ -297,17 +345,25 @@ def test_probes_security_and_volumes():
 def test_disruption_budget_covers_the_deployment_and_leaves_a_pod():
     deployment, budget = kind("Deployment"), kind("PodDisruptionBudget")
     assert budget["spec"]["selector"] == deployment["spec"]["selector"]
-    assert 0 < budget["spec"]["minAvailable"] < kind("HorizontalPodAutoscaler")["spec"]["minReplicas"]
+    assert (
+        0 < budget["spec"]["minAvailable"] < kind("HorizontalPodAutoscaler")["spec"]["minReplicas"]
+    )
 
 
 def test_the_autoscaler_owns_the_replicas():
     deployment, hpa = kind("Deployment"), kind("HorizontalPodAutoscaler")
     assert "replicas" not in deployment["spec"]  # kubectl apply would reset the HPA's count
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": deployment["apiVersion"],
-                                             "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": deployment["apiVersion"],
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     assert 1 < hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     [metric] = hpa["spec"]["metrics"]
-    assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
+    assert (
+        metric["resource"]["name"] == "cpu"
+        and metric["resource"]["target"]["type"] == "Utilization"
+    )
     _, app, _ = container()
     assert quantity(app["resources"]["requests"]["cpu"]) > 0  # utilization is of the request
 
@@ -315,20 +371,30 @@ def test_the_autoscaler_owns_the_replicas():
 def test_replicas_spread_over_nodes_and_zones():
     template = kind("Deployment")["spec"]["template"]
     constraints = template["spec"]["topologySpreadConstraints"]
-    assert {c["topologyKey"] for c in constraints} == {"kubernetes.io/hostname",
-                                                        "topology.kubernetes.io/zone"}
+    assert {c["topologyKey"] for c in constraints} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
     for c in constraints:
         assert c["labelSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
 
 
 def hardened_settings(conf: str) -> dict:
     """``python -m hardened_worker print-config``: {HARDENED_X: value} as the worker reads them."""
-    done = subprocess.run([sys.executable, "-m", "hardened_worker", "print-config", "-c", conf,
-                           "testapp:app"], capture_output=True, text=True, env=clean_env(),
-                          cwd=APPS, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "hardened_worker", "print-config", "-c", conf, "testapp:app"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=APPS,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
-    return {name.strip(): value.split("#")[0].strip() for name, _, value in
-            (line.partition("=") for line in done.stdout.splitlines()) if name.startswith("HARDENED_")}
+    return {
+        name.strip(): value.split("#")[0].strip()
+        for name, _, value in (line.partition("=") for line in done.stdout.splitlines())
+        if name.startswith("HARDENED_")
+    }
 
 
 def test_the_scrape_annotations_name_the_metrics_port_and_path():
@@ -344,8 +410,10 @@ def test_the_scrape_annotations_name_the_metrics_port_and_path():
     assert {"name": "metrics", "containerPort": int(port)} in app["ports"]
     assert settings_of(env).metrics_allow  # the scraper is not on the pod's loopback
     service = kind("Service")
-    assert all(p["targetPort"] != "metrics" and p.get("port") != int(port)
-               for p in service["spec"]["ports"])  # metrics stay off the Service
+    assert all(
+        p["targetPort"] != "metrics" and p.get("port") != int(port)
+        for p in service["spec"]["ports"]
+    )  # metrics stay off the Service
 
 
 def test_the_control_socket_is_on_a_writable_volume():
@@ -354,8 +422,10 @@ def test_the_control_socket_is_on_a_writable_volume():
     pod, app, _ = container()
     empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     writable = [m["mountPath"] for m in app["volumeMounts"] if m["name"] in empty_dirs]
-    assert any(config["control_socket"].startswith(path.rstrip("/") + "/") for path in writable), \
-        (config["control_socket"], writable)
+    assert any(config["control_socket"].startswith(path.rstrip("/") + "/") for path in writable), (
+        config["control_socket"],
+        writable,
+    )
 
 
 def test_no_prestop_sleep_and_the_manifest_says_to_remove_one():
@@ -371,15 +441,17 @@ def test_no_prestop_sleep_and_the_manifest_says_to_remove_one():
 def dockerfile() -> list[tuple[str, str]]:
     """``[(INSTRUCTION, arguments)]``, continuation lines joined, comments dropped."""
     text = re.sub(r"\\\n(\s*#.*\n)*", " ", DOCKERFILE.read_text())
-    return [(word.upper(), rest.strip()) for word, _, rest in
-            (line.strip().partition(" ") for line in text.splitlines())
-            if word and not word.startswith("#")]
+    return [
+        (word.upper(), rest.strip())
+        for word, _, rest in (line.strip().partition(" ") for line in text.splitlines())
+        if word and not word.startswith("#")
+    ]
 
 
 def healthcheck_command() -> list[str]:
     """The HEALTHCHECK's command, exec form."""
     [args] = [args for word, args in dockerfile() if word == "HEALTHCHECK"]
-    return json.loads(args[args.index("CMD") + 3:])
+    return json.loads(args[args.index("CMD") + 3 :])
 
 
 def test_dockerfile_pins_the_base_image_and_runs_as_a_user():
@@ -389,7 +461,9 @@ def test_dockerfile_pins_the_base_image_and_runs_as_a_user():
     words = [word for word, _ in steps]
     user = words.index("USER")
     assert steps[user][1].split(":")[0] not in ("root", "0")
-    assert user > max(i for i, w in enumerate(words) if w == "RUN")  # installs as root, serves as not
+    assert user > max(
+        i for i, w in enumerate(words) if w == "RUN"
+    )  # installs as root, serves as not
     # The app's own requirements are installed, from a layer of their own.
     copy = steps.index(("COPY", "requirements.txt /app/requirements.txt"))
     assert steps[copy + 1] == ("RUN", "pip install -r /app/requirements.txt")

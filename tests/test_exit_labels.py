@@ -11,8 +11,13 @@ from pathlib import Path
 from rig import wait_for
 from test_metrics import samples, scrape, value
 
-DOCUMENTED = set(re.findall(r"^\| `([a-z-]+)` \|", (Path(__file__).resolve().parent.parent / "docs"
-                                                     / "operations.md").read_text(), re.M))
+DOCUMENTED = set(
+    re.findall(
+        r"^\| `([a-z-]+)` \|",
+        (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text(),
+        re.M,
+    )
+)
 
 
 def test_a_sigkilled_worker_is_a_crash_in_the_metrics(master):
@@ -28,6 +33,9 @@ def test_a_sigkilled_worker_is_a_crash_in_the_metrics(master):
 
     found = wait_for(counted, 30)
     assert value(found, "worker_exits_total", reason="crash") == 1
-    reasons = {dict(labels)["reason"] for name, labels in found
-               if name == "hardened_worker_worker_exits_total"}
+    reasons = {
+        dict(labels)["reason"]
+        for name, labels in found
+        if name == "hardened_worker_worker_exits_total"
+    }
     assert reasons <= DOCUMENTED, reasons - DOCUMENTED

@@ -23,9 +23,18 @@ async def app(scope, receive, send):
 
 def request(middleware, headers, client=("127.0.0.1", 5000)):
     """One request through the middleware, driven without an event loop (it never suspends)."""
-    scope = {"type": "http", "server": ("127.0.0.1", 8000), "client": client, "scheme": "http",
-             "method": "GET", "root_path": "", "path": "/", "raw_path": b"/",
-             "query_string": b"", "headers": headers}
+    scope = {
+        "type": "http",
+        "server": ("127.0.0.1", 8000),
+        "client": client,
+        "scheme": "http",
+        "method": "GET",
+        "root_path": "",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "headers": headers,
+    }
     coroutine = middleware(scope, None, None)
     with pytest.raises(StopIteration):
         coroutine.send(None)
@@ -34,7 +43,7 @@ def request(middleware, headers, client=("127.0.0.1", 5000)):
 
 def ipv6_client(i):
     """Distinct per request: an IPv6 client has 2**64 addresses to rotate through."""
-    return f"2001:db8:{i >> 16 & 0xffff:x}:{i & 0xffff:x}::1"
+    return f"2001:db8:{i >> 16 & 0xFFFF:x}:{i & 0xFFFF:x}::1"
 
 
 def grown_by(run):
@@ -103,7 +112,7 @@ def test_every_memo_stays_within_its_byte_budget():
     def fill():
         for i in range(requests):
             client = ipv6_client(i)
-            peer = (f"2001:db8::{i & 0xffff:x}", 1)  # in 2001:db8::/112: trusted peers
+            peer = (f"2001:db8::{i & 0xFFFF:x}", 1)  # in 2001:db8::/112: trusted peers
             request(xff, [(b"x-forwarded-for", f"{client}, 2001:db8::{i:x}".encode())], peer)
             request(fwd, [(b"forwarded", f'for="[{client}]";proto=https'.encode())], peer)
 
@@ -146,8 +155,9 @@ def test_forwarded_parses_only_the_elements_the_walk_reaches(monkeypatch):
     calls = counting(monkeypatch, "_parse_element")
     client_written = ", ".join(['for=192.0.2.1;host="a b"'] * 2000)  # ~50 KiB, all invalid
     line = f"{client_written}, for=203.0.113.9, for=127.0.0.2, for=127.0.0.3".encode()
-    result = resolve(("127.0.0.1", 1), [(b"forwarded", line)], parse_trusted("127.0.0.0/8"),
-                     "forwarded")
+    result = resolve(
+        ("127.0.0.1", 1), [(b"forwarded", line)], parse_trusted("127.0.0.0/8"), "forwarded"
+    )
     assert result is not None and result.client == ("203.0.113.9", 0)
     assert len(calls) == 3
 
@@ -160,10 +170,13 @@ def test_x_forwarded_for_parses_only_the_entries_the_walk_reaches(monkeypatch):
     assert calls == ["127.0.0.2", "203.0.113.9"]
 
 
-@pytest.mark.parametrize("family, header, hop", [
-    ("x-forwarded", b"x-forwarded-for", b"127.0.0.2"),
-    ("forwarded", b"forwarded", b"for=127.0.0.2"),
-])
+@pytest.mark.parametrize(
+    "family, header, hop",
+    [
+        ("x-forwarded", b"x-forwarded-for", b"127.0.0.2"),
+        ("forwarded", b"forwarded", b"for=127.0.0.2"),
+    ],
+)
 def test_a_line_of_trusted_hops_is_walked_only_so_far(monkeypatch, family, header, hop):
     """Every hop trusted (a trusted client, or 0.0.0.0/0): the walk still stops early."""
     parser = "_parse_xff_entry" if family == "x-forwarded" else "_parse_element"

@@ -37,17 +37,22 @@ def seen_by_app(conn: http.client.HTTPConnection) -> dict:
         conn.close()
 
 
-@pytest.mark.parametrize("trust, unix_client, unix_scheme", [
-    ([], ["203.0.113.7", 0], "https"),  # gunicorn's default 127.0.0.1,::1: as local as loopback
-    (["--forwarded-allow-ips", "10.0.0.1"], None, "http"),  # no loopback: nobody over UNIX
-])
-def test_unix_peers_are_trusted_like_loopback_tcp_peers_by_their_address(master, tmp_path, trust,
-                                                                         unix_client, unix_scheme):
+@pytest.mark.parametrize(
+    "trust, unix_client, unix_scheme",
+    [
+        ([], ["203.0.113.7", 0], "https"),  # gunicorn's default 127.0.0.1,::1: as local as loopback
+        (["--forwarded-allow-ips", "10.0.0.1"], None, "http"),  # no loopback: nobody over UNIX
+    ],
+)
+def test_unix_peers_are_trusted_like_loopback_tcp_peers_by_their_address(
+    master, tmp_path, trust, unix_client, unix_scheme
+):
     path = str(tmp_path / "app.sock")
     m = master(workers=1, args=["-b", f"unix:{path}", *trust])
     over_unix = seen_by_app(UnixConnection(path))
     assert over_unix["server"] == [path, None]
     assert over_unix["client"] == unix_client and over_unix["scheme"] == unix_scheme
-    over_tcp = seen_by_app(http.client.HTTPConnection("127.0.0.1", m.port, timeout=5,
-                                                      source_address=(CLIENT_HOST, 0)))
+    over_tcp = seen_by_app(
+        http.client.HTTPConnection("127.0.0.1", m.port, timeout=5, source_address=(CLIENT_HOST, 0))
+    )
     assert over_tcp["client"][0] == CLIENT_HOST and over_tcp["scheme"] == "http"

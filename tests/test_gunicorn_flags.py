@@ -6,12 +6,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 from gunicorn.config import KNOWN_SETTINGS
+from rig import ROOT, Background, Client, get, wait_for
 
 from hardened_worker import flags
-from rig import ROOT, Background, Client, get, wait_for
 
 DOC = ROOT / "docs" / "gunicorn-settings.md"
 
@@ -33,8 +32,11 @@ def test_threads_and_other_unused_settings_are_named_at_start(master):
 
 
 def established_by(port: int, pid: int) -> int:
-    out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+    ).stdout
     return sum(f"pid={pid}," in line for line in out.splitlines())
 
 

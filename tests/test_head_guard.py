@@ -56,7 +56,10 @@ requests = st.builds(head, st.integers(0, 6), st.binary(max_size=120))
 
 
 @settings(max_examples=300, deadline=None)
-@given(stream=st.lists(requests, min_size=1, max_size=6), cuts=st.lists(st.integers(0, 3000), max_size=10))
+@given(
+    stream=st.lists(requests, min_size=1, max_size=6),
+    cuts=st.lists(st.integers(0, 3000), max_size=10),
+)
 def test_every_byte_reaches_the_parser_and_each_head_is_counted(stream, cuts):
     lines: list[str] = []
     conn, loop = connection(lines)
@@ -71,7 +74,9 @@ def test_every_byte_reaches_the_parser_and_each_head_is_counted(stream, cuts):
 
 @settings(max_examples=200, deadline=None)
 @given(before=st.lists(requests, max_size=4), cuts=st.lists(st.integers(0, 3000), max_size=10))
-def test_a_head_past_the_limit_after_good_requests_is_refused_before_the_parser_sees_it(before, cuts):
+def test_a_head_past_the_limit_after_good_requests_is_refused_before_the_parser_sees_it(
+    before, cuts
+):
     lines: list[str] = []
     conn, loop = connection(lines)
     good = b"".join(before)
@@ -82,5 +87,7 @@ def test_a_head_past_the_limit_after_good_requests_is_refused_before_the_parser_
     loop.close()
     assert conn.parsed.startswith(good) and len(conn.parsed) < len(data)
     assert conn.transport.closed and conn.transport.written.startswith(b"HTTP/1.1 431 ")
-    assert lines == ["hardened_worker: refused a request head from 192.0.2.1:4321: more header "
-                     "fields than --limit-request-fields 8, answered 431"]
+    assert lines == [
+        "hardened_worker: refused a request head from 192.0.2.1:4321: more header "
+        "fields than --limit-request-fields 8, answered 431"
+    ]

@@ -31,9 +31,11 @@ def field_of_size(size: int, index: int = 0) -> int:
 LINE = len(b"GET / HTTP/1.1")  # request line length with a 1-byte target
 
 
-def fed(data: bytes, limits: Limits = DEFAULTS, step: int = 0, bare_lf: bool = True) -> tuple[Breach | None, int]:
+def fed(
+    data: bytes, limits: Limits = DEFAULTS, step: int = 0, bare_lf: bool = True
+) -> tuple[Breach | None, int]:
     counter = HeadCounter(limits, bare_lf)
-    pieces = [data] if not step else [data[i:i + step] for i in range(0, len(data), step)]
+    pieces = [data] if not step else [data[i : i + step] for i in range(0, len(data), step)]
     for piece in pieces:
         breach = counter.feed(piece)
         if breach is not None:
@@ -53,26 +55,76 @@ CASES = [
     ("one field past it", SMALL, head(values=(1, 1, 1, 1, 1)), Breach.FIELDS, 0),
     ("field size at the limit", SMALL, head(values=(field_of_size(64),)), None, 1),
     ("field size one past it", SMALL, head(values=(field_of_size(65),)), Breach.FIELD_SIZE, 0),
-    ("a field past it, no LF yet", SMALL, b"GET / HTTP/1.1\r\nX: " + b"v" * 100, Breach.FIELD_SIZE, 0),
-    ("obs-fold adds to its field", SMALL, b"GET / HTTP/1.1\r\nX: " + b"v" * 40 + b"\r\n " + b"w" * 30 +
-     b"\r\n\r\n", Breach.FIELD_SIZE, 0),
-    ("bare LF lines count the same", SMALL, head(values=(1, 1, 1, 1, 1), line_end=b"\n"), Breach.FIELDS, 0),
+    (
+        "a field past it, no LF yet",
+        SMALL,
+        b"GET / HTTP/1.1\r\nX: " + b"v" * 100,
+        Breach.FIELD_SIZE,
+        0,
+    ),
+    (
+        "obs-fold adds to its field",
+        SMALL,
+        b"GET / HTTP/1.1\r\nX: " + b"v" * 40 + b"\r\n " + b"w" * 30 + b"\r\n\r\n",
+        Breach.FIELD_SIZE,
+        0,
+    ),
+    (
+        "bare LF lines count the same",
+        SMALL,
+        head(values=(1, 1, 1, 1, 1), line_end=b"\n"),
+        Breach.FIELDS,
+        0,
+    ),
     ("empty lines before the request line", SMALL, b"\r\n\r\n" + head(), None, 1),
     ("request line 0: unlimited", Limits.from_gunicorn(0, 4, 64), head(100_000), None, 1),
-    ("request line capped at 8190", Limits.from_gunicorn(100_000, 4, 64), head(8190 - LINE + 2),
-     Breach.REQUEST_LINE, 0),
+    (
+        "request line capped at 8190",
+        Limits.from_gunicorn(100_000, 4, 64),
+        head(8190 - LINE + 2),
+        Breach.REQUEST_LINE,
+        0,
+    ),
     ("fields 0: 32768", Limits.from_gunicorn(100, 0, 64), head(values=(1,) * 200), None, 1),
-    ("field size 0: 8190", Limits.from_gunicorn(100, 4, 0), head(values=(field_of_size(8191),)),
-     Breach.FIELD_SIZE, 0),
+    (
+        "field size 0: 8190",
+        Limits.from_gunicorn(100, 4, 0),
+        head(values=(field_of_size(8191),)),
+        Breach.FIELD_SIZE,
+        0,
+    ),
     ("pipelined heads", SMALL, head() * 3, None, 3),
-    ("a body is not a head", SMALL, b"POST / HTTP/1.1\r\nContent-Length: 300\r\n\r\n" +
-     (b"GET /" + b"a" * 290 + b"\r\n\r\n")[:300] + head(), None, 2),
-    ("the head after a body is counted", SMALL, b"POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc" +
-     head(values=(1,) * 5), Breach.FIELDS, 1),
-    ("chunked bodies are skipped", SMALL, b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
-     b"40;ext=1\r\n" + b"x" * 0x40 + b"\r\n0\r\nT: 1\r\n\r\n" + head(values=(1,) * 5), Breach.FIELDS, 1),
-    ("an unknown framing stops the count", SMALL, b"POST / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n" +
-     head(500), None, 1),
+    (
+        "a body is not a head",
+        SMALL,
+        b"POST / HTTP/1.1\r\nContent-Length: 300\r\n\r\n"
+        + (b"GET /" + b"a" * 290 + b"\r\n\r\n")[:300]
+        + head(),
+        None,
+        2,
+    ),
+    (
+        "the head after a body is counted",
+        SMALL,
+        b"POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc" + head(values=(1,) * 5),
+        Breach.FIELDS,
+        1,
+    ),
+    (
+        "chunked bodies are skipped",
+        SMALL,
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        b"40;ext=1\r\n" + b"x" * 0x40 + b"\r\n0\r\nT: 1\r\n\r\n" + head(values=(1,) * 5),
+        Breach.FIELDS,
+        1,
+    ),
+    (
+        "an unknown framing stops the count",
+        SMALL,
+        b"POST / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n" + head(500),
+        None,
+        1,
+    ),
 ]
 
 
@@ -129,30 +181,57 @@ def gunicorn_status(data: bytes, line: int, fields: int, field_size: int) -> int
 
 
 @settings(max_examples=300, deadline=None)
-@given(line=st.integers(0, 9000), fields=st.integers(0, 12), field_size=st.integers(0, 120),
-       target=st.integers(1, 9000), values=st.lists(st.integers(0, 130), max_size=14), bare_lf=st.booleans())
+@given(
+    line=st.integers(0, 9000),
+    fields=st.integers(0, 12),
+    field_size=st.integers(0, 120),
+    target=st.integers(1, 9000),
+    values=st.lists(st.integers(0, 130), max_size=14),
+    bare_lf=st.booleans(),
+)
 def test_same_answer_as_gunicorns_parser(line, fields, field_size, target, values, bare_lf):
     data = head(target, tuple(values))
     # The limits as the installed gunicorn reads its settings (what 0 means changed in 27).
-    breach, _ = fed(data, gunicorn_limits(gunicorn_config(line, fields, field_size)), bare_lf=bare_lf)
-    assert (200 if breach is None else breach.status) == gunicorn_status(data, line, fields, field_size)
+    breach, _ = fed(
+        data, gunicorn_limits(gunicorn_config(line, fields, field_size)), bare_lf=bare_lf
+    )
+    assert (200 if breach is None else breach.status) == gunicorn_status(
+        data, line, fields, field_size
+    )
 
 
 # --- any split counts the same -----------------------------------------------------------------
 
 messages = st.one_of(
-    st.builds(lambda t, v: head(t, tuple(v)), st.integers(1, 150), st.lists(st.integers(0, 80), max_size=6)),
-    st.builds(lambda body: b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
-              st.binary(max_size=200)),
-    st.builds(lambda chunks: b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
-        b"%x\r\n" % len(c) + c + b"\r\n" for c in chunks if c) + b"0\r\n\r\n", st.lists(st.binary(max_size=40), max_size=4)),
+    st.builds(
+        lambda t, v: head(t, tuple(v)),
+        st.integers(1, 150),
+        st.lists(st.integers(0, 80), max_size=6),
+    ),
+    st.builds(
+        lambda body: b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+        st.binary(max_size=200),
+    ),
+    st.builds(
+        lambda chunks: (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x\r\n" % len(c) + c + b"\r\n" for c in chunks if c)
+            + b"0\r\n\r\n"
+        ),
+        st.lists(st.binary(max_size=40), max_size=4),
+    ),
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(stream=st.lists(messages, min_size=1, max_size=5), cuts=st.lists(st.integers(0, 2000), max_size=12),
-       limits=st.builds(Limits.from_gunicorn, st.integers(0, 200), st.integers(0, 8), st.integers(0, 100)),
-       bare_lf=st.booleans())
+@given(
+    stream=st.lists(messages, min_size=1, max_size=5),
+    cuts=st.lists(st.integers(0, 2000), max_size=12),
+    limits=st.builds(
+        Limits.from_gunicorn, st.integers(0, 200), st.integers(0, 8), st.integers(0, 100)
+    ),
+    bare_lf=st.booleans(),
+)
 def test_any_split_counts_the_same_as_one_read(stream, cuts, limits, bare_lf):
     data = b"".join(stream)
     whole = fed(data, limits, bare_lf=bare_lf)
@@ -165,4 +244,3 @@ def test_any_split_counts_the_same_as_one_read(stream, cuts, limits, bare_lf):
     assert (result, counter.heads) == whole
     if whole[0] is None:
         assert whole[1] == len(stream)  # every message's head found, none inside a body
-

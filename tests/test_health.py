@@ -122,8 +122,10 @@ def test_hung_sync_check_holds_one_thread_and_probes_answer_at_once():
 
     first, later = asyncio.run(scenario())
     assert first == [(False, "timed out after 0.05 s")] * 20
-    assert all(not ok and answer.startswith("timed out after 0.05 s, still running")
-               for ok, answer in later)
+    assert all(
+        not ok and answer.startswith("timed out after 0.05 s, still running")
+        for ok, answer in later
+    )
     assert hung.calls == 1
     assert hung.threads[0].daemon and hung.threads[0].name == "hardened_worker health check"
     hung.release.set()
@@ -218,8 +220,9 @@ def test_a_hung_check_does_not_keep_the_process_from_exiting():
         "hang = threading.Event()\n"
         "print(asyncio.run(HealthCheck(hang.wait, 0.05).run()))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(False, 'timed out after 0.05 s')"
 
@@ -227,12 +230,15 @@ def test_a_hung_check_does_not_keep_the_process_from_exiting():
 # --- The API the readiness gate uses ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("check, expected", [
-    (lambda: True, (True, "ok")),
-    (lambda: [], (False, "returned false")),
-    (AsyncCallable("yes"), (True, "ok")),
-    (lambda: {}[1], (False, "raised KeyError")),
-])
+@pytest.mark.parametrize(
+    "check, expected",
+    [
+        (lambda: True, (True, "ok")),
+        (lambda: [], (False, "returned false")),
+        (AsyncCallable("yes"), (True, "ok")),
+        (lambda: {}[1], (False, "raised KeyError")),
+    ],
+)
 def test_health_check_run_answers_ok_and_why(check, expected):
     assert asyncio.run(HealthCheck(check, 5).run()) == expected
 

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 
-from rig import alive, get, wait_for
+from rig import get, wait_for
 
 CLIENTS = 50
 DEADLINE = 2.0
@@ -23,8 +23,12 @@ FREED_WITHIN = 5.0  # seconds after the deadline: the issue's bound
 
 def established(port: int) -> int:
     """Server-side ESTABLISHED TCP sockets on ``port`` (the clients' ends have it as dport)."""
-    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return sum(1 for line in out.splitlines() if line.strip())
 
 
@@ -94,8 +98,12 @@ def test_drain_deadline_frees_them_before_the_worker_exits(master):
     """The worker outlives its drain deadline (a lifespan shutdown that never ends; with
     --graceful-timeout 15 it gets 3 s after the requests' deadline): the connections are gone
     before that shutdown gives up, so the worker freed them, not the end of its event loop."""
-    m = master(app="hostile_app:app", workers=1, args=["--graceful-timeout", "15"],
-               env={"HOSTILE_SHUTDOWN_S": "60"})
+    m = master(
+        app="hostile_app:app",
+        workers=1,
+        args=["--graceful-timeout", "15"],
+        env={"HOSTILE_SHUTDOWN_S": "60"},
+    )
     m.wait_workers(1)
     clients = non_readers(m.port)
     try:

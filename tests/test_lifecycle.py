@@ -8,7 +8,6 @@ import signal
 import time
 
 import pytest
-
 from rig import APPS, Background, alive, get, wait_for
 
 
@@ -90,11 +89,14 @@ def test_app_without_lifespan_support_is_served(master):
     assert "ASGI lifespan not supported by the app" in m.log()
 
 
-@pytest.mark.parametrize("where,env,frame", [
-    ("app import", {"TESTAPP_IMPORT_HANG": "60"}, "testapp.py"),
-    ("lifespan startup", {"TESTAPP_STARTUP_BLOCK": "60"}, "testapp.py"),
-    ("lifespan startup", {"TESTAPP_STARTUP_DELAY": "60"}, "testapp.py"),
-])
+@pytest.mark.parametrize(
+    "where,env,frame",
+    [
+        ("app import", {"TESTAPP_IMPORT_HANG": "60"}, "testapp.py"),
+        ("lifespan startup", {"TESTAPP_STARTUP_BLOCK": "60"}, "testapp.py"),
+        ("lifespan startup", {"TESTAPP_STARTUP_DELAY": "60"}, "testapp.py"),
+    ],
+)
 def test_worker_stuck_in_startup_is_stopped_with_its_stack(master, where, env, frame):
     m = master(env={"HARDENED_STARTUP_TIMEOUT": "2s", **env}, wait=False, workers=1)
     status = m.wait_exit(20)

@@ -16,7 +16,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from rig import Client, Master, get, wait_for
 
 
@@ -24,12 +23,17 @@ class OutputToFile(Master):
     """A master whose stdout/stderr go to a file, not a pipe nobody reads while it runs (a
     handler's error report per failed line would fill a pipe and block the writer)."""
 
-    def start(self, wait: bool = True, timeout: float = 30.0) -> "Master":
+    def start(self, wait: bool = True, timeout: float = 30.0) -> Master:
         self.out_path = self.tmp / f"output-{self.port}.txt"
         with open(self.out_path, "wb") as out:
-            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.tmp,
-                                         start_new_session=True, stdout=out,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.cmd,
+                env=self.env,
+                cwd=self.tmp,
+                start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         if wait:
             self.wait_serving(timeout)
         return self
@@ -42,8 +46,11 @@ class OutputToFile(Master):
 def small_disk(tmp_path: Path):
     where = tmp_path / "logs"
     where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
     assert mounted.returncode == 0, f"cannot mount a tmpfs here (root needed): {mounted.stderr}"
     try:
         yield where
@@ -80,8 +87,13 @@ def settled(m: Master, count: int, not_in: set = frozenset()) -> list[int]:
         pids = sorted(m.workers())
         workers = pool(m.port)["workers"]
         seen[:] = [pids, [(w["pid"], w["state"], w["generation"]) for w in workers]]
-        return (len(pids) == count and not set(pids) & set(not_in)
-                and sorted(w["pid"] for w in workers if w["state"] == "ready") == pids and pids)
+        return (
+            len(pids) == count
+            and not set(pids) & set(not_in)
+            and sorted(w["pid"] for w in workers if w["state"] == "ready") == pids
+            and pids
+        )
+
     try:
         return wait_for(ready, 60)
     except TimeoutError:
@@ -107,8 +119,12 @@ def rotate(m: Master, pids: list[int], logs: list[Path]) -> None:
 
 def test_a_full_log_disk_fails_no_boot_no_request_and_not_the_master(tmp_path, small_disk):
     error_log, access_log = small_disk / "error.log", small_disk / "access.log"
-    m = OutputToFile(tmp_path, workers=2, env={"HARDENED_METRICS_PATH": "/metrics"},
-                     args=["--error-logfile", str(error_log), "--access-logfile", str(access_log)])
+    m = OutputToFile(
+        tmp_path,
+        workers=2,
+        env={"HARDENED_METRICS_PATH": "/metrics"},
+        args=["--error-logfile", str(error_log), "--access-logfile", str(access_log)],
+    )
     m.start()
     try:
         first = settled(m, 2)
@@ -128,7 +144,9 @@ def test_a_full_log_disk_fails_no_boot_no_request_and_not_the_master(tmp_path, s
         assert len(outcomes) > 0 and outcomes.failures == [], outcomes.counts
         assert m.proc.poll() is None, m.output()
         assert os.statvfs(small_disk).f_bavail == 0  # still full: nothing above needed the disk
-        print(f"{len(outcomes)} requests, 0 failed; master output {len(m.output())} bytes:\n"
-              f"{m.output()[-2000:]}")
+        print(
+            f"{len(outcomes)} requests, 0 failed; master output {len(m.output())} bytes:\n"
+            f"{m.output()[-2000:]}"
+        )
     finally:
         m.stop()

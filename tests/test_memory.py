@@ -73,7 +73,12 @@ def test_worker_soft_limit_stays_in_range(soft, extra, jitter, rng):
 # --- decide -------------------------------------------------------------------------------------
 
 BASE = dict(
-    soft=100, hard=125, age=60.0, min_lifetime=30.0, baseline_over=True, others_recycling=0,
+    soft=100,
+    hard=125,
+    age=60.0,
+    min_lifetime=30.0,
+    baseline_over=True,
+    others_recycling=0,
     replacement_possible=True,
 )
 
@@ -90,15 +95,20 @@ BASE = dict(
         (dict(used=110, replacement_possible=False), Decision.BLOCKED_NO_REPLACEMENT),
         (dict(used=125), Decision.RECYCLE_HARD),
         (dict(used=200, others_recycling=5), Decision.RECYCLE_HARD),  # no waiting past hard
-        (dict(used=200, age=0.0, baseline_over=False), Decision.RECYCLE_HARD),  # grew there: any age
+        (
+            dict(used=200, age=0.0, baseline_over=False),
+            Decision.RECYCLE_HARD,
+        ),  # grew there: any age
         (dict(used=200, age=0.0), Decision.TOO_YOUNG),  # a baseline over hard would loop
         (dict(used=200, replacement_possible=False), Decision.BLOCKED_NO_REPLACEMENT),
         (dict(used=100, hard=100), Decision.RECYCLE_HARD),  # soft == hard: hard wins
         # The minimum lifetime protects only a worker whose baseline was over the soft limit:
         (dict(used=110, age=0.4, baseline_over=False), Decision.RECYCLE),  # grew past: any age
         (dict(used=110, age=0.4, baseline_over=False, others_recycling=1), Decision.WAIT_TURN),
-        (dict(used=110, age=0.4, baseline_over=False, replacement_possible=False),
-         Decision.BLOCKED_NO_REPLACEMENT),
+        (
+            dict(used=110, age=0.4, baseline_over=False, replacement_possible=False),
+            Decision.BLOCKED_NO_REPLACEMENT,
+        ),
         (dict(used=110, age=30.0), Decision.RECYCLE),  # baseline over, minimum lifetime reached
     ],
 )
@@ -272,7 +282,10 @@ def test_watch_no_baseline_warning_when_grown_past():
     watch, reader = make_watch(used=500)
     assert watch.check(100.1, 32, lambda: (0, True)) == (Decision.OK, 500)
     reader.used = 960
-    assert watch.check(100.2, 64, lambda: (0, True)) == (Decision.RECYCLE, 960)  # 0.2 s old: recycles
+    assert watch.check(100.2, 64, lambda: (0, True)) == (
+        Decision.RECYCLE,
+        960,
+    )  # 0.2 s old: recycles
     assert not watch.baseline_warning_due()
 
 
@@ -415,7 +428,10 @@ def test_copy_on_write_is_caught_by_the_next_precise_read():
     reader.rss_value, reader.private = 1400, 900
     assert watch.check(100.1, 32, lambda: (0, True)) == (Decision.OK, 900)
     reader.private = 1000  # 100 shared pages written to: the RSS stays 1400
-    assert watch.check(100.15, 64, lambda: (0, True)) == (Decision.OK, 900)  # estimate, rate-limited
+    assert watch.check(100.15, 64, lambda: (0, True)) == (
+        Decision.OK,
+        900,
+    )  # estimate, rate-limited
     assert watch.check(100.31, 96, lambda: (0, True)) == (Decision.RECYCLE, 1000)
     assert reader.precise_calls == 2
 
@@ -449,8 +465,15 @@ LIMITS_1000 = MemoryLimits(1000, 1250, jitter=0.1, min_lifetime=30.0)
 
 @pytest.mark.parametrize(
     "n, text",
-    [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"),
-     (int(131.2 * MiB), "131.2 MiB"), (3 * 1024**3, "3.0 GiB"), (5 * 1024**4, "5.0 TiB")],
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (int(131.2 * MiB), "131.2 MiB"),
+        (3 * 1024**3, "3.0 GiB"),
+        (5 * 1024**4, "5.0 TiB"),
+    ],
 )
 def test_format_size(n, text):
     assert format_size(n) == text

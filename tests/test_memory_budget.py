@@ -6,16 +6,28 @@ from __future__ import annotations
 import http.client
 import re
 
-from hardened_worker.presets import memory_constrained as preset
 from rig import APPS, ROOT, wait_for
+
+from hardened_worker.presets import memory_constrained as preset
 
 MiB = 1024 * 1024
 EXAMPLE = ROOT / "gunicorn_conf_examples" / "memory-constrained" / "gunicorn.conf.py"
 
 
 def test_command_line_is_read_with_gunicorns_parser():
-    argv = ["ballast:app", "-k", "hardened_worker.Worker", "-w", "3", "--pythonpath", "/a,/b",
-            "--chdir", "/srv", "-c", "conf.py"]
+    argv = [
+        "ballast:app",
+        "-k",
+        "hardened_worker.Worker",
+        "-w",
+        "3",
+        "--pythonpath",
+        "/a,/b",
+        "--chdir",
+        "/srv",
+        "-c",
+        "conf.py",
+    ]
     assert preset.command_line(argv) == ("ballast:app", ["/a", "/b"], "/srv", 3)
     assert preset.command_line(["-c", "conf.py"]) == (None, [], None, None)
 
@@ -41,10 +53,16 @@ def v2_cgroup(path, limit: int, current: int, inactive_file: int = 0):
 
 def test_example_says_at_start_when_the_limit_cannot_hold_workers_plus_one(master, tmp_path):
     cg = v2_cgroup(tmp_path / "cg", 200 * MiB, 0)
-    m = master(app="ballast:app", workers=3, args=["-c", str(EXAMPLE)],
-               env={"HARDENED_CGROUP_ROOT": str(cg), "BALLAST_MIB": "60", "HARDENED_DRAIN_DELAY": "0s"})
+    m = master(
+        app="ballast:app",
+        workers=3,
+        args=["-c", str(EXAMPLE)],
+        env={"HARDENED_CGROUP_ROOT": str(cg), "BALLAST_MIB": "60", "HARDENED_DRAIN_DELAY": "0s"},
+    )
     [line] = m.wait_log(r"memory budget: .*")
-    assert re.search(r"cgroup limit 200 MiB = master \d+ MiB \+ 3 workers x hard limit \d+ MiB", line)
+    assert re.search(
+        r"cgroup limit 200 MiB = master \d+ MiB \+ 3 workers x hard limit \d+ MiB", line
+    )
     assert "too small for 3 + 1 apps" in line and "without surge" in line, line
     assert "one successor" not in line
 
@@ -65,13 +83,19 @@ def test_headroom_decides_surge_or_drain_first_from_a_v2_cgroup(master, tmp_path
     # 1 GiB limit: a worker over its soft limit while the container has 24 MiB left drains first
     # (its successor would not fit); with room, the next one surges.
     cg = v2_cgroup(tmp_path / "cg", 1024 * MiB, 1000 * MiB)
-    env = {"HARDENED_MEMORY_LIMIT": "96MiB", "HARDENED_MEMORY_HARD_LIMIT": "1GiB",
-           "HARDENED_CGROUP_ROOT": str(cg), "HARDENED_MEMORY_CHECK_INTERVAL": "100ms"}
+    env = {
+        "HARDENED_MEMORY_LIMIT": "96MiB",
+        "HARDENED_MEMORY_HARD_LIMIT": "1GiB",
+        "HARDENED_CGROUP_ROOT": str(cg),
+        "HARDENED_MEMORY_CHECK_INTERVAL": "100ms",
+    }
     m = master(env=env)
     pids = m.wait_workers(2)
     leak(m.port, 100)
-    [pid] = m.wait_log(r"worker (\d+) recycling: memory uss .* drains first and the master "
-                       r"replaces it: cgroup working set 1000 MiB of 1024 MiB leaves 24 MiB")
+    [pid] = m.wait_log(
+        r"worker (\d+) recycling: memory uss .* drains first and the master "
+        r"replaces it: cgroup working set 1000 MiB of 1024 MiB leaves 24 MiB"
+    )
     gone = int(pid)
     assert gone in pids
     wait_for(lambda: len(m.workers()) == 2 and gone not in m.workers(), 20)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import fcntl
 
-from bench.memcg import PeakUss
 from rig import wrk
+
+from bench.memcg import PeakUss
 
 MiB = 1024 * 1024
 STEP = 16 * 256 * 1024  # the default HARDENED_MEMORY_CHECK_REQUESTS of 256 KiB requests

@@ -15,8 +15,9 @@ MiB = 1024**2
 SURGE, DRAIN_FIRST = Replacement.SURGE, Replacement.DRAIN_FIRST
 
 # 700 MiB container, app 70 MiB, master 35 MiB, 3 workers: margin 35 MiB, 105 MiB for one successor.
-BASE = dict(limit=700 * MiB, used=400 * MiB, footprint=70 * MiB, starting=0, workers=3,
-            master=35 * MiB)
+BASE = dict(
+    limit=700 * MiB, used=400 * MiB, footprint=70 * MiB, starting=0, workers=3, master=35 * MiB
+)
 
 
 @pytest.mark.parametrize(
@@ -65,7 +66,9 @@ def test_replacement_surges_only_into_room(room):
     if way is SURGE:  # the successor and every worker already starting fit, margin kept
         assert room.master + (room.workers + 1) * room.footprint + margin(room.limit) <= room.limit
         if room.used is not None:
-            assert room.limit - room.used >= (room.starting + 1) * room.footprint + margin(room.limit)
+            assert room.limit - room.used >= (room.starting + 1) * room.footprint + margin(
+                room.limit
+            )
     assert "\n" not in room.describe()
 
 
@@ -73,24 +76,30 @@ def test_replacement_surges_only_into_room(room):
 def test_replacement_is_monotonic_in_usage(room, more):
     """More memory in use never turns a drain-first into a surge."""
     if room.used is not None and replacement(room) is DRAIN_FIRST:
-        fuller = Room(room.limit, room.used + more, room.footprint, room.starting, room.workers,
-                      room.master)
+        fuller = Room(
+            room.limit, room.used + more, room.footprint, room.starting, room.workers, room.master
+        )
         assert replacement(fuller) is DRAIN_FIRST
 
 
-@pytest.mark.parametrize("workers, alive, booting, expected", [
-    (3, 2, 0, 0),  # the pool is whole
-    (3, 2, 1, 1),  # one of them booting
-    (3, 1, 0, 1),  # one left and is not replaced yet: the master forks it soon
-    (3, 0, 0, 2),
-    (3, 4, 1, 1),  # the operator's TTIN: more than configured, nothing owed
-])
+@pytest.mark.parametrize(
+    "workers, alive, booting, expected",
+    [
+        (3, 2, 0, 0),  # the pool is whole
+        (3, 2, 1, 1),  # one of them booting
+        (3, 1, 0, 1),  # one left and is not replaced yet: the master forks it soon
+        (3, 0, 0, 2),
+        (3, 4, 1, 1),  # the operator's TTIN: more than configured, nothing owed
+    ],
+)
 def test_starting_counts_booting_and_owed_workers(workers, alive, booting, expected):
     assert starting(workers, alive, booting) == expected
 
 
-@pytest.mark.parametrize("limit, expected", [(100 * MiB, 16 * MiB), (700 * MiB, 35 * MiB),
-                                             (4096 * MiB, int(4096 * MiB * 0.05))])
+@pytest.mark.parametrize(
+    "limit, expected",
+    [(100 * MiB, 16 * MiB), (700 * MiB, 35 * MiB), (4096 * MiB, int(4096 * MiB * 0.05))],
+)
 def test_margin(limit, expected):
     assert margin(limit) == expected
 
@@ -127,8 +136,12 @@ def test_budget_soft_below_the_app_says_so():
     assert not b.fits and "soft limit is below the app's footprint" in b.describe()
 
 
-@given(limit=st.integers(64 * MiB, 2**36), master=st.integers(0, 512 * MiB),
-       app=st.integers(0, 2**31), workers=st.integers(1, 32))
+@given(
+    limit=st.integers(64 * MiB, 2**36),
+    master=st.integers(0, 512 * MiB),
+    app=st.integers(0, 2**31),
+    workers=st.integers(1, 32),
+)
 def test_budget_every_worker_at_hard_plus_one_successor_fits(limit, master, app, workers):
     b = Budget(limit, master, app, workers)
     successor = app if b.surge else 0
@@ -145,33 +158,53 @@ def test_budget_every_worker_at_hard_plus_one_successor_fits(limit, master, app,
 # --- the drain's growth counts against the hard limit --------------------------------------------
 
 
-@pytest.mark.parametrize("per_request, connections, on_exit, cap, expected", [
-    (256 * 1024, 8, 0, 16 * MiB, 4 * MiB),  # one in flight and one more on each connection
-    (256 * 1024, 8, 7 * MiB, 16 * MiB, 11 * MiB),  # and what exiting copies of the master
-    (256 * 1024, 8, 13 * MiB, 16 * MiB, 16 * MiB),  # capped
-    (8 * MiB, 64, 0, 16 * MiB, 16 * MiB),  # one large request is not a leak rate
-    (-5.0, 8, 0, 16 * MiB, 0),  # memory given back: no growth
-    (1024.0, 0, 0, 16 * MiB, 0),
-    (1024.0, 4, 2 * MiB, 0, 0),  # soft == hard: no cap to spend
-])
+@pytest.mark.parametrize(
+    "per_request, connections, on_exit, cap, expected",
+    [
+        (256 * 1024, 8, 0, 16 * MiB, 4 * MiB),  # one in flight and one more on each connection
+        (256 * 1024, 8, 7 * MiB, 16 * MiB, 11 * MiB),  # and what exiting copies of the master
+        (256 * 1024, 8, 13 * MiB, 16 * MiB, 16 * MiB),  # capped
+        (8 * MiB, 64, 0, 16 * MiB, 16 * MiB),  # one large request is not a leak rate
+        (-5.0, 8, 0, 16 * MiB, 0),  # memory given back: no growth
+        (1024.0, 0, 0, 16 * MiB, 0),
+        (1024.0, 4, 2 * MiB, 0, 0),  # soft == hard: no cap to spend
+    ],
+)
 def test_drain_growth(per_request, connections, on_exit, cap, expected):
     assert drain_growth(per_request, connections, on_exit, cap) == expected
 
 
-DECIDE = dict(soft=100, hard=125, age=60.0, min_lifetime=30.0, baseline_over=False,
-              others_recycling=0, replacement_possible=True)
+DECIDE = dict(
+    soft=100,
+    hard=125,
+    age=60.0,
+    min_lifetime=30.0,
+    baseline_over=False,
+    others_recycling=0,
+    replacement_possible=True,
+)
 
 
-@pytest.mark.parametrize("used, growth, others, expected", [
-    (110, 0, 1, Decision.WAIT_TURN),
-    (110, 15, 1, Decision.RECYCLE_HARD),  # 110 + 15 reaches 125: the drain would pass it
-    (110, 14, 1, Decision.WAIT_TURN),
-    (99, 12, 0, Decision.OK),  # under both
-    (99, 26, 0, Decision.RECYCLE_HARD),  # a growth beyond the cap is never passed in, but decide is exact
-])
+@pytest.mark.parametrize(
+    "used, growth, others, expected",
+    [
+        (110, 0, 1, Decision.WAIT_TURN),
+        (110, 15, 1, Decision.RECYCLE_HARD),  # 110 + 15 reaches 125: the drain would pass it
+        (110, 14, 1, Decision.WAIT_TURN),
+        (99, 12, 0, Decision.OK),  # under both
+        (
+            99,
+            26,
+            0,
+            Decision.RECYCLE_HARD,
+        ),  # a growth beyond the cap is never passed in, but decide is exact
+    ],
+)
 def test_decide_counts_the_drain_growth_against_the_hard_limit(used, growth, others, expected):
-    assert decide(**{**DECIDE, "used": used, "drain_growth": growth, "others_recycling": others}) \
+    assert (
+        decide(**{**DECIDE, "used": used, "drain_growth": growth, "others_recycling": others})
         is expected
+    )
 
 
 @given(used=st.integers(0, 300), growth=st.integers(0, 12))

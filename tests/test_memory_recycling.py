@@ -22,7 +22,11 @@ def rss_of(pid: int) -> int:
 def shared_of(pid: int) -> int:
     """RSS minus USS: pages the worker shares (with the master, libraries)."""
     with open(f"/proc/{pid}/smaps_rollup") as f:
-        fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.strip().endswith("kB")}
+        fields = {
+            line.split(":")[0]: int(line.split()[1]) * 1024
+            for line in f
+            if line.strip().endswith("kB")
+        }
     return fields["Rss"] - fields["Private_Clean"] - fields["Private_Dirty"]
 
 
@@ -63,7 +67,11 @@ def test_leaking_workers_are_recycled_gracefully_within_the_bound(master):
 
 
 def test_preloaded_shared_data_does_not_count_against_the_default_measure(master):
-    env = {"HARDENED_MEMORY_LIMIT": "128MiB", "BIGDATA_MIB": "200", "HARDENED_MEMORY_CHECK_INTERVAL": "100ms"}
+    env = {
+        "HARDENED_MEMORY_LIMIT": "128MiB",
+        "BIGDATA_MIB": "200",
+        "HARDENED_MEMORY_CHECK_INTERVAL": "100ms",
+    }
     m = master(app="bigdata:app", env=env, args=["--preload"])
     pids = m.wait_workers(2)
     assert all(rss_of(pid) > 200 * MiB for pid in pids)  # RSS counts the shared dataset
@@ -75,10 +83,16 @@ def test_preloaded_shared_data_does_not_count_against_the_default_measure(master
 
 
 def test_rss_measure_would_count_the_shared_data_and_says_the_limit_is_below_the_baseline(master):
-    env = {"HARDENED_MEMORY_LIMIT": "128MiB", "BIGDATA_MIB": "200", "HARDENED_MEMORY_MEASURE": "rss"}
+    env = {
+        "HARDENED_MEMORY_LIMIT": "128MiB",
+        "BIGDATA_MIB": "200",
+        "HARDENED_MEMORY_MEASURE": "rss",
+    }
     m = master(app="bigdata:app", env=env, args=["--preload"])
     pids = m.wait_workers(2)
-    m.wait_log(r"is over the limit .* if that is the app's baseline, raise HARDENED_MEMORY_LIMIT", count=2)
+    m.wait_log(
+        r"is over the limit .* if that is the app's baseline, raise HARDENED_MEMORY_LIMIT", count=2
+    )
     assert m.workers() == pids  # the minimum lifetime keeps them from looping
 
 
@@ -87,8 +101,12 @@ def test_cgroup_pressure_recycles_the_largest_worker_once(master, tmp_path):
     cg.mkdir()
     (cg / "memory.max").write_text(f"{1024 * MiB}\n")
     (cg / "memory.current").write_text(f"{100 * MiB}\n")
-    env = {"HARDENED_MEMORY_CGROUP": "1", "HARDENED_CGROUP_ROOT": str(cg),
-           "HARDENED_MEMORY_MIN_LIFETIME": "2s", "HARDENED_MEMORY_CHECK_INTERVAL": "100ms"}
+    env = {
+        "HARDENED_MEMORY_CGROUP": "1",
+        "HARDENED_CGROUP_ROOT": str(cg),
+        "HARDENED_MEMORY_MIN_LIFETIME": "2s",
+        "HARDENED_MEMORY_CHECK_INTERVAL": "100ms",
+    }
     m = master(env=env)
     pids = m.wait_workers(2)
     conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=5)
@@ -117,8 +135,10 @@ def test_no_recycling_while_no_replacement_can_start(master, tmp_path):
 
     env_file = tmp_path / "env.json"
     env_file.write_text("{}")
-    m = master(args=["-c", str(APPS / "reload_conf.py")],
-               env={"RELOAD_ENV_FILE": str(env_file), "HARDENED_MEMORY_LIMIT": "64MiB"})
+    m = master(
+        args=["-c", str(APPS / "reload_conf.py")],
+        env={"RELOAD_ENV_FILE": str(env_file), "HARDENED_MEMORY_LIMIT": "64MiB"},
+    )
     pids = m.wait_workers(2)
     env_file.write_text(json.dumps({"TESTAPP_STARTUP_FAIL": "1"}))
     m.signal(signal.SIGHUP)

@@ -18,10 +18,14 @@ def test_websockets_through_nginx_get_1001_on_reload_and_on_stop(master, tmp_pat
     nginx = Nginx(tmp_path, m.port).start()
     try:
         # HUP: the old worker drains once its successor is ready; its sockets get 1001.
-        assert websocket_close_codes(nginx.port, lambda: m.signal(signal.SIGHUP)) == [GOING_AWAY] * 4
+        assert (
+            websocket_close_codes(nginx.port, lambda: m.signal(signal.SIGHUP)) == [GOING_AWAY] * 4
+        )
         m.wait_log(rf"worker {old} exiting")
         # The successor serves websockets through nginx too, and TERM to the master closes them alike.
-        assert websocket_close_codes(nginx.port, lambda: m.signal(signal.SIGTERM)) == [GOING_AWAY] * 4
+        assert (
+            websocket_close_codes(nginx.port, lambda: m.signal(signal.SIGTERM)) == [GOING_AWAY] * 4
+        )
         assert m.wait_exit(30) == 0
     finally:
         nginx.stop()

@@ -6,7 +6,6 @@ import http.client
 import time
 
 import pytest
-
 from rig import get, wait_for
 
 
@@ -36,8 +35,11 @@ def connections_to(port, pid, count):
 
 def test_a_worker_at_its_in_flight_bound_leaves_new_connections_to_its_sibling(master):
     # HARDENED_SPREAD off: its even spread would never let 5 connections reach one worker.
-    m = master(app="deadline_app:app", workers=2,
-               env={"HARDENED_MAX_INFLIGHT": "4", "HARDENED_SPREAD": "false"})
+    m = master(
+        app="deadline_app:app",
+        workers=2,
+        env={"HARDENED_MAX_INFLIGHT": "4", "HARDENED_SPREAD": "false"},
+    )
     busy, other = m.wait_workers(2)
     held = connections_to(m.port, busy, 5)
     slow, spare = held[:4], held[4]
@@ -90,13 +92,21 @@ def test_without_a_bound_both_workers_keep_accepting(master):
 
 
 @pytest.mark.parametrize("fails_health", [False, True])
-def test_a_request_that_waited_too_long_at_the_proxy_is_shed_and_health_says_so(master, fails_health):
+def test_a_request_that_waited_too_long_at_the_proxy_is_shed_and_health_says_so(
+    master, fails_health
+):
     import json
 
-    m = master(app="deadline_app:app", workers=1,
-               env={"HARDENED_MAX_QUEUE_TIME": "2s", "HARDENED_HEALTH_PATH": "/healthz",
-                    "HARDENED_METRICS_PATH": "/metrics",
-                    "HARDENED_SHED_FAILS_HEALTH": str(fails_health).lower()})
+    m = master(
+        app="deadline_app:app",
+        workers=1,
+        env={
+            "HARDENED_MAX_QUEUE_TIME": "2s",
+            "HARDENED_HEALTH_PATH": "/healthz",
+            "HARDENED_METRICS_PATH": "/metrics",
+            "HARDENED_SHED_FAILS_HEALTH": str(fails_health).lower(),
+        },
+    )
     m.wait_workers(1)
     now = time.time()
     late = {"X-Request-Start": f"t={int((now - 10) * 1e6)}"}  # nginx's t= in microseconds
@@ -120,8 +130,11 @@ def test_a_request_that_waited_too_long_at_the_proxy_is_shed_and_health_says_so(
 
 
 def test_an_untrusted_peer_cannot_get_its_requests_shed(master):
-    m = master(app="deadline_app:app", workers=1,
-               env={"HARDENED_MAX_QUEUE_TIME": "2s", "FORWARDED_ALLOW_IPS": "10.0.0.1"})
+    m = master(
+        app="deadline_app:app",
+        workers=1,
+        env={"HARDENED_MAX_QUEUE_TIME": "2s", "FORWARDED_ALLOW_IPS": "10.0.0.1"},
+    )
     m.wait_workers(1)
     late = {"X-Request-Start": f"t={int((time.time() - 10) * 1e6)}"}
     assert get(m.port, "/wait?s=0", headers=late) == (200, b"waited")

@@ -12,17 +12,34 @@ from hypothesis import strategies as st
 
 from hardened_worker import forwarded
 from hardened_worker.overload import (
-    TCP_INFO_SIZE, received_ago,
-    InFlight, ShedMiddleware, accepting, parse_request_start, retry_after, shed, shedding, waited,
+    TCP_INFO_SIZE,
+    InFlight,
+    ShedMiddleware,
+    accepting,
+    parse_request_start,
+    received_ago,
+    retry_after,
+    shed,
+    shedding,
+    waited,
 )
 
 NOW = 1_764_600_000.25  # 2025-12-01, epoch seconds
 
 
-@pytest.mark.parametrize("in_flight,bound,expected", [
-    (0, None, True), (10**6, None, True), (0, 4, True), (3, 4, True), (4, 4, False), (5, 4, False),
-    (0, 1, True), (1, 1, False),
-])
+@pytest.mark.parametrize(
+    "in_flight,bound,expected",
+    [
+        (0, None, True),
+        (10**6, None, True),
+        (0, 4, True),
+        (3, 4, True),
+        (4, 4, False),
+        (5, 4, False),
+        (0, 1, True),
+        (1, 1, False),
+    ],
+)
 def test_accepting(in_flight, bound, expected):
     assert accepting(in_flight, bound) is expected
 
@@ -44,25 +61,39 @@ def test_the_in_flight_set_pauses_exactly_at_the_bound(bound, ops):
     assert (calls[-1:] == ["pause"]) is tasks.paused
 
 
-@pytest.mark.parametrize("value,expected", [
-    (b"t=1764600000.250", NOW),  # nginx: t=${msec}
-    (b"1764600000250", NOW),  # Heroku: milliseconds
-    (b"t=1764600000250000", NOW),  # microseconds
-    (b"t=1764600000", 1_764_600_000.0),  # seconds
-    (b"1764600000.25", NOW),
-    (b" t=1764600000250 ", NOW),
-    (b"", None), (b"t=", None), (b"soon", None), (b"t=-5", None), (b"t=1e9", None),
-    (b"t=\xc2\xb9", None), ("t=１７".encode(), None), (b"1,2", None),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (b"t=1764600000.250", NOW),  # nginx: t=${msec}
+        (b"1764600000250", NOW),  # Heroku: milliseconds
+        (b"t=1764600000250000", NOW),  # microseconds
+        (b"t=1764600000", 1_764_600_000.0),  # seconds
+        (b"1764600000.25", NOW),
+        (b" t=1764600000250 ", NOW),
+        (b"", None),
+        (b"t=", None),
+        (b"soon", None),
+        (b"t=-5", None),
+        (b"t=1e9", None),
+        (b"t=\xc2\xb9", None),
+        ("t=１７".encode(), None),
+        (b"1,2", None),
+    ],
+)
 def test_request_start(value, expected):
     assert parse_request_start(value) == (pytest.approx(expected) if expected else expected)
 
 
 @given(st.floats(1e9, 9.9e9), st.sampled_from(["s", "ms", "us", "t=ms", "t=us", "t=s.ms"]))
 def test_request_start_reads_every_format_back(when, form):
-    number = {"s": f"{int(when)}", "ms": f"{int(when * 1e3)}", "us": f"{int(when * 1e6)}",
-              "t=ms": f"t={int(when * 1e3)}", "t=us": f"t={int(when * 1e6)}",
-              "t=s.ms": f"t={when:.3f}"}[form]
+    number = {
+        "s": f"{int(when)}",
+        "ms": f"{int(when * 1e3)}",
+        "us": f"{int(when * 1e6)}",
+        "t=ms": f"t={int(when * 1e3)}",
+        "t=us": f"t={int(when * 1e6)}",
+        "t=s.ms": f"t={when:.3f}",
+    }[form]
     tolerance = 1.0 if form == "s" else 0.002
     assert parse_request_start(number.encode()) == pytest.approx(when, abs=tolerance)
 
@@ -94,8 +125,18 @@ def run(layer, headers=(), client=("127.0.0.1", 5000), send_self=None):
         sent.append(message)
 
     async def main():
-        await layer({"type": "http", "method": "GET", "path": "/", "headers": list(headers),
-                     "client": client, "server": ("127.0.0.1", 8000)}, None, send)
+        await layer(
+            {
+                "type": "http",
+                "method": "GET",
+                "path": "/",
+                "headers": list(headers),
+                "client": client,
+                "server": ("127.0.0.1", 8000),
+            },
+            None,
+            send,
+        )
 
     layer.app = lambda scope, receive, send: _ran(ran, send)
     asyncio.run(main())
@@ -132,8 +173,9 @@ def test_in_time_untrusted_or_unmarked_requests_run():
 
 def test_without_a_proxy_header_the_connection_accept_time_counts():
     async def main(accepted_ago):
-        layer = ShedMiddleware(None, 1.0, trusted("10.0.0.1"),
-                               lambda send: time.monotonic() - accepted_ago)
+        layer = ShedMiddleware(
+            None, 1.0, trusted("10.0.0.1"), lambda send: time.monotonic() - accepted_ago
+        )
         sent, ran = [], []
 
         async def send(message):
@@ -147,8 +189,10 @@ def test_without_a_proxy_header_the_connection_accept_time_counts():
     assert asyncio.run(main(0.1)) == (200, [1])
 
 
-@pytest.mark.parametrize("last_data_recv_ms, expected", [(0, 0.0), (4, 0.004), (2500, 2.5),
-                                                          (2**32 - 1, (2**32 - 1) / 1000)])
+@pytest.mark.parametrize(
+    "last_data_recv_ms, expected",
+    [(0, 0.0), (4, 0.004), (2500, 2.5), (2**32 - 1, (2**32 - 1) / 1000)],
+)
 def test_received_ago_reads_tcpi_last_data_recv(last_data_recv_ms, expected):
     info = bytearray(TCP_INFO_SIZE)
     info[52:56] = last_data_recv_ms.to_bytes(4, sys.byteorder)
@@ -158,4 +202,3 @@ def test_received_ago_reads_tcpi_last_data_recv(last_data_recv_ms, expected):
 
 def test_received_ago_of_a_short_value_is_unknown():
     assert received_ago(b"") is None and received_ago(bytes(55)) is None
-

@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-
 from rig import wait_for, wrk
 
 STARTUP = {"TESTAPP_STARTUP_DELAY": "0.3"}
@@ -30,16 +29,21 @@ def settled_at(m, count: int) -> list[int]:
 
 
 def load(m, seconds: int, connections: int = 16) -> threading.Thread:
-    thread = threading.Thread(target=wrk, args=(m.port,), daemon=True,
-                              kwargs={"duration": seconds, "connections": connections})
+    thread = threading.Thread(
+        target=wrk,
+        args=(m.port,),
+        daemon=True,
+        kwargs={"duration": seconds, "connections": connections},
+    )
     thread.start()
     return thread
 
 
 @pytest.mark.parametrize("trial", range(2))
 def test_max_requests_recycling_and_a_hup_leave_the_configured_size(master, trial):
-    m = master(env=STARTUP, workers=2,
-               args=["--max-requests", "2000", "--max-requests-jitter", "200"])
+    m = master(
+        env=STARTUP, workers=2, args=["--max-requests", "2000", "--max-requests-jitter", "200"]
+    )
     m.wait_workers(2)
     running = load(m, 8)
     time.sleep(3)  # recycles under way

@@ -50,8 +50,9 @@ class Arbiter:
     def spawn(self) -> None:
         self.age += 1
         self.next_pid += 1
-        self.workers[self.next_pid] = ModelWorker(self.next_pid, self.age, self.generation,
-                                                  fails=self.generation in self.rejected)
+        self.workers[self.next_pid] = ModelWorker(
+            self.next_pid, self.age, self.generation, fails=self.generation in self.rejected
+        )
 
     def manage(self) -> None:
         members = [pool.Member(w.pid, w.age, w.generation, w.state) for w in self.workers.values()]
@@ -94,23 +95,28 @@ class Arbiter:
         w = self.workers.get(pid)
         if w is None:
             return
-        newer_ready = any(o.generation > w.generation and o.state is State.READY
-                          for o in self.workers.values())
+        newer_ready = any(
+            o.generation > w.generation and o.state is State.READY for o in self.workers.values()
+        )
         if w.state is State.BOOTING and w.signalled:
             self.reap(pid)  # a stop while booting: it leaves at once (its generation abandoned)
         elif w.state is State.BOOTING:
             w.state = State.FAILED if w.fails else State.READY
             if w.fails:
                 self.known_rejected.add(w.generation)  # the table's "rejected" (Table.reject)
-            if w.fails and not any(o.age < w.age and o.state in SERVING
-                                   for o in self.workers.values()):
+            if w.fails and not any(
+                o.age < w.age and o.state in SERVING for o in self.workers.values()
+            ):
                 self.halted = True  # a cold start of broken code stops gunicorn, as gunicorn does
         elif w.state is State.FAILED:
             self.reap(pid)  # exits after its pause
         elif w.state is State.SURGING:
             me = pool.Member(w.pid, w.age, w.generation, w.state)
-            others = [pool.Member(o.pid, o.age, o.generation, o.state)
-                      for o in self.workers.values() if o is not w]
+            others = [
+                pool.Member(o.pid, o.age, o.generation, o.state)
+                for o in self.workers.values()
+                if o is not w
+            ]
             successor = pool.successor_ready(me, others, self.num_workers)
             if w.signalled:  # a reload's SIGTERM: the surge is cancelled
                 w.state = State.STOPPING if newer_ready else State.READY
@@ -121,8 +127,11 @@ class Arbiter:
             # successor boots and cancels the stop while a failed one is still there (the master
             # re-sends SIGTERM meanwhile); any other SIGTERM is a real stop.
             newer = [o for o in self.workers.values() if o.generation > w.generation]
-            rejected = [o for o in newer if o.generation in self.known_rejected
-                        and o.state in (State.FAILED, State.BOOTING)]
+            rejected = [
+                o
+                for o in newer
+                if o.generation in self.known_rejected and o.state in (State.FAILED, State.BOOTING)
+            ]
             if w.state is State.RETIRING or newer_ready:
                 w.state = State.STOPPING
             elif rejected:
@@ -136,9 +145,14 @@ class Arbiter:
 
     def surge(self, pid: int) -> None:
         w = self.workers.get(pid)
-        if w is not None and w.state is State.READY and not w.signalled \
-                and w.generation == self.generation and self.generation not in self.rejected \
-                and not any(o.state in (State.SURGING, State.RETIRING) for o in self.workers.values()):
+        if (
+            w is not None
+            and w.state is State.READY
+            and not w.signalled
+            and w.generation == self.generation
+            and self.generation not in self.rejected
+            and not any(o.state in (State.SURGING, State.RETIRING) for o in self.workers.values())
+        ):
             w.state = State.SURGING
             self.manage()  # the worker wakes the master
 
@@ -167,22 +181,27 @@ class Arbiter:
         raise AssertionError(f"the pool never settled: {self.workers}")
 
 
-EVENTS = st.lists(st.one_of(
-    st.tuples(st.just("hup"), st.booleans()),
-    st.tuples(st.just("ttin"), st.just(0)),
-    st.tuples(st.just("ttou"), st.just(0)),
-    st.tuples(st.just("surge"), st.integers(0, 7)),
-    st.tuples(st.just("step"), st.integers(0, 7)),
-    st.tuples(st.just("kill"), st.integers(0, 7)),
-    st.tuples(st.just("tick"), st.just(0)),
-    st.tuples(st.just("sigstop"), st.just(0)),
-    st.tuples(st.just("sigcont"), st.just(0)),
-), max_size=40)
+EVENTS = st.lists(
+    st.one_of(
+        st.tuples(st.just("hup"), st.booleans()),
+        st.tuples(st.just("ttin"), st.just(0)),
+        st.tuples(st.just("ttou"), st.just(0)),
+        st.tuples(st.just("surge"), st.integers(0, 7)),
+        st.tuples(st.just("step"), st.integers(0, 7)),
+        st.tuples(st.just("kill"), st.integers(0, 7)),
+        st.tuples(st.just("tick"), st.just(0)),
+        st.tuples(st.just("sigstop"), st.just(0)),
+        st.tuples(st.just("sigcont"), st.just(0)),
+    ),
+    max_size=40,
+)
 
 
 @settings(max_examples=1000, deadline=None)
 @given(configured=st.integers(1, 4), events=EVENTS)
-def test_any_interleaving_ends_at_the_configured_size_plus_the_operators_changes(configured, events):
+def test_any_interleaving_ends_at_the_configured_size_plus_the_operators_changes(
+    configured, events
+):
     master = Arbiter(configured)
     expected = configured
     for kind, arg in events:
@@ -229,7 +248,14 @@ def test_any_interleaving_ends_at_the_configured_size_plus_the_operators_changes
 
 # --- the plan itself, table-driven ----------------------------------------------------------
 
-R, B, S, T, X, F = State.READY, State.BOOTING, State.SURGING, State.RETIRING, State.STOPPING, State.FAILED
+R, B, S, T, X, F = (
+    State.READY,
+    State.BOOTING,
+    State.SURGING,
+    State.RETIRING,
+    State.STOPPING,
+    State.FAILED,
+)
 
 
 def members(*states: State, generation: int = 1) -> list[pool.Member]:

@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from rig import APPS, GUNICORN, ROOT, Master, Nginx, get, wait_for
 
 from hardened_worker import drain
 from hardened_worker.presets import hooks, jsonlog, kubernetes
-from rig import APPS, GUNICORN, ROOT, Master, Nginx, get, wait_for
 
 EXAMPLES = ROOT / "gunicorn_conf_examples"
 K8S_ENV = {"HARDENED_DRAIN_DELAY": "0.5s"}  # the environment wins over the preset's 5 s default
@@ -32,7 +32,10 @@ CONFIGS = {
     "preset-kubernetes": ("python:hardened_worker.presets.kubernetes", "kubernetes"),
     "example-vm": (str(EXAMPLES / "vm" / "gunicorn.conf.py"), "vm"),
     "example-kubernetes": (str(EXAMPLES / "kubernetes" / "gunicorn.conf.py"), "kubernetes"),
-    "example-memory-constrained": (str(EXAMPLES / "memory-constrained" / "gunicorn.conf.py"), "kubernetes"),
+    "example-memory-constrained": (
+        str(EXAMPLES / "memory-constrained" / "gunicorn.conf.py"),
+        "kubernetes",
+    ),
     "example-prometheus": (str(EXAMPLES / "prometheus" / "gunicorn.conf.py"), "kubernetes"),
 }
 
@@ -55,12 +58,16 @@ def unstarted(tmp_path):
 def without_workers_option(m: Master) -> Master:
     """Drop the rig's ``-w N`` so the configuration's own ``workers`` counts."""
     index = m.cmd.index("-w")
-    del m.cmd[index:index + 2]
+    del m.cmd[index : index + 2]
     return m
 
 
-def fake_cgroup(path: Path, cpu_max: str | None = None, memory_max: str | None = None,
-                v1_quota: tuple[str, str] | None = None) -> Path:
+def fake_cgroup(
+    path: Path,
+    cpu_max: str | None = None,
+    memory_max: str | None = None,
+    v1_quota: tuple[str, str] | None = None,
+) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     if cpu_max is not None:
         (path / "cpu.max").write_text(cpu_max + "\n")
@@ -74,18 +81,33 @@ def fake_cgroup(path: Path, cpu_max: str | None = None, memory_max: str | None =
 
 
 def clean_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HARDENED_", "TESTAPP_", "PROMETHEUS_")) and k not in (
-               "WEB_CONCURRENCY", "PORT", "NOTIFY_SOCKET", "RUNTIME_DIRECTORY",
-               "TERMINATION_GRACE_PERIOD_SECONDS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HARDENED_", "TESTAPP_", "PROMETHEUS_"))
+        and k
+        not in (
+            "WEB_CONCURRENCY",
+            "PORT",
+            "NOTIFY_SOCKET",
+            "RUNTIME_DIRECTORY",
+            "TERMINATION_GRACE_PERIOD_SECONDS",
+        )
+    }
     return {**env, **extra}
 
 
 def gunicorn_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     # --chdir, not --pythonpath: gunicorn 27's --check-config and --print-config import the app
     # before they apply --pythonpath (they return from run() before it), but after --chdir.
-    return subprocess.run([*GUNICORN, *args, "testapp:app", "--chdir", str(APPS)],
-                          capture_output=True, text=True, env=env or clean_env(), cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [*GUNICORN, *args, "testapp:app", "--chdir", str(APPS)],
+        capture_output=True,
+        text=True,
+        env=env or clean_env(),
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 def printed_config(config: str, **env: str) -> dict:
@@ -123,8 +145,12 @@ def test_serves_reloads_on_hup_and_stops_on_term(name, unstarted, tmp_path):
     if family == "kubernetes":
         # CPU limit 0.5 -> 1 worker, whatever the machine; the memory-constrained example
         # shares a 1 GiB limit.
-        env = {**K8S_ENV, "HARDENED_CGROUP_ROOT": str(
-            fake_cgroup(tmp_path / "cgroup", cpu_max="50000 100000", memory_max=str(1024**3)))}
+        env = {
+            **K8S_ENV,
+            "HARDENED_CGROUP_ROOT": str(
+                fake_cgroup(tmp_path / "cgroup", cpu_max="50000 100000", memory_max=str(1024**3))
+            ),
+        }
     if family == "vm":
         (tmp_path / "run").mkdir()
         env["RUNTIME_DIRECTORY"] = str(tmp_path / "run")
@@ -140,7 +166,9 @@ def test_serves_reloads_on_hup_and_stops_on_term(name, unstarted, tmp_path):
     assert get(m.port, "/") == (200, b"ok")
     assert get(m.port, "/healthz")[0] == (200 if family == "kubernetes" else 404)
     log = m.log()
-    assert f"hardened_worker: master {m.pid} started: {count} workers of hardened_worker.Worker" in log
+    assert (
+        f"hardened_worker: master {m.pid} started: {count} workers of hardened_worker.Worker" in log
+    )
     assert "keep-alive 75 s" in log
     if family == "kubernetes":
         assert "workers 1 from CPU limit 0.5" in log
@@ -164,7 +192,9 @@ def test_serves_reloads_on_hup_and_stops_on_term(name, unstarted, tmp_path):
     if family == "kubernetes":
         # The delay left when the worker looked (counted from SIGTERM): the environment's 0.5 s,
         # not the preset's 5 s default.
-        delays = [float(d) for d in re.findall(r"drains in ([\d.]+) s \(HARDENED_DRAIN_DELAY\)", log)]
+        delays = [
+            float(d) for d in re.findall(r"drains in ([\d.]+) s \(HARDENED_DRAIN_DELAY\)", log)
+        ]
         assert delays and all(d <= 0.5 for d in delays)
     assert "Traceback" not in log and "failed" not in log
 
@@ -174,58 +204,103 @@ def test_serves_reloads_on_hup_and_stops_on_term(name, unstarted, tmp_path):
 
 def test_a_bad_preset_variable_stops_gunicorn_with_one_line():
     for env, line in [
-        ({"HARDENED_LOG_FORMAT": "xml"}, "hardened_worker: HARDENED_LOG_FORMAT='xml' is not one of text|json"),
-        ({"HARDENED_ACCESS_LOG": "maybe"}, "hardened_worker: HARDENED_ACCESS_LOG='maybe' is not a boolean"),
-        ({"HARDENED_TERMINATION_GRACE_PERIOD": "30 sec"},
-         "hardened_worker: HARDENED_TERMINATION_GRACE_PERIOD='30 sec' is not a duration"),
-        ({"HARDENED_TERMINATION_GRACE_PERIOD": "0"},
-         "hardened_worker: HARDENED_TERMINATION_GRACE_PERIOD='0' must be more than 0"),
+        (
+            {"HARDENED_LOG_FORMAT": "xml"},
+            "hardened_worker: HARDENED_LOG_FORMAT='xml' is not one of text|json",
+        ),
+        (
+            {"HARDENED_ACCESS_LOG": "maybe"},
+            "hardened_worker: HARDENED_ACCESS_LOG='maybe' is not a boolean",
+        ),
+        (
+            {"HARDENED_TERMINATION_GRACE_PERIOD": "30 sec"},
+            "hardened_worker: HARDENED_TERMINATION_GRACE_PERIOD='30 sec' is not a duration",
+        ),
+        (
+            {"HARDENED_TERMINATION_GRACE_PERIOD": "0"},
+            "hardened_worker: HARDENED_TERMINATION_GRACE_PERIOD='0' must be more than 0",
+        ),
         ({"PORT": "http"}, "hardened_worker: PORT='http' is not a positive whole number"),
-        ({"TERMINATION_GRACE_PERIOD_SECONDS": "60"},  # renamed: refused, not silently ignored
-         "hardened_worker: TERMINATION_GRACE_PERIOD_SECONDS is now called HARDENED_TERMINATION_GRACE_PERIOD"),
+        (
+            {"TERMINATION_GRACE_PERIOD_SECONDS": "60"},  # renamed: refused, not silently ignored
+            "hardened_worker: TERMINATION_GRACE_PERIOD_SECONDS is now called HARDENED_TERMINATION_GRACE_PERIOD",
+        ),
     ]:
-        done = gunicorn_cli("--check-config", "-c", "python:hardened_worker.presets.kubernetes",
-                            env=clean_env(**env))
+        done = gunicorn_cli(
+            "--check-config",
+            "-c",
+            "python:hardened_worker.presets.kubernetes",
+            env=clean_env(**env),
+        )
         assert done.returncode == 1, env
         assert done.stderr.strip().startswith(line)
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("cgroup,request_,expected", [
-    ({"cpu_max": "50000 100000"}, "", lambda cpus: 1),  # 0.5 CPU
-    ({"cpu_max": "200000 100000"}, "", lambda cpus: min(2, cpus)),  # 2 CPUs
-    ({"cpu_max": "200000 100000"}, "8", lambda cpus: min(2, cpus)),  # the limit wins
-    ({"cpu_max": "max 100000"}, "", lambda cpus: 1),  # unlimited, no request: one, not one per CPU
-    ({"v1_quota": ("150000", "100000")}, "", lambda cpus: min(2, cpus)),  # cgroup v1: 1.5 CPUs
-    ({}, "", lambda cpus: 1),  # no cgroup files at all
-    ({"cpu_max": "max 100000"}, "2", lambda cpus: min(2, cpus)),  # the downward API's requests.cpu
-    ({"cpu_max": "max 100000"}, "1500m", lambda cpus: min(2, cpus)),
-    ({"cpu_max": "max 100000"}, "0", lambda cpus: 1),  # BestEffort: no request
-])
-def test_kubernetes_workers_follow_the_cpu_limit_else_the_request(tmp_path, cgroup, request_, expected):
+@pytest.mark.parametrize(
+    "cgroup,request_,expected",
+    [
+        ({"cpu_max": "50000 100000"}, "", lambda cpus: 1),  # 0.5 CPU
+        ({"cpu_max": "200000 100000"}, "", lambda cpus: min(2, cpus)),  # 2 CPUs
+        ({"cpu_max": "200000 100000"}, "8", lambda cpus: min(2, cpus)),  # the limit wins
+        (
+            {"cpu_max": "max 100000"},
+            "",
+            lambda cpus: 1,
+        ),  # unlimited, no request: one, not one per CPU
+        ({"v1_quota": ("150000", "100000")}, "", lambda cpus: min(2, cpus)),  # cgroup v1: 1.5 CPUs
+        ({}, "", lambda cpus: 1),  # no cgroup files at all
+        (
+            {"cpu_max": "max 100000"},
+            "2",
+            lambda cpus: min(2, cpus),
+        ),  # the downward API's requests.cpu
+        ({"cpu_max": "max 100000"}, "1500m", lambda cpus: min(2, cpus)),
+        ({"cpu_max": "max 100000"}, "0", lambda cpus: 1),  # BestEffort: no request
+    ],
+)
+def test_kubernetes_workers_follow_the_cpu_limit_else_the_request(
+    tmp_path, cgroup, request_, expected
+):
     root = fake_cgroup(tmp_path / "cgroup", **cgroup)
-    config = printed_config("python:hardened_worker.presets.kubernetes", HARDENED_CGROUP_ROOT=str(root),
-                            HARDENED_CPU_REQUEST=request_)
+    config = printed_config(
+        "python:hardened_worker.presets.kubernetes",
+        HARDENED_CGROUP_ROOT=str(root),
+        HARDENED_CPU_REQUEST=request_,
+    )
     assert int(config["workers"]) == expected(len(os.sched_getaffinity(0)))
 
 
 def test_kubernetes_without_a_cpu_limit_or_request_says_it_runs_one_worker(master, tmp_path):
     root = fake_cgroup(tmp_path / "cgroup", cpu_max="max 100000")
-    m = master(args=["-c", "python:hardened_worker.presets.kubernetes", "-w", "1"],
-               env={"HARDENED_CGROUP_ROOT": str(root)})
+    m = master(
+        args=["-c", "python:hardened_worker.presets.kubernetes", "-w", "1"],
+        env={"HARDENED_CGROUP_ROOT": str(root)},
+    )
     m.wait_log("kubernetes preset: workers")
     lines = [line for line in m.log().splitlines() if "kubernetes preset: workers" in line]
-    assert len(lines) == 1 and ("no CPU limit and no CPU request: one worker; set the pod's CPU "
-                                "limit, HARDENED_CPU_REQUEST from requests.cpu") in lines[0]
+    assert (
+        len(lines) == 1
+        and (
+            "no CPU limit and no CPU request: one worker; set the pod's CPU "
+            "limit, HARDENED_CPU_REQUEST from requests.cpu"
+        )
+        in lines[0]
+    )
 
 
 def test_kubernetes_web_concurrency_wins_and_a_bad_one_is_one_line(tmp_path):
     root = str(fake_cgroup(tmp_path / "cgroup", cpu_max="50000 100000"))
-    config = printed_config("python:hardened_worker.presets.kubernetes", HARDENED_CGROUP_ROOT=root,
-                            WEB_CONCURRENCY="3")
+    config = printed_config(
+        "python:hardened_worker.presets.kubernetes", HARDENED_CGROUP_ROOT=root, WEB_CONCURRENCY="3"
+    )
     assert config["workers"] == "3"
-    done = gunicorn_cli("--check-config", "-c", "python:hardened_worker.presets.kubernetes",
-                        env=clean_env(WEB_CONCURRENCY="0"))  # gunicorn itself crashes on "lots"
+    done = gunicorn_cli(
+        "--check-config",
+        "-c",
+        "python:hardened_worker.presets.kubernetes",
+        env=clean_env(WEB_CONCURRENCY="0"),
+    )  # gunicorn itself crashes on "lots"
     assert done.returncode != 0
     assert "hardened_worker: WEB_CONCURRENCY='0' is not a positive whole number" in done.stderr
     assert "Traceback" not in done.stderr
@@ -238,8 +313,11 @@ def test_kubernetes_grace_period_sets_graceful_timeout_and_drain_delay():
     assert config["raw_env"] == "['HARDENED_HEALTH_PATH=/healthz', 'HARDENED_DRAIN_DELAY=5s']"
     if os.path.isdir("/dev/shm"):
         assert config["worker_tmp_dir"] == "/dev/shm"
-    short = printed_config("python:hardened_worker.presets.kubernetes",
-                           HARDENED_TERMINATION_GRACE_PERIOD="10s", HARDENED_HEALTH_PATH="/ready")
+    short = printed_config(
+        "python:hardened_worker.presets.kubernetes",
+        HARDENED_TERMINATION_GRACE_PERIOD="10s",
+        HARDENED_HEALTH_PATH="/ready",
+    )
     assert short["graceful_timeout"] == "5"
     # The environment's own value is kept (not clobbered); the delay shrinks to fit.
     assert short["raw_env"] == "['HARDENED_DRAIN_DELAY=2s']"
@@ -260,8 +338,16 @@ def test_kubernetes_defaults_always_fit_the_drain_budget():
 
 def test_the_apps_own_unprefixed_variables_are_left_alone():
     # Common app settings (structlog's LOG_FORMAT=console) once stopped gunicorn or moved its bind.
-    app_env = {"LOG_FORMAT": "console", "ACCESS_LOG": "maybe", "BIND": "db:5432", "PIDFILE": "/nowhere/x"}
-    for config in ("python:hardened_worker.presets.vm", "python:hardened_worker.presets.kubernetes"):
+    app_env = {
+        "LOG_FORMAT": "console",
+        "ACCESS_LOG": "maybe",
+        "BIND": "db:5432",
+        "PIDFILE": "/nowhere/x",
+    }
+    for config in (
+        "python:hardened_worker.presets.vm",
+        "python:hardened_worker.presets.kubernetes",
+    ):
         done = gunicorn_cli("--check-config", "-c", config, env=clean_env(**app_env))
         assert done.returncode == 0, done.stderr
     vm = printed_config("python:hardened_worker.presets.vm", **app_env)
@@ -271,28 +357,40 @@ def test_the_apps_own_unprefixed_variables_are_left_alone():
 
 
 def test_the_prefixed_preset_variables_configure_the_presets(tmp_path):
-    vm = printed_config("python:hardened_worker.presets.vm", HARDENED_BIND="127.0.0.1:9001, unix:/run/a.sock",
-                        HARDENED_PIDFILE=str(tmp_path / "app.pid"), HARDENED_ACCESS_LOG="true")
+    vm = printed_config(
+        "python:hardened_worker.presets.vm",
+        HARDENED_BIND="127.0.0.1:9001, unix:/run/a.sock",
+        HARDENED_PIDFILE=str(tmp_path / "app.pid"),
+        HARDENED_ACCESS_LOG="true",
+    )
     assert vm["bind"] == "['127.0.0.1:9001', 'unix:/run/a.sock']"
     assert vm["pidfile"] == str(tmp_path / "app.pid") and vm["accesslog"] == "-"
-    k8s = printed_config("python:hardened_worker.presets.kubernetes", HARDENED_TERMINATION_GRACE_PERIOD="1m",
-                         HARDENED_LOG_FORMAT="json")
+    k8s = printed_config(
+        "python:hardened_worker.presets.kubernetes",
+        HARDENED_TERMINATION_GRACE_PERIOD="1m",
+        HARDENED_LOG_FORMAT="json",
+    )
     assert k8s["graceful_timeout"] == "55" and "JsonFormatter" in k8s["logconfig_dict"]
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_check_config_refuses_a_bad_hardened_value_with_one_line(name):
     # gunicorn --check-config never imports the worker class; the preset checks at its import.
-    done = gunicorn_cli("--check-config", "-c", CONFIGS[name][0], env=clean_env(HARDENED_MEMORY_LIMIT="lots"))
+    done = gunicorn_cli(
+        "--check-config", "-c", CONFIGS[name][0], env=clean_env(HARDENED_MEMORY_LIMIT="lots")
+    )
     assert done.returncode == 1
-    assert done.stderr.strip() == "hardened_worker: HARDENED_MEMORY_LIMIT='lots' is not a size; use e.g. 512Mi"
+    assert (
+        done.stderr.strip()
+        == "hardened_worker: HARDENED_MEMORY_LIMIT='lots' is not a size; use e.g. 512Mi"
+    )
 
 
-REPLACING_CONF = '''
+REPLACING_CONF = """
 from hardened_worker.presets.kubernetes import *
 
 raw_env = ["HARDENED_LOG_FORMAT=json"]  # replaces the preset's defaults, and is too late for LOG_FORMAT
-'''
+"""
 
 
 def test_a_config_that_replaces_the_presets_raw_env_is_warned_about(master, tmp_path):
@@ -301,10 +399,14 @@ def test_a_config_that_replaces_the_presets_raw_env_is_warned_about(master, tmp_
     m = master(args=["-c", str(conf)])
     m.wait_log(r"ready in [\d.]+ s \(generation 1\)", count=2)
     log = m.log()
-    assert ("hardened_worker: the configuration replaced the kubernetes preset's raw_env and lost "
-            "HARDENED_HEALTH_PATH=/healthz, HARDENED_DRAIN_DELAY=5s; extend it instead") in log
-    assert ("hardened_worker: HARDENED_LOG_FORMAT in raw_env has no effect: the base preset reads it "
-            "from the environment when the configuration loads; set it there") in log
+    assert (
+        "hardened_worker: the configuration replaced the kubernetes preset's raw_env and lost "
+        "HARDENED_HEALTH_PATH=/healthz, HARDENED_DRAIN_DELAY=5s; extend it instead"
+    ) in log
+    assert (
+        "hardened_worker: HARDENED_LOG_FORMAT in raw_env has no effect: the base preset reads it "
+        "from the environment when the configuration loads; set it there"
+    ) in log
     assert get(m.port, "/healthz")[0] == 404  # the app's: what the warning is about
     m.signal(signal.SIGTERM)
     assert m.wait_exit(15) == 0
@@ -321,13 +423,15 @@ def test_warnings_are_silent_for_a_config_that_extends_raw_env(monkeypatch):
     assert checks.warnings(cfg) == []
     cfg.set("raw_env", ["HARDENED_MEMORY_LIMIT=400Mi", "HARDENED_BIND=0.0.0.0:80"])
     assert [line.split(": ", 1)[1].split()[:3] for line in checks.warnings(cfg)] == [
-        ["the", "configuration", "replaced"], ["HARDENED_BIND", "in", "raw_env"]]
+        ["the", "configuration", "replaced"],
+        ["HARDENED_BIND", "in", "raw_env"],
+    ]
 
 
 # --- hook composition -------------------------------------------------------------------------
 
 
-USER_CONF = '''
+USER_CONF = """
 import os
 from hardened_worker.presets.kubernetes import *
 
@@ -339,7 +443,7 @@ def child_exit(server, worker):
 def on_reload(server):
     with open(os.environ["USER_HOOK_FILE"], "a") as f:
         f.write("user on_reload\\n")
-'''
+"""
 
 
 def test_a_user_config_that_imports_a_preset_runs_both_hooks(master, tmp_path):
@@ -351,7 +455,9 @@ def test_a_user_config_that_imports_a_preset_runs_both_hooks(master, tmp_path):
     [victim, _] = m.wait_workers(2)
     os.kill(victim, signal.SIGTERM)  # gunicorn replaces it
     m.wait_log(rf"hardened_worker: worker {victim} exited: reason shutdown")
-    wait_for(lambda: record.exists() and f"user child_exit {victim} shutdown" in record.read_text(), 5)
+    wait_for(
+        lambda: record.exists() and f"user child_exit {victim} shutdown" in record.read_text(), 5
+    )
     m.signal(signal.SIGHUP)
     m.wait_log(r"reloading \(HUP\)")
     wait_for(lambda: "user on_reload" in record.read_text(), 5)
@@ -411,13 +517,19 @@ def test_export_binds_chains_with_gunicorns_arity(preset):
 
 def test_install_composes_a_replaced_hook_and_keeps_arity(preset, caplog):
     child, namespace, _, calls = preset
-    server = make_server(on_starting=namespace["on_starting"],
-                         child_exit=lambda server, worker: calls.append(("user", worker)))
+    server = make_server(
+        on_starting=namespace["on_starting"],
+        child_exit=lambda server, worker: calls.append(("user", worker)),
+    )
     with caplog.at_level(logging.INFO, logger="test.presets.hooks"):
         server.cfg.on_starting(server)
     server.cfg.child_exit(server, "w")
-    assert calls == [("child on_starting",), ("parent child_exit", "w"), ("child child_exit", "w"),
-                     ("user", "w")]
+    assert calls == [
+        ("child on_starting",),
+        ("parent child_exit", "w"),
+        ("child child_exit", "w"),
+        ("user", "w"),
+    ]
     assert "your child_exit hook runs after the child preset's" in caplog.text
     # Installing again changes nothing (no double composition).
     before = server.cfg.child_exit
@@ -458,9 +570,11 @@ def test_a_user_hook_calling_the_preset_hook_itself_runs_it_once(preset):
 
 def test_a_replaced_on_starting_still_runs_the_presets_part_late_with_a_warning(preset, caplog):
     child, namespace, _, calls = preset
-    server = make_server(on_starting=lambda server: calls.append(("user on_starting",)),
-                         nworkers_changed=lambda server, new, old: None,
-                         when_ready=namespace["when_ready"])
+    server = make_server(
+        on_starting=lambda server: calls.append(("user on_starting",)),
+        nworkers_changed=lambda server, new, old: None,
+        when_ready=namespace["when_ready"],
+    )
     server.cfg.on_starting(server)  # the user's alone: nothing installed it yet
     with caplog.at_level(logging.WARNING, logger="test.presets.hooks"):
         server.cfg.when_ready(server)
@@ -475,24 +589,34 @@ def test_json_formatter_keeps_a_stack_on_one_line():
     try:
         raise RuntimeError("boom")
     except RuntimeError:
-        record = logging.LogRecord("gunicorn.error", logging.ERROR, __file__, 1, "worker %s failed",
-                                   (7,), sys.exc_info())
+        record = logging.LogRecord(
+            "gunicorn.error", logging.ERROR, __file__, 1, "worker %s failed", (7,), sys.exc_info()
+        )
     line = jsonlog.JsonFormatter().format(record)
     assert "\n" not in line
     doc = json.loads(line)
     assert doc["message"] == "worker 7 failed" and doc["level"] == "ERROR"
     assert "RuntimeError: boom" in doc["exception"]
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", doc["time"])
-    access = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1,
-                               '%s - "%s %s HTTP/%s" %d', ("1.2.3.4:5", "GET", "/x", "1.1", 200), None)
+    access = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("1.2.3.4:5", "GET", "/x", "1.1", 200),
+        None,
+    )
     doc = json.loads(jsonlog.JsonFormatter().format(access))
     assert (doc["method"], doc["path"], doc["status_code"]) == ("GET", "/x", 200)
     assert "status" not in doc  # Datadog's reserved attribute: the line's severity
 
 
 def test_log_format_json_makes_every_line_json(unstarted):
-    m = unstarted(args=["-c", "python:hardened_worker.presets.base"],
-                  env={"HARDENED_LOG_FORMAT": "json", "HARDENED_ACCESS_LOG": "true"})
+    m = unstarted(
+        args=["-c", "python:hardened_worker.presets.base"],
+        env={"HARDENED_LOG_FORMAT": "json", "HARDENED_ACCESS_LOG": "true"},
+    )
     m.start()
     assert get(m.port, "/")[0] == 200
     m.signal(signal.SIGTERM)
@@ -520,8 +644,11 @@ def test_prometheus_multiprocess_bookkeeping(unstarted, tmp_path):
     directory.mkdir()
     stale = directory / "counter_99999999.db"
     stale.write_bytes(b"stale")
-    m = unstarted(app="promapp:app", args=["-c", str(EXAMPLES / "prometheus" / "gunicorn.conf.py")],
-                  env={"PROMETHEUS_MULTIPROC_DIR": str(directory), **K8S_ENV})
+    m = unstarted(
+        app="promapp:app",
+        args=["-c", str(EXAMPLES / "prometheus" / "gunicorn.conf.py")],
+        env={"PROMETHEUS_MULTIPROC_DIR": str(directory), **K8S_ENV},
+    )
     m.start()
     m.wait_log(r"ready in [\d.]+ s \(generation 1\)", count=2)
     [victim, _] = m.wait_workers(2)
@@ -541,9 +668,13 @@ def test_prometheus_multiprocess_bookkeeping(unstarted, tmp_path):
         families = list(text_string_to_metric_families(body.decode()))
         names = [f.name for f in families]
         assert len(names) == len(set(names)), names  # no name twice in one answer
-        found = {(s.name, frozenset(s.labels.items())): s.value for f in families for s in f.samples}
+        found = {
+            (s.name, frozenset(s.labels.items())): s.value for f in families for s in f.samples
+        }
         app_seen = found.get(("promapp_requests_total", frozenset()), 0)
-        exits = found.get(("hardened_worker_worker_exits_total", frozenset({("reason", "shutdown")})))
+        exits = found.get(
+            ("hardened_worker_worker_exits_total", frozenset({("reason", "shutdown")}))
+        )
         return found if app_seen >= 3 and exits == 1 else None
 
     wait_for(scraped, 10)

@@ -10,28 +10,37 @@ from __future__ import annotations
 import http.client
 
 import pytest
-
-from rig import Nginx, get
+from rig import Nginx
 from test_metrics import scrape
 
 METRICS = {"HARDENED_METRICS_PATH": "/metrics"}
 OUTSIDE = "192.0.2.2"  # this host's non-loopback address in the test container (test_metrics)
 
 
-def fetch(port: int, path: str, host: str = "127.0.0.1", headers: dict = {},
-          source: str = "") -> tuple[int, str]:
-    conn = http.client.HTTPConnection(host, port, timeout=10,
-                                      source_address=(source, 0) if source else None)
+def fetch(
+    port: int, path: str, host: str = "127.0.0.1", headers: dict | None = None, source: str = ""
+) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(
+        host, port, timeout=10, source_address=(source, 0) if source else None
+    )
     try:
-        conn.request("GET", path, headers=headers)
+        conn.request("GET", path, headers=headers or {})
         response = conn.getresponse()
         return response.status, response.read().decode(errors="replace")
     finally:
         conn.close()
 
 
-SPELLINGS = ["/metrics", "/metrics?format=json", "/%6detrics", "/%6Detrics?format=json",
-             "//metrics", "/./metrics", "/x/../metrics", "/%2Fmetrics"]
+SPELLINGS = [
+    "/metrics",
+    "/metrics?format=json",
+    "/%6detrics",
+    "/%6Detrics?format=json",
+    "//metrics",
+    "/./metrics",
+    "/x/../metrics",
+    "/%2Fmetrics",
+]
 
 
 @pytest.fixture
@@ -61,8 +70,11 @@ def test_the_path_is_matched_as_received(master):
 
 def test_a_request_relayed_by_a_local_proxy_is_not_loopback(master):
     m = master(env=METRICS)
-    for header in ({"X-Forwarded-For": "203.0.113.7"}, {"Forwarded": "for=203.0.113.7"},
-                   {"X-Real-IP": "203.0.113.7"}):
+    for header in (
+        {"X-Forwarded-For": "203.0.113.7"},
+        {"Forwarded": "for=203.0.113.7"},
+        {"X-Real-IP": "203.0.113.7"},
+    ):
         status, body = fetch(m.port, "/metrics", headers=header)
         assert status == 403 and "hardened_worker_" not in body, header
 
@@ -82,6 +94,7 @@ def test_metrics_allow_still_admits_its_peers_through_a_proxy(master):
 
     port = free_port()
     master(env={**METRICS, "HARDENED_METRICS_ALLOW": OUTSIDE}, args=["-b", f"{OUTSIDE}:{port}"])
-    status, body = fetch(port, "/metrics", host=OUTSIDE, source=OUTSIDE,
-                         headers={"X-Forwarded-For": "203.0.113.7"})
+    status, body = fetch(
+        port, "/metrics", host=OUTSIDE, source=OUTSIDE, headers={"X-Forwarded-For": "203.0.113.7"}
+    )
     assert status == 200 and "hardened_worker_workers" in body

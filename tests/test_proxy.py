@@ -8,7 +8,6 @@ import signal
 import time
 
 import pytest
-
 from rig import POST_LUA, Nginx, get, under_load
 
 CLIENT_HOST = "127.0.0.5"  # any 127/8 address is this host; this one is not in the trust list
@@ -25,18 +24,40 @@ def seen_by_app(port: int, headers: dict, source: str = CLIENT_HOST) -> dict:
         conn.close()
 
 
-@pytest.mark.parametrize("env,headers,client,scheme", [
-    ({}, {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}, "203.0.113.7", "https"),
-    ({}, {"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}, "203.0.113.7", "http"),  # rightmost wins
-    ({}, {"X-Forwarded-For": "not-an-ip"}, "127.0.0.1", "http"),  # the peer stands
-    ({}, {"X-Forwarded-For": "[2001:db8::1]:443"}, "2001:db8::1", "http"),
-    ({}, {"X-Forwarded-Proto": "HTTPS"}, "127.0.0.1", "https"),
-    ({}, {"Forwarded": 'for="[2001:db8::7]:4711";proto=https'}, "127.0.0.1", "http"),  # family off
-    ({"HARDENED_FORWARDED": "forwarded"}, {"Forwarded": 'for="[2001:db8::7]:4711";proto=https'},
-     "2001:db8::7", "https"),
-    ({"HARDENED_FORWARDED": "forwarded"}, {"X-Forwarded-For": "203.0.113.7"}, "127.0.0.1", "http"),
-    ({"HARDENED_FORWARDED": "off"}, {"X-Forwarded-For": "203.0.113.7"}, "127.0.0.1", "http"),
-])
+@pytest.mark.parametrize(
+    "env,headers,client,scheme",
+    [
+        (
+            {},
+            {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"},
+            "203.0.113.7",
+            "https",
+        ),
+        ({}, {"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}, "203.0.113.7", "http"),  # rightmost wins
+        ({}, {"X-Forwarded-For": "not-an-ip"}, "127.0.0.1", "http"),  # the peer stands
+        ({}, {"X-Forwarded-For": "[2001:db8::1]:443"}, "2001:db8::1", "http"),
+        ({}, {"X-Forwarded-Proto": "HTTPS"}, "127.0.0.1", "https"),
+        (
+            {},
+            {"Forwarded": 'for="[2001:db8::7]:4711";proto=https'},
+            "127.0.0.1",
+            "http",
+        ),  # family off
+        (
+            {"HARDENED_FORWARDED": "forwarded"},
+            {"Forwarded": 'for="[2001:db8::7]:4711";proto=https'},
+            "2001:db8::7",
+            "https",
+        ),
+        (
+            {"HARDENED_FORWARDED": "forwarded"},
+            {"X-Forwarded-For": "203.0.113.7"},
+            "127.0.0.1",
+            "http",
+        ),
+        ({"HARDENED_FORWARDED": "off"}, {"X-Forwarded-For": "203.0.113.7"}, "127.0.0.1", "http"),
+    ],
+)
 def test_client_and_scheme_from_a_trusted_peer(master, env, headers, client, scheme):
     m = master(workers=1, env=env)
     seen = seen_by_app(m.port, headers, source="127.0.0.1")
@@ -51,8 +72,11 @@ def test_untrusted_peer_cannot_choose_its_address(master):
 
 def test_opt_in_host_and_prefix(master):
     m = master(workers=1, env={"HARDENED_FORWARDED_HOST": "1", "HARDENED_FORWARDED_PREFIX": "1"})
-    seen = seen_by_app(m.port, {"X-Forwarded-Host": "shop.example.com", "X-Forwarded-Prefix": "/shop"},
-                       source="127.0.0.1")
+    seen = seen_by_app(
+        m.port,
+        {"X-Forwarded-Host": "shop.example.com", "X-Forwarded-Prefix": "/shop"},
+        source="127.0.0.1",
+    )
     assert seen["host"] == "shop.example.com"
     assert seen["root_path"] == "/shop" and seen["path"] == "/shop/client"
 

@@ -8,11 +8,18 @@ import signal
 import time
 
 import pytest
+from rig import APPS, Client, under_load, wait_for
 
 from hardened_worker.readiness import (
-    Gate, Peer, Reloads, State, Table, has_older_live, may_load, retirement_gate,
+    Gate,
+    Peer,
+    Reloads,
+    State,
+    Table,
+    has_older_live,
+    may_load,
+    retirement_gate,
 )
-from rig import APPS, Client, under_load, wait_for
 
 NOW = 1_000_000.0
 
@@ -25,46 +32,68 @@ ME = peer(1, 1, State.READY)
 OLD_SIBLING = peer(2, 1, State.READY)
 
 
-@pytest.mark.parametrize("peers,reloads,expected", [
-    # Plain shutdown / TTOU: nobody newer, no reload pending.
-    ([OLD_SIBLING], Reloads(1), Gate.RETIRE),
-    ([], Reloads(1), Gate.RETIRE),
-    # HUP: successors booting, then ready.
-    ([OLD_SIBLING, peer(3, 2, State.BOOTING), peer(4, 2, State.BOOTING)], Reloads(2), Gate.WAIT),
-    ([OLD_SIBLING, peer(3, 2, State.READY), peer(4, 2, State.BOOTING)], Reloads(2), Gate.WAIT),
-    ([OLD_SIBLING, peer(3, 2, State.READY), peer(4, 2, State.READY)], Reloads(2), Gate.RETIRE),
-    # The old generation's younger worker is not a successor.
-    ([peer(2, 1, State.BOOTING)], Reloads(1), Gate.RETIRE),
-    # HUP just happened: the new workers have not claimed their slots yet.
-    ([OLD_SIBLING], Reloads(2), Gate.WAIT),
-    # The reload was rejected: its last failed worker left after our SIGTERM, or is still there.
-    ([OLD_SIBLING], Reloads(2, rejected=2, rejected_at=NOW + 0.5), Gate.ROLLBACK),
-    ([OLD_SIBLING, peer(3, 2, State.FAILED)], Reloads(2, rejected=2, rejected_at=NOW - 30), Gate.ROLLBACK),
-    # A stop after a rejected reload's last failure is a real stop (TTOU, shutdown), however soon.
-    ([OLD_SIBLING], Reloads(2, rejected=2, rejected_at=NOW - 30), Gate.RETIRE),
-    ([OLD_SIBLING], Reloads(2, rejected=2, rejected_at=NOW - 0.5), Gate.RETIRE),
-    # One successor failed while another is ready: the new generation serves.
-    ([peer(3, 2, State.FAILED), peer(4, 2, State.READY)], Reloads(2, rejected=2, rejected_at=NOW), Gate.RETIRE),
-    # A shutdown during a reload: the booting successors were stopped.
-    ([OLD_SIBLING, peer(3, 2, State.STOPPING)], Reloads(2, abandoned=2), Gate.RETIRE),
-    ([OLD_SIBLING], Reloads(2, abandoned=2), Gate.RETIRE),
-    ([OLD_SIBLING, peer(3, 2, State.STOPPING)], Reloads(2), Gate.RETIRE),
-    # Two HUPs in a row: the newest generation is what counts.
-    ([peer(3, 2, State.STOPPING), peer(5, 3, State.BOOTING)], Reloads(3, abandoned=2), Gate.WAIT),
-    ([peer(3, 2, State.READY)], Reloads(3), Gate.RETIRE),
-])
+@pytest.mark.parametrize(
+    "peers,reloads,expected",
+    [
+        # Plain shutdown / TTOU: nobody newer, no reload pending.
+        ([OLD_SIBLING], Reloads(1), Gate.RETIRE),
+        ([], Reloads(1), Gate.RETIRE),
+        # HUP: successors booting, then ready.
+        (
+            [OLD_SIBLING, peer(3, 2, State.BOOTING), peer(4, 2, State.BOOTING)],
+            Reloads(2),
+            Gate.WAIT,
+        ),
+        ([OLD_SIBLING, peer(3, 2, State.READY), peer(4, 2, State.BOOTING)], Reloads(2), Gate.WAIT),
+        ([OLD_SIBLING, peer(3, 2, State.READY), peer(4, 2, State.READY)], Reloads(2), Gate.RETIRE),
+        # The old generation's younger worker is not a successor.
+        ([peer(2, 1, State.BOOTING)], Reloads(1), Gate.RETIRE),
+        # HUP just happened: the new workers have not claimed their slots yet.
+        ([OLD_SIBLING], Reloads(2), Gate.WAIT),
+        # The reload was rejected: its last failed worker left after our SIGTERM, or is still there.
+        ([OLD_SIBLING], Reloads(2, rejected=2, rejected_at=NOW + 0.5), Gate.ROLLBACK),
+        (
+            [OLD_SIBLING, peer(3, 2, State.FAILED)],
+            Reloads(2, rejected=2, rejected_at=NOW - 30),
+            Gate.ROLLBACK,
+        ),
+        # A stop after a rejected reload's last failure is a real stop (TTOU, shutdown), however soon.
+        ([OLD_SIBLING], Reloads(2, rejected=2, rejected_at=NOW - 30), Gate.RETIRE),
+        ([OLD_SIBLING], Reloads(2, rejected=2, rejected_at=NOW - 0.5), Gate.RETIRE),
+        # One successor failed while another is ready: the new generation serves.
+        (
+            [peer(3, 2, State.FAILED), peer(4, 2, State.READY)],
+            Reloads(2, rejected=2, rejected_at=NOW),
+            Gate.RETIRE,
+        ),
+        # A shutdown during a reload: the booting successors were stopped.
+        ([OLD_SIBLING, peer(3, 2, State.STOPPING)], Reloads(2, abandoned=2), Gate.RETIRE),
+        ([OLD_SIBLING], Reloads(2, abandoned=2), Gate.RETIRE),
+        ([OLD_SIBLING, peer(3, 2, State.STOPPING)], Reloads(2), Gate.RETIRE),
+        # Two HUPs in a row: the newest generation is what counts.
+        (
+            [peer(3, 2, State.STOPPING), peer(5, 3, State.BOOTING)],
+            Reloads(3, abandoned=2),
+            Gate.WAIT,
+        ),
+        ([peer(3, 2, State.READY)], Reloads(3), Gate.RETIRE),
+    ],
+)
 def test_retirement_gate(peers, reloads, expected):
     assert retirement_gate(ME, peers, reloads, stop_requested=NOW) == expected
 
 
-@pytest.mark.parametrize("peers,expected", [
-    ([], False),
-    ([peer(1, 1, State.READY)], True),
-    ([peer(1, 1, State.STOPPING)], True),
-    ([peer(1, 1, State.FAILED)], False),
-    ([peer(1, 1, State.BOOTING)], False),
-    ([peer(9, 1, State.READY)], False),
-])
+@pytest.mark.parametrize(
+    "peers,expected",
+    [
+        ([], False),
+        ([peer(1, 1, State.READY)], True),
+        ([peer(1, 1, State.STOPPING)], True),
+        ([peer(1, 1, State.FAILED)], False),
+        ([peer(1, 1, State.BOOTING)], False),
+        ([peer(9, 1, State.READY)], False),
+    ],
+)
 def test_has_older_live(peers, expected):
     assert has_older_live(5, peers) == expected
 
@@ -80,7 +109,9 @@ def test_table_is_shared_with_forked_children():
         time.sleep(2)
         os._exit(0)
     try:
-        seen = wait_for(lambda: [p for p in table.peers() if p.pid == pid and p.state == State.READY], 5)
+        seen = wait_for(
+            lambda: [p for p in table.peers() if p.pid == pid and p.state == State.READY], 5
+        )
         assert seen[0].age == 7 and seen[0].generation == 3
         assert table.reloads().generation == 3
         assert table.reason_of(pid) == 4
@@ -189,18 +220,30 @@ def test_may_load_admits_one_more_than_the_worker_count():
     assert may_load(loaded + [peer(3, 2, State.WAITING), peer(4, 2, State.FAILED)], workers=2)
 
 
-@pytest.mark.parametrize("me,peers,expected", [
-    # Nothing of the new generation is ready: everybody waits.
-    (peer(1, 1, State.READY), [peer(2, 1, State.READY), peer(3, 2, State.BOOTING),
-                               peer(4, 2, State.WAITING)], Gate.WAIT),
-    # One successor ready: the oldest leaves, the next one waits for a second successor.
-    (peer(1, 1, State.READY), [peer(2, 1, State.READY), peer(3, 2, State.READY),
-                               peer(4, 2, State.WAITING)], Gate.RETIRE),
-    (peer(2, 1, State.READY), [peer(1, 1, State.STOPPING), peer(3, 2, State.READY),
-                               peer(4, 2, State.WAITING)], Gate.WAIT),
-    (peer(2, 1, State.READY), [peer(3, 2, State.READY), peer(4, 2, State.BOOTING)], Gate.WAIT),
-    (peer(2, 1, State.READY), [peer(3, 2, State.READY), peer(4, 2, State.READY)], Gate.RETIRE),
-])
+@pytest.mark.parametrize(
+    "me,peers,expected",
+    [
+        # Nothing of the new generation is ready: everybody waits.
+        (
+            peer(1, 1, State.READY),
+            [peer(2, 1, State.READY), peer(3, 2, State.BOOTING), peer(4, 2, State.WAITING)],
+            Gate.WAIT,
+        ),
+        # One successor ready: the oldest leaves, the next one waits for a second successor.
+        (
+            peer(1, 1, State.READY),
+            [peer(2, 1, State.READY), peer(3, 2, State.READY), peer(4, 2, State.WAITING)],
+            Gate.RETIRE,
+        ),
+        (
+            peer(2, 1, State.READY),
+            [peer(1, 1, State.STOPPING), peer(3, 2, State.READY), peer(4, 2, State.WAITING)],
+            Gate.WAIT,
+        ),
+        (peer(2, 1, State.READY), [peer(3, 2, State.READY), peer(4, 2, State.BOOTING)], Gate.WAIT),
+        (peer(2, 1, State.READY), [peer(3, 2, State.READY), peer(4, 2, State.READY)], Gate.RETIRE),
+    ],
+)
 def test_rolling_gate_retires_one_old_worker_per_ready_successor(me, peers, expected):
     assert retirement_gate(me, peers, Reloads(2), stop_requested=NOW, rolling=2) == expected
 

@@ -15,17 +15,20 @@ import signal
 import time
 
 import pytest
-
 from rig import APPS, alive, get, under_load, wait_for
 
 
 @pytest.mark.parametrize("graceful,workers", [(10, 2), (10, 4), (30, 2), (30, 4)])
-def test_a_rejected_reload_keeps_every_old_worker_with_the_defaults(master, tmp_path, graceful,
-                                                                   workers):
+def test_a_rejected_reload_keeps_every_old_worker_with_the_defaults(
+    master, tmp_path, graceful, workers
+):
     env_file = tmp_path / "env.json"
     env_file.write_text("{}")
-    m = master(args=["-c", str(APPS / "reload_conf.py"), "--graceful-timeout", str(graceful)],
-               env={"RELOAD_ENV_FILE": str(env_file)}, workers=workers)
+    m = master(
+        args=["-c", str(APPS / "reload_conf.py"), "--graceful-timeout", str(graceful)],
+        env={"RELOAD_ENV_FILE": str(env_file)},
+        workers=workers,
+    )
     old = sorted(m.wait_workers(workers))
     env_file.write_text(json.dumps({"HARDENED_HEALTH_CHECK": "health_checks:failing"}))
     check_fails_after = int(0.8 * graceful)

@@ -12,8 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from hardened_worker import checks
 from rig import ROOT, Background, under_load, wait_for
+
+from hardened_worker import checks
 
 MIGRATE = Path(checks.TCP_MIGRATE_REQ)
 
@@ -24,10 +25,22 @@ def test_hups_under_load_lose_nothing_with_reuse_port(master):
         # of its own (loopback up, tcp_migrate_req=1 there only).
         test = f"{Path(__file__).name}::test_hups_under_load_lose_nothing_with_reuse_port"
         done = subprocess.run(
-            ["unshare", "-n", "sh", "-c", 'ip link set lo up && sysctl -qw net.ipv4.tcp_migrate_req=1'
-             ' && exec "$0" -m pytest -q -p no:cacheprovider "$1"', sys.executable,
-             f"tests/{test}"], cwd=ROOT, env={**os.environ, "IN_OWN_NETNS": "1"},
-            capture_output=True, text=True, timeout=300)
+            [
+                "unshare",
+                "-n",
+                "sh",
+                "-c",
+                "ip link set lo up && sysctl -qw net.ipv4.tcp_migrate_req=1"
+                ' && exec "$0" -m pytest -q -p no:cacheprovider "$1"',
+                sys.executable,
+                f"tests/{test}",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "IN_OWN_NETNS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
         return
     m = master(args=["--reuse-port"], env={"TESTAPP_STARTUP_DELAY": "0.5"}, workers=2)
@@ -41,7 +54,9 @@ def test_hups_under_load_lose_nothing_with_reuse_port(master):
 
     outcomes, load = under_load(m.port, reloads, seconds=14)
     assert outcomes.failures == [] and load.socket_errors == 0 and load.non_2xx == 0, (
-        outcomes.counts, load)
+        outcomes.counts,
+        load,
+    )
     assert len(outcomes) > 100 and "tcp_migrate_req" not in m.log()
 
 

@@ -13,9 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from rig import get, wait_for
-
 from test_metrics import settled, value
 
 REQUESTS_PER_CONNECTION = 20
@@ -90,8 +88,11 @@ def test_another_pool_in_the_network_namespace_takes_no_wake_socket_of_ours(mast
         m = master(workers=2)
         pids = m.wait_workers(2)
         assert max(pids) < last + 400, "the workers' pids were not among those taken"
-        names = {line.split()[-1] for line in Path("/proc/net/unix").read_text().splitlines()[1:]
-                 if len(line.split()) == 8}
+        names = {
+            line.split()[-1]
+            for line in Path("/proc/net/unix").read_text().splitlines()[1:]
+            if len(line.split()) == 8
+        }
         for pid in pids:  # each worker bound a wake socket of its own pool
             assert any(re.fullmatch(rf"/.*/hardened-worker-wake-[0-9a-f]+/{pid}", n) for n in names)
         assert "has no wake socket" not in m.log()

@@ -16,58 +16,79 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardened_worker.spread import (CHURN_ACCEPTS, LISTENING, OFF, STALE_MS, UNBALANCED, YIELDING, Sibling,
-                                    churning, listens, margin, to_wake, weighed)
+from hardened_worker.spread import (
+    CHURN_ACCEPTS,
+    LISTENING,
+    OFF,
+    STALE_MS,
+    UNBALANCED,
+    YIELDING,
+    Sibling,
+    churning,
+    listens,
+    margin,
+    to_wake,
+    weighed,
+)
 
 L, Y, U = LISTENING, YIELDING, UNBALANCED
 
 
-@pytest.mark.parametrize("mine,siblings,expected", [
-    (0, [], True),                              # alone: always
-    (5, [], True),
-    (0, [Sibling(0, L)], True),                 # a tie: both listen
-    (1, [Sibling(0, L)], False),                # a listening sibling holds fewer: yield to it
-    (1, [Sibling(0, Y)], False),                # it yields now, but takes it once woken: leave it
-    (1, [Sibling(1, Y), Sibling(0, Y)], False),
-    (1, [Sibling(0, OFF)], True),               # at its bound or draining: not a taker
-    (3, [Sibling(3, L), Sibling(2, Y)], False),
-    (3, [Sibling(4, L), Sibling(2, L)], False),
-    (2, [Sibling(2, Y), Sibling(2, L)], True),
-    (8, [Sibling(7, L)], True),                 # within its margin (8 // 8 = 1)
-    (8, [Sibling(6, L)], False),
-    (32, [Sibling(28, L)], True),
-    (32, [Sibling(27, L)], False),
-])
+@pytest.mark.parametrize(
+    "mine,siblings,expected",
+    [
+        (0, [], True),  # alone: always
+        (5, [], True),
+        (0, [Sibling(0, L)], True),  # a tie: both listen
+        (1, [Sibling(0, L)], False),  # a listening sibling holds fewer: yield to it
+        (1, [Sibling(0, Y)], False),  # it yields now, but takes it once woken: leave it
+        (1, [Sibling(1, Y), Sibling(0, Y)], False),
+        (1, [Sibling(0, OFF)], True),  # at its bound or draining: not a taker
+        (3, [Sibling(3, L), Sibling(2, Y)], False),
+        (3, [Sibling(4, L), Sibling(2, L)], False),
+        (2, [Sibling(2, Y), Sibling(2, L)], True),
+        (8, [Sibling(7, L)], True),  # within its margin (8 // 8 = 1)
+        (8, [Sibling(6, L)], False),
+        (32, [Sibling(28, L)], True),
+        (32, [Sibling(27, L)], False),
+    ],
+)
 def test_listens(mine, siblings, expected):
     assert listens(mine, siblings) is expected
 
 
-@pytest.mark.parametrize("accepts,requests,expected", [
-    (0, 0, False),                                # idle
-    (CHURN_ACCEPTS - 1, 0, False),                # too few new connections to be worth saving
-    (CHURN_ACCEPTS, CHURN_ACCEPTS, True),         # Connection: close: one request each
-    (1000, 1500, True),
-    (1000, 2000, False),                          # two requests each: keep-alive enough
-    (64, 30000, False),                           # wrk opening its keep-alive connections
-])
+@pytest.mark.parametrize(
+    "accepts,requests,expected",
+    [
+        (0, 0, False),  # idle
+        (CHURN_ACCEPTS - 1, 0, False),  # too few new connections to be worth saving
+        (CHURN_ACCEPTS, CHURN_ACCEPTS, True),  # Connection: close: one request each
+        (1000, 1500, True),
+        (1000, 2000, False),  # two requests each: keep-alive enough
+        (64, 30000, False),  # wrk opening its keep-alive connections
+    ],
+)
 def test_churning(accepts, requests, expected):
     assert churning(accepts, requests) is expected
 
 
 def test_a_churning_worker_is_neither_yielded_to_nor_woken():
-    assert listens(1, [Sibling(0, U)])            # it takes what comes, it is not a taker to yield to
+    assert listens(1, [Sibling(0, U)])  # it takes what comes, it is not a taker to yield to
     assert to_wake(Sibling(0, L), [Sibling(5, U)]) == []
 
 
-@pytest.mark.parametrize("me,siblings,expected", [
-    (Sibling(1, L), [Sibling(1, Y)], [0]),              # no longer ahead of me: it listens again
-    (Sibling(0, L), [Sibling(1, Y)], []),               # still ahead: let it yield
-    (Sibling(0, L), [Sibling(1, L)], [0]),              # I listen with fewer: it should yield now
-    (Sibling(2, Y), [Sibling(1, L)], []),
-    (Sibling(0, OFF), [Sibling(3, Y), Sibling(1, OFF)], [0]),  # leaving: the yielder takes over
-    (Sibling(0, L), [Sibling(2, Y), Sibling(2, Y)], []),
-    (Sibling(2, L), [Sibling(2, Y), Sibling(3, Y), Sibling(1, L)], []),
-])
+@pytest.mark.parametrize(
+    "me,siblings,expected",
+    [
+        (Sibling(1, L), [Sibling(1, Y)], [0]),  # no longer ahead of me: it listens again
+        (Sibling(0, L), [Sibling(1, Y)], []),  # still ahead: let it yield
+        (Sibling(0, L), [Sibling(1, L)], [0]),  # I listen with fewer: it should yield now
+        (Sibling(2, Y), [Sibling(1, L)], []),
+        (Sibling(0, OFF), [Sibling(3, Y), Sibling(1, OFF)], [0]),  # leaving: the yielder takes over
+        (Sibling(0, L), [Sibling(2, Y), Sibling(2, Y)], []),
+        (Sibling(2, L), [Sibling(2, Y), Sibling(3, Y), Sibling(1, L)], []),
+    ],
+)
 def test_to_wake(me, siblings, expected):
     assert to_wake(me, siblings) == expected
 
@@ -87,8 +108,10 @@ def test_a_blocked_sibling_with_fewer_is_not_waited_for():
     assert listens(2, [weighed(1, L, now - 2000, now)])
 
 
-@given(st.integers(0, 6), st.lists(st.tuples(st.integers(0, 6), st.sampled_from([OFF, L, Y, U])),
-                                   max_size=6))
+@given(
+    st.integers(0, 6),
+    st.lists(st.tuples(st.integers(0, 6), st.sampled_from([OFF, L, Y, U])), max_size=6),
+)
 def test_the_least_loaded_taker_never_yields(mine, others):
     siblings = [Sibling(c, a) for c, a in others]
     takers = [s.connections for s in siblings if s.accept in (L, Y)]
@@ -156,8 +179,11 @@ def test_a_burst_ends_even_and_the_pool_never_stops_accepting(workers, burst, ti
         assert pool.accepting()
         listening = [i for i, w in enumerate(pool.w) if w.row.accept == L]
         woken = [i for i, w in enumerate(pool.w) if w.woken]
-        step = data.draw(st.sampled_from(["accept"] * bool(listening) + ["wake"] * bool(woken)
-                                         + ["tick"] * ticks))
+        step = data.draw(
+            st.sampled_from(
+                ["accept"] * bool(listening) + ["wake"] * bool(woken) + ["tick"] * ticks
+            )
+        )
         if step == "accept":
             i = data.draw(st.sampled_from(listening))
             before = pool.w[i].count

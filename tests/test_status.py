@@ -8,13 +8,17 @@ import subprocess
 import sys
 
 from rig import ROOT, get, wait_for
-
 from test_metrics import samples, scrape, settled, value
 
 
 def status(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hardened_worker", "status", *args],
-                          capture_output=True, text=True, timeout=30, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "hardened_worker", "status", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
 
 
 def test_status_shows_the_pool_and_its_json_matches_the_scrape(master):
@@ -35,7 +39,9 @@ def test_status_shows_the_pool_and_its_json_matches_the_scrape(master):
         assert w["state"] == "ready" and w["generation"] == 1
         assert w["requests"] == value(found, "requests_total", pid=str(w["pid"]))
         assert w["memory_bytes"] > 0
-        assert w["accept"] in ("listening", "yielding") and 0 <= w["connections"] <= 1  # the scrape's
+        assert (
+            w["accept"] in ("listening", "yielding") and 0 <= w["connections"] <= 1
+        )  # the scrape's
 
     m.signal(signal.SIGHUP)
     wait_for(lambda: not set(m.workers()) & set(pids) and len(m.workers()) == 2, 30)

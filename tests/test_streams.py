@@ -7,7 +7,6 @@ import re
 import signal
 
 import pytest
-
 from rig import get, wait_for
 
 
@@ -77,12 +76,24 @@ def test_at_the_drain_deadline_sse_ends_cleanly_and_a_plain_stream_is_cut(master
     log = m.log()
     assert "drain deadline passed" in log
     # One line per ended request: method, path, age, how it ended and the body bytes that got out.
-    [chunked] = re.findall(r"drain deadline: GET /chunked ended after ([0-9.]+) s, a response in "
-                           r"progress: connection closed, ([0-9]+) bytes sent$", log, re.M)
+    [chunked] = re.findall(
+        r"drain deadline: GET /chunked ended after ([0-9.]+) s, a response in "
+        r"progress: connection closed, ([0-9]+) bytes sent$",
+        log,
+        re.M,
+    )
     assert float(chunked[0]) > 0 and int(chunked[1]) == len(cut.value.partial)
-    assert len(re.findall(r"drain deadline: GET /sse ended after [0-9.]+ s, a text/event-stream "
-                          r"response in progress: stream ended, [1-9][0-9]* bytes sent$",
-                          log, re.M)) == 1
+    assert (
+        len(
+            re.findall(
+                r"drain deadline: GET /sse ended after [0-9.]+ s, a text/event-stream "
+                r"response in progress: stream ended, [1-9][0-9]* bytes sent$",
+                log,
+                re.M,
+            )
+        )
+        == 1
+    )
     no_traceback(log)
 
 
@@ -104,8 +115,12 @@ def test_a_hup_with_watching_sse_clients_retires_the_old_worker_without_waiting(
 
 
 def test_the_app_sees_the_draining_event_set_during_the_drain(master):
-    m = master(app="deadline_app:app", workers=1, args=["--graceful-timeout", "10"],
-               env={"HARDENED_DRAIN_IDLE_WINDOW": "5s"})
+    m = master(
+        app="deadline_app:app",
+        workers=1,
+        args=["--graceful-timeout", "10"],
+        env={"HARDENED_DRAIN_IDLE_WINDOW": "5s"},
+    )
     m.wait_workers(1)
     conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=30)
     conn.request("GET", "/deadline")

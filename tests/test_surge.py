@@ -9,12 +9,11 @@ processes held the app (imports minus shutdowns, in the order the app wrote them
 
 from __future__ import annotations
 
-import re
 import os
+import re
 import signal
 
 import pytest
-
 from rig import POST_LUA, Background, Nginx, Prober, alive, get, under_load, wait_for
 
 STARTUP = {"TESTAPP_STARTUP_DELAY": "2"}
@@ -40,8 +39,11 @@ CAUSES = {
     "max-requests": ({}, ["--max-requests", "50"], None),
     "max-lifetime": ({"HARDENED_MAX_LIFETIME": "5s"}, [], None),
     # The soft limit is passed by leaking; the hard one is far, so the old worker serves on.
-    "memory": ({"HARDENED_MEMORY_LIMIT": "64MiB", "HARDENED_MEMORY_HARD_LIMIT": "1GiB"}, [],
-               "/leak?kib=8192"),
+    "memory": (
+        {"HARDENED_MEMORY_LIMIT": "64MiB", "HARDENED_MEMORY_HARD_LIMIT": "1GiB"},
+        [],
+        "/leak?kib=8192",
+    ),
 }
 
 
@@ -71,14 +73,20 @@ def test_one_worker_recycles_with_its_successor_started_first(master, cause):
 
 @pytest.mark.parametrize("through", ["direct", "nginx"])
 def test_recycles_under_load_lose_nothing_and_go_one_at_a_time(master, tmp_path, through):
-    m = master(env=STARTUP, args=["--max-requests", "400", "--max-requests-jitter", "50"], workers=3)
+    m = master(
+        env=STARTUP, args=["--max-requests", "400", "--max-requests-jitter", "50"], workers=3
+    )
     m.wait_workers(3)
     nginx = Nginx(tmp_path, m.port).start() if through == "nginx" else None
     script = tmp_path / "post.lua"  # wrk alternates GET and POST: a proxy never retries a POST
     script.write_text(POST_LUA)
     try:
-        outcomes, load = under_load(nginx.port if nginx else m.port, lambda: m.wait_log(
-            "retiring: reason max-requests", timeout=60, count=3), seconds=12, script=script)
+        outcomes, load = under_load(
+            nginx.port if nginx else m.port,
+            lambda: m.wait_log("retiring: reason max-requests", timeout=60, count=3),
+            seconds=12,
+            script=script,
+        )
     finally:
         failures = nginx.upstream_failures() if nginx else []
         if nginx:
@@ -93,7 +101,9 @@ def test_a_worker_killed_while_it_holds_the_table_lock_blocks_nobody(master):
     m = master(args=["--max-requests", "40"], workers=2)
     holder, other = m.wait_workers(2)
     Background(m.port, "/table-lock?s=60")  # one of the two takes it; find out which
-    locked = int(wait_for(lambda: [e for e in m.events() if e.startswith("locked ")], 10)[0].split()[1])
+    locked = int(
+        wait_for(lambda: [e for e in m.events() if e.startswith("locked ")], 10)[0].split()[1]
+    )
     other = holder if locked == other else other
     os.kill(locked, signal.SIGKILL)  # as the OOM killer would: no clean-up of any kind
     # The replacement claims its slot and the other worker recycles: both take the lock.
@@ -118,9 +128,16 @@ def test_term_to_a_successor_waiting_on_the_held_table_lock_leaves_cleanly(maste
 
 
 def test_rolling_reload_counts_the_startup_timeout_from_the_turn(master):
-    m = master(env={"TESTAPP_STARTUP_DELAY": "3", "HARDENED_ROLLING": "1",
-                    "HARDENED_STARTUP_TIMEOUT": "5s", "HARDENED_READY_TIMEOUT": "25s"},
-               args=["--graceful-timeout", "30"], workers=3)
+    m = master(
+        env={
+            "TESTAPP_STARTUP_DELAY": "3",
+            "HARDENED_ROLLING": "1",
+            "HARDENED_STARTUP_TIMEOUT": "5s",
+            "HARDENED_READY_TIMEOUT": "25s",
+        },
+        args=["--graceful-timeout", "30"],
+        workers=3,
+    )
     m.wait_workers(3, timeout=30)
 
     def reload() -> None:
@@ -144,8 +161,9 @@ def test_a_worker_killed_while_its_successor_starts_leaves_the_pool_at_its_size(
     os.kill(first, signal.SIGKILL)
     # The master forked the successor for the surge; once it reaped the dead worker there is no
     # surge left to count, so the successor is the whole pool: nothing to fork, nothing to stop.
-    [survivor] = wait_for(lambda: len(m.workers()) == 1 and first not in m.workers()
-                          and m.workers(), timeout=20)
+    [survivor] = wait_for(
+        lambda: len(m.workers()) == 1 and first not in m.workers() and m.workers(), timeout=20
+    )
     m.wait_log(rf"worker {survivor} ready in", timeout=20)
     assert get(m.port, "/")[0] == 200
     assert m.workers() == [survivor] and "exiting: reason shutdown" not in m.log()

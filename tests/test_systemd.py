@@ -15,9 +15,9 @@ import time
 import uuid
 
 import pytest
+from rig import get, wait_for
 
 from hardened_worker import systemd
-from rig import get, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +48,7 @@ def received(sock: socket.socket, timeout: float) -> list[str]:
         sock.setblocking(False)
         while True:
             messages.append(sock.recv(4096).decode())
-    except (BlockingIOError, socket.timeout):
+    except (TimeoutError, BlockingIOError):
         pass
     return messages
 
@@ -155,8 +155,11 @@ def test_a_missing_socket_is_a_warning_not_an_error(tmp_path, caplog):
 def test_ready_arrives_once_after_lifespan_startup_and_a_hup_is_a_reload(master, listener):
     path, sock = listener
     started = time.monotonic()
-    m = master(args=["-c", "python:hardened_worker.presets.vm"], wait=False,
-               env={"NOTIFY_SOCKET": path, "TESTAPP_STARTUP_DELAY": "1"})
+    m = master(
+        args=["-c", "python:hardened_worker.presets.vm"],
+        wait=False,
+        env={"NOTIFY_SOCKET": path, "TESTAPP_STARTUP_DELAY": "1"},
+    )
     messages = received(sock, 20)
     elapsed = time.monotonic() - started
     assert len(messages) == 1, messages
@@ -189,8 +192,11 @@ def test_ready_arrives_once_after_lifespan_startup_and_a_hup_is_a_reload(master,
 def test_without_the_deferral_gunicorn_says_ready_before_any_worker_is(master, listener):
     # What the vm preset fixes: the base preset leaves gunicorn's own READY=1 alone.
     path, sock = listener
-    m = master(args=["-c", "python:hardened_worker.presets.base"], wait=False,
-               env={"NOTIFY_SOCKET": path, "TESTAPP_STARTUP_DELAY": "2"})
+    m = master(
+        args=["-c", "python:hardened_worker.presets.base"],
+        wait=False,
+        env={"NOTIFY_SOCKET": path, "TESTAPP_STARTUP_DELAY": "2"},
+    )
     [message] = received(sock, 20)
     assert fields(message) == {"READY": "1", "STATUS": "Gunicorn arbiter booted"}
     assert not any(e.startswith("startup ") for e in m.events())
@@ -224,7 +230,7 @@ def quiet_for(sock: socket.socket, seconds: float) -> list[dict]:
     try:
         while True:
             got.append(fields(sock.recv(4096).decode()))
-    except socket.timeout:
+    except TimeoutError:
         return got
 
 
@@ -233,14 +239,23 @@ def test_reloads_and_the_watchdog_under_a_fake_systemd(master, listener, tmp_pat
     env_file = tmp_path / "env.json"
     env_file.write_text("{}")
     conf = tmp_path / "conf.py"  # the vm preset, and an environment a test rewrites before a HUP
-    conf.write_text("import json, os\n"
-                    "from hardened_worker.presets.vm import *\n"
-                    "raw_env = [f'{k}={v}' for k, v in\n"
-                    "           json.load(open(os.environ['RELOAD_ENV_FILE'])).items()]\n"
-                    "workers = 2\n")
-    m = master(args=["-c", str(conf)], wait=False,
-               env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000", "TESTAPP_STARTUP_DELAY": "1",
-                    "RELOAD_ENV_FILE": str(env_file)})
+    conf.write_text(
+        "import json, os\n"
+        "from hardened_worker.presets.vm import *\n"
+        "raw_env = [f'{k}={v}' for k, v in\n"
+        "           json.load(open(os.environ['RELOAD_ENV_FILE'])).items()]\n"
+        "workers = 2\n"
+    )
+    m = master(
+        args=["-c", str(conf)],
+        wait=False,
+        env={
+            "NOTIFY_SOCKET": path,
+            "WATCHDOG_USEC": "400000",
+            "TESTAPP_STARTUP_DELAY": "1",
+            "RELOAD_ENV_FILE": str(env_file),
+        },
+    )
     # Start: READY=1 only once a worker is ready; the watchdog only while one serves.
     start = collect(sock, lambda got: any("READY" in f for f in got))
     assert any(e.startswith("startup ") for e in m.events())
@@ -264,8 +279,15 @@ def test_reloads_and_the_watchdog_under_a_fake_systemd(master, listener, tmp_pat
     assert any("RELOADING" in f for f in got)
     assert got[-1]["STATUS"].startswith("reload rejected: generation 3 cannot start")
     # (while the old workers cancel their stop, they count as stopping)
-    collect(sock, lambda got: got and "WATCHDOG" in got[-1] and got[-1]["STATUS"].startswith(
-        "serving: 2 ready (generation 2)") and "reload rejected: generation 3" in got[-1]["STATUS"])
+    collect(
+        sock,
+        lambda got: (
+            got
+            and "WATCHDOG" in got[-1]
+            and got[-1]["STATUS"].startswith("serving: 2 ready (generation 2)")
+            and "reload rejected: generation 3" in got[-1]["STATUS"]
+        ),
+    )
 
     # The watchdog stops when no worker's loop runs (SIGSTOP), and resumes with them.
     workers = m.workers()
@@ -280,15 +302,21 @@ def test_reloads_and_the_watchdog_under_a_fake_systemd(master, listener, tmp_pat
     collect(sock, lambda got: any("WATCHDOG" in f for f in got), timeout=10)
 
 
-@pytest.mark.parametrize("environ, enabled", [
-    ({}, False),
-    ({"WATCHDOG_USEC": "4000000"}, True),
-    ({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "ME"}, True),
-    ({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}, False),  # another process is watched
-    ({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1", "GUNICORN_PID": "1"}, True),  # USR2 child
-    ({"WATCHDOG_USEC": "0"}, False),
-    ({"WATCHDOG_USEC": "soon"}, False),
-])
+@pytest.mark.parametrize(
+    "environ, enabled",
+    [
+        ({}, False),
+        ({"WATCHDOG_USEC": "4000000"}, True),
+        ({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "ME"}, True),
+        ({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}, False),  # another process is watched
+        (
+            {"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1", "GUNICORN_PID": "1"},
+            True,
+        ),  # USR2 child
+        ({"WATCHDOG_USEC": "0"}, False),
+        ({"WATCHDOG_USEC": "soon"}, False),
+    ],
+)
 def test_watchdog_from_environ(environ, enabled):
     environ = {k: str(os.getpid()) if v == "ME" else v for k, v in environ.items()}
     watchdog = systemd.Watchdog.from_environ(lambda: None, environ=environ)

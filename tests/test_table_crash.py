@@ -27,9 +27,8 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Optional
 
 import pytest
 
@@ -40,6 +39,7 @@ def _table_module():
     path = os.environ.get("HARDENED_TABLE_MODULE")
     if not path:
         from hardened_worker import readiness
+
         return readiness
     spec = importlib.util.spec_from_file_location("table_under_test", path)
     module = importlib.util.module_from_spec(spec)
@@ -62,7 +62,9 @@ PUBLISHED = 5  # what the "publish" writer adds
 # --- child processes ---------------------------------------------------------------------------
 
 
-def _in_child(body: Callable[[], object], timeout: float = WEDGE_LIMIT) -> tuple[Optional[object], int]:
+def _in_child(
+    body: Callable[[], object], timeout: float = WEDGE_LIMIT
+) -> tuple[object | None, int]:
     """Run ``body`` in a forked child; (its JSON result or None, its wait status). A child that
     has not answered within ``timeout`` is SIGKILLed: result None."""
     r, w = os.pipe()
@@ -71,7 +73,7 @@ def _in_child(body: Callable[[], object], timeout: float = WEDGE_LIMIT) -> tuple
         os.close(r)
         try:
             result = json.dumps(body()).encode()
-        except BaseException as exc:  # noqa: BLE001: reported to the parent, which fails the test
+        except BaseException as exc:  # noqa: BLE001 (reported to the parent, which fails the test)
             result = json.dumps({"error": repr(exc)}).encode()
         os.write(w, result)
         os._exit(0)
@@ -154,7 +156,9 @@ def _worker(table, age: int, requests: int, then: Callable[[], None], live: bool
 def build_pool() -> Pool:
     table = rd.Table()
     table.record_spawn(1, 2)
-    departed = _worker(table, 0, D1_REQUESTS, lambda: (table.set_reason(2), table.set_state(rd.State.FREE)))
+    departed = _worker(
+        table, 0, D1_REQUESTS, lambda: (table.set_reason(2), table.set_state(rd.State.FREE))
+    )
     os.waitpid(departed, 0)
     orphan = _worker(table, 1, D2_REQUESTS, lambda: table.take_surge_turn(3))
     os.waitpid(orphan, 0)
@@ -182,7 +186,7 @@ class Writer:
     name: str
     run: Callable[[object], object]  # traced
     slot_age: int = 0  # where a new claim probes from to take the writer's (or a dead) slot
-    prepare: Optional[Callable[[object], object]] = None  # untraced, in the writer's process
+    prepare: Callable[[object], object] | None = None  # untraced, in the writer's process
     adds: int = 0  # requests it adds to the totals
 
 
@@ -213,8 +217,12 @@ WRITERS = [
     Writer("counters", lambda t: t.counters().__setitem__(rd.C_STALLS, 1), 5, _claimed(5)),
     Writer("publish", _publish, 5, _claimed(5), adds=PUBLISHED),
 ]
-SELECTED = [w for w in WRITERS if not os.environ.get("HARDENED_CRASH_WRITERS")
-            or w.name in os.environ["HARDENED_CRASH_WRITERS"].split(",")]
+SELECTED = [
+    w
+    for w in WRITERS
+    if not os.environ.get("HARDENED_CRASH_WRITERS")
+    or w.name in os.environ["HARDENED_CRASH_WRITERS"].split(",")
+]
 
 
 def _writer_process(pool: Pool, writer: Writer, step: int) -> Callable[[], object]:
@@ -222,11 +230,13 @@ def _writer_process(pool: Pool, writer: Writer, step: int) -> Callable[[], objec
         if writer.prepare:
             writer.prepare(pool.table)
         return _killed_at(step, TRACED, lambda: writer.run(pool.table))
+
     return body
 
 
 def _survivor(pool: Pool, writer: Writer) -> Callable[[], object]:
     """What another process sees after the writer died: reads, totals, and a claim."""
+
     def body():
         table = pool.table
         cpu = time.thread_time()
@@ -236,11 +246,17 @@ def _survivor(pool: Pool, writer: Writer) -> Callable[[], object]:
         lost = _lost_slots(table)
         table.claim(writer.slot_age, 3)
         after = metrics.pool(table.snapshot(), time.time())
-        return {"cpu": cpu, "peers": sorted(p.pid for p in peers), "generation": reloads.generation,
-                "requests": [before["requests"], after["requests"]],
-                "exits": [sum(before["exits"].values()), sum(after["exits"].values())],
-                "slot_pids": [s.peer.pid for s in snapshot.slots], "lost": lost,
-                "claimed": table._slot}
+        return {
+            "cpu": cpu,
+            "peers": sorted(p.pid for p in peers),
+            "generation": reloads.generation,
+            "requests": [before["requests"], after["requests"]],
+            "exits": [sum(before["exits"].values()), sum(after["exits"].values())],
+            "slot_pids": [s.peer.pid for s in snapshot.slots],
+            "lost": lost,
+            "claimed": table._slot,
+        }
+
     return body
 
 
@@ -250,8 +266,11 @@ def _lost_slots(table) -> int:
     if reusable is None:
         return None
     live = {p.pid for p in table.peers()} | {os.getpid()}
-    return sum(1 for index in range(rd.SLOTS)
-               if not reusable(index) and table._slots[index].pid not in live)
+    return sum(
+        1
+        for index in range(rd.SLOTS)
+        if not reusable(index) and table._slots[index].pid not in live
+    )
 
 
 @dataclass
@@ -301,7 +320,9 @@ def _judge(pool: Pool, writer: Writer, seen: dict) -> list[str]:
         if requests not in (POOL_REQUESTS, total):
             problems.append(f"{requests} requests counted, {total} made")
     # Two workers died before the writer; the writer itself is a third exit once its pid is in a slot.
-    writer_exited = any(pid not in (pool.departed, pool.orphan, pool.live) for pid in seen["slot_pids"])
+    writer_exited = any(
+        pid not in (pool.departed, pool.orphan, pool.live) for pid in seen["slot_pids"]
+    )
     if seen["exits"][0] != 2 + writer_exited:
         problems.append(f"{seen['exits'][0]} exits counted, {2 + writer_exited} happened")
     if seen["lost"]:
@@ -315,9 +336,11 @@ def _judge(pool: Pool, writer: Writer, seen: dict) -> list[str]:
 def test_a_sigkill_at_any_line_of_a_writer_wedges_no_reader_and_loses_no_slot(pool, writer, capsys):
     tally = crash_every_line(pool, writer)
     with capsys.disabled():
-        print(f"\n{writer.name}: {tally.events} line events in {', '.join(tally.functions)}; "
-              f"{tally.wedged} wedged readers, reader CPU max {tally.max_cpu * 1000:.2f} ms, "
-              f"{len(tally.problems)} problems")
+        print(
+            f"\n{writer.name}: {tally.events} line events in {', '.join(tally.functions)}; "
+            f"{tally.wedged} wedged readers, reader CPU max {tally.max_cpu * 1000:.2f} ms, "
+            f"{len(tally.problems)} problems"
+        )
     assert tally.events > 0
     assert tally.problems == [], tally.problems[:5]
 
@@ -327,6 +350,7 @@ def test_a_sigkill_at_any_line_of_a_writer_wedges_no_reader_and_loses_no_slot(po
 
 def _try_lock(lock) -> bool:
     import fcntl
+
     try:
         fcntl.lockf(lock._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -364,6 +388,7 @@ def test_the_lock_of_a_sigkilled_holder_is_released_and_survives_setuid():
         os.setuid(65534)
         with lock:
             return os.getuid()
+
     assert os.getuid() == 0, "this test drops privileges: it must run as root"
     assert _in_child(as_nobody)[0] == 65534
 

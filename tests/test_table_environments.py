@@ -18,7 +18,7 @@ NOBODY = 65534
 # This machine's Python keeps its standard library under /root (0700): after setuid(nobody) a
 # worker cannot import a module the master has not imported already, and uvicorn imports its
 # protocol classes in the worker. The master imports them first; nothing of ours is involved.
-PREIMPORT_CONF = '''
+PREIMPORT_CONF = """
 from uvicorn.config import HTTP_PROTOCOLS, LIFESPAN, LOOP_FACTORIES, WS_PROTOCOLS
 from uvicorn.importer import import_from_string
 
@@ -28,7 +28,7 @@ for table in (HTTP_PROTOCOLS, WS_PROTOCOLS, LIFESPAN, LOOP_FACTORIES):
             import_from_string(target)
         except Exception:
             pass
-'''
+"""
 
 
 def _uid(pid: int) -> int:
@@ -53,8 +53,9 @@ def test_workers_dropped_to_nobody_serve_and_survive_a_hup(master, tmp_path):
     conf = tmp_path / "preimport_conf.py"
     conf.write_text(PREIMPORT_CONF)
     # TESTAPP_EVENTS off: pytest's directory is root's (0700), nobody cannot append there.
-    m = master(env={"TESTAPP_EVENTS": ""},
-               args=["-c", str(conf), "--user", "nobody", "--group", "nogroup"])
+    m = master(
+        env={"TESTAPP_EVENTS": ""}, args=["-c", str(conf), "--user", "nobody", "--group", "nogroup"]
+    )
     workers = m.wait_workers(2)
     assert [_uid(pid) for pid in workers] == [NOBODY, NOBODY]
     _hup_under_load(m)
@@ -68,7 +69,7 @@ def test_workers_dropped_to_nobody_serve_and_survive_a_hup(master, tmp_path):
 NO_PROC_WARNINGS = {
     "liveness": "/proc/PID/stat is unreadable: a worker's liveness is checked with kill(pid, 0)",
     "memory": "/proc/self/statm is unreadable (No such file or directory): memory is measured as "
-              "the peak RSS",
+    "the peak RSS",
     "precise memory": "/proc/self/smaps_rollup is unreadable; memory is measured as RSS",
 }
 

@@ -17,14 +17,17 @@ from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from hardened_worker import metrics, readiness as rd
 from test_table_crash import TRACED, _in_child
+
+from hardened_worker import metrics
+from hardened_worker import readiness as rd
 
 AGES = st.integers(0, 3)  # few slots, so claims collide with dead workers' slots
 WHERE = st.integers(0, 1000)  # which of the writer's lines a crash lands on, modulo (or after it)
 
-Spawn = st.tuples(st.just("spawn"), AGES, st.integers(0, 50), st.booleans())  # age, requests, surges
+Spawn = st.tuples(
+    st.just("spawn"), AGES, st.integers(0, 50), st.booleans()
+)  # age, requests, surges
 Kill = st.tuples(st.just("kill"), st.integers(0, 20))  # the n-th live worker, modulo
 CrashClaim = st.tuples(st.just("crash_claim"), AGES, WHERE)
 OPS = st.lists(st.one_of(Spawn, Kill, CrashClaim), max_size=12)

@@ -17,7 +17,6 @@ import signal
 import subprocess
 from pathlib import Path
 
-
 STRANGER = """
 import json, os, socket, sys, time
 
@@ -99,10 +98,25 @@ def stranger(mode: str, seconds: float, names: list[str]) -> subprocess.Popen:
     setpriv = shutil.which("setpriv")
     assert setpriv, "setpriv (util-linux) is needed to act as another user"
     assert names, "no wake socket of the pool is listed: nothing to attack"
-    return subprocess.Popen([setpriv, "--reuid", "nobody", "--regid", "nogroup", "--clear-groups",
-                             "/usr/bin/python3", "-c", STRANGER, mode, str(seconds),
-                             json.dumps(names)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            setpriv,
+            "--reuid",
+            "nobody",
+            "--regid",
+            "nogroup",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            STRANGER,
+            mode,
+            str(seconds),
+            json.dumps(names),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def report(proc: subprocess.Popen) -> dict:
@@ -145,5 +159,7 @@ def test_another_users_datagrams_and_squatted_names_change_nothing(master):
     assert "has no wake socket" not in m.log(), m.log()
     assert sorted(spread) == sorted(pids) and set(spread.values()) == {3}, spread
     assert flooded["tried"] > 0 and flooded["delivered"] == 0, flooded
-    print(f"flood: {flooded['tried']} datagrams at {len(flooded['names'])} sockets, "
-          f"{flooded['delivered']} delivered ({', '.join(flooded['errors'])}); spread {spread}")
+    print(
+        f"flood: {flooded['tried']} datagrams at {len(flooded['names'])} sockets, "
+        f"{flooded['delivered']} delivered ({', '.join(flooded['errors'])}); spread {spread}"
+    )

@@ -49,6 +49,7 @@ def run(body) -> FakeTransport:
         transport = FakeTransport()
         await body(OneWrite(transport, Flusher(asyncio.get_running_loop())), transport)
         return transport
+
     return asyncio.run(main())
 
 
@@ -59,6 +60,7 @@ def test_head_and_body_in_one_step_leave_in_one_write() -> None:
         assert t.writes == [b"HTTP/1.1 200 OK\r\n\r\nok"]
         await asyncio.sleep(0)
         assert t.writes == [b"HTTP/1.1 200 OK\r\n\r\nok"]
+
     run(body)
 
 
@@ -71,6 +73,7 @@ def test_a_lone_write_leaves_at_the_next_iteration() -> None:
         w.write(b"chunk")
         await asyncio.sleep(0)
         assert t.writes == [b"head", b"chunk"]
+
     run(body)
 
 
@@ -82,6 +85,7 @@ def test_order_kept_and_big_bodies_not_copied() -> None:
         w.write(b"tail")
         await asyncio.sleep(0)
         assert t.writes == [b"head", big, b"tail"]
+
     run(body)
 
 
@@ -98,6 +102,7 @@ def test_every_exit_flushes_first_and_abort_drops() -> None:
         w.abort()
         await asyncio.sleep(0)
         assert t.writes == [b"a", b"b", b"c", b"d"] and t.events == ["close", "eof", "abort"]
+
     run(body)
 
 
@@ -107,6 +112,7 @@ def test_after_an_upgrade_writes_pass_straight_through() -> None:
         w.set_protocol("ws")
         w.write(b"frame")
         assert t.writes == [b"101", b"frame"] and t.protocol == "ws"
+
     run(body)
 
 
@@ -115,6 +121,7 @@ def test_anything_else_is_the_transport_s() -> None:
         assert w.get_extra_info("peername") == ("127.0.0.1", 1)
         w.pause_reading()
         assert t.events == ["pause"]
+
     run(body)
 
 

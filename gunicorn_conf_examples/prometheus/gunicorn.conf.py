@@ -36,8 +36,11 @@ _run_dir = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ and _run_dir:
     raw_env = [*raw_env, f"PROMETHEUS_MULTIPROC_DIR={os.path.join(_run_dir, 'prometheus')}"]  # noqa: F405
 elif "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    print("hardened_worker: prometheus example: neither PROMETHEUS_MULTIPROC_DIR nor RUNTIME_DIRECTORY "
-          "is set, so each worker keeps its own metrics; set PROMETHEUS_MULTIPROC_DIR", file=sys.stderr)
+    print(
+        "hardened_worker: prometheus example: neither PROMETHEUS_MULTIPROC_DIR nor RUNTIME_DIRECTORY "
+        "is set, so each worker keeps its own metrics; set PROMETHEUS_MULTIPROC_DIR",
+        file=sys.stderr,
+    )
 
 # gunicorn's own statsd client is another option (no scrape): with statsd_host set it sends the
 # worker count, the request rate, duration and status of every request, log-level counters and

@@ -84,8 +84,9 @@ keepalive = 75
 errorlog = "-"
 loglevel = "info"
 accesslog = "-" if settings.access_log else None
-logconfig_dict = (_jsonlog.logconfig_dict(access=accesslog is not None)
-                  if settings.log_format == "json" else {})
+logconfig_dict = (
+    _jsonlog.logconfig_dict(access=accesslog is not None) if settings.log_format == "json" else {}
+)
 
 HOOKS = _hooks.Hooks("base")
 
@@ -98,14 +99,24 @@ def _log_started(server) -> None:
     cfg = server.cfg
     server.log.info(
         "hardened_worker: master %s started: %d workers of %s booting; timeout %g s, "
-        "graceful-timeout %g s, keep-alive %g s", server.pid, server.num_workers,
-        cfg.worker_class_str, cfg.timeout, cfg.graceful_timeout, cfg.keepalive)
+        "graceful-timeout %g s, keep-alive %g s",
+        server.pid,
+        server.num_workers,
+        cfg.worker_class_str,
+        cfg.timeout,
+        cfg.graceful_timeout,
+        cfg.keepalive,
+    )
 
 
 @HOOKS.on("on_reload")
 def _log_reload(server) -> None:
-    server.log.info("hardened_worker: master %s reloading (HUP): %d new workers boot; the old ones "
-                    "serve until those are ready", server.pid, server.cfg.workers)
+    server.log.info(
+        "hardened_worker: master %s reloading (HUP): %d new workers boot; the old ones "
+        "serve until those are ready",
+        server.pid,
+        server.cfg.workers,
+    )
 
 
 @HOOKS.on("when_ready")
@@ -126,9 +137,17 @@ def _log_exit(server, worker) -> None:
     reason = getattr(worker, "exit_reason", None) or "unknown"
     level = logging.INFO if reason in _EXPECTED_EXITS else logging.WARNING
     # With gunicorn's statsd_host, the extra fields also count the exit as a statsd counter.
-    server.log.log(level, "hardened_worker: worker %s exited: reason %s", worker.pid, reason,
-                   extra={"metric": "hardened_worker.worker_exits." + reason.replace("-", "_"),
-                          "value": 1, "mtype": "counter"})
+    server.log.log(
+        level,
+        "hardened_worker: worker %s exited: reason %s",
+        worker.pid,
+        reason,
+        extra={
+            "metric": "hardened_worker.worker_exits." + reason.replace("-", "_"),
+            "value": 1,
+            "mtype": "counter",
+        },
+    )
 
 
 @HOOKS.on("on_exit")
@@ -138,5 +157,14 @@ def _log_stopped(server) -> None:
 
 _prometheus.register(HOOKS)
 
-__all__ = ["worker_class", "timeout", "graceful_timeout", "keepalive", "errorlog", "loglevel",
-           "accesslog", "logconfig_dict", *HOOKS.export(globals())]
+__all__ = [
+    "worker_class",
+    "timeout",
+    "graceful_timeout",
+    "keepalive",
+    "errorlog",
+    "loglevel",
+    "accesslog",
+    "logconfig_dict",
+    *HOOKS.export(globals()),
+]

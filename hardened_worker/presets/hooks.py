@@ -39,18 +39,39 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 # Every server hook gunicorn 27 calls for an ASGI worker, with the arity its validator demands.
 # (pre_request/post_request are never called by uvicorn's workers; ssl_context is not a hook.)
 ARITY = {
-    "on_starting": 1, "on_reload": 1, "when_ready": 1, "pre_fork": 2, "post_fork": 2,
-    "post_worker_init": 1, "worker_int": 1, "worker_abort": 1, "pre_exec": 1, "child_exit": 2,
-    "worker_exit": 2, "nworkers_changed": 3, "on_exit": 1,
+    "on_starting": 1,
+    "on_reload": 1,
+    "when_ready": 1,
+    "pre_fork": 2,
+    "post_fork": 2,
+    "post_worker_init": 1,
+    "worker_int": 1,
+    "worker_abort": 1,
+    "pre_exec": 1,
+    "child_exit": 2,
+    "worker_exit": 2,
+    "nworkers_changed": 3,
+    "on_exit": 1,
 }
 # Called in the master with the Arbiter first: each of these installs the composition.
-MASTER_HOOKS = frozenset({"on_starting", "on_reload", "when_ready", "pre_fork", "pre_exec",
-                          "child_exit", "nworkers_changed", "on_exit"})
+MASTER_HOOKS = frozenset(
+    {
+        "on_starting",
+        "on_reload",
+        "when_ready",
+        "pre_fork",
+        "pre_exec",
+        "child_exit",
+        "nworkers_changed",
+        "on_exit",
+    }
+)
 # Exported by every preset even with nothing of its own to run, so that they install.
 INSTALL_POINTS = ("nworkers_changed", "on_starting", "when_ready", "on_reload", "pre_fork")
 # on_starting has run by the time these are called: the place to catch up if it was replaced.
@@ -65,16 +86,21 @@ Hook = Callable[..., Any]
 def _with_arity(arity: int, body: Callable[[tuple], Any]) -> Hook:
     # gunicorn checks a hook's positional arity exactly: no *args.
     if arity == 1:
+
         def hook1(a: Any) -> Any:
             return body((a,))
+
         return hook1
     if arity == 2:
+
         def hook2(a: Any, b: Any) -> Any:
             return body((a, b))
+
         return hook2
 
     def hook3(a: Any, b: Any, c: Any) -> Any:
         return body((a, b, c))
+
     return hook3
 
 
@@ -86,12 +112,12 @@ def _log(args: tuple) -> Any:
 class Hooks:
     """The hook functions of one preset, and of the presets it builds on."""
 
-    def __init__(self, name: str, parent: Optional["Hooks"] = None) -> None:
+    def __init__(self, name: str, parent: Hooks | None = None) -> None:
         self.name = name
         self.parent = parent
         self._own: dict[str, list[Hook]] = {hook: [] for hook in ARITY}
         self._chains: dict[str, Hook] = {}
-        self._on_starting_ran: Optional[int] = None  # pid of the master in which it ran
+        self._on_starting_ran: int | None = None  # pid of the master in which it ran
 
     # --- declaring ------------------------------------------------------------------------
 
@@ -131,7 +157,7 @@ class Hooks:
         namespace["also"] = self.also
         return [*names, "also"]
 
-    def also(self, target: Union[Hook, str]) -> Any:
+    def also(self, target: Hook | str) -> Any:
         """Decorator for the user's hook: the preset's hook runs first, then this one.
 
         ``@also`` takes the hook from the function's name; ``@also("child_exit")`` names it.
@@ -142,8 +168,10 @@ class Hooks:
 
     def compose(self, name: str, user: Hook) -> Hook:
         if name not in ARITY:
-            raise ValueError(f"hardened_worker: {name!r} is not a gunicorn server hook; "
-                             f"name it: @also('child_exit')")
+            raise ValueError(
+                f"hardened_worker: {name!r} is not a gunicorn server hook; "
+                f"name it: @also('child_exit')"
+            )
 
         def body(args: tuple) -> Any:
             self.run(name, args)
@@ -178,8 +206,12 @@ class Hooks:
                 fn(*args)
             except Exception:
                 # A preset's logging or bookkeeping must never take the master down.
-                _log(args).exception("hardened_worker: the %s preset's %s hook (%s) failed",
-                                     self.name, name, getattr(fn, "__qualname__", fn))
+                _log(args).exception(
+                    "hardened_worker: the %s preset's %s hook (%s) failed",
+                    self.name,
+                    name,
+                    getattr(fn, "__qualname__", fn),
+                )
 
     def install(self, server: Any, catch_up: bool = False) -> None:
         """Compose every hook setting of ``server.cfg`` that the user replaced with the preset's."""
@@ -196,10 +228,17 @@ class Hooks:
                 continue
             cfg.set(name, self.compose(name, current))
             if current is not settings[name].default:
-                log.info("hardened_worker: your %s hook runs after the %s preset's (say so with "
-                         "@also on it)", name, self.name)
+                log.info(
+                    "hardened_worker: your %s hook runs after the %s preset's (say so with "
+                    "@also on it)",
+                    name,
+                    self.name,
+                )
         if catch_up and self._on_starting_ran != os.getpid() and self.functions("on_starting"):
             self._on_starting_ran = os.getpid()
-            log.warning("hardened_worker: your on_starting hook replaced the %s preset's, which "
-                        "runs late, now; decorate yours with @also", self.name)
+            log.warning(
+                "hardened_worker: your on_starting hook replaced the %s preset's, which "
+                "runs late, now; decorate yours with @also",
+                self.name,
+            )
             self._call_each("on_starting", (server,))

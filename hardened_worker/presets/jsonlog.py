@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # ``status_code``, not ``status``: Datadog's status remapper reads ``status`` as the line's
 # severity (a reserved attribute), so the HTTP status overwrote the log level. A flat name like the other fields (not
@@ -35,12 +36,16 @@ def _access_fields(atoms: Mapping) -> dict[str, Any]:
     protocol = str(atoms.get("H") or "")
     status = atoms.get("s")
     return {
-        "client": atoms.get("h"), "peer": atoms.get("{peer_addr}e"),
-        "method": atoms.get("m"), "path": atoms.get("{raw_uri}e"),
+        "client": atoms.get("h"),
+        "peer": atoms.get("{peer_addr}e"),
+        "method": atoms.get("m"),
+        "path": atoms.get("{raw_uri}e"),
         "http_version": protocol[5:] if protocol.startswith("HTTP/") else protocol,
         "status_code": int(status) if str(status).isdigit() else status,
-        "bytes": atoms.get("B") or 0, "duration_ms": (atoms.get("D") or 0) / 1000,
-        "user_agent": atoms.get("a"), "request_id": atoms.get("{x-request-id}i"),
+        "bytes": atoms.get("B") or 0,
+        "duration_ms": (atoms.get("D") or 0) / 1000,
+        "user_agent": atoms.get("a"),
+        "request_id": atoms.get("{x-request-id}i"),
     }
 
 
@@ -79,16 +84,25 @@ def logconfig_dict(access: bool = False) -> dict:
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "hardened_worker.presets.jsonlog.JsonFormatter"}},
         "handlers": {
-            "json_stderr": {"class": "logging.StreamHandler", "formatter": "json",
-                            "stream": "ext://sys.stderr"},
-            "json_stdout": {"class": "logging.StreamHandler", "formatter": "json",
-                            "stream": "ext://sys.stdout"},
+            "json_stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            },
+            "json_stdout": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            },
             "discard": {"class": "logging.NullHandler"},
         },
         "root": {"level": "INFO", "handlers": ["json_stderr"]},
         "loggers": {
             "gunicorn.error": {"handlers": ["json_stderr"], "propagate": False},
-            "gunicorn.access": {"level": "INFO", "handlers": ["json_stdout" if access else "discard"],
-                                "propagate": False},
+            "gunicorn.access": {
+                "level": "INFO",
+                "handlers": ["json_stdout" if access else "discard"],
+                "propagate": False,
+            },
         },
     }

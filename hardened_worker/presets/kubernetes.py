@@ -46,8 +46,10 @@ def _whole(name: str, default: str) -> int:
     raw = os.environ.get(name, default)
     text = raw.strip()
     if not (text.isascii() and text.isdigit() and int(text) > 0):
-        raise SystemExit(f"hardened_worker: {name}={raw!r} is not a positive whole number; "
-                         f"use e.g. {name}={default}")
+        raise SystemExit(
+            f"hardened_worker: {name}={raw!r} is not a positive whole number; "
+            f"use e.g. {name}={default}"
+        )
     return int(text)
 
 
@@ -82,8 +84,10 @@ def _workers_source(root: str | None) -> str:
         return f"CPU limit {quota:g}"
     if _base.settings.cpu_request:
         return f"no CPU limit, CPU request {_base.settings.cpu_request:g} (HARDENED_CPU_REQUEST)"
-    return ("no CPU limit and no CPU request: one worker; set the pod's CPU limit, "
-            "HARDENED_CPU_REQUEST from requests.cpu (downward API) or WEB_CONCURRENCY")
+    return (
+        "no CPU limit and no CPU request: one worker; set the pod's CPU limit, "
+        "HARDENED_CPU_REQUEST from requests.cpu (downward API) or WEB_CONCURRENCY"
+    )
 
 
 def _workers(root: str | None) -> int:
@@ -104,8 +108,10 @@ bind = [f"0.0.0.0:{_port}"]
 _root = _base.cgroup_root()
 workers = _workers(_root)
 if "TERMINATION_GRACE_PERIOD_SECONDS" in os.environ:  # its old name: never ignored silently
-    raise SystemExit("hardened_worker: TERMINATION_GRACE_PERIOD_SECONDS is now called "
-                     "HARDENED_TERMINATION_GRACE_PERIOD; use e.g. HARDENED_TERMINATION_GRACE_PERIOD=30s")
+    raise SystemExit(
+        "hardened_worker: TERMINATION_GRACE_PERIOD_SECONDS is now called "
+        "HARDENED_TERMINATION_GRACE_PERIOD; use e.g. HARDENED_TERMINATION_GRACE_PERIOD=30s"
+    )
 _grace = _base.settings.termination_grace_period
 graceful_timeout = graceful_timeout_for(_grace)
 _extra = ["bind", "workers", "graceful_timeout", "raw_env"]
@@ -119,7 +125,8 @@ _ENV_DEFAULTS = {
 }
 # Defaults only: a value the environment already has (the pod spec's env) wins.
 _presets.RAW_ENV_DEFAULTS["kubernetes"] = _defaults = {
-    k: v for k, v in _ENV_DEFAULTS.items() if k not in os.environ}
+    k: v for k, v in _ENV_DEFAULTS.items() if k not in os.environ
+}
 raw_env = [f"{k}={v}" for k, v in _defaults.items()]
 
 HOOKS = _hooks.Hooks("kubernetes", parent=_base.HOOKS)
@@ -129,12 +136,19 @@ HOOKS = _hooks.Hooks("kubernetes", parent=_base.HOOKS)
 def _log_budget(server) -> None:
     cfg = server.cfg
     source = _workers_source(_root)
-    count = (f"{workers} from {source}" if cfg.workers == workers
-             else f"{cfg.workers}, set explicitly ({source} would give {workers})")
+    count = (
+        f"{workers} from {source}"
+        if cfg.workers == workers
+        else f"{cfg.workers}, set explicitly ({source} would give {workers})"
+    )
     server.log.info(
         "hardened_worker: kubernetes preset: workers %s; graceful-timeout %g s for "
-        "terminationGracePeriodSeconds %g; drain delay %s", count, cfg.graceful_timeout, _grace,
-        os.environ.get("HARDENED_DRAIN_DELAY", "0s"))
+        "terminationGracePeriodSeconds %g; drain delay %s",
+        count,
+        cfg.graceful_timeout,
+        _grace,
+        os.environ.get("HARDENED_DRAIN_DELAY", "0s"),
+    )
 
 
 __all__ = [*_base.__all__, *_extra]

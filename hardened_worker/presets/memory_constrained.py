@@ -28,7 +28,6 @@ import select
 import signal
 import sys
 import time
-from typing import Optional
 
 from hardened_worker import cgroup as _cgroup
 from hardened_worker import headroom as _headroom
@@ -43,7 +42,7 @@ FALLBACK = 512 * 1024**2  # per worker, when the container has no memory limit
 PROBE_TIMEOUT = 60.0  # seconds an app import may take in the probe
 
 
-def command_line(argv: list[str]) -> tuple[Optional[str], list[str], Optional[str], Optional[int]]:
+def command_line(argv: list[str]) -> tuple[str | None, list[str], str | None, int | None]:
     """``(module:app, --pythonpath entries, --chdir, --workers)`` from a gunicorn command line,
     parsed by gunicorn's own parser (the configuration file cannot see what gunicorn parsed;
     the command line's ``--workers`` wins over this file's)."""
@@ -57,7 +56,7 @@ def command_line(argv: list[str]) -> tuple[Optional[str], list[str], Optional[st
     return (args.args[0] if args.args else None), paths, args.chdir, args.workers
 
 
-def probe_app(uri: str, paths: list[str], chdir: Optional[str]) -> Optional[int]:
+def probe_app(uri: str, paths: list[str], chdir: str | None) -> int | None:
     """A forked child imports ``uri``'s module and reports its USS; None when that failed."""
     read, write = os.pipe()
     pid = os.fork()
@@ -114,7 +113,7 @@ def _master_rss() -> int:
         return reader.rss()
 
 
-def _measure() -> tuple[Optional[_headroom.Budget], str]:
+def _measure() -> tuple[_headroom.Budget | None, str]:
     limit = _cgroup.memory_limit(_base.cgroup_root())
     if limit is None:
         return None, "no cgroup memory limit"
@@ -125,10 +124,12 @@ def _measure() -> tuple[Optional[_headroom.Budget], str]:
     if app is None:
         # Unknown: reserve no share for a successor here; at run time each recycle still checks
         # the room with the footprint the workers measure at ready.
-        return _headroom.Budget(limit, _master_rss(), 0, count), \
-            f"app footprint not measured (importing {uri!r} did not work)"
-    return _headroom.Budget(limit, _master_rss(), app, count), \
-        f"app {uri} measured in {time.monotonic() - started:.1f} s"
+        return _headroom.Budget(
+            limit, _master_rss(), 0, count
+        ), f"app footprint not measured (importing {uri!r} did not work)"
+    return _headroom.Budget(
+        limit, _master_rss(), app, count
+    ), f"app {uri} measured in {time.monotonic() - started:.1f} s"
 
 
 # Once per process: a HUP re-reads the configuration file, not this module.
@@ -139,12 +140,13 @@ _hard = budget.hard if budget else int(FALLBACK * _memory.HARD_LIMIT_FACTOR)
 _ENV_DEFAULTS = {
     "HARDENED_MEMORY_LIMIT": f"{max(1, _soft // 1024**2)}MiB",
     "HARDENED_MEMORY_HARD_LIMIT": f"{max(1, _hard // 1024**2)}MiB",
-    "HARDENED_MEMORY_MEASURE": "uss",     # private pages: not the pages shared with the master
+    "HARDENED_MEMORY_MEASURE": "uss",  # private pages: not the pages shared with the master
     "HARDENED_MEMORY_MIN_LIFETIME": "30s",  # an app whose baseline is over the limit: no loop
     "HARDENED_MEMORY_CGROUP": "true",
 }
 _presets.RAW_ENV_DEFAULTS["memory_constrained"] = _defaults = {
-    k: v for k, v in _ENV_DEFAULTS.items() if k not in os.environ}
+    k: v for k, v in _ENV_DEFAULTS.items() if k not in os.environ
+}
 raw_env = [*_kubernetes.raw_env, *(f"{k}={v}" for k, v in _defaults.items())]
 
 # Fewer, bigger workers waste less memory than many small ones; max_requests is not needed to
@@ -157,17 +159,29 @@ HOOKS = _hooks.Hooks("memory_constrained", parent=_kubernetes.HOOKS)
 @HOOKS.on("when_ready")
 def _log_memory_budget(server) -> None:
     if budget is None:
-        server.log.info("hardened_worker: memory budget: %s; %s per worker", _source,
-                        os.environ.get("HARDENED_MEMORY_LIMIT", "512MiB"))
+        server.log.info(
+            "hardened_worker: memory budget: %s; %s per worker",
+            _source,
+            os.environ.get("HARDENED_MEMORY_LIMIT", "512MiB"),
+        )
         return
     if server.cfg.workers != budget.workers:
-        server.log.warning("hardened_worker: memory budget made for %d workers but %d run; set "
-                           "WEB_CONCURRENCY rather than --workers", budget.workers, server.cfg.workers)
+        server.log.warning(
+            "hardened_worker: memory budget made for %d workers but %d run; set "
+            "WEB_CONCURRENCY rather than --workers",
+            budget.workers,
+            server.cfg.workers,
+        )
     # Not os.environ: gunicorn has applied raw_env to it by now.
-    overridden = [k for k in ("HARDENED_MEMORY_LIMIT", "HARDENED_MEMORY_HARD_LIMIT")
-                  if k not in _defaults]
-    server.log.info("hardened_worker: %s; %s%s", budget.describe(), _source,
-                    f"; {' and '.join(overridden)} set by the environment" if overridden else "")
+    overridden = [
+        k for k in ("HARDENED_MEMORY_LIMIT", "HARDENED_MEMORY_HARD_LIMIT") if k not in _defaults
+    ]
+    server.log.info(
+        "hardened_worker: %s; %s%s",
+        budget.describe(),
+        _source,
+        f"; {' and '.join(overridden)} set by the environment" if overridden else "",
+    )
 
 
 __all__ = [*_kubernetes.__all__, "max_requests"]

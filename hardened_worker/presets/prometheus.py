@@ -26,7 +26,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-from typing import Any, Optional
+from typing import Any
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -42,7 +42,7 @@ def register(hooks: Any) -> None:
         hooks.on("child_exit")(worker_exited)
 
 
-def _directory() -> Optional[str]:
+def _directory() -> str | None:
     return os.environ.get(ENV) or None
 
 
@@ -56,8 +56,11 @@ def prepare_directory(server: Any) -> None:
     stale = glob.glob(os.path.join(path, "*.db"))
     for name in stale:
         os.remove(name)
-    server.log.info("hardened_worker: prometheus multiprocess directory %s ready (%d stale files "
-                    "removed)", path, len(stale))
+    server.log.info(
+        "hardened_worker: prometheus multiprocess directory %s ready (%d stale files removed)",
+        path,
+        len(stale),
+    )
 
 
 def worker_exited(server: Any, worker: Any) -> None:

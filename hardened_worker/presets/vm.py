@@ -27,7 +27,6 @@ from hardened_worker.presets import base as _base
 from hardened_worker.presets import hooks as _hooks
 from hardened_worker.presets.base import *  # noqa: F401,F403
 
-
 bind = _base.settings.bind
 workers = _base.worker_count(_base.cgroup_root())
 
@@ -49,8 +48,10 @@ def _defer_systemd_ready(server) -> None:
     if not (isinstance(server.worker_class, type) and issubclass(server.worker_class, Worker)):
         return
     if _systemd.defer_ready():
-        server.log.info("hardened_worker: systemd READY=1 waits for the first ready worker "
-                        "(the unit needs NotifyAccess=all)")
+        server.log.info(
+            "hardened_worker: systemd READY=1 waits for the first ready worker "
+            "(the unit needs NotifyAccess=all)"
+        )
 
 
 __all__ = [*_base.__all__, *_extra]

@@ -16,8 +16,9 @@ connections, at the first byte of each later request (the wait before it is uvic
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 from hardened_worker.protocols.limits import Breach, HeadCounter, Limits
 
@@ -66,9 +67,14 @@ def _peer(client: Any) -> str:
 
 def _refusal(breach: Breach) -> bytes:
     body = breach.phrase + b"\n"
-    return b"".join((b"HTTP/1.1 %d %s\r\n" % (breach.status, breach.phrase),
-                     b"content-type: text/plain; charset=utf-8\r\n",
-                     b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body))
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (breach.status, breach.phrase),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body),
+            body,
+        )
+    )
 
 
 def _busy(conn: Any) -> bool:
@@ -85,11 +91,13 @@ def guarded(protocol_class: type, guard: Guard) -> type:
     recheck = min(t for t in (header_timeout, body_timeout) if t > 0) if timed else 0.0
     parse = protocol_class.data_received  # called directly: no super() object per read
     # llhttp (httptools) refuses any bare LF; h11 takes one as a line end.
-    bare_lf = not any(c.__module__ == "uvicorn.protocols.http.httptools_impl" for c in protocol_class.__mro__)
+    bare_lf = not any(
+        c.__module__ == "uvicorn.protocols.http.httptools_impl" for c in protocol_class.__mro__
+    )
 
     class Guarded(protocol_class):  # type: ignore[misc, valid-type]
         _head: HeadCounter
-        _head_since: Optional[float]  # loop.time() the current head began to be awaited; None: none is
+        _head_since: float | None  # loop.time() the current head began to be awaited; None: none is
         _read_at: float  # loop.time() of the last read
         _timer: Any
 
@@ -97,9 +105,11 @@ def guarded(protocol_class: type, guard: Guard) -> type:
             super().connection_made(transport)
             self._head = HeadCounter(guard.limits, bare_lf)
             self._head_since = self._read_at = self.loop.time()
-            self._timer = self.loop.call_at(self._read_at + recheck, self._check_reads) if timed else None
+            self._timer = (
+                self.loop.call_at(self._read_at + recheck, self._check_reads) if timed else None
+            )
 
-        def connection_lost(self, exc: Optional[Exception]) -> None:
+        def connection_lost(self, exc: Exception | None) -> None:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -140,8 +150,10 @@ def guarded(protocol_class: type, guard: Guard) -> type:
                 transport.write(_refusal(breach))
             transport.close()  # stops reading at once: the rest of the head is never read
             self._head = _REFUSED
-            guard.refused(f"hardened_worker: refused a request head from {_peer(self.client)}: "
-                          f"{breach.described} {guard.limits.of(breach)}, answered {breach.status}")
+            guard.refused(
+                f"hardened_worker: refused a request head from {_peer(self.client)}: "
+                f"{breach.described} {guard.limits.of(breach)}, answered {breach.status}"
+            )
 
         def _check_reads(self) -> None:
             self._timer = None
@@ -153,14 +165,16 @@ def guarded(protocol_class: type, guard: Guard) -> type:
             if self._head_since is not None and header_timeout > 0:
                 due = self._head_since + header_timeout
                 if now >= due and not _busy(self):  # (a pipelined head waits for the response)
-                    return self._time_out("a complete request head", "HARDENED_HEADER_TIMEOUT",
-                                          header_timeout)
+                    return self._time_out(
+                        "a complete request head", "HARDENED_HEADER_TIMEOUT", header_timeout
+                    )
                 wake = due if now < due else wake
             elif self._head.in_body and body_timeout > 0 and not self._app_holds_body():
                 due = self._read_at + body_timeout
                 if now >= due:
-                    return self._time_out("any of the request body", "HARDENED_BODY_TIMEOUT",
-                                          body_timeout)
+                    return self._time_out(
+                        "any of the request body", "HARDENED_BODY_TIMEOUT", body_timeout
+                    )
                 wake = due
             self._timer = self.loop.call_at(wake, self._check_reads)
 
@@ -174,8 +188,10 @@ def guarded(protocol_class: type, guard: Guard) -> type:
             # Nothing buffered waits to be sent in the usual case; what is (a client that neither
             # sends nor reads) must not keep the descriptor: reset.
             (transport.abort if transport.get_write_buffer_size() else transport.close)()
-            guard.timed_out(f"hardened_worker: closed a connection from {_peer(self.client)} that "
-                            f"sent no more of {what} within {setting} {bound:g} s")
+            guard.timed_out(
+                f"hardened_worker: closed a connection from {_peer(self.client)} that "
+                f"sent no more of {what} within {setting} {bound:g} s"
+            )
 
     Guarded.__name__ = Guarded.__qualname__ = "Guarded" + protocol_class.__name__
     return Guarded
@@ -205,16 +221,26 @@ def gunicorn_limits(cfg: Any) -> Limits:
         from gunicorn.http.unreader import IterUnreader
 
         probe = Request(cfg, IterUnreader([b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]), ("127.0.0.1", 0))
-        line = probe._fast_limit_request_line if getattr(probe, "_use_fast", False) \
+        line = (
+            probe._fast_limit_request_line
+            if getattr(probe, "_use_fast", False)
             else probe.limit_request_line
-        return Limits(int(line), int(probe.limit_request_fields), int(probe.limit_request_field_size))
+        )
+        return Limits(
+            int(line), int(probe.limit_request_fields), int(probe.limit_request_field_size)
+        )
     except Exception:  # a gunicorn whose parser reads differently: its documented meaning
-        return Limits.from_gunicorn(cfg.limit_request_line, cfg.limit_request_fields,
-                                    cfg.limit_request_field_size)
+        return Limits.from_gunicorn(
+            cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size
+        )
 
 
 def guard_of(cfg: Any, settings: Any, log: Any) -> Guard:
     """The worker's guard: gunicorn's three ``--limit-request-*`` settings as its own parser reads
     them, and the two ``HARDENED_*`` read timeouts; ``log``: gunicorn's error logger."""
-    return Guard(gunicorn_limits(cfg), settings.header_timeout or 0.0, settings.body_timeout or 0.0,
-                 log.warning)
+    return Guard(
+        gunicorn_limits(cfg),
+        settings.header_timeout or 0.0,
+        settings.body_timeout or 0.0,
+        log.warning,
+    )

@@ -30,7 +30,6 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 # gunicorn/http/message.py: MAX_REQUEST_LINE, MAX_HEADERS, DEFAULT_MAX_HEADERFIELD_SIZE
 MAX_REQUEST_LINE = 8190
@@ -42,11 +41,21 @@ class Breach(enum.Enum):
     """Which limit a request head passed: (status, reason phrase, what the log line names)."""
 
     REQUEST_LINE = (414, b"URI Too Long", "request line longer than --limit-request-line")
-    FIELDS = (431, b"Request Header Fields Too Large", "more header fields than --limit-request-fields")
-    FIELD_SIZE = (431, b"Request Header Fields Too Large",
-                  "a header field longer than --limit-request-field_size")
-    HEADER_BLOCK = (431, b"Request Header Fields Too Large",
-                    "header block longer than fields x (field_size + 2) + 4 =")
+    FIELDS = (
+        431,
+        b"Request Header Fields Too Large",
+        "more header fields than --limit-request-fields",
+    )
+    FIELD_SIZE = (
+        431,
+        b"Request Header Fields Too Large",
+        "a header field longer than --limit-request-field_size",
+    )
+    HEADER_BLOCK = (
+        431,
+        b"Request Header Fields Too Large",
+        "header block longer than fields x (field_size + 2) + 4 =",
+    )
 
     @property
     def status(self) -> int:
@@ -68,7 +77,7 @@ class Limits:
     field_size: int
 
     @classmethod
-    def from_gunicorn(cls, request_line: int, fields: int, field_size: int) -> "Limits":
+    def from_gunicorn(cls, request_line: int, fields: int, field_size: int) -> Limits:
         """gunicorn's own reading of its settings (message.py, ``Request``/``Message.__init__``):
         a request line of 0 is unlimited and anything from 8190 up is 8190; fields of 0 or past
         32768 are 32768; a field size of 0 is 8190 (its documentation says "unlimited", its code
@@ -83,8 +92,12 @@ class Limits:
 
     def of(self, breach: Breach) -> int:
         """The limit ``breach`` passed, as the log line shows it."""
-        return {Breach.REQUEST_LINE: self.request_line, Breach.FIELDS: self.fields,
-                Breach.FIELD_SIZE: self.field_size, Breach.HEADER_BLOCK: self.header_block}[breach]
+        return {
+            Breach.REQUEST_LINE: self.request_line,
+            Breach.FIELDS: self.fields,
+            Breach.FIELD_SIZE: self.field_size,
+            Breach.HEADER_BLOCK: self.header_block,
+        }[breach]
 
     @property
     def header_block(self) -> int:
@@ -112,8 +125,9 @@ _IN_BODY = (_State.LENGTH, _State.CHUNK_SIZE, _State.CHUNK_DATA, _State.TRAILERS
 _LF, _CR, _SP, _HTAB = 10, 13, 32, 9
 # A framing header at the start of a line (the fast path searches a whole head for one).
 _FRAMING_NAME = re.compile(rb"\n(?:content-length|transfer-encoding)[ \t]*:", re.IGNORECASE)
-_FRAMING_FIELD = re.compile(rb"(content-length|transfer-encoding)[ \t]*:[ \t]*(.*?)[ \t\r]*",
-                            re.IGNORECASE | re.DOTALL)
+_FRAMING_FIELD = re.compile(
+    rb"(content-length|transfer-encoding)[ \t]*:[ \t]*(.*?)[ \t\r]*", re.IGNORECASE | re.DOTALL
+)
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 _CHUNK_SIZE_KEPT = 64  # bytes of a chunk-size line read for its number (extensions are skipped)
 
@@ -125,8 +139,24 @@ class HeadCounter:
     clock runs); ``in_body``: a request body is arriving; ``heads``: request heads completed so far.
     """
 
-    __slots__ = ("limits", "bare_lf", "heads", "counting", "_state", "_line", "_cr", "_first", "_kept", "_fields",
-                 "_last_field", "_block", "_length", "_chunked", "_left", "_unfollowed")
+    __slots__ = (
+        "limits",
+        "bare_lf",
+        "heads",
+        "counting",
+        "_state",
+        "_line",
+        "_cr",
+        "_first",
+        "_kept",
+        "_fields",
+        "_last_field",
+        "_block",
+        "_length",
+        "_chunked",
+        "_left",
+        "_unfollowed",
+    )
 
     def __init__(self, limits: Limits = DEFAULTS, bare_lf: bool = True) -> None:
         self.limits = limits
@@ -143,7 +173,7 @@ class HeadCounter:
         self._fields = 0
         self._last_field = 0  # size of the last field, which an obs-fold line adds to
         self._block = 0
-        self._length: Optional[int] = None
+        self._length: int | None = None
         self._chunked = False
         self._left = 0  # body or chunk bytes still to skip
         self._unfollowed = False
@@ -156,7 +186,7 @@ class HeadCounter:
     def in_body(self) -> bool:
         return self._state in _IN_BODY
 
-    def feed(self, data: bytes, pos: int = 0, tried: int = -1) -> Optional[Breach]:
+    def feed(self, data: bytes, pos: int = 0, tried: int = -1) -> Breach | None:
         """Count ``data[pos:]``, the next bytes of the connection; ``tried``: :meth:`whole_head`
         was already called at that position and found none."""
         end = len(data)
@@ -204,8 +234,11 @@ class HeadCounter:
         after = stop + 4
         line_end = data.find(b"\r\n", pos)
         limits = self.limits
-        if (line_end == pos  # an empty line first
-                or line_end - pos > limits.request_line > 0 or after - line_end - 4 > limits.field_size):
+        if (
+            line_end == pos  # an empty line first
+            or line_end - pos > limits.request_line > 0
+            or after - line_end - 4 > limits.field_size
+        ):
             return -1  # near a limit, or an odd head: the exact count decides
         if self.bare_lf:
             # Every LF ends a line: with none bare, the LFs are the request line, the fields and
@@ -213,13 +246,15 @@ class HeadCounter:
             lines = data.count(b"\n", pos, after)
             if lines - 2 > limits.fields or lines != data.count(b"\r\n", pos, after):
                 return -1
-        elif after - line_end - 4 > 3 * limits.fields and \
-                data.count(b"\r\n", line_end + 2, stop + 2) > limits.fields:
+        elif (
+            after - line_end - 4 > 3 * limits.fields
+            and data.count(b"\r\n", line_end + 2, stop + 2) > limits.fields
+        ):
             return -1  # (below that size "x\r\n" fields cannot be too many)
         self.heads += 1
         if _FRAMING_NAME.search(data, line_end, stop + 2) is not None:
             self._length, self._chunked, self._unfollowed = None, False, False
-            self._framing_of(data[line_end + 2:stop])
+            self._framing_of(data[line_end + 2 : stop])
             self._body_begins()
         return after
 
@@ -254,7 +289,9 @@ class HeadCounter:
         if self._line == 0:
             self._first = data[pos]
         first = self._first
-        folded = (first == _SP or first == _HTAB) and self._fields > 0  # obs-fold: adds to its field
+        folded = (
+            first == _SP or first == _HTAB
+        ) and self._fields > 0  # obs-fold: adds to its field
         nl = data.find(b"\n", pos)
         self._block += (end if nl < 0 else nl + 1) - pos
         if nl < 0:
@@ -327,7 +364,7 @@ class HeadCounter:
         nl = data.find(b"\n", pos)
         stop = end if nl < 0 else nl
         if self._line < _CHUNK_SIZE_KEPT:
-            self._kept.append(data[pos:min(stop, pos + _CHUNK_SIZE_KEPT - self._line)])
+            self._kept.append(data[pos : min(stop, pos + _CHUNK_SIZE_KEPT - self._line)])
         self._line += stop - pos
         if nl < 0:
             return end

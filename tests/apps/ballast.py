@@ -35,6 +35,11 @@ async def app(scope, receive, send):
         if part.startswith("kib="):
             kib = int(part[4:])
     LEAKED.append(bytearray(b"\x01") * (kib * 1024))
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"6")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"6")],
+        }
+    )
     await send({"type": "http.response.body", "body": b"leaked"})

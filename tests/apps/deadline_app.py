@@ -27,14 +27,27 @@ def _record(event):
 
 
 async def _respond(send, body, status=200, content_type=b"text/plain"):
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 async def _start_stream(send, content_type):
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", content_type), (b"cache-control", b"no-cache")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", content_type), (b"cache-control", b"no-cache")],
+        }
+    )
 
 
 async def app(scope, receive, send):
@@ -62,8 +75,10 @@ async def app(scope, receive, send):
     if path == "/deadline":
         deadline = ours.get("deadline")
         now = asyncio.get_running_loop().time()
-        body = {"remaining": None if deadline is None else deadline - now,
-                "draining": ours["draining"].is_set() if "draining" in ours else None}
+        body = {
+            "remaining": None if deadline is None else deadline - now,
+            "draining": ours["draining"].is_set() if "draining" in ours else None,
+        }
         return await _respond(send, json.dumps(body).encode(), content_type=b"application/json")
     if path == "/wait":
         _record("started wait")
@@ -86,7 +101,9 @@ async def app(scope, receive, send):
         await _start_stream(send, b"text/event-stream; charset=utf-8")
         n = 0
         while not (watch and draining.is_set()):
-            await send({"type": "http.response.body", "body": b"data: %d\n\n" % n, "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": b"data: %d\n\n" % n, "more_body": True}
+            )
             if n == 0:
                 _record("started sse")
             n += 1

@@ -30,8 +30,11 @@ async def root():
 @app.get("/events")
 async def events(request: Request, watch: int = 1):
     # Set when this worker starts draining; a never-set Event under other servers.
-    draining = request.scope.get("extensions", {}).get("hardened_worker", {}).get(
-        "draining", asyncio.Event())
+    draining = (
+        request.scope.get("extensions", {})
+        .get("hardened_worker", {})
+        .get("draining", asyncio.Event())
+    )
 
     async def stream():
         n = 0

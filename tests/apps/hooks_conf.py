@@ -1,4 +1,5 @@
 """A gunicorn config whose hooks record what they saw, for the tests (HOOKS_FILE)."""
+
 import os
 
 

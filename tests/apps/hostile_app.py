@@ -23,9 +23,16 @@ def _record(event):
 
 
 async def _respond(send, body, status=200):
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -45,8 +52,13 @@ async def app(scope, receive, send):
         return await _respond(send, str(os.getpid()).encode())
     if path == "/stream":
         mib = int(parse_qs(scope["query_string"].decode()).get("mib", ["1024"])[0])
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/octet-stream")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream")],
+            }
+        )
         for n in range(mib):
             await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
             if n == 0:

@@ -3,7 +3,6 @@ sets PROMETHEUS_MULTIPROC_DIR before the workers import this), served by the wor
 path beside the pool's (tests/test_presets.py)."""
 
 from prometheus_client import Counter
-
 from testapp import app as _testapp
 
 SEEN = Counter("promapp_requests", "Requests this app saw")

@@ -1,4 +1,5 @@
 """A gunicorn config whose environment a test rewrites before a HUP (RELOAD_ENV_FILE, JSON)."""
+
 import json
 import os
 

@@ -59,8 +59,16 @@ async def _lifespan(receive, send):
 
 
 async def _respond(send, body, status=200, content_type=b"text/plain"):
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -77,7 +85,7 @@ async def app(scope, receive, send):
             await send({"type": "websocket.send", "text": message.get("text") or ""})
     path, root = scope["path"], scope.get("root_path", "")
     if root and path.startswith(root):  # routing as Starlette does, below the mount point
-        path = path[len(root):]
+        path = path[len(root) :]
     query = parse_qs(scope["query_string"].decode())
     if scope["method"] in ("POST", "PUT"):
         while (await receive()).get("more_body"):
@@ -111,9 +119,17 @@ async def app(scope, receive, send):
         return await _respond(send, b"leaked")
     if path == "/client":
         host = {k.decode(): v.decode("latin-1") for k, v in scope["headers"]}.get("host")
-        body = json.dumps({"client": scope.get("client"), "scheme": scope["scheme"], "host": host,
-                           "server": scope.get("server"), "root_path": scope.get("root_path", ""),
-                           "path": scope["path"], "pid": os.getpid()}).encode()
+        body = json.dumps(
+            {
+                "client": scope.get("client"),
+                "scheme": scope["scheme"],
+                "host": host,
+                "server": scope.get("server"),
+                "root_path": scope.get("root_path", ""),
+                "path": scope["path"],
+                "pid": os.getpid(),
+            }
+        ).encode()
         return await _respond(send, body, content_type=b"application/json")
     return await _respond(send, b"not found", status=404)
 
