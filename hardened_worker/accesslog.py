@@ -304,9 +304,12 @@ def format_keys(fmt: str) -> tuple[str, ...]:
 
 def getters_of(keys: Iterable[str]) -> tuple[tuple[str, Callable[[Atoms], Any]], ...]:
     """Each atom of ``keys`` with the function that computes it, looked up once per format."""
-    return tuple(
-        (key, _ATOMS.get(key) or (lambda atoms, key=key: atoms._atom(key))) for key in keys
-    )
+    return tuple((key, _ATOMS.get(key) or _generic(key)) for key in keys)
+
+
+def _generic(key: str) -> Callable[[Atoms], Any]:
+    """An atom without a getter of its own: gunicorn's lookup by name."""
+    return lambda atoms: atoms._atom(key)
 
 
 def _raw_uri(scope: Scope) -> str:

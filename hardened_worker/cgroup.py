@@ -80,7 +80,9 @@ def find(proc_cgroup: str, mountinfo: str) -> Location:
 
     def locate(controller: str) -> str | None:
         path = paths.get(controller)
-        for shown, point in mounts.get(controller, []) if path else []:
+        if not path:
+            return None
+        for shown, point in mounts.get(controller, []):
             relative = posixpath.relpath(path, shown)
             if relative != ".." and not relative.startswith("../"):
                 return posixpath.normpath(posixpath.join(point, relative))

@@ -55,7 +55,7 @@ _NUMBER = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 _SIZE_RE = re.compile(_NUMBER + r"(?:[eE]([0-9]{1,2})|[ \t]*([A-Za-z]*))")
 _DURATION_RE = re.compile(_NUMBER + r"[ \t]*([A-Za-z]*)")
 _PERCENT_RE = re.compile(_NUMBER + r"[ \t]*%")
-_SIZE_UNITS = {"": 1, "b": 1}
+_SIZE_UNITS: dict[str, int | Decimal] = {"": 1, "b": 1}
 for _power, _letter in enumerate("kmgtpe", start=1):
     _SIZE_UNITS.update(
         {
@@ -65,7 +65,13 @@ for _power, _letter in enumerate("kmgtpe", start=1):
             _letter + "ib": 1024**_power,
         }
     )
-_DURATION_UNITS = {"": 1, "s": 1, "ms": Decimal("0.001"), "m": 60, "h": 3600}
+_DURATION_UNITS: dict[str, int | Decimal] = {
+    "": 1,
+    "s": 1,
+    "ms": Decimal("0.001"),
+    "m": 60,
+    "h": 3600,
+}
 
 
 def _bounded(value: Decimal, largest: float, shown: str) -> Decimal:

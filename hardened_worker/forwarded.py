@@ -828,7 +828,9 @@ def _from_x_forwarded(
                 report("X-Forwarded-For", walked + "; keeping the peer address")
         else:
             hop = walked
-            client = (hop.node.text, hop.node.port)
+            text = hop.node.text
+            assert text is not None  # an X-Forwarded-For entry always names an address
+            client = (text, hop.node.port)
 
     lines = found.get(_XFP)
     if lines is not None:
@@ -920,6 +922,7 @@ def _parse_node_text(text: str) -> _Node | None:
         if parsed_port is None:  # 1*5DIGIT allows 99999; no socket does
             return None
         port = parsed_port
+    address: IPAddress | None
     if match["v4"] is not None:
         address = _parse_ipv4(match["v4"])
     elif match["v6"] is not None:

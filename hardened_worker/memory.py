@@ -200,7 +200,7 @@ def process_rss(pid: int) -> int | None:
 
 def _pread_all(fd: int) -> bytes:
     # smaps_rollup is usually under a page but may grow with new fields: read until EOF.
-    chunks = []
+    chunks: list[bytes] = []
     offset = 0
     while True:
         chunk = os.pread(fd, 4096, offset)

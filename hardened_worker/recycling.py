@@ -46,7 +46,8 @@ class Recycling:
     memory_reader: policy.MemoryReader | None = None
     _memory_decision = policy.Decision.OK
     _next_cgroup_check = 0.0
-    changed_file: str | None = None  # --reload: set by gunicorn's reloader thread
+    changed_file: str | None = None
+    age: int  # gunicorn's spawn order (the worker's)  # --reload: set by gunicorn's reloader thread
     footprint: int | None = None  # this worker's private memory at ready: what a successor costs
 
     def _memory_watch(self) -> policy.MemoryWatch | None:

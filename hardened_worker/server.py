@@ -717,7 +717,7 @@ class HardenedServer(Server):
                 "hardened_worker: worker %s reached its in-flight bound (HARDENED_MAX_INFLIGHT %d): "
                 "it leaves new connections to its siblings until below it",
                 self.host.pid,
-                self.server_state.tasks.bound,
+                getattr(self.server_state.tasks, "bound", None),
             )
 
     def _resume_accepting(self) -> None:
@@ -776,7 +776,8 @@ class HardenedServer(Server):
         self._closing()
 
     def _closing(self) -> None:
-        for conn in self.server_state.connections:
+        connections: set[Any] = self.server_state.connections  # uvicorn's protocols, untyped here
+        for conn in connections:
             if _is_http(conn) and conn.app is not self.closing_app:
                 conn.app = self.closing_app
 
@@ -827,18 +828,15 @@ class HardenedServer(Server):
         """A close frame with 1001 "going away" through each websocket's ASGI send (uvicorn's own
         shutdown sends 1012 and drops the connection at once), then a bounded wait for the
         closing handshake; the app receives ``websocket.disconnect`` as usual."""
-        sockets = [c for c in self.server_state.connections if not _is_http(c)]
+        sockets: list[Any] = [c for c in self.server_state.connections if not _is_http(c)]
         for conn in sockets:
-            send = (
-                getattr(conn, "asgi_send", None) or conn.send
-            )  # websockets_impl / sansio, wsproto
+            # websockets_impl and sansio have asgi_send, wsproto send
+            send = getattr(conn, "asgi_send", None) or conn.send
             try:
                 await send(
                     {"type": "websocket.close", "code": 1001, "reason": "server shutting down"}
                 )
-            except (
-                Exception
-            ):  # closed meanwhile by the client or the app: nothing to say goodbye to
+            except Exception:  # closed meanwhile by the client or the app: no goodbye to say
                 pass
         deadline = min(time.monotonic() + WEBSOCKET_CLOSE_WAIT, plan.requests_deadline)
         while (
@@ -850,9 +848,10 @@ class HardenedServer(Server):
                 conn.shutdown()  # a client that did not answer the close frame in time
 
     async def _deadline_passed(self, plan: drain.DrainPlan) -> None:
+        connections: set[Any] = self.server_state.connections
         in_flight = [
             c.scope
-            for c in self.server_state.connections
+            for c in connections
             if _is_http(c) and not _is_idle(c) and isinstance(getattr(c, "scope", None), dict)
         ]
         self.host.log.warning(

@@ -282,7 +282,7 @@ def fetch(url: str, timeout: float = 5.0) -> dict[str, Any]:
         ) from None
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

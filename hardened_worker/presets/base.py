@@ -57,7 +57,7 @@ def cgroup_root() -> str | None:
     return settings.cgroup_root
 
 
-def worker_count(root: str) -> int:
+def worker_count(root: str | None) -> int:
     """:func:`hardened_worker.cgroup.worker_count`, with a bad ``WEB_CONCURRENCY`` as one line."""
     try:
         return _cgroup.worker_count(root)

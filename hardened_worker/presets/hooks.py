@@ -217,7 +217,7 @@ class Hooks:
         """Compose every hook setting of ``server.cfg`` that the user replaced with the preset's."""
         cfg = getattr(server, "cfg", None)
         settings = getattr(cfg, "settings", None)
-        if not settings:
+        if cfg is None or not settings:
             return
         log = _log((server,))
         for name in ARITY:

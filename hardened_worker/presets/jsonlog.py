@@ -41,7 +41,7 @@ def _access_fields(atoms: Mapping) -> dict[str, Any]:
         "method": atoms.get("m"),
         "path": atoms.get("{raw_uri}e"),
         "http_version": protocol[5:] if protocol.startswith("HTTP/") else protocol,
-        "status_code": int(status) if str(status).isdigit() else status,
+        "status_code": int(str(status)) if str(status).isdigit() else status,
         "bytes": atoms.get("B") or 0,
         "duration_ms": (atoms.get("D") or 0) / 1000,
         "user_agent": atoms.get("a"),

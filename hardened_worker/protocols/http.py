@@ -83,7 +83,7 @@ def _busy(conn: Any) -> bool:
     return cycle is not None and not cycle.response_complete
 
 
-def guarded(protocol_class: type, guard: Guard) -> type:
+def guarded(protocol_class: Any, guard: Guard) -> type:
     """``protocol_class`` with the head limits and read timeouts of ``guard``."""
     timed = guard.header_timeout > 0 or guard.body_timeout > 0
     header_timeout, body_timeout = guard.header_timeout, guard.body_timeout
