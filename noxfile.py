@@ -6,7 +6,8 @@
   real"``) and, on the oldest and the newest Python, :data:`REAL_SET`, the real-process tests that
   exercise the gunicorn and uvicorn internals the worker leans on; with the lowest or the highest
   release of each supported range (``hardened_worker/_versions.py``, read here so the two can
-  never disagree). ``lowest`` also takes the lowest uvloop and httptools ``pyproject.toml`` allows.
+  never disagree). "Lowest" is the lowest minor release, at its newest patch (``gunicorn==25.2.*``),
+  and takes the lowest uvloop and httptools minors ``pyproject.toml`` allows too.
 
 ``nox -s suite``, ``nox -s matrix``, ``nox -l`` to list. Interpreters are found on ``PATH`` and in
 pyenv's versions (``$PYENV_ROOT/versions/*/bin``); a missing one is an error, never a skip. The
