@@ -29,14 +29,16 @@ ROOT = Path(__file__).resolve().parent
 nox.options.sessions = ["suite", "matrix"]
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_venv = "yes"
-nox.options.envdir = os.environ.get("HARDENED_NOX_ENVDIR",
-                                    str(Path(tempfile.gettempdir()) / "hardened-worker-nox"))
+nox.options.envdir = os.environ.get(
+    "HARDENED_NOX_ENVDIR", str(Path(tempfile.gettempdir()) / "hardened-worker-nox")
+)
 
 # pyenv's interpreters, when it is installed (`python3.10` is then found without `pyenv shell`).
 _pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
 if _pyenv.is_dir():
-    os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", ""),
-                                          *sorted(str(v / "bin") for v in _pyenv.iterdir())])
+    os.environ["PATH"] = os.pathsep.join(
+        [os.environ.get("PATH", ""), *sorted(str(v / "bin") for v in _pyenv.iterdir())]
+    )
 
 # The real-process tests the matrix runs at both ends of the ranges, chosen to cover the gunicorn and
 # uvicorn internals the worker leans on within the CI budget (about 2 minutes on 2 cores): the
@@ -60,7 +62,9 @@ REAL_SET = [
 ]
 # Tests about the newest gunicorn of the range only: docs/gunicorn-settings.md is generated from
 # its settings (and says which gunicorn), so an older gunicorn's list differs by design.
-NEWEST_ONLY = ["tests/test_gunicorn_flags.py::test_the_settings_page_is_the_table_and_covers_every_setting_of_this_gunicorn"]
+NEWEST_ONLY = [
+    "tests/test_gunicorn_flags.py::test_the_settings_page_is_the_table_and_covers_every_setting_of_this_gunicorn"
+]
 
 # (Python, end of the ranges, with the real-process set): the oldest Python with the lowest
 # releases, the newest with the highest, the one between with the highest and the pure tests only
@@ -74,8 +78,12 @@ def supported() -> list[tuple[str, str, str]]:
     """``[(distribution, lowest, below)]`` from hardened_worker/_versions.py, read without importing
     the package (nox's own interpreter need not have its dependencies)."""
     tree = ast.parse((ROOT / "hardened_worker" / "_versions.py").read_text())
-    [value] = [node.value for node in tree.body if isinstance(node, ast.Assign)
-               and any(getattr(t, "id", None) == "SUPPORTED" for t in node.targets)]
+    [value] = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(getattr(t, "id", None) == "SUPPORTED" for t in node.targets)
+    ]
     found = []
     for call in value.elts:
         distribution, _module, lowest, below = (ast.literal_eval(arg) for arg in call.args)
@@ -92,9 +100,13 @@ def pins(end: str) -> list[str]:
 
 def install(session: nox.Session, end: str) -> None:
     session.install("-e", ".[test]", *pins(end))
-    session.run("python", "-c", "import gunicorn, uvicorn, uvicorn_worker, sys; print("
-                "'python', sys.version.split()[0], 'gunicorn', gunicorn.__version__, 'uvicorn', "
-                "uvicorn.__version__, 'uvicorn-worker', uvicorn_worker.__version__)")
+    session.run(
+        "python",
+        "-c",
+        "import gunicorn, uvicorn, uvicorn_worker, sys; print("
+        "'python', sys.version.split()[0], 'gunicorn', gunicorn.__version__, 'uvicorn', "
+        "uvicorn.__version__, 'uvicorn-worker', uvicorn_worker.__version__)",
+    )
 
 
 @nox.session

@@ -34,12 +34,16 @@ def absolute_links(markdown: str) -> str:
 
     parts, end = [], 0
     for fence in FENCE.finditer(markdown):
-        parts += [LINK.sub(rewrite, markdown[end:fence.start()]), fence.group(0)]
+        parts += [LINK.sub(rewrite, markdown[end : fence.start()]), fence.group(0)]
         end = fence.end()
     parts.append(LINK.sub(rewrite, markdown[end:]))
     return "".join(parts)
 
 
 if __name__ == "__main__":
-    setup(long_description=absolute_links((Path(__file__).parent / "README.md").read_text(encoding="utf-8")),
-          long_description_content_type="text/markdown")
+    setup(
+        long_description=absolute_links(
+            (Path(__file__).parent / "README.md").read_text(encoding="utf-8")
+        ),
+        long_description_content_type="text/markdown",
+    )

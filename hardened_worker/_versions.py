@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Mapping, Optional
 
 Release = tuple[int, ...]
 
@@ -70,7 +70,7 @@ class UnsupportedVersion(ImportError, RuntimeError):
     one line naming the installed versions and the supported ranges."""
 
 
-def release(version: str) -> Optional[Release]:
+def release(version: str) -> Release | None:
     """The release numbers a version starts with (``"25.2.0rc1"`` -> ``(25, 2, 0)``), trailing zeros
     dropped so ``27`` and ``27.0.0`` compare equal; None when it starts with no number."""
     match = re.match(r"\d+(?:\.\d+)*", version.strip())
@@ -86,7 +86,7 @@ def _dotted(numbers: Release) -> str:
     return ".".join(str(n) for n in numbers)
 
 
-def problems(installed: Mapping[str, Optional[str]]) -> list[str]:
+def problems(installed: Mapping[str, str | None]) -> list[str]:
     """One phrase per distribution of :data:`SUPPORTED` whose installed version (``installed`` maps
     distribution names to versions; None: not installed) is outside its range."""
     found = []
@@ -95,17 +95,22 @@ def problems(installed: Mapping[str, Optional[str]]) -> list[str]:
         if version is None:
             found.append(f"{wanted.distribution} is not installed (needs {wanted.specifier})")
         elif not wanted.admits(version):
-            found.append(f"{wanted.distribution} {version} is not supported (needs {wanted.specifier})")
+            found.append(
+                f"{wanted.distribution} {version} is not supported (needs {wanted.specifier})"
+            )
     return found
 
 
 def message(found: list[str]) -> str:
     """The one line :func:`check` raises with."""
-    return (f"hardened_worker: {'; '.join(found)}; install the supported versions: "
-            + "pip install " + " ".join(f"'{w.distribution}{w.specifier}'" for w in SUPPORTED))
+    return (
+        f"hardened_worker: {'; '.join(found)}; install the supported versions: "
+        + "pip install "
+        + " ".join(f"'{w.distribution}{w.specifier}'" for w in SUPPORTED)
+    )
 
 
-def installed_version(wanted: Supported) -> Optional[str]:
+def installed_version(wanted: Supported) -> str | None:
     """The version of the module Python actually imports (its ``__version__``; the distribution's
     metadata when the module has none), None when it is not importable."""
     try:

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import re
 import sys
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -20,7 +20,7 @@ STARTS_PROCESSES = re.compile(r"\bmaster\(|\bMaster\(|\bsubprocess\b|\bPopen\b|\
 REAL_TIMEOUT = 600  # seconds: several times the slowest real-process test on a loaded 2-core machine
 
 
-@lru_cache(maxsize=None)
+@cache
 def starts_processes(module_path: str) -> bool:
     return bool(STARTS_PROCESSES.search(Path(module_path).read_text()))
 

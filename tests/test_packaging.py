@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
-
 from rig import ROOT, Master, get
 from test_examples import MASTER_BUDGET, healthcheck_command
 
