@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test matrix bench docs venv system-deps clean
+.PHONY: demo test lint matrix bench docs venv system-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,21 @@ $(VENV)/.test-installed: $(VENV)/.installed pyproject.toml
 	$(PIP) install -q -e '.[demo,test]'
 	touch $@
 
-# wrk and nginx drive the real-load tests, systemd-analyze verifies the shipped unit; installed from
-# Debian's packages when missing.
+# wrk and nginx drive the real-load tests, systemd-analyze verifies the shipped unit, promtool
+# (Debian's prometheus) checks the example alert rules; installed from Debian's packages when missing.
 system-deps:
 	@command -v wrk >/dev/null 2>&1 && command -v systemd-analyze >/dev/null 2>&1 \
+		&& command -v promtool >/dev/null 2>&1 \
 		&& { command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } || { \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light systemd >/dev/null \
-		|| DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx systemd >/dev/null; }
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light systemd prometheus >/dev/null \
+		|| DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx systemd prometheus >/dev/null; }
+
+# ruff (lint and format) and mypy, as CI runs them.
+lint: $(VENV)/.test-installed
+	$(PIP) install -q -e '.[lint]'
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy hardened_worker
 
 demo: venv
 	@echo "serving examples/demo_app.py on http://$(HOST):$(PORT) (Ctrl+C stops)"

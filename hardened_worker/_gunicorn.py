@@ -116,7 +116,7 @@ def install_pool_owner(
             arbiter.num_workers = configured
 
     manage_workers.hardened_worker = True  # type: ignore[attr-defined]
-    Arbiter.manage_workers = manage_workers  # type: ignore[method-assign]
+    Arbiter.manage_workers = manage_workers
 
 
 def wake_master(master_pid: int) -> None:

@@ -209,7 +209,7 @@ class Atoms(dict):
             return "-"
         return value.replace('"', '\\"') if isinstance(value, str) else value
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         value = self._atom(key)
         return default if value is None else value
 

@@ -207,8 +207,8 @@ def tolerate_log_failures(log: Any, who: str) -> None:
         for handler in getattr(logger, "handlers", ()):
             if not isinstance(handler.handleError, LogFailures):
                 failures = LogFailures(handler, who)
-                handler.handleError = failures  # type: ignore[method-assign]
-                handler.close = _closing_anyway(handler, failures)  # type: ignore[method-assign]
+                handler.handleError = failures
+                handler.close = _closing_anyway(handler, failures)
 
 
 def arm_abort_dump(log: Any, on_abort: Callable[[int, FrameType | None], None]) -> None:

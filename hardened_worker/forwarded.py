@@ -438,13 +438,13 @@ class TrustedProxies:
             # Addresses are compared in their IPv4 form (see _parse_ipv6), so an IPv6 network
             # that covers IPv4-mapped addresses must also be expressed over IPv4.
             if network.version == 6:
-                if network.subnet_of(_V4_IN_V6):  # type: ignore[arg-type]
+                if network.subnet_of(_V4_IN_V6):
                     nets.append(
                         ipaddress.IPv4Network(
                             (int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96)
                         )
                     )
-                elif network.supernet_of(_V4_IN_V6):  # type: ignore[arg-type]
+                elif network.supernet_of(_V4_IN_V6):
                     nets.append(_ALL_V4)
         self.addresses: frozenset[IPAddress] = frozenset(exact)
         self.networks: tuple[IPNetwork, ...] = tuple(dict.fromkeys(nets))

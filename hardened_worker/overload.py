@@ -39,7 +39,7 @@ def accepting(in_flight: int, bound: int | None) -> bool:
     return bound is None or in_flight < bound
 
 
-class InFlight(set):  # type: ignore[type-arg]
+class InFlight(set):
     """The server's set of request tasks, calling ``pause`` when :func:`accepting` turns false and
     ``resume`` when it turns true again. Only installed when a bound is set: with none the server
     keeps its plain set and pays nothing."""

@@ -310,11 +310,11 @@ class Table:
         self._header = _Header.from_buffer(self._map, 0)
         self._slots = (_Slot * SLOTS).from_buffer(self._map, slots_at)
         self._copies = (_Retired * 2).from_buffer(self._map, retired_at)
-        self._all = memoryview(self._map).cast("q")  # type: ignore[arg-type]
+        self._all = memoryview(self._map).cast("q")
         # Every slot's pid as a strided int32 view: scanned in C (itertools.compress,
         # ``in``), so a scan costs no Python step per empty slot.
         stride = ctypes.sizeof(_Slot) // 4
-        words = memoryview(self._map).cast("i")  # type: ignore[arg-type]
+        words = memoryview(self._map).cast("i")
         self._pids = words[slots_at // 4 + _Slot.pid.offset // 4 :: stride][:SLOTS]
         self._lock = ProcessLock()
         self._slot: int | None = None

@@ -224,7 +224,7 @@ def _is_http(conn: Any) -> bool:
 def _one_write(protocol_class: type, flusher: writes.Flusher) -> type:
     """``protocol_class`` writing through :class:`writes.OneWrite` (one write per response)."""
 
-    class OneWriteProtocol(protocol_class):  # type: ignore[misc, valid-type]
+    class OneWriteProtocol(protocol_class):
         def connection_made(self, transport: Any) -> None:
             super().connection_made(writes.OneWrite(transport, flusher))
 
@@ -232,7 +232,7 @@ def _one_write(protocol_class: type, flusher: writes.Flusher) -> type:
     return OneWriteProtocol
 
 
-class _Connections(set):  # type: ignore[type-arg]
+class _Connections(set):
     """``server_state.connections`` telling the server when a connection closes (the protocols
     ``discard`` themselves in ``connection_lost``): the accept policy's count. Per connection,
     never per request."""
@@ -443,7 +443,7 @@ class HardenedServer(Server):
         self._reserve = descriptors.Reserve()
 
         def create_protocol(_loop: Any = None) -> asyncio.Protocol:
-            return protocol_class(  # type: ignore[call-arg]
+            return protocol_class(
                 config=config,
                 server_state=self.server_state,
                 app_state=self.lifespan.state,

@@ -17,7 +17,9 @@ from rig import Master  # noqa: E402
 # `-m "not real"`). Each `real` test gets a timeout (pytest-timeout) unless it sets its own: a hung
 # master fails its test with the stacks, never the whole run.
 STARTS_PROCESSES = re.compile(r"\bmaster\(|\bMaster\(|\bsubprocess\b|\bPopen\b|\bnginx\b|\bwrk\b")
-REAL_TIMEOUT = 600  # seconds: several times the slowest real-process test on a loaded 2-core machine
+REAL_TIMEOUT = (
+    600  # seconds: several times the slowest real-process test on a loaded 2-core machine
+)
 
 
 @cache

@@ -95,7 +95,7 @@ def guarded(protocol_class: Any, guard: Guard) -> type:
         c.__module__ == "uvicorn.protocols.http.httptools_impl" for c in protocol_class.__mro__
     )
 
-    class Guarded(protocol_class):  # type: ignore[misc, valid-type]
+    class Guarded(protocol_class):
         _head: HeadCounter
         _head_since: float | None  # loop.time() the current head began to be awaited; None: none is
         _read_at: float  # loop.time() of the last read
