@@ -8,7 +8,6 @@ import signal
 import threading
 import time
 
-import pytest
 from rig import wait_for, wrk
 
 STARTUP = {"TESTAPP_STARTUP_DELAY": "0.3"}
@@ -39,8 +38,7 @@ def load(m, seconds: int, connections: int = 16) -> threading.Thread:
     return thread
 
 
-@pytest.mark.parametrize("trial", range(2))
-def test_max_requests_recycling_and_a_hup_leave_the_configured_size(master, trial):
+def test_max_requests_recycling_and_a_hup_leave_the_configured_size(master):
     m = master(
         env=STARTUP, workers=2, args=["--max-requests", "2000", "--max-requests-jitter", "200"]
     )

@@ -18,7 +18,9 @@ import pytest
 from rig import APPS, alive, get, under_load, wait_for
 
 
-@pytest.mark.parametrize("graceful,workers", [(10, 2), (10, 4), (30, 2), (30, 4)])
+# Both graceful timeouts and both pool sizes within the CI budget; the whole 2 x 2 matrix, 10 runs
+# each, is in the CHANGELOG (40 of 40 runs).
+@pytest.mark.parametrize("graceful,workers", [(10, 4), (30, 2)])
 def test_a_rejected_reload_keeps_every_old_worker_with_the_defaults(
     master, tmp_path, graceful, workers
 ):
