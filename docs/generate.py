@@ -18,19 +18,21 @@ wrote it, at build time (``docs/hooks.py``).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 DOCS = Path(__file__).resolve().parent
 
 
 def _settings() -> str:
     from hardened_worker import config
+
     return config.markdown_table()
 
 
 def _lifecycle() -> str:
     from hardened_worker import lifecycle
+
     return lifecycle.markdown_table()
 
 
@@ -38,6 +40,7 @@ def _gunicorn_settings() -> str:
     from gunicorn.config import KNOWN_SETTINGS
 
     from hardened_worker import flags
+
     return flags.markdown_table(KNOWN_SETTINGS)
 
 
@@ -58,13 +61,13 @@ def markers(name: str) -> tuple[str, str]:
 def section(text: str, name: str) -> str:
     """What stands between ``name``'s markers in ``text`` (ValueError without them)."""
     start, end = markers(name)
-    return text[text.index(start) + len(start):text.index(end)]
+    return text[text.index(start) + len(start) : text.index(end)]
 
 
 def rendered(text: str, name: str, body: str) -> str:
     """``text`` with ``name``'s section replaced by ``body``."""
     start, end = markers(name)
-    head, tail = text[:text.index(start) + len(start)], text[text.index(end):]
+    head, tail = text[: text.index(start) + len(start)], text[text.index(end) :]
     return head + body.strip("\n") + "\n" + tail
 
 

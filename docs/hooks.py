@@ -35,7 +35,9 @@ def _root(config) -> Path:
 def on_files(files, config):
     root = _root(config)
     for plot in sorted((root / PLOTS).glob("*.png")):
-        files.append(File(f"{PLOTS}/{plot.name}", str(root), config.site_dir, config.use_directory_urls))
+        files.append(
+            File(f"{PLOTS}/{plot.name}", str(root), config.site_dir, config.use_directory_urls)
+        )
     return files
 
 
@@ -58,11 +60,17 @@ def _relink(text: str, base: Path, page_uri: str, config, files) -> str:
         resolved = (base / path).resolve()
         if resolved.is_relative_to(docs):
             uri = resolved.relative_to(docs).as_posix()
-        elif resolved.is_relative_to(root) and files.get_file_from_path(resolved.relative_to(root).as_posix()):
+        elif resolved.is_relative_to(root) and files.get_file_from_path(
+            resolved.relative_to(root).as_posix()
+        ):
             uri = resolved.relative_to(root).as_posix()
         elif resolved.is_relative_to(root):
-            kind = "tree" if resolved.is_dir() else "raw" if match.group(1).startswith("!") else "blob"
-            url = f"{config.repo_url.rstrip('/')}/{kind}/main/{resolved.relative_to(root).as_posix()}"
+            kind = (
+                "tree" if resolved.is_dir() else "raw" if match.group(1).startswith("!") else "blob"
+            )
+            url = (
+                f"{config.repo_url.rstrip('/')}/{kind}/main/{resolved.relative_to(root).as_posix()}"
+            )
             return f"{match.group(1)}{url}{hash_}{anchor}{match.group(3)}"
         else:
             return match.group(0)  # outside the repository: mkdocs reports it
@@ -77,7 +85,9 @@ def on_page_markdown(markdown, page, config, files):
 
     def include(match: re.Match) -> str:
         path = (page_dir / match.group(1)).resolve()
-        text = _outside_fences(path.read_text(), lambda part: re.sub(r"^(#+) ", r"#\1 ", part, flags=re.MULTILINE))
+        text = _outside_fences(
+            path.read_text(), lambda part: re.sub(r"^(#+) ", r"#\1 ", part, flags=re.MULTILINE)
+        )
         return _relink(text, path.parent, uri, config, files)
 
     markdown = _relink(markdown, page_dir, uri, config, files)

@@ -54,10 +54,23 @@ TIMEOUT = 120
 def shoot(chromium: str, url: str, size: str, png: Path) -> bool:
     """One screenshot; False if Chromium did not finish in time (its process group is killed)."""
     with tempfile.TemporaryDirectory() as profile:
-        browser = subprocess.Popen([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                                    f"--user-data-dir={profile}", f"--window-size={size}", "--virtual-time-budget=3000",
-                                    f"--screenshot={png}", url],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        browser = subprocess.Popen(
+            [
+                chromium,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                f"--window-size={size}",
+                "--virtual-time-budget=3000",
+                f"--screenshot={png}",
+                url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             return browser.wait(timeout=TIMEOUT) == 0
         except subprocess.TimeoutExpired:
@@ -72,9 +85,23 @@ def main(argv: list[str]) -> int:
     chromium = browser()
     with tempfile.TemporaryDirectory() as tmp:
         site = Path(tmp) / "site"
-        subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(ROOT / "mkdocs.yml"),
-                        "-d", str(site)], check=True, cwd=ROOT,
-                       env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mkdocs",
+                "build",
+                "--strict",
+                "-q",
+                "-f",
+                str(ROOT / "mkdocs.yml"),
+                "-d",
+                str(site),
+            ],
+            check=True,
+            cwd=ROOT,
+            env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        )
         handler = functools.partial(Quiet, directory=str(site))
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()

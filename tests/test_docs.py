@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from rig import ROOT
 
 README = ROOT / "README.md"
@@ -56,10 +55,17 @@ def test_no_doc_link_leaves_the_repository_and_every_one_resolves():
 
 
 def test_the_link_checker_catches_what_it_must():
-    text = ("[a](https://example.com) [b](../../elsewhere.md) `../outside/file.md` [c](#nowhere) "
-            "[d](missing.md) [e](#stop) [f](../LICENSE) `../tests/rig.py` [g](../docs/operations.md#scaling)")
+    text = (
+        "[a](https://example.com) [b](../../elsewhere.md) `../outside/file.md` [c](#nowhere) "
+        "[d](missing.md) [e](#stop) [f](../LICENSE) `../tests/rig.py` [g](../docs/operations.md#scaling)"
+    )
     assert [line.split(":")[0] for line in broken_links(ROOT / "docs" / "operations.md", text)] == [
-        "https", "../../elsewhere.md", "#nowhere", "missing.md", "../outside/file.md"]
+        "https",
+        "../../elsewhere.md",
+        "#nowhere",
+        "missing.md",
+        "../outside/file.md",
+    ]
 
 
 # --- every log line explained ------------------------------------------------------------------
@@ -68,26 +74,35 @@ def test_the_link_checker_catches_what_it_must():
 def log_lines() -> dict[str, str]:
     """``{where: the first words of the line's longest literal part}`` for every "hardened_worker:
     ..." string the package (and the shipped configurations) can write; placeholders split parts."""
-    sources = [*sorted((ROOT / "hardened_worker").glob("**/*.py")),
-               *sorted((ROOT / "gunicorn_conf_examples").glob("*/gunicorn.conf.py"))]
+    sources = [
+        *sorted((ROOT / "hardened_worker").glob("**/*.py")),
+        *sorted((ROOT / "gunicorn_conf_examples").glob("*/gunicorn.conf.py")),
+    ]
     found = {}
     for source in sources:
         tree = ast.parse(source.read_text())
-        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-                      and ast.get_docstring(n) is not None}
+        docstrings = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and ast.get_docstring(n) is not None
+        }
         for node in ast.walk(tree):
             if id(node) in docstrings:
                 continue
             if isinstance(node, ast.JoinedStr):
-                text = "".join(v.value if isinstance(v, ast.Constant) else "\0" for v in node.values)
+                text = "".join(
+                    v.value if isinstance(v, ast.Constant) else "\0" for v in node.values
+                )
             elif isinstance(node, ast.Constant) and isinstance(node.value, str):
                 text = re.sub(r"%[-#0-9.]*[sdgfr]", "\0", node.value)
             else:
                 continue
             if text.startswith("hardened_worker: "):
-                longest = max(text[len("hardened_worker: "):].split("\0"), key=len)
-                found[f"{source.relative_to(ROOT)}:{node.lineno}"] = " ".join(longest.split()[:4]).strip(" ;:,.(")
+                longest = max(text[len("hardened_worker: ") :].split("\0"), key=len)
+                found[f"{source.relative_to(ROOT)}:{node.lineno}"] = " ".join(
+                    longest.split()[:4]
+                ).strip(" ;:,.(")
     return found
 
 
