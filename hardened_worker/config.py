@@ -1,6 +1,6 @@
 """Every ``HARDENED_*`` knob, declared once.
 
-The ``SETTINGS`` table drives parsing, the one-line validation errors and the README table, so
+The ``SETTINGS`` table drives parsing, the one-line validation errors and the settings page, so
 the three can never disagree (the idea of gunicorn's ``config.py``). Values come from
 :class:`Source` s, strongest first (:func:`hardened_worker.checks.sources` orders them): the
 environment as ``HARDENED_X``, a gunicorn configuration file as ``hardened_x = <Python value>``
@@ -744,7 +744,7 @@ def _unknown_names(sources: Sequence[Source]) -> list[str]:
             advice = (
                 f"did you mean {source.spelled(hint)}?"
                 if hint
-                else "see the README table of HARDENED_* variables"
+                else "see docs/settings.md for the HARDENED_* variables"
             )
             raise ConfigError(f"hardened_worker: {where} is not a known setting; {advice}")
     return notes

@@ -261,7 +261,7 @@ class Lifecycle:
 
 
 def markdown_table() -> str:
-    """The README's table of every move, generated from :data:`TRANSITIONS`."""
+    """The table of every move (docs/how-it-works.md), generated from :data:`TRANSITIONS`."""
     rows = ["| phase | event | next phase | actions | exit reason |", "|---|---|---|---|---|"]
     for phase, moves in TRANSITIONS.items():
         for event, move in moves.items():

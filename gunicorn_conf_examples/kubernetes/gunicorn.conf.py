@@ -28,7 +28,7 @@ bind = [*bind, "0.0.0.0:9100"]  # noqa: F405
 # workers"), or turn it off with control_socket_disable = True (--no-control-socket).
 control_socket = "/tmp/gunicorn.ctl"
 
-# More worker settings (README table): here, lower case, or in the pod's env, which wins over this
+# More worker settings (docs/settings.md): here, lower case, or in the pod's env, which wins over this
 # file (and this file over the preset's defaults):
 # hardened_memory_limit = "400MiB"
 # hardened_drain_delay = "3s"

@@ -20,7 +20,7 @@ from hardened_worker.presets.vm import *  # noqa: F401,F403
 # graceful_timeout = 30          # app.service's TimeoutStopSec (40s) must be longer
 # timeout = 30                   # a worker whose event loop is blocked this long is killed
 
-# --- the worker's own knobs (see the README table): here, lower case, or Environment= in
+# --- the worker's own knobs (see docs/settings.md): here, lower case, or Environment= in
 # app.service, which wins over this file. HARDENED_BIND/PIDFILE are read by the preset from the
 # environment only: here, set bind and pidfile themselves.
 # hardened_memory_limit = "512MiB"
