@@ -38,8 +38,9 @@ MiB = 1024**2
 # What the margin keeps free beyond the successor: page cache the kernel cannot drop at once, socket
 # buffers, page tables and the kernel's other charges, a successor's transient allocations while
 # it starts. 3% was measured short: in a 700 MiB cgroup, three workers reaching their hard limits
-# together while a successor started were OOM-killed once in four 30 s runs.
-MARGIN_SHARE = 0.05
+# together while a successor started were OOM-killed once in four 30 s runs; 5% too, in two
+# full-suite runs of the 64 KiB leak test (one OOM kill each, peak 700 MiB).
+MARGIN_SHARE = 0.08
 MARGIN_MIN = 16 * MiB
 
 

@@ -14,7 +14,7 @@ from hardened_worker.memory import Decision, decide, drain_growth
 MiB = 1024**2
 SURGE, DRAIN_FIRST = Replacement.SURGE, Replacement.DRAIN_FIRST
 
-# 700 MiB container, app 70 MiB, master 35 MiB, 3 workers: margin 35 MiB, 105 MiB for one successor.
+# 700 MiB container, app 70 MiB, master 35 MiB, 3 workers: margin 56 MiB, 126 MiB for one successor.
 BASE = dict(
     limit=700 * MiB, used=400 * MiB, footprint=70 * MiB, starting=0, workers=3, master=35 * MiB
 )
@@ -24,11 +24,11 @@ BASE = dict(
     "changes, expected",
     [
         (dict(), SURGE),
-        (dict(used=595 * MiB), SURGE),  # 105 MiB left: exactly enough
-        (dict(used=596 * MiB), DRAIN_FIRST),  # one MiB short
+        (dict(used=574 * MiB), SURGE),  # 126 MiB left: exactly enough
+        (dict(used=575 * MiB), DRAIN_FIRST),  # one MiB short
         (dict(used=700 * MiB), DRAIN_FIRST),
         (dict(used=800 * MiB), DRAIN_FIRST),  # over the limit (v1 usage can pass it briefly)
-        (dict(starting=1, used=525 * MiB), SURGE),  # 175 MiB: two apps + margin fit
+        (dict(starting=1, used=504 * MiB), SURGE),  # 196 MiB: two apps + margin fit
         (dict(starting=1, used=560 * MiB), DRAIN_FIRST),  # a booting worker's app is still to come
         (dict(limit=None), SURGE),  # no cgroup limit: nothing to overflow that we can see
         (dict(used=None), SURGE),  # usage unknown
@@ -36,10 +36,11 @@ BASE = dict(
         (dict(limit=None, used=10**12), SURGE),
         # 300 MiB cannot hold 3 + 1 apps of 70 MiB next to the master: never a surge, even idle
         (dict(limit=300 * MiB, used=0), DRAIN_FIRST),
-        (dict(limit=316 * MiB, used=0, master=20 * MiB), SURGE),  # 20 + 4 x 70 + 16 = 316
-        (dict(limit=315 * MiB, used=0, master=20 * MiB), DRAIN_FIRST),
-        (dict(footprint=0, used=665 * MiB), SURGE),  # footprint unknown: the margin still counts
-        (dict(footprint=0, used=666 * MiB), DRAIN_FIRST),
+        # 20 + 4 x 70 + 8% of the limit: 327 MiB holds it (margin 26.2), 326 does not (26.1)
+        (dict(limit=327 * MiB, used=0, master=20 * MiB), SURGE),
+        (dict(limit=326 * MiB, used=0, master=20 * MiB), DRAIN_FIRST),
+        (dict(footprint=0, used=644 * MiB), SURGE),  # footprint unknown: the margin still counts
+        (dict(footprint=0, used=645 * MiB), DRAIN_FIRST),
     ],
 )
 def test_replacement_table(changes, expected):
@@ -98,7 +99,7 @@ def test_starting_counts_booting_and_owed_workers(workers, alive, booting, expec
 
 @pytest.mark.parametrize(
     "limit, expected",
-    [(100 * MiB, 16 * MiB), (700 * MiB, 35 * MiB), (4096 * MiB, int(4096 * MiB * 0.05))],
+    [(100 * MiB, 16 * MiB), (700 * MiB, 56 * MiB), (4096 * MiB, int(4096 * MiB * 0.08))],
 )
 def test_margin(limit, expected):
     assert margin(limit) == expected
@@ -107,7 +108,7 @@ def test_margin(limit, expected):
 def test_explain_names_the_figures():
     room = Room(**{**BASE, "used": 650 * MiB})
     text = DRAIN_FIRST.explain(room)
-    assert "drains first" in text and "650 MiB of 700 MiB" in text and "105 MiB needed" in text
+    assert "drains first" in text and "650 MiB of 700 MiB" in text and "126 MiB needed" in text
     assert SURGE.explain(room) == "its successor starts first"
 
 
@@ -117,17 +118,17 @@ def test_explain_names_the_figures():
 def test_budget_of_the_measured_scenario():
     b = Budget(limit=700 * MiB, master=34 * MiB, app=62 * MiB, workers=3)
     assert b.surge and b.fits
-    assert b.hard == (700 - 34 - 62 - 35) * MiB // 3  # 189.7 MiB
+    assert b.hard == (700 - 34 - 62 - 56) * MiB // 3  # 182.7 MiB
     assert b.soft == int(b.hard / 1.25)
     line = b.describe()
-    assert "3 workers x hard limit 190 MiB" in line and "one successor 62 MiB" in line
+    assert "3 workers x hard limit 183 MiB" in line and "one successor 62 MiB" in line
     assert "without surge" not in line
 
 
 def test_budget_too_small_for_workers_plus_one_says_so_and_keeps_no_successor_share():
     b = Budget(limit=300 * MiB, master=34 * MiB, app=70 * MiB, workers=3)
     assert not b.surge
-    assert b.hard == (300 - 34 - 16) * MiB // 3
+    assert b.hard == (300 - 34 - 24) * MiB // 3
     assert "too small for 3 + 1 apps" in b.describe() and "without surge" in b.describe()
 
 
