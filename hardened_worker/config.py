@@ -1,7 +1,9 @@
 """Every ``HARDENED_*`` knob, declared once.
 
-The ``SETTINGS`` table drives parsing, the one-line validation errors and the settings page, so
-the three can never disagree (the idea of gunicorn's ``config.py``). Values come from
+The table is the body of :class:`Settings`: each knob is declared there once, as a typed
+:class:`Setting` attribute (``memory_limit = Setting(parse_optional_size, ...)``), and drives
+parsing, the one-line validation errors, the settings page and what mypy sees of a loaded value, so
+none of them can disagree (the idea of gunicorn's ``config.py``). ``SETTINGS`` lists them in order. Values come from
 :class:`Source` s, strongest first (:func:`hardened_worker.checks.sources` orders them): the
 environment as ``HARDENED_X``, a gunicorn configuration file as ``hardened_x = <Python value>``
 (:func:`file_source`, spelled for the same parser by :func:`file_text`), a preset's defaults. Everything here is pure:
@@ -35,7 +37,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 PREFIX = "HARDENED_"
 _SPACE = " \t"  # the only blanks a value may have around it
@@ -43,6 +45,10 @@ _SPACE = " \t"  # the only blanks a value may have around it
 MAX_SIZE = 1024**5  # 1Pi
 MAX_DURATION = 30 * 24 * 3600.0  # 720h
 MAX_COUNT = 10**9
+
+
+T = TypeVar("T")
+Number = TypeVar("Number", int, float)
 
 
 class ConfigError(ValueError):
@@ -118,10 +124,10 @@ def parse_count(text: str) -> int:
     return int(_bounded(Decimal(value), MAX_COUNT, str(MAX_COUNT)))
 
 
-def _positive(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+def _positive(parse: Callable[[str], Number]) -> Callable[[str], Number]:
     """``parse``, refusing 0 (for knobs where zero would mean nothing sensible)."""
 
-    def positive(text: str) -> Any:
+    def positive(text: str) -> Number:
         value = parse(text)
         if value == 0:
             raise ValueError("must be more than 0")
@@ -135,14 +141,25 @@ parse_positive_size = _positive(parse_size)
 parse_positive_duration = _positive(parse_duration)
 
 
-def _zero_is_off(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """``parse``, with 0 meaning off (None) like an empty value: for knobs that can be off.
+def _unset_when_blank(parse: Callable[[str], T]) -> Callable[[str], T | None]:
+    """``parse``, with a blank value meaning unset (None): for knobs whose default is computed
+    where they are used (``HARDENED_READY_TIMEOUT`` blank follows ``--graceful-timeout``)."""
+
+    def or_unset(text: str) -> T | None:
+        return parse(text) if text.strip(_SPACE) else None
+
+    or_unset.__name__ = parse.__name__
+    return or_unset
+
+
+def _zero_is_off(parse: Callable[[str], Number]) -> Callable[[str], Number | None]:
+    """``parse``, with 0 meaning off (None) like a blank value: for knobs that can be off.
 
     The rule for every duration and size: 0 is off where the knob has an off, and refused
     (:func:`_positive`) where it has none, never a third meaning."""
 
-    def or_off(text: str) -> Any:
-        value = parse(text)
+    def or_off(text: str) -> Number | None:
+        value = parse(text) if text.strip(_SPACE) else 0
         return None if value == 0 else value
 
     or_off.__name__ = parse.__name__ + "_or_off"
@@ -156,6 +173,8 @@ parse_optional_duration = _zero_is_off(parse_duration)
 def parse_cpu(text: str) -> float | None:
     """A Kubernetes CPU quantity in cores: ``'2'``, ``'1.5'``, ``'500m'`` (millicores); what the
     downward API's ``requests.cpu`` gives (divisor 1: whole cores, rounded up). 0 is no request."""
+    if not text.strip(_SPACE):
+        return None
     match = re.fullmatch(_NUMBER + "(m?)", text.strip(_SPACE))
     if not match:
         raise ValueError("is not a CPU quantity")
@@ -252,103 +271,128 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One knob: ``HARDENED_<name>``; ``attr`` is its field on :class:`Settings`."""
+class Setting(Generic[T]):
+    """One knob, ``HARDENED_<ATTR>``, declared as an attribute of :class:`Settings`; reading it on
+    a loaded ``Settings`` gives the parsed value, typed by ``parse``. A blank value means
+    ``default``; a knob whose default is blank can be unset, so its ``parse`` maps blank to None."""
 
-    name: str
-    parse: Callable[[str], Any]
-    default: str  # as the operator would write it, parsed like any value
-    example: str
-    meaning: str
-    preset: str | None = None  # the preset that reads it when the configuration loads
+    attr: str  # the attribute's name on Settings, given by __set_name__
+
+    def __init__(
+        self,
+        parse: Callable[[str], T],
+        default: str,  # as the operator would write it, parsed like any value
+        example: str,
+        meaning: str,
+        preset: str | None = None,  # the preset that reads it when the configuration loads
+    ) -> None:
+        self.parse = parse
+        self.default = default
+        self.example = example
+        self.meaning = meaning
+        self.preset = preset
+
+    def __set_name__(self, owner: type, attr: str) -> None:
+        self.attr = attr
+
+    @overload
+    def __get__(self, settings: None, owner: type) -> Setting[T]: ...
+    @overload
+    def __get__(self, settings: Settings, owner: type) -> T: ...
+    def __get__(self, settings: Settings | None, owner: type) -> Setting[T] | T:
+        if settings is None:
+            return self
+        value: T = settings.values[self.attr]
+        return value
+
+    @property
+    def name(self) -> str:
+        return self.attr.upper()
 
     @property
     def env(self) -> str:
         return PREFIX + self.name
 
-    @property
-    def attr(self) -> str:
-        return self.name.lower()
 
+@dataclass(frozen=True)
+class Settings:
+    """Parsed values of every knob, defaults applied: one typed attribute per :class:`Setting`,
+    declared below (``settings.memory_limit`` is ``int | None``). The declarations are the table.
 
-SETTINGS: tuple[Setting, ...] = (
+    ``texts`` and ``origin`` say what was written and where (a source's label, or ``default``);
+    ``notes`` are the warnings of the load (reserved names, see :data:`RESERVED`)."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+    texts: Mapping[str, str] = field(default_factory=dict)
+    origin: Mapping[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
     # Foundation
-    Setting(
-        "STARTUP_TIMEOUT",
+    startup_timeout = Setting(
         parse_positive_duration,
         "60s",
         "90s",
         "Longest a worker may spend importing the app and running lifespan startup; past it "
         "the worker logs where it was stuck and exits as a failed start.",
-    ),
+    )
     # Drain
-    Setting(
-        "DRAIN_DELAY",
+    drain_delay = Setting(
         parse_duration,
         "0s",
         "5s",
         "After SIGTERM, keep serving normally this long before draining, so load balancers "
         "and Kubernetes endpoints stop routing first; 0 drains at once.",
-    ),
-    Setting(
-        "DRAIN_IDLE_WINDOW",
+    )
+    drain_idle_window = Setting(
         parse_duration,
         "500ms",
         "1s",
         "While draining, an idle keep-alive connection is closed once it has been quiet this "
         "long and has no unread bytes; 0 closes it as soon as it is idle.",
-    ),
-    Setting(
-        "HEALTH_PATH",
+    )
+    health_path = Setting(
         parse_path,
         "",
         "/healthz",
         "Path the worker answers itself (200 ready, 503 booting or draining); off when empty.",
-    ),
-    Setting(
-        "HEALTH_CHECK",
+    )
+    health_check = Setting(
         parse_import,
         "",
         "myapp.health:check",
         "Optional app-level check (sync or async callable) the health path also calls; a false "
         "result or an exception answers 503.",
-    ),
-    Setting(
-        "HEALTH_CHECK_TIMEOUT",
+    )
+    health_check_timeout = Setting(
         parse_positive_duration,
         "1s",
         "500ms",
         "Longest the app-level health check may take before the answer is 503.",
-    ),
-    Setting(
-        "HEALTH_ACCESS_LOG",
+    )
+    health_access_log = Setting(
         parse_bool,
         "false",
         "true",
         "Write health-path requests to the access log.",
-    ),
+    )
     # Diagnostics
-    Setting(
-        "STALL_THRESHOLD",
+    stall_threshold = Setting(
         parse_duration,
         "1s",
         "250ms",
         "Warn, with the blocking stack and request, when the event loop is blocked this long; "
         "0 turns the watchdog off.",
-    ),
+    )
     # Requests
-    Setting(
-        "REQUEST_TIMEOUT",
+    request_timeout = Setting(
         parse_optional_duration,
         "",
         "30s",
         "An HTTP request still running this long is cancelled: 504 with Connection: close if "
         "no response started, else its connection is closed (an event stream gets its final "
         "chunk); websockets and the health path are exempt; off when empty or 0.",
-    ),
-    Setting(
-        "HEADER_TIMEOUT",
+    )
+    header_timeout = Setting(
         parse_duration,
         "10s",
         "5s",
@@ -356,9 +400,8 @@ SETTINGS: tuple[Setting, ...] = (
         "opened (on keep-alive, after the next request's first byte; the wait before that byte "
         "is --keep-alive's) is closed; 0 turns it off. gunicorn's --limit-request-line, "
         "--limit-request-fields and --limit-request-field_size hold too: 414/431 at once.",
-    ),
-    Setting(
-        "BODY_TIMEOUT",
+    )
+    body_timeout = Setting(
         parse_duration,
         "60s",
         "30s",
@@ -366,27 +409,24 @@ SETTINGS: tuple[Setting, ...] = (
         "a new body byte while the app waits for more (nginx's client_body_timeout); a body "
         "that trickles steadily is bounded by HARDENED_REQUEST_TIMEOUT, which covers the "
         "whole request, body included; 0 turns it off.",
-    ),
-    Setting(
-        "MAX_INFLIGHT",
-        parse_count,
+    )
+    max_inflight = Setting(
+        _unset_when_blank(parse_count),
         "",
         "64",
         "Backpressure: with this many requests in flight (open websockets count) a worker stops "
         "accepting connections, so the kernel hands new ones to a sibling; requests on the "
         "connections it holds are still served; off when empty or 0.",
-    ),
-    Setting(
-        "SPREAD",
+    )
+    spread = Setting(
         parse_bool,
         "true",
         "false",
         "Even connections across workers: a worker that holds more open connections than a "
         "sibling that accepts leaves the next connection to that sibling (decided before each "
         "accept, counts in the shared table).",
-    ),
-    Setting(
-        "MAX_QUEUE_TIME",
+    )
+    max_queue_time = Setting(
         parse_optional_duration,
         "",
         "2s",
@@ -394,229 +434,202 @@ SETTINGS: tuple[Setting, ...] = (
         "run (X-Request-Start from a trusted proxy, else since its connection was accepted) "
         "gets a fast 503 with Retry-After; the health path reports it and still answers 200 "
         "unless HARDENED_SHED_FAILS_HEALTH; off when empty or 0.",
-    ),
-    Setting(
-        "SHED_FAILS_HEALTH",
+    )
+    shed_fails_health = Setting(
         parse_bool,
         "false",
         "true",
         "While a worker sheds (HARDENED_MAX_QUEUE_TIME), its health path answers 503, so a "
         "readiness probe takes it out of rotation. Off by default: under a fleet-wide "
         "overload every pod would go NotReady in turn and the rest take all the load.",
-    ),
+    )
     # Readiness
-    Setting(
-        "READY_TIMEOUT",
-        parse_positive_duration,
+    ready_timeout = Setting(
+        _unset_when_blank(parse_positive_duration),
         "",
         "30s",
         "Longest a new worker's HARDENED_HEALTH_CHECK may keep failing after lifespan startup "
         "before its start fails (a reload is then rejected); empty means 80% of "
         "--graceful-timeout. An old worker waits for its successors' verdict up to "
         "HARDENED_STARTUP_TIMEOUT + this (with a check) + 5 s, so it never gives up first.",
-    ),
-    Setting(
-        "ROLLING",
+    )
+    rolling = Setting(
         parse_bool,
         "false",
         "true",
         "On HUP, replace workers one at a time (each old worker leaves as one more successor "
         "is ready) so at most workers + 1 hold the app in memory; an old worker waits for "
         "as many successor start deadlines.",
-    ),
+    )
     # Forwarded headers
-    Setting(
-        "FORWARDED",
+    forwarded = Setting(
         _choice("x-forwarded", "forwarded", "off"),
         "x-forwarded",
         "forwarded",
         "Which header family carries the client address from trusted proxies "
         "(--forwarded-allow-ips): X-Forwarded-*, RFC 7239 Forwarded, or none.",
-    ),
-    Setting(
-        "FORWARDED_HOST",
+    )
+    forwarded_host = Setting(
         parse_bool,
         "false",
         "true",
         "Let a trusted proxy's X-Forwarded-Host / Forwarded host= set the Host the app sees.",
-    ),
-    Setting(
-        "FORWARDED_PORT",
+    )
+    forwarded_port = Setting(
         parse_bool,
         "false",
         "true",
         "Let a trusted proxy's X-Forwarded-Port set the server port the app sees.",
-    ),
-    Setting(
-        "FORWARDED_PREFIX",
+    )
+    forwarded_prefix = Setting(
         parse_bool,
         "false",
         "true",
         "Let a trusted proxy's X-Forwarded-Prefix set the app's root_path.",
-    ),
+    )
     # Memory
-    Setting(
-        "MEMORY_LIMIT",
+    memory_limit = Setting(
         parse_optional_size,
         "",
         "512Mi",
         "Soft per-worker memory ceiling: past it the worker drains and is replaced; off when "
         "empty or 0.",
-    ),
-    Setting(
-        "MEMORY_HARD_LIMIT",
-        parse_positive_size,
+    )
+    memory_hard_limit = Setting(
+        _unset_when_blank(parse_positive_size),
         "",
         "640Mi",
         "Past this a worker recycles at once, without waiting its turn; empty means the soft "
         "limit plus 25%.",
-    ),
-    Setting(
-        "MEMORY_MEASURE",
+    )
+    memory_measure = Setting(
         _choice("uss", "pss", "rss"),
         "uss",
         "rss",
         "What counts as a worker's memory: uss (private pages, not shared with the master), "
         "pss (shared pages split between sharers) or rss.",
-    ),
-    Setting(
-        "MEMORY_JITTER",
+    )
+    memory_jitter = Setting(
         parse_percent,
         "5%",
         "10%",
         "Per-worker random lowering of the soft limit, so workers do not all recycle at once; "
         "0% lowers none.",
-    ),
-    Setting(
-        "MEMORY_CHECK_INTERVAL",
+    )
+    memory_check_interval = Setting(
         parse_positive_duration,
         "250ms",
         "1s",
         "How often a worker reads its memory.",
-    ),
-    Setting(
-        "MEMORY_CHECK_REQUESTS",
+    )
+    memory_check_requests = Setting(
         parse_count,
         "16",
         "100",
         "Also read memory after this many requests since the last read (at 256 KiB leaked per "
         "request, 16 requests bound the overshoot to 4 MiB); 0 reads on the interval only.",
-    ),
-    Setting(
-        "MEMORY_MIN_LIFETIME",
+    )
+    memory_min_lifetime = Setting(
         parse_duration,
         "30s",
         "2m",
         "A worker already over the soft limit at its first reading (the limit is below the "
         "app's baseline) recycles no sooner than this, so it cannot loop; one warning says so. "
         "0 sets no minimum.",
-    ),
-    Setting(
-        "MEMORY_CGROUP",
+    )
+    memory_cgroup = Setting(
         parse_bool,
         "false",
         "true",
         "Recycle the largest worker when all workers together approach the container's "
         "cgroup memory limit.",
-    ),
+    )
     # Recycling by age
-    Setting(
-        "MAX_LIFETIME",
+    max_lifetime = Setting(
         parse_optional_duration,
         "",
         "24h",
         "A worker older than this is replaced, its successor started first; off when empty or 0.",
-    ),
-    Setting(
-        "MAX_LIFETIME_JITTER",
-        parse_duration,
+    )
+    max_lifetime_jitter = Setting(
+        _unset_when_blank(parse_duration),
         "",
         "30m",
         "Each worker's lifetime is shortened by a random amount up to this, so workers do not "
         "recycle together; empty means 10% of HARDENED_MAX_LIFETIME, 0 none. Must be shorter "
         "than HARDENED_MAX_LIFETIME.",
-    ),
-    Setting(
-        "CGROUP_ROOT",
+    )
+    cgroup_root = Setting(
         parse_path,
         "",
         "/sys/fs/cgroup",
         "The cgroup directory whose memory and CPU limits are read (cgroup v1: the one holding "
         "the controller directories); empty means this process's own cgroup, found from "
         "/proc/self/cgroup and /proc/self/mountinfo (a systemd service's, a container's).",
-    ),
+    )
     # Observability
-    Setting(
-        "METRICS_PATH",
+    metrics_path = Setting(
         parse_path,
         "",
         "/metrics",
         "Path the worker answers itself with Prometheus metrics for the whole pool (every "
         "worker, from whichever answers; ?format=json for the status command); off when empty.",
-    ),
-    Setting(
-        "METRICS_ALLOW",
+    )
+    metrics_allow = Setting(
         parse_allow,
         "",
         "10.0.0.0/8,192.168.1.7",
         "Peers allowed to read the metrics path besides this host (loopback or unix, for "
         "requests no proxy relayed; --forwarded-allow-ips admits nobody): IP addresses, CIDR "
         "networks, * (anyone) or unix; others get 403.",
-    ),
-    Setting(
-        "METRICS_PORT",
+    )
+    metrics_port = Setting(
         parse_port,
         "",
         "9100",
         "Answer the metrics path only on connections to this local port (a second --bind, "
         "e.g. 0.0.0.0:9100, a Kubernetes scrape port), where every other path gets 404; "
         "empty: on every bind.",
-    ),
+    )
     # Read by the presets (hardened_worker.presets) when gunicorn loads the configuration
-    Setting(
-        "LOG_FORMAT",
+    log_format = Setting(
         _choice("text", "json"),
         "text",
         "json",
         "text, or json: one JSON object per line, errors on stderr and access on stdout.",
         preset="base",
-    ),
-    Setting(
-        "ACCESS_LOG",
+    )
+    access_log = Setting(
         parse_bool,
         "false",
         "true",
         "Write gunicorn's access log to stdout (off: the proxy in front usually keeps one).",
         preset="base",
-    ),
-    Setting(
-        "BIND",
+    )
+    bind = Setting(
         parse_binds,
         "127.0.0.1:8000",
         "127.0.0.1:8000,unix:/run/app/app.sock",
         "Comma-separated gunicorn bind addresses (host:port, unix:path).",
         preset="vm",
-    ),
-    Setting(
-        "PIDFILE",
+    )
+    pidfile = Setting(
         parse_file,
         "",
         "/run/app/gunicorn.pid",
         "gunicorn's pid file; empty means gunicorn.pid in systemd's $RUNTIME_DIRECTORY when "
         "the unit has RuntimeDirectory=, else none.",
         preset="vm",
-    ),
-    Setting(
-        "TERMINATION_GRACE_PERIOD",
+    )
+    termination_grace_period = Setting(
         parse_positive_duration,
         "30s",
         "60s",
         "The pod's terminationGracePeriodSeconds: --graceful-timeout becomes this minus 5 s "
         "(whole seconds, at least 1), and the default drain delay fits within it.",
         preset="kubernetes",
-    ),
-    Setting(
-        "CPU_REQUEST",
+    )
+    cpu_request = Setting(
         parse_cpu,
         "",
         "2",
@@ -625,7 +638,11 @@ SETTINGS: tuple[Setting, ...] = (
         "without a limit or a request it runs one worker (not one per CPU of the node) and "
         "says so. 0 or empty: no request. WEB_CONCURRENCY and a CPU limit win.",
         preset="kubernetes",
-    ),
+    )
+
+
+SETTINGS: tuple[Setting[Any], ...] = tuple(
+    s for s in vars(Settings).values() if isinstance(s, Setting)
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -694,25 +711,6 @@ def file_text(value: Any) -> str:
     raise ValueError("is not a string, number, boolean or list of strings")
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Parsed values of every knob, defaults applied. Field names are ``Setting.attr``.
-
-    ``texts`` and ``origin`` say what was written and where (a source's label, or ``default``);
-    ``notes`` are the warnings of the load (reserved names, see :data:`RESERVED`)."""
-
-    values: Mapping[str, Any] = field(default_factory=dict)
-    texts: Mapping[str, str] = field(default_factory=dict)
-    origin: Mapping[str, str] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
 def _shown(raw: Any) -> str:
     """The value as the error line quotes it: a very long one is cut, so the line stays one line."""
     text = raw if isinstance(raw, str) else repr(raw)
@@ -765,7 +763,7 @@ def load_sources(sources: Sequence[Source]) -> Settings:
         )
         try:
             text = file_text(raw) if source is not None and source.in_file else raw
-            values[setting.attr] = setting.parse(text) if text.strip(_SPACE) else _empty(setting)
+            values[setting.attr] = setting.parse(text if text.strip(_SPACE) else setting.default)
         except ValueError as exc:
             raise ConfigError(
                 f"hardened_worker: {where} {exc}; use e.g. {setting.example}"
@@ -779,13 +777,6 @@ def load(environ: Mapping[str, str], file: Source | None = None) -> Settings:
     """Parse the ``HARDENED_*`` variables of ``environ``, then a configuration file's ``hardened_x``
     names (the environment wins); raise ConfigError on the first bad one."""
     return load_sources([Source(ENVIRONMENT, environ), *([file] if file else [])])
-
-
-def _empty(setting: Setting) -> Any:
-    """An empty value means "off" for optional knobs; for the others it is the default."""
-    if setting.default:
-        return setting.parse(setting.default)
-    return None
 
 
 def explain(settings: Settings) -> list[str]:

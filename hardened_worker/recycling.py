@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from hardened_worker import _gunicorn, cgroup, diagnostics, headroom, pool
+from hardened_worker import _gunicorn, cgroup, config, diagnostics, headroom, pool
 from hardened_worker import memory as policy  # not `memory`: the attribute below has that name
 from hardened_worker.lifecycle import Event, Phase, Reason
 from hardened_worker.readiness import State
@@ -23,7 +23,7 @@ MEMORY = diagnostics.EXIT_REASONS.index("memory")
 
 
 class Recycling:
-    settings: Any
+    settings: config.Settings
     table: Any
     server: Any
     log: Any

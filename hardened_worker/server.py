@@ -69,7 +69,17 @@ from uvicorn._compat import asyncio_run
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import Server
 
-from hardened_worker import deadline, diagnostics, drain, flags, overload, readiness, spread, writes
+from hardened_worker import (
+    config,
+    deadline,
+    diagnostics,
+    drain,
+    flags,
+    overload,
+    readiness,
+    spread,
+    writes,
+)
 from hardened_worker.protocols import descriptors
 from hardened_worker.protocols import http as guarded_http
 
@@ -88,7 +98,7 @@ class Host(Protocol):
 
     pid: Any
     log: Any
-    settings: Any  # drain_idle_window, max_inflight, max_queue_time, spread, header/body_timeout
+    settings: config.Settings
     cfg: Any  # gunicorn's: --limit-request-line, --limit-request-fields, --limit-request-field_size, --reuse-port
     stall: Any  # the stall watchdog: tick()
     table: Any  # readiness.Table: counters() and sibling_rows(), for the accept policy

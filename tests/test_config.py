@@ -430,3 +430,40 @@ def test_max_lifetime_settings():
     s = checks.validate({"HARDENED_MAX_LIFETIME": "2h"}, FakeCfg())
     assert (s.max_lifetime, s.max_lifetime_jitter) == (7200.0, None)  # None: 10% of the lifetime
     assert config.load({}).max_lifetime is None
+
+
+def test_a_blank_value_means_the_default_and_a_blank_default_means_unset():
+    defaults = config.load({})
+    for setting in SETTINGS:
+        blank = config.load({setting.env: " \t"})
+        assert getattr(blank, setting.attr) == getattr(defaults, setting.attr), setting.name
+        if not setting.default:
+            assert getattr(defaults, setting.attr) is None, setting.name
+
+
+def test_settings_attributes_are_the_table_and_carry_their_parsers_types(tmp_path):
+    # What an editor and mypy see: one typed attribute per setting (from the parser's return
+    # type), an unknown name an error, not Any.
+    from mypy import api
+
+    settings = config.load({"HARDENED_MEMORY_LIMIT": "512Mi"})
+    assert [s.attr for s in SETTINGS] == [
+        name for name, v in vars(config.Settings).items() if isinstance(v, config.Setting)
+    ]
+    assert settings.memory_limit == 512 * 1024**2 == settings.values["memory_limit"]
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from hardened_worker import config\n"
+        "s = config.load({})\n"
+        "reveal_type(s.memory_limit)\n"
+        "reveal_type(s.startup_timeout)\n"
+        "reveal_type(s.forwarded)\n"
+        "reveal_type(s.bind)\n"
+        "s.memory_limt\n"
+    )
+    out, _, _ = api.run([str(probe), "--no-incremental", "--follow-imports=silent"])
+    assert 'Revealed type is "int | None"' in out
+    assert 'Revealed type is "float"' in out
+    assert 'Revealed type is "str"' in out
+    assert 'Revealed type is "list[str]"' in out
+    assert '"Settings" has no attribute "memory_limt"' in out

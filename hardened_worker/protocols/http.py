@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hardened_worker import config
 from hardened_worker.protocols.limits import Breach, HeadCounter, Limits
 
 
@@ -235,7 +236,7 @@ def gunicorn_limits(cfg: Any) -> Limits:
         )
 
 
-def guard_of(cfg: Any, settings: Any, log: Any) -> Guard:
+def guard_of(cfg: Any, settings: config.Settings, log: Any) -> Guard:
     """The worker's guard: gunicorn's three ``--limit-request-*`` settings as its own parser reads
     them, and the two ``HARDENED_*`` read timeouts; ``log``: gunicorn's error logger."""
     return Guard(
