@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import common
 from bench.common import MIB, Metric, log, rig
-from hardened_worker import cgroup
+from hardened_worker import _cgroup as cgroup
 
 NAME = "memcg"
 HELP = "a real 700 MiB memory cgroup, 3 workers, a leaking 60 MiB app: OOM kills, failed requests"

@@ -6,9 +6,9 @@
     <!-- /generated: settings -->
 
 Each is a table the code already holds, so the page cannot disagree with it: the ``HARDENED_*``
-settings (``hardened_worker/config.py``), the worker's lifecycle (``hardened_worker/lifecycle.py``)
+settings (``hardened_worker/config.py``), the worker's lifecycle (``hardened_worker/_lifecycle.py``)
 and what the worker does with each of the installed gunicorn's settings
-(``hardened_worker/flags.py``). ``python docs/generate.py`` rewrites them; ``--check`` writes
+(``hardened_worker/_flags.py``). ``python docs/generate.py`` rewrites them; ``--check`` writes
 nothing and exits 1 naming each stale one (``tests/test_docs.py`` fails the same way).
 
 The benchmark report is not copied: the site includes ``bench/REPORT.md`` as ``make bench`` last
@@ -31,7 +31,7 @@ def _settings() -> str:
 
 
 def _lifecycle() -> str:
-    from hardened_worker import lifecycle
+    from hardened_worker import _lifecycle as lifecycle
 
     return lifecycle.markdown_table()
 
@@ -39,7 +39,7 @@ def _lifecycle() -> str:
 def _gunicorn_settings() -> str:
     from gunicorn.config import KNOWN_SETTINGS
 
-    from hardened_worker import flags
+    from hardened_worker import _flags as flags
 
     return flags.markdown_table(KNOWN_SETTINGS)
 

@@ -1,6 +1,6 @@
 """``python -m hardened_worker check-config|print-config [gunicorn options] [APP_MODULE]``, and
 ``python -m hardened_worker status|reload ...`` (the running pool, a HUP that reports its verdict:
-see :mod:`hardened_worker.status`).
+see :mod:`hardened_worker._status`).
 
 gunicorn 27's own ``--check-config`` loads the configuration, imports the app and exits: it never
 builds the Arbiter, so the worker class is not even imported and none of its checks run
@@ -10,7 +10,7 @@ variables at its import. These commands take the same options as ``gunicorn`` an
 configuration with gunicorn's own code (command line, ``GUNICORN_CMD_ARGS``, configuration file,
 ``-e``/``raw_env``), then:
 
-* ``check-config``: every start-up check of the worker (:func:`hardened_worker.checks.validate`,
+* ``check-config``: every start-up check of the worker (:func:`hardened_worker._checks.validate`,
   with ``raw_env`` applied as gunicorn applies it), its warnings, then gunicorn's own
   ``--check-config`` (the app import; ``--pythonpath`` applied first). Exit status 0 when all
   pass, 1 with the one line.
@@ -28,7 +28,10 @@ import sys
 from gunicorn.app.base import Application
 from gunicorn.app.wsgiapp import WSGIApplication
 
-from hardened_worker import checks, config
+from hardened_worker import _checks as checks
+from hardened_worker import config
+
+__all__ = ["main"]
 
 COMMANDS = ("check-config", "print-config", "status", "reload")
 USAGE = (
@@ -58,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: {USAGE}", file=sys.stderr)
         return 2
     command = args[0]
-    if command in ("status", "reload"):  # the running pool (hardened_worker.status)
-        from hardened_worker import status
+    if command in ("status", "reload"):  # the running pool (hardened_worker._status)
+        from hardened_worker import _status as status
 
         return status.main(args[1:]) if command == "status" else status.reload_main(args[1:])
     sys.argv = [f"python -m hardened_worker {command}", *args[1:]]  # what gunicorn's parser reads

@@ -11,7 +11,7 @@ point is exercised by the real-process tests (``tests/test_surge.py``, ``tests/t
   calls (gunicorn calls ``setup()`` on every ``cfg.worker_class`` access).
 * ``Arbiter.manage_workers`` (called on every pass of the master's loop, by ``reload`` and by
   ``handle_ttin``/``handle_ttou``) is replaced for this worker class by :func:`manage_workers`,
-  which takes the pool decision from :func:`hardened_worker.pool.plan` and carries it out with the
+  which takes the pool decision from :func:`hardened_worker._pool.plan` and carries it out with the
   arbiter's own ``spawn_worker`` and ``kill_worker``. It reads ``Arbiter.WORKERS`` (pid -> worker
   object), ``num_workers`` and ``worker_class``; it leaves ``num_workers`` alone (gunicorn's: the
   configuration plus the operator's TTIN/TTOU, reset on HUP). The original still runs afterwards,
@@ -36,8 +36,9 @@ from typing import Any
 
 from gunicorn.arbiter import Arbiter
 
-from hardened_worker import _versions, pool
-from hardened_worker.readiness import State, Table
+from hardened_worker import _pool as pool
+from hardened_worker import _versions
+from hardened_worker._readiness import State, Table
 
 _versions.check()  # an unsupported gunicorn, uvicorn or uvicorn-worker: one line, before anything moved
 
@@ -92,7 +93,7 @@ def install_pool_owner(
     worker_class: type, table: Callable[[], Table | None], generations: Generations
 ) -> None:
     """Replace ``Arbiter.manage_workers`` (in the master, once) by one that follows
-    :func:`hardened_worker.pool.plan` while ``worker_class`` serves."""
+    :func:`hardened_worker._pool.plan` while ``worker_class`` serves."""
     original = Arbiter.manage_workers
     if getattr(original, "hardened_worker", False):
         return
@@ -101,7 +102,7 @@ def install_pool_owner(
         shared = table()
         if shared is None or not issubclass(arbiter.worker_class, worker_class):
             return original(arbiter)  # a HUP switched to another worker class
-        shared.record_wanted(arbiter.num_workers)  # what a surging worker waits for (pool.py)
+        shared.record_wanted(arbiter.num_workers)  # what a surging worker waits for (_pool.py)
         decided = pool.plan(arbiter.num_workers, members(arbiter, shared), generations.current)
         for _ in range(decided.spawn):
             arbiter.spawn_worker()

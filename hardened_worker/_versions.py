@@ -1,12 +1,12 @@
 """The gunicorn, uvicorn and uvicorn-worker versions this worker supports, declared once.
 
 The worker leans on internals of all three (gunicorn's in :mod:`hardened_worker._gunicorn`,
-uvicorn's in :mod:`hardened_worker.server`'s docstring, uvicorn-worker's ``UvicornWorker`` that
+uvicorn's in :mod:`hardened_worker._server`'s docstring, uvicorn-worker's ``UvicornWorker`` that
 :class:`hardened_worker.Worker` subclasses), so each range is what the test matrix
 (``noxfile.py``) runs at both ends, no wider. ``pyproject.toml``'s dependencies state the same
 ranges (``tests/test_versions.py`` holds them equal). Why each floor:
 
-* gunicorn 25.2: ``Logger.access_log_enabled`` (read by :mod:`hardened_worker.accesslog`) first
+* gunicorn 25.2: ``Logger.access_log_enabled`` (read by :mod:`hardened_worker._accesslog`) first
   appears there; on gunicorn 23.0-25.1 every worker fails at boot with ``'Logger' object has no
   attribute 'access_log_enabled'`` and the master respawns it in a loop.
 * uvicorn 0.53: its httptools protocol writes ``Connection: close`` on a response whose

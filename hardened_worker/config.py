@@ -4,7 +4,7 @@ The table is the body of :class:`Settings`: each knob is declared there once, as
 :class:`Setting` attribute (``memory_limit = Setting(parse_optional_size, ...)``), and drives
 parsing, the one-line validation errors, the settings page and what mypy sees of a loaded value, so
 none of them can disagree (the idea of gunicorn's ``config.py``). ``SETTINGS`` lists them in order. Values come from
-:class:`Source` s, strongest first (:func:`hardened_worker.checks.sources` orders them): the
+:class:`Source` s, strongest first (:func:`hardened_worker._checks.sources` orders them): the
 environment as ``HARDENED_X``, a gunicorn configuration file as ``hardened_x = <Python value>``
 (:func:`file_source`, spelled for the same parser by :func:`file_text`), a preset's defaults. Everything here is pure:
 strings in, values or :class:`ConfigError` out. It never imports gunicorn, and no value, however
@@ -38,6 +38,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Generic, TypeVar, overload
+
+__all__ = ["SETTINGS", "ConfigError", "Setting", "Settings", "load"]
 
 PREFIX = "HARDENED_"
 _SPACE = " \t"  # the only blanks a value may have around it
@@ -230,8 +232,8 @@ def parse_port(text: str) -> int | None:
 
 def parse_allow(text: str) -> str | None:
     """Comma-separated IP addresses, CIDR networks, ``*`` or ``unix`` (the trust-list grammar of
-    :func:`hardened_worker.forwarded.parse_trusted`); empty means none."""
-    from hardened_worker.forwarded import parse_trusted  # pure too: no gunicorn
+    :func:`hardened_worker._forwarded.parse_trusted`); empty means none."""
+    from hardened_worker._forwarded import parse_trusted  # pure too: no gunicorn
 
     value = text.strip(_SPACE)
     if not value:

@@ -1,11 +1,11 @@
 """``hardened_worker.Worker``: the gunicorn worker class, a drop-in for ``UvicornWorker``.
 
-The thin shell around the pure cores: the worker's fate is :class:`hardened_worker.lifecycle.Lifecycle`
+The thin shell around the pure cores: the worker's fate is :class:`hardened_worker._lifecycle.Lifecycle`
 (phases, events, actions); this module turns signals, timers, the shared table and the server's
 ticks into its events, and carries out the actions it returns (``_do_<action>``). Signal handlers
 only record (``self.signals``); the event loop's tick, or the boot code before the loop runs, turns
 the records into events. gunicorn internals are in :mod:`hardened_worker._gunicorn`, uvicorn's in
-:mod:`hardened_worker.server`.
+:mod:`hardened_worker._server`.
 """
 
 from __future__ import annotations
@@ -27,28 +27,27 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError
 from uvicorn_worker import UvicornWorker
 
-from hardened_worker import (
-    _gunicorn,
-    accesslog,
-    checks,
-    config,
-    diagnostics,
-    drain,
-    flags,
-    forwarded,
-    memory,
-    metrics,
-    overload,
-    readiness,
-    systemd,
-)
-from hardened_worker.deadline import RequestGuard, skip_expected
-from hardened_worker.health import HealthCheck, HealthMiddleware, WorkerStatus, load_check
-from hardened_worker.lifecycle import Event, Lifecycle, Phase, Reason
-from hardened_worker.readiness import Gate, State
-from hardened_worker.recycling import Recycling, Surge
-from hardened_worker.server import HardenedServer
-from hardened_worker.status import StatusServer, master_report, verdict_of
+from hardened_worker import _accesslog as accesslog
+from hardened_worker import _checks as checks
+from hardened_worker import _diagnostics as diagnostics
+from hardened_worker import _drain as drain
+from hardened_worker import _flags as flags
+from hardened_worker import _forwarded as forwarded
+from hardened_worker import _gunicorn, config
+from hardened_worker import _memory as memory
+from hardened_worker import _metrics as metrics
+from hardened_worker import _overload as overload
+from hardened_worker import _readiness as readiness
+from hardened_worker import _systemd as systemd
+from hardened_worker._deadline import RequestGuard, skip_expected
+from hardened_worker._health import HealthCheck, HealthMiddleware, WorkerStatus, load_check
+from hardened_worker._lifecycle import Event, Lifecycle, Phase, Reason
+from hardened_worker._readiness import Gate, State
+from hardened_worker._recycling import Recycling, Surge
+from hardened_worker._server import HardenedServer, request_cycle
+from hardened_worker._status import StatusServer, master_report, verdict_of
+
+__all__ = ["Worker"]
 
 # A failed start with no older serving worker halts the master, as gunicorn does (no crash loop);
 # with one, the worker leaves quietly so the old generation keeps serving.
@@ -123,7 +122,7 @@ class Worker(Recycling, UvicornWorker):
         if reloading:  # the first worker of a HUP's new generation
             systemd.notify_reloading(self.generation, self.log)
         self.settings = self._current_settings()
-        # uvicorn builds no access record at all: gunicorn's access log is ours (accesslog.py).
+        # uvicorn builds no access record at all: gunicorn's access log is ours (_accesslog.py).
         logging.getLogger("uvicorn.access").handlers = []
         self.server: HardenedServer | None = None
         self.lifecycle = Lifecycle()
@@ -285,7 +284,7 @@ class Worker(Recycling, UvicornWorker):
     def load_wsgi(self) -> None:
         # After init_signals: until then a SIGTERM goes to the handler inherited from the master.
         self.table.claim(self.age, self.generation)
-        if self.reloader is not None:  # --reload: a change recycles this worker (recycling.py)
+        if self.reloader is not None:  # --reload: a change recycles this worker (_recycling.py)
             _gunicorn.redirect_reloader(self.reloader, self._code_changed)
         self._wait_to_load()
         self._arm_startup_timers()  # counts from the moment this worker starts loading the app
@@ -381,6 +380,7 @@ class Worker(Recycling, UvicornWorker):
             lambda line: self.log.warning("hardened_worker: worker %s %s", self.pid, line),
             counted=every,
             tally=self.tally,
+            cycle_of=request_cycle,
         )
         if s.max_queue_time is not None:  # outside the forwarded layer: it trusts the socket peer
             self.shedder = overload.ShedMiddleware(

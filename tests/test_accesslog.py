@@ -1,4 +1,4 @@
-"""gunicorn's access log, written by the hardened worker (hardened_worker/accesslog.py).
+"""gunicorn's access log, written by the hardened worker (hardened_worker/_accesslog.py).
 
 Real masters with ``--access-logfile``: gunicorn's own logger and ``--access-logformat``; one line
 per request with the duration from the app call to the last body byte; ``h`` after forwarded
@@ -18,8 +18,8 @@ import signal
 import pytest
 from rig import get, wait_for
 
-from hardened_worker import accesslog
-from hardened_worker.accesslog import environ_of
+from hardened_worker import _accesslog as accesslog
+from hardened_worker._accesslog import environ_of
 
 FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(D)s "%({user-agent}i)s" peer=%({peer_addr}e)s'
 LINE = re.compile(r'^(\S+) "([^"]*)" (\d+) (\S+) (\d+) "([^"]*)" peer=(\S+)$')
@@ -283,7 +283,7 @@ def test_lazy_atoms_match_gunicorns(scope, seconds):
     from gunicorn import glogging
     from gunicorn.config import Config
 
-    from hardened_worker.accesslog import Atoms, Response, request_headers
+    from hardened_worker._accesslog import Atoms, Response, request_headers
 
     log = glogging.Logger(Config())
     response = Response()
@@ -368,7 +368,7 @@ def _propagate(log):
     ],
 )
 def test_plain_handlers_only_for_gunicorns_own(gunicorn_logger, change, plain):
-    from hardened_worker.accesslog import plain_handlers
+    from hardened_worker._accesslog import plain_handlers
 
     pytests_off(gunicorn_logger)
     if change is not None:
@@ -377,7 +377,7 @@ def test_plain_handlers_only_for_gunicorns_own(gunicorn_logger, change, plain):
 
 
 def test_the_plain_path_writes_what_gunicorns_logger_writes(gunicorn_logger, tmp_path):
-    from hardened_worker.accesslog import plain_handlers, write_plain
+    from hardened_worker._accesslog import plain_handlers, write_plain
 
     log, path = pytests_off(gunicorn_logger), tmp_path / "access.log"
     lines = ['127.0.0.1 - - "GET / HTTP/1.1" 200 2 "-" "a \\"b\\""', "ünïcode ✓ %s %(x)s"]

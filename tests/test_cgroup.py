@@ -1,11 +1,11 @@
-"""hardened_worker.cgroup against fake cgroup trees in tmp_path."""
+"""hardened_worker._cgroup against fake cgroup trees in tmp_path."""
 
 from __future__ import annotations
 
 import pytest
 
 from hardened_worker import config
-from hardened_worker.cgroup import (
+from hardened_worker._cgroup import (
     Location,
     cpu_quota,
     find,

@@ -1,4 +1,4 @@
-"""hardened_worker.cgroup's memory figures for headroom: the working set and the OOM kill counter,
+"""hardened_worker._cgroup's memory figures for headroom: the working set and the OOM kill counter,
 for both cgroup versions as the kernel lays their files out (fake trees in tmp_path), and the
 same reads against this machine's real cgroup."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from hardened_worker import cgroup
-from hardened_worker.cgroup import memory_working_set, oom_kills
+from hardened_worker import _cgroup as cgroup
+from hardened_worker._cgroup import memory_working_set, oom_kills
 
 MiB = 1024**2
 

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rig import APPS, free_port
 
-from hardened_worker import checks, config
+from hardened_worker import _checks as checks
+from hardened_worker import config
 from hardened_worker.config import SETTINGS, ConfigError, parse_duration, parse_size
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3

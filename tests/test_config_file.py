@@ -12,7 +12,8 @@ import sys
 import pytest
 from rig import APPS, ROOT, _clean_environ, free_port, get, wait_for
 
-from hardened_worker import checks, config
+from hardened_worker import _checks as checks
+from hardened_worker import config
 from hardened_worker.config import SETTINGS, ConfigError, Source
 
 CONF = "gunicorn.conf.py"

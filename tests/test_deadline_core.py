@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hardened_worker import deadline
-from hardened_worker.deadline import (
+from hardened_worker import _deadline as deadline
+from hardened_worker._deadline import (
     ENDINGS,
     Cause,
     Cut,
@@ -24,7 +24,7 @@ from hardened_worker.deadline import (
     response_state,
     skip_expected,
 )
-from hardened_worker.drain import DrainSignal
+from hardened_worker._drain import DrainSignal
 
 C, R, N = Cause, Response, Ending
 

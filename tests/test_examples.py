@@ -21,7 +21,10 @@ import yaml
 from rig import APPS, GUNICORN, ROOT, Nginx, have
 from test_presets import clean_env, gunicorn_cli, printed_config
 
-from hardened_worker import config, diagnostics, drain, metrics
+from hardened_worker import _diagnostics as diagnostics
+from hardened_worker import _drain as drain
+from hardened_worker import _metrics as metrics
+from hardened_worker import config
 from hardened_worker.presets import base, kubernetes
 
 EXAMPLES = ROOT / "gunicorn_conf_examples"

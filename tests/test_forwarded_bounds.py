@@ -11,8 +11,8 @@ import tracemalloc
 
 import pytest
 
-from hardened_worker import forwarded
-from hardened_worker.forwarded import ForwardedMiddleware, parse_trusted, resolve
+from hardened_worker import _forwarded as forwarded
+from hardened_worker._forwarded import ForwardedMiddleware, parse_trusted, resolve
 
 MiB = 1024 * 1024
 

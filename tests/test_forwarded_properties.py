@@ -1,4 +1,4 @@
-"""Properties of hardened_worker.forwarded that must hold for any bytes a client can send."""
+"""Properties of hardened_worker._forwarded that must hold for any bytes a client can send."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from unittest import mock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hardened_worker import forwarded
-from hardened_worker.forwarded import (
+from hardened_worker import _forwarded as forwarded
+from hardened_worker._forwarded import (
     FAMILIES,
     Extras,
     ForwardedMiddleware,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hardened_worker.forwarded import EXTENSION, ForwardedMiddleware
+from hardened_worker._forwarded import EXTENSION, ForwardedMiddleware
 
 
 def test_peer_of_each_request_not_the_first_one_s() -> None:

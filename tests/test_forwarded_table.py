@@ -1,4 +1,4 @@
-"""Table-driven tests of hardened_worker.forwarded.
+"""Table-driven tests of hardened_worker._forwarded.
 
 Rows come from RFC 7239's examples (sections 4, 6, 7.1, 7.4, 7.5) and from what real proxies
 write: nginx ``$proxy_add_x_forwarded_for``, HAProxy ``option forwardfor`` (one more header
@@ -13,7 +13,7 @@ import logging
 
 import pytest
 
-from hardened_worker.forwarded import (
+from hardened_worker._forwarded import (
     Extras,
     ForwardedMiddleware,
     Resolution,

@@ -1,4 +1,4 @@
-"""Every gunicorn setting either works or says why not (hardened_worker/flags.py, and
+"""Every gunicorn setting either works or says why not (hardened_worker/_flags.py, and
 docs/gunicorn-settings.md generated from it), each flag with what it does shown here."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 from gunicorn.config import KNOWN_SETTINGS
 from rig import ROOT, Background, Client, get, wait_for
 
-from hardened_worker import flags
+from hardened_worker import _flags as flags
 
 DOC = ROOT / "docs" / "gunicorn-settings.md"
 

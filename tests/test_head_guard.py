@@ -1,4 +1,4 @@
-"""The protocol glue (hardened_worker.protocols.http) on a stand-in parser: every read reaches the
+"""The protocol glue (hardened_worker._protocols.http) on a stand-in parser: every read reaches the
 parser unless it passes a limit, whatever the split, and the count restarts per request."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardened_worker.protocols import http
-from hardened_worker.protocols.limits import Limits
+from hardened_worker._protocols import http
+from hardened_worker._protocols.limits import Limits
 
 LIMITS = Limits.from_gunicorn(200, 8, 100)
 

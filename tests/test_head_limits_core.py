@@ -1,4 +1,4 @@
-"""The head-limits core (hardened_worker.protocols.limits): tables at every boundary, gunicorn's own
+"""The head-limits core (hardened_worker._protocols.limits): tables at every boundary, gunicorn's own
 parser as the oracle, and any split of the bytes counting the same as one read."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from gunicorn.http.unreader import IterUnreader
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardened_worker.protocols.http import gunicorn_limits
-from hardened_worker.protocols.limits import DEFAULTS, Breach, HeadCounter, Limits
+from hardened_worker._protocols.http import gunicorn_limits
+from hardened_worker._protocols.limits import DEFAULTS, Breach, HeadCounter, Limits
 
 
 def head(target_len: int = 1, values: tuple[int, ...] = (), line_end: bytes = b"\r\n") -> bytes:

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from hardened_worker.health import HealthCheck, HealthMiddleware, WorkerStatus
+from hardened_worker._health import HealthCheck, HealthMiddleware, WorkerStatus
 
 PATH = "/healthz"
 
@@ -216,7 +216,7 @@ def test_a_hung_check_does_not_keep_the_process_from_exiting():
     """A worker must be able to exit while its check hangs (executor threads are joined)."""
     script = (
         "import asyncio, threading\n"
-        "from hardened_worker.health import HealthCheck\n"
+        "from hardened_worker._health import HealthCheck\n"
         "hang = threading.Event()\n"
         "print(asyncio.run(HealthCheck(hang.wait, 0.05).run()))\n"
     )

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardened_worker.lifecycle import (
+from hardened_worker._lifecycle import (
     SERVING,
     TRANSITIONS,
     Action,

@@ -1,4 +1,4 @@
-"""hardened_worker.memory: the recycling policy (pure) and the /proc readers (real, Linux)."""
+"""hardened_worker._memory: the recycling policy (pure) and the /proc readers (real, Linux)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hardened_worker.config import ConfigError
-from hardened_worker.memory import (
+from hardened_worker._memory import (
     Decision,
     MemoryLimits,
     MemoryReader,
@@ -21,6 +20,7 @@ from hardened_worker.memory import (
     recycle_message,
     worker_soft_limit,
 )
+from hardened_worker.config import ConfigError
 
 MiB = 1024**2
 
@@ -497,10 +497,10 @@ def test_baseline_message():
 
 
 def test_module_is_pure():
-    # memory.py may be imported by master-side config checks: it must not pull the servers in.
+    # _memory.py may be imported by master-side config checks: it must not pull the servers in.
     import subprocess
 
-    code = "import sys, hardened_worker.memory; print('gunicorn' in sys.modules or 'uvicorn' in sys.modules)"
+    code = "import sys, hardened_worker._memory; print('gunicorn' in sys.modules or 'uvicorn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -568,7 +568,7 @@ def test_reader_precise():
 
 
 def test_reader_precise_bad_format_turns_inexact(monkeypatch):
-    import hardened_worker.memory as memory
+    import hardened_worker._memory as memory
 
     with MemoryReader("uss") as reader:
         monkeypatch.setattr(memory, "_pread_all", lambda fd: b"garbage\n")

@@ -1,4 +1,4 @@
-"""hardened_worker.headroom (pure): a successor starts first only when the container has room for
+"""hardened_worker._headroom (pure): a successor starts first only when the container has room for
 it; the memory-constrained budget; and the drain's growth counted against the hard limit."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hardened_worker import headroom
-from hardened_worker.headroom import Budget, Replacement, Room, margin, replacement, starting
-from hardened_worker.memory import Decision, decide, drain_growth
+from hardened_worker import _headroom as headroom
+from hardened_worker._headroom import Budget, Replacement, Room, margin, replacement, starting
+from hardened_worker._memory import Decision, decide, drain_growth
 
 MiB = 1024**2
 SURGE, DRAIN_FIRST = Replacement.SURGE, Replacement.DRAIN_FIRST

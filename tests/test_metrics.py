@@ -1,4 +1,4 @@
-"""Pool metrics (hardened_worker/metrics.py, the table's counters in readiness.py).
+"""Pool metrics (hardened_worker/_metrics.py, the table's counters in _readiness.py).
 
 The renderer is pure: table-driven from hand-built snapshots, parsed back with prometheus_client's
 parser. Then the table itself (counters survive a worker's exit, folds are seen exactly once), who
@@ -22,11 +22,13 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from rig import APPS, ROOT, get, wait_for
 
-from hardened_worker import deadline, metrics, readiness
-from hardened_worker.deadline import RequestGuard
-from hardened_worker.drain import DrainSignal
-from hardened_worker.lifecycle import Phase
-from hardened_worker.readiness import (
+from hardened_worker import _deadline as deadline
+from hardened_worker import _metrics as metrics
+from hardened_worker import _readiness as readiness
+from hardened_worker._deadline import RequestGuard
+from hardened_worker._drain import DrainSignal
+from hardened_worker._lifecycle import Phase
+from hardened_worker._readiness import (
     C_BUCKET0,
     C_DURATION_US,
     C_INFLIGHT,
@@ -103,7 +105,7 @@ def retired(**fields):
 
 
 def reason_code(reason: str) -> int:
-    from hardened_worker.diagnostics import EXIT_REASONS
+    from hardened_worker._diagnostics import EXIT_REASONS
 
     return EXIT_REASONS.index(reason) + 1
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hardened_worker import forwarded
-from hardened_worker.overload import (
+from hardened_worker import _forwarded as forwarded
+from hardened_worker._overload import (
     TCP_INFO_SIZE,
     InFlight,
     ShedMiddleware,

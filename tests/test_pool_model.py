@@ -1,8 +1,8 @@
-"""The pool decision (hardened_worker/pool.py) under every interleaving: a model of gunicorn's arbiter.
+"""The pool decision (hardened_worker/_pool.py) under every interleaving: a model of gunicorn's arbiter.
 
 The model mirrors gunicorn 27's ``Arbiter`` where it touches the pool size (``num_workers``,
 ``manage_workers``, ``reload``/``setup``, ``handle_ttin``/``handle_ttou``, ``reap_workers``), with
-:func:`hardened_worker.pool.plan` deciding as the patched ``manage_workers`` does, and models the
+:func:`hardened_worker._pool.plan` deciding as the patched ``manage_workers`` does, and models the
 workers by the states they publish. Hypothesis draws sequences of HUPs, operator TTIN/TTOU,
 surges, successors coming up, drains finishing, SIGKILLs and SIGSTOP/SIGCONT of the master; once
 the events stop and every worker finishes what it was doing, the pool must hold exactly
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardened_worker import pool
-from hardened_worker.readiness import SERVING, State
+from hardened_worker import _pool as pool
+from hardened_worker._readiness import SERVING, State
 
 
 @dataclass
@@ -85,7 +85,7 @@ class Arbiter:
     def reap(self, pid: int) -> None:
         del self.workers[pid]
 
-    # --- what the workers do (hardened_worker/worker.py, recycling.py) -----------------------
+    # --- what the workers do (hardened_worker/worker.py, _recycling.py) -----------------------
 
     def serving(self) -> list[ModelWorker]:
         return [w for w in self.workers.values() if w.state in (State.READY, State.SURGING)]

@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 from rig import APPS, GUNICORN, ROOT, Master, Nginx, get, wait_for
 
-from hardened_worker import drain
-from hardened_worker.presets import hooks, jsonlog, kubernetes
+from hardened_worker import _drain as drain
+from hardened_worker.presets import _hooks as hooks
+from hardened_worker.presets import _jsonlog as jsonlog
+from hardened_worker.presets import kubernetes
 
 EXAMPLES = ROOT / "gunicorn_conf_examples"
 K8S_ENV = {"HARDENED_DRAIN_DELAY": "0.5s"}  # the environment wins over the preset's 5 s default
@@ -415,7 +417,8 @@ def test_a_config_that_replaces_the_presets_raw_env_is_warned_about(master, tmp_
 def test_warnings_are_silent_for_a_config_that_extends_raw_env(monkeypatch):
     from gunicorn.config import Config
 
-    from hardened_worker import checks, presets
+    from hardened_worker import _checks as checks
+    from hardened_worker import presets
 
     monkeypatch.setattr(presets, "RAW_ENV_DEFAULTS", {"test": {"HARDENED_HEALTH_PATH": "/healthz"}})
     cfg = Config()

@@ -10,7 +10,7 @@ import time
 import pytest
 from rig import APPS, Client, under_load, wait_for
 
-from hardened_worker.readiness import (
+from hardened_worker._readiness import (
     Gate,
     Peer,
     Reloads,

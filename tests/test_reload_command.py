@@ -12,7 +12,7 @@ import sys
 import pytest
 from rig import APPS, ROOT, _clean_environ, get, wait_for
 
-from hardened_worker import status
+from hardened_worker import _status as status
 
 
 def command(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

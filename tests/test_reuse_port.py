@@ -1,5 +1,5 @@
 """--reuse-port: gunicorn 27 gives each worker its own listening socket, and closing it resets
-what is queued on it. A leaving worker takes the queued connections first (server.py); the
+what is queued on it. A leaving worker takes the queued connections first (_server.py); the
 handshakes still in flight at that instant are the kernel's to migrate (net.ipv4.tcp_migrate_req),
 which the master says at start when it is off."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rig import ROOT, Background, under_load, wait_for
 
-from hardened_worker import checks
+from hardened_worker import _checks as checks
 
 MIGRATE = Path(checks.TCP_MIGRATE_REQ)
 

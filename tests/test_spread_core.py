@@ -1,4 +1,4 @@
-"""The accept policy (hardened_worker/spread.py): which worker takes the next connection.
+"""The accept policy (hardened_worker/_spread.py): which worker takes the next connection.
 
 Table-driven for the rule itself; then a model of a pool under a burst of connections, the
 workers' steps interleaved in every order hypothesis finds (accepts, wakes acted on late, ticks),
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardened_worker.spread import (
+from hardened_worker._spread import (
     CHURN_ACCEPTS,
     LISTENING,
     OFF,

@@ -17,7 +17,7 @@ import uuid
 import pytest
 from rig import get, wait_for
 
-from hardened_worker import systemd
+from hardened_worker import _systemd as systemd
 
 
 @pytest.fixture(autouse=True)

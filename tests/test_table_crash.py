@@ -2,7 +2,7 @@
 
 For every function that writes shared state, a child process runs it under ``sys.settrace`` and
 SIGKILLs itself at line event k, for every k from 1 to the number of line events that writer
-executes in ``readiness.py`` (and its callees there). Then a fresh process reads the table
+executes in ``_readiness.py`` (and its callees there). Then a fresh process reads the table
 (``snapshot``, ``peers``, ``reloads``) and must answer (a reader that spins is killed after
 ``WEDGE_LIMIT`` and counted wedged), with its CPU time under 100 ms; the totals must be exactly what
 the workers counted (no double count, and with this design no loss either); every exit must be
@@ -13,7 +13,7 @@ The pool every case starts from, restored byte for byte before each kill: a depa
 unfinished), and a live worker (slot 2, 13 requests) that stays alive for the whole test.
 
 To see it fail against another implementation of the table (e.g. the version before this design,
-``git show <commit>:hardened_worker/readiness.py > /tmp/old_readiness.py``), point
+``git show <commit>:hardened_worker/_readiness.py > /tmp/old_readiness.py``), point
 ``HARDENED_TABLE_MODULE`` at that file; ``HARDENED_CRASH_WRITERS`` limits the run to some writers
 (comma-separated names), ``HARDENED_WEDGE_LIMIT`` shortens the wait for a wedged reader (s).
 """
@@ -32,13 +32,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from hardened_worker import metrics
+from hardened_worker import _metrics as metrics
 
 
 def _table_module():
     path = os.environ.get("HARDENED_TABLE_MODULE")
     if not path:
-        from hardened_worker import readiness
+        from hardened_worker import _readiness as readiness
 
         return readiness
     spec = importlib.util.spec_from_file_location("table_under_test", path)

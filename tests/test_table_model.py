@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_table_crash import TRACED, _in_child
 
-from hardened_worker import metrics
-from hardened_worker import readiness as rd
+from hardened_worker import _metrics as metrics
+from hardened_worker import _readiness as rd
 
 AGES = st.integers(0, 3)  # few slots, so claims collide with dead workers' slots
 WHERE = st.integers(0, 1000)  # which of the writer's lines a crash lands on, modulo (or after it)

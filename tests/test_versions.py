@@ -160,7 +160,7 @@ def test_an_unsupported_version_stops_gunicorn_with_one_line(below_floor, distri
 
 def test_importing_the_worker_module_checks_too_and_the_pure_modules_do_not(below_floor, tmp_path):
     script = (
-        "import hardened_worker.config, hardened_worker.forwarded\n"  # usable without the worker
+        "import hardened_worker.config, hardened_worker._forwarded\n"  # usable without the worker
         "try:\n"
         "    import hardened_worker.worker\n"
         "except ImportError as exc:\n"

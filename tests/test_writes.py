@@ -1,10 +1,10 @@
-"""One write per response (hardened_worker.writes): order kept, nothing lost, every exit flushes."""
+"""One write per response (hardened_worker._writes): order kept, nothing lost, every exit flushes."""
 
 from __future__ import annotations
 
 import asyncio
 
-from hardened_worker.writes import BIG, Flusher, OneWrite
+from hardened_worker._writes import BIG, Flusher, OneWrite
 
 
 class FakeTransport:
@@ -126,7 +126,7 @@ def test_anything_else_is_the_transport_s() -> None:
 
 
 def test_every_requests_counts_down_and_survives_a_failing_callback() -> None:
-    from hardened_worker.memory import EveryRequests
+    from hardened_worker._memory import EveryRequests
 
     calls = []
 

@@ -9,18 +9,18 @@ or as the first line of your own ``gunicorn.conf.py``, then override any value::
     from hardened_worker.presets.base import *
     workers = 4
 
-Hooks you define there run after the preset's (see :mod:`hardened_worker.presets.hooks`; say so
+Hooks you define there run after the preset's (see :mod:`hardened_worker.presets._hooks`; say so
 with ``@also``). Command-line options override both.
 
 Environment, read when the configuration loads (so through the environment, not ``raw_env``,
 which gunicorn applies later):
 
 * ``HARDENED_LOG_FORMAT``: ``text`` (default) or ``json`` (one JSON object per line,
-  :mod:`hardened_worker.presets.jsonlog`);
+  :mod:`hardened_worker.presets._jsonlog`);
 * ``HARDENED_ACCESS_LOG``: ``true`` turns the access log on (stdout); off by default, the proxy in
   front usually keeps one already;
 * ``PROMETHEUS_MULTIPROC_DIR``: with ``prometheus_client`` installed, multiprocess bookkeeping
-  (:mod:`hardened_worker.presets.prometheus`).
+  (:mod:`hardened_worker.presets._prometheus`).
 
 Importing a preset validates every ``HARDENED_*`` variable of the environment (the table of
 :mod:`hardened_worker.config`): a bad one stops gunicorn with its one line, ``--check-config``
@@ -32,12 +32,9 @@ from __future__ import annotations
 import logging
 import os
 
-from hardened_worker import cgroup as _cgroup
-from hardened_worker import checks as _checks
+from hardened_worker import _cgroup, _checks
 from hardened_worker import config as _config
-from hardened_worker.presets import hooks as _hooks
-from hardened_worker.presets import jsonlog as _jsonlog
-from hardened_worker.presets import prometheus as _prometheus
+from hardened_worker.presets import _hooks, _jsonlog, _prometheus
 
 
 def _load() -> _config.Settings:
@@ -58,7 +55,7 @@ def cgroup_root() -> str | None:
 
 
 def worker_count(root: str | None) -> int:
-    """:func:`hardened_worker.cgroup.worker_count`, with a bad ``WEB_CONCURRENCY`` as one line."""
+    """:func:`hardened_worker._cgroup.worker_count`, with a bad ``WEB_CONCURRENCY`` as one line."""
     try:
         return _cgroup.worker_count(root)
     except ValueError as exc:

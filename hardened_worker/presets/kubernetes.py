@@ -7,7 +7,7 @@ of :mod:`~.base`, plus:
 * ``bind``: ``0.0.0.0:$PORT`` (default 8000).
 * ``workers``: ``$WEB_CONCURRENCY``, else ``ceil`` of the container's CPU limit (cgroup v2
   ``cpu.max``, v1 ``cpu.cfs_quota_us``, under ``HARDENED_CGROUP_ROOT``), at least 1 and at most the
-  CPUs available (:func:`hardened_worker.cgroup.worker_count`); with no limit, ``ceil`` of
+  CPUs available (:func:`hardened_worker._cgroup.worker_count`); with no limit, ``ceil`` of
   ``$HARDENED_CPU_REQUEST`` (the pod's ``requests.cpu`` through the downward API), else one worker,
   and the start-up line says so. Not one per CPU of the node: many clusters omit CPU limits on
   purpose, and 64 apps in a 1 GiB pod on a 64-core node is no default.
@@ -32,10 +32,10 @@ from __future__ import annotations
 import math
 import os
 
-from hardened_worker import cgroup as _cgroup
+from hardened_worker import _cgroup
 from hardened_worker import presets as _presets
+from hardened_worker.presets import _hooks
 from hardened_worker.presets import base as _base
-from hardened_worker.presets import hooks as _hooks
 from hardened_worker.presets.base import *  # noqa: F401,F403
 
 MARGIN = 5  # seconds between gunicorn's graceful timeout and the kubelet's SIGKILL
@@ -62,7 +62,7 @@ def drain_delay_for(graceful: float) -> float:
     """The default drain delay: 5 s, or less when the graceful timeout cannot hold it.
 
     The worker needs the delay plus at least 1 s of drain within the graceful timeout
-    (:func:`hardened_worker.drain.check_budget`); a short budget is shared half and half.
+    (:func:`hardened_worker._drain.check_budget`); a short budget is shared half and half.
     """
     return min(MAX_DRAIN_DELAY, max(0.0, (graceful - 1.0) / 2))
 
@@ -151,5 +151,5 @@ def _log_budget(server) -> None:
     )
 
 
-__all__ = [*_base.__all__, *_extra]
+__all__ = [*_base.__all__, *(n for n in _extra if n not in _base.__all__)]
 __all__ += [n for n in HOOKS.export(globals()) if n not in __all__]

@@ -2,7 +2,7 @@
 
 Everything of :mod:`~.kubernetes`, plus ``raw_env`` defaults (each only when the environment does
 not set it already) for ``HARDENED_MEMORY_LIMIT`` / ``HARDENED_MEMORY_HARD_LIMIT`` derived from
-what the master measures when the configuration loads (:class:`hardened_worker.headroom.Budget`):
+what the master measures when the configuration loads (:class:`hardened_worker._headroom.Budget`):
 
 * the cgroup's memory limit (``HARDENED_CGROUP_ROOT``, else the master's own cgroup);
 * the master's resident memory, after importing what a master holds (the worker class);
@@ -14,7 +14,7 @@ what the master measures when the configuration loads (:class:`hardened_worker.h
 
 So ``workers x hard + master + app + margin <= limit``, and the master logs that budget at start.
 When the limit cannot hold ``workers + 1`` apps, that line says so and the limits leave no room
-for a successor; the workers then never surge (:func:`hardened_worker.headroom.replacement` finds
+for a successor; the workers then never surge (:func:`hardened_worker._headroom.replacement` finds
 no room at run time either): a recycling worker drains first and is replaced after it exits.
 Without a cgroup limit: 512 MiB per worker. The app is imported once more at start (in the
 probe child): an app whose import has side effects should set ``HARDENED_MEMORY_LIMIT`` itself.
@@ -30,12 +30,10 @@ import sys
 import time
 from typing import Any
 
-from hardened_worker import cgroup as _cgroup
-from hardened_worker import headroom as _headroom
-from hardened_worker import memory as _memory
+from hardened_worker import _cgroup, _headroom, _memory
 from hardened_worker import presets as _presets
+from hardened_worker.presets import _hooks
 from hardened_worker.presets import base as _base
-from hardened_worker.presets import hooks as _hooks
 from hardened_worker.presets import kubernetes as _kubernetes
 from hardened_worker.presets.kubernetes import *  # noqa: F401,F403
 

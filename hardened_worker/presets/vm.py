@@ -14,7 +14,7 @@ import *`` at the top of your ``gunicorn.conf.py``. Everything of :mod:`~.base`,
   control socket live there, one per service instead of one per user; ``$HARDENED_PIDFILE``
   overrides.
 * systemd readiness: ``on_starting`` holds back gunicorn's early ``READY=1`` and the first worker
-  whose lifespan startup completed sends it (:mod:`hardened_worker.systemd`); the unit needs
+  whose lifespan startup completed sends it (:mod:`hardened_worker._systemd`); the unit needs
   ``Type=notify`` and ``NotifyAccess=all``. See ``gunicorn_conf_examples/vm/app.service``.
 """
 
@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import os
 
-from hardened_worker import systemd as _systemd
+from hardened_worker import _systemd
+from hardened_worker.presets import _hooks
 from hardened_worker.presets import base as _base
-from hardened_worker.presets import hooks as _hooks
 from hardened_worker.presets.base import *  # noqa: F401,F403
 
 bind = _base.settings.bind
@@ -54,5 +54,5 @@ def _defer_systemd_ready(server) -> None:
         )
 
 
-__all__ = [*_base.__all__, *_extra]
+__all__ = [*_base.__all__, *(n for n in _extra if n not in _base.__all__)]
 __all__ += [n for n in HOOKS.export(globals()) if n not in __all__]

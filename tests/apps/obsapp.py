@@ -11,7 +11,7 @@ from testapp import app as _testapp
 
 async def app(scope, receive, send):
     if scope["type"] == "http" and scope["path"] == "/introspect":
-        from hardened_worker.accesslog import AccessLogMiddleware
+        from hardened_worker._accesslog import AccessLogMiddleware
 
         body = json.dumps(
             {

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hardened_worker.forwarded import is_unix_listener
+from hardened_worker._forwarded import is_unix_listener
 
 
 def accepting(in_flight: int, bound: int | None) -> bool:
@@ -149,7 +149,7 @@ class ShedMiddleware:
     """Answers ``503`` with ``Retry-After``, without running the app, to a request that already
     waited longer than ``bound`` seconds (see the module docstring). Plain ASGI.
 
-    ``trusted`` (a :class:`hardened_worker.forwarded.TrustedProxies`) says which peers'
+    ``trusted`` (a :class:`hardened_worker._forwarded.TrustedProxies`) says which peers'
     ``X-Request-Start`` is believed; for the others, ``accepted_at(send)`` (the server's, or
     None) gives the ``time.monotonic()`` at which the connection of the request was accepted (or its bytes
     received, if earlier: :func:`received_ago`), for the first request on a connection only (a

@@ -2,7 +2,7 @@
 
 Two clocks can end a request the app has not finished: its own deadline
 (``HARDENED_REQUEST_TIMEOUT``, off by default) and the drain deadline (the end of the share of
-``--graceful-timeout`` that in-flight requests get, see :mod:`hardened_worker.drain`). Either way
+``--graceful-timeout`` that in-flight requests get, see :mod:`hardened_worker._drain`). Either way
 the request's task is cancelled, and what the client then sees is one decision, :func:`ending`,
 from :data:`ENDINGS`:
 
@@ -32,7 +32,7 @@ one ``asyncio.timeout_at`` takes: ``async with asyncio.timeout_at(deadline): ...
 
 A handler that *blocks* the loop (``time.sleep``, a CPU-bound loop) cannot be cancelled: nothing
 runs to cancel it. The stall watchdog logs where it blocks and gunicorn's ``--timeout`` replaces
-the worker (:mod:`hardened_worker.diagnostics`).
+the worker (:mod:`hardened_worker._diagnostics`).
 
 Pure apart from :class:`RequestGuard`, the ASGI layer that carries the decision out.
 """
@@ -52,8 +52,8 @@ from typing import Any
 
 import uvicorn
 
-from hardened_worker import diagnostics
-from hardened_worker.drain import ASGIApp, DrainSignal, Message, Receive, Scope, Send
+from hardened_worker import _diagnostics as diagnostics
+from hardened_worker._drain import ASGIApp, DrainSignal, Message, Receive, Scope, Send
 
 EXTENSION = "hardened_worker"
 CANCEL_MESSAGE = "hardened_worker: request deadline"
@@ -193,14 +193,6 @@ def abort_later(
     loop.call_later(grace, check)
 
 
-def _cycle_of(task: asyncio.Task[Any] | None) -> Any:
-    """The uvicorn request cycle running ``task`` (its coroutine is the cycle's ``run_asgi``, in
-    httptools and h11 alike): its ``transport`` and ``disconnected``; None for anything else."""
-    frame = getattr(task.get_coro(), "cr_frame", None) if task is not None else None
-    cycle = frame.f_locals.get("self") if frame is not None else None
-    return cycle if hasattr(cycle, "transport") and hasattr(cycle, "disconnected") else None
-
-
 def describe(
     scope: Scope,
     cause: Cause,
@@ -247,7 +239,7 @@ def app_stack(coro: Any) -> str:
 class RequestGuard:
     """The ASGI layer that shows the app its deadline and the drain, and ends requests that run
     past either (see the module docstring). Plain ASGI: ``signal`` is the server's
-    :class:`~hardened_worker.drain.DrainSignal`; ``timeout`` None means no request deadline.
+    :class:`~hardened_worker._drain.DrainSignal`; ``timeout`` None means no request deadline.
 
     Only ``http`` requests: websockets pass through untouched (the drain closes them with 1001),
     and the health path is answered before this layer.
@@ -263,7 +255,7 @@ class RequestGuard:
     This layer runs for every HTTP request anyway, so what else must see each one is counted
     here, at the cost of a call, not of a layer of its own (a layer cost the metrics 14% of
     requests/s): ``counted``, if given, is called once per request as it ends (the memory check
-    every N requests); ``tally`` (a :class:`hardened_worker.metrics.Tally`) has ``in_flight``
+    every N requests); ``tally`` (a :class:`hardened_worker._metrics.Tally`) has ``in_flight``
     raised as a request reaches the app, lowered as it ends, the request's seconds appended to
     ``durations``: from reaching the app to the last body byte handed to the server (or to the
     app's return without one), and its status to ``statuses`` (0 when the app sent none).
@@ -277,8 +269,12 @@ class RequestGuard:
         log: Callable[[str], None] | None = None,
         counted: Callable[[], None] | None = None,
         tally: Any = None,
+        cycle_of: Callable[[asyncio.Task[Any] | None], Any] = lambda task: None,
     ) -> None:
         self.app = app
+        # the server's request cycle running a task (its transport and ``disconnected``), to abort
+        # a client that does not read; how to find it is the server's (uvicorn internals) business
+        self.cycle_of = cycle_of
         self.counted = counted
         self.tally = tally
         self.signal = signal
@@ -403,7 +399,7 @@ class RequestGuard:
         line: method, path, age, how far the response got and its bytes sent), then the ending."""
         outcome = ending(cause, response)
         self.log(describe(scope, cause, elapsed, outcome, response, self.timeout, stack, sent))
-        cycle = _cycle_of(asyncio.current_task())
+        cycle = self.cycle_of(asyncio.current_task())
         if cycle is not None and outcome is not Ending.NOTHING:
             # Each ending below may wait on a client that does not read: it gets ABORT_GRACE.
             abort_later(

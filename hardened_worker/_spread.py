@@ -5,7 +5,7 @@ Why: every worker waits on the same listening socket and the kernel wakes them a
 readiness event, before Python sees any of them. When a client opens its keep-alive connections
 at once (wrk, a proxy's upstream pool), the first worker awake takes most of them and keeps them:
 one worker served everything in the bench (``python -m bench spread``; uvicorn-worker #34,
-gunicorn #1984, #2670, #3071). So the server accepts itself (:mod:`hardened_worker.server`), a
+gunicorn #1984, #2670, #3071). So the server accepts itself (:mod:`hardened_worker._server`), a
 connection at a time, and asks :func:`listens` before each, as Puma's ``wait_for_less_busy_worker``
 lets a busy worker leave the accept to an idle one.
 
@@ -26,7 +26,7 @@ long plus a tick for a blocked worker that holds fewer, never for the whole bloc
 still rests on timing").
 
 Pure: counts in, decisions out. Each worker publishes its own ``C_CONNECTIONS`` and ``C_ACCEPT``
-in the shared table (:mod:`hardened_worker.readiness`); the server reads its siblings' rows.
+in the shared table (:mod:`hardened_worker._readiness`); the server reads its siblings' rows.
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ class Hooks:
         if name not in self._chains:
             hook = _with_arity(ARITY[name], lambda args: self.run(name, args))
             hook.__name__ = hook.__qualname__ = name
-            hook.__doc__ = f"The {self.name} preset's {name} hook (hardened_worker.presets.hooks)."
+            hook.__doc__ = f"The {self.name} preset's {name} hook (hardened_worker.presets._hooks)."
             setattr(hook, _MARK, self)
             self._chains[name] = hook
         return self._chains[name]

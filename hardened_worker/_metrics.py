@@ -2,7 +2,7 @@
 
 No ``prometheus_client`` multiprocess directory: every worker counts in plain Python objects on
 the request path and copies its counts into its own row of the shared table
-(:mod:`hardened_worker.readiness`, ``COUNTERS``) on its tick, with plain int64 stores through a
+(:mod:`hardened_worker._readiness`, ``COUNTERS``) on its tick, with plain int64 stores through a
 memoryview (no lock, no syscall), and the worker that answers
 ``HARDENED_METRICS_PATH`` reads every row, lock-free, and renders the whole pool. What workers that
 have left counted is folded into the table's retired row before their slot is reused, so totals
@@ -31,10 +31,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from hardened_worker import diagnostics, forwarded, spread
-from hardened_worker.lifecycle import Phase, Reason
-from hardened_worker.memory import _parse_rollup
-from hardened_worker.readiness import (
+from hardened_worker import _diagnostics as diagnostics
+from hardened_worker import _forwarded as forwarded
+from hardened_worker import _spread as spread
+from hardened_worker._lifecycle import Phase, Reason
+from hardened_worker._memory import _parse_rollup
+from hardened_worker._readiness import (
     BUCKETS,
     C_ACCEPT,
     C_BEAT,
@@ -233,7 +235,7 @@ FAMILIES = (
         "worker_exits_total",
         "counter",
         ("reason",),
-        "Workers that exited, by reason (hardened_worker.diagnostics.EXIT_REASONS).",
+        "Workers that exited, by reason (see Exit reasons in the operations guide).",
     ),
     Family(
         "recycles_total",
@@ -393,7 +395,7 @@ def relayed(scope: dict) -> bool:
 
 class Tally:
     """This worker's HTTP request counts. On the request path only ``in_flight``, ``durations``
-    and ``statuses`` are touched, by :class:`~hardened_worker.deadline.RequestGuard` (``in_flight``
+    and ``statuses`` are touched, by :class:`~hardened_worker._deadline.RequestGuard` (``in_flight``
     raised as a request reaches the app, lowered and its seconds and status appended as it ends):
     an increment and two appends, no call of ours. :meth:`publish` turns the durations into the
     counts and the histogram (a sort and a bisect per bucket, in C), the statuses into counts by
@@ -520,7 +522,7 @@ class MetricsMiddleware:
 def app_metrics() -> bytes:
     """The app's own prometheus_client metrics of every worker, in the same answer as the pool's
     (one endpoint, one scrape): with prometheus_client installed and ``PROMETHEUS_MULTIPROC_DIR``
-    set (the presets keep that directory: :mod:`hardened_worker.presets.prometheus`); else
+    set (the presets keep that directory: :mod:`hardened_worker.presets._prometheus`); else
     nothing. The app's names are its own: ``hardened_worker_*`` is this module's."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path or importlib.util.find_spec("prometheus_client") is None:

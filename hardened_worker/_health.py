@@ -4,7 +4,7 @@
 "generation", "reload"}`` while the worker is ready, 503 while it is booting, in its drain delay or
 draining, so a Kubernetes readiness probe or a load balancer stops routing to it before it stops
 accepting. ``generation`` is the answering worker's (1 + the master's HUPs when it was forked),
-``reload`` the pool's last reload (:func:`hardened_worker.status.verdict`: its generation, its result,
+``reload`` the pool's last reload (:func:`hardened_worker._status.verdict`: its generation, its result,
 the newest generation serving), so a deploy can tell from one probe which code answers.
 
 Shedding (``HARDENED_MAX_QUEUE_TIME``) is reported (``"shedding": true``) but does not fail the
@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hardened_worker.drain import ASGIApp, Receive, Scope, Send
+from hardened_worker._drain import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger("hardened_worker.health")
 

@@ -8,6 +8,6 @@
   at once instead of leaving them in the backlog (libuv's "EMFILE trick").
 """
 
-from hardened_worker.protocols.limits import Breach, HeadCounter, Limits
+from hardened_worker._protocols.limits import Breach, HeadCounter, Limits
 
 __all__ = ["Breach", "HeadCounter", "Limits"]

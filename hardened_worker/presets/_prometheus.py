@@ -12,7 +12,7 @@ the master's environment (directly, or through ``raw_env``, which gunicorn appli
 
 One metrics story: this module writes no metric of its own. The worker's and the pool's series
 (``hardened_worker_*``, worker exits included) come from ``HARDENED_METRICS_PATH``, which also
-appends the app's metrics from this directory to its answer (:func:`hardened_worker.metrics.
+appends the app's metrics from this directory to its answer (:func:`hardened_worker._metrics.
 app_metrics`): one endpoint, one scrape, no name twice. (Before, this module counted exits in
 the master as ``hardened_worker_worker_exits_total``, the name the endpoint uses too.)
 

@@ -11,7 +11,7 @@ What it relies on, all exercised by the real-process tests:
 * ``uvicorn._compat.asyncio_run`` (the event loop runner uvicorn-worker uses too);
 * that the HTTP protocols build no access record when the ``uvicorn.access`` logger has no
   handlers (``access_log = logger.hasHandlers()``): the worker empties it, the access log is
-  :mod:`hardened_worker.accesslog`'s;
+  :mod:`hardened_worker._accesslog`'s;
 * ``Server.should_exit`` / ``force_exit`` / ``started`` and
   ``config.loaded_app`` (replaced at the drain);
 * the protocols' ``app`` attribute, reassigned on live connections when the drain starts (they
@@ -24,7 +24,7 @@ What it relies on, all exercised by the real-process tests:
   listening socket, ``accept()`` one connection at a time (deciding before each, at most
   ``ACCEPT_BATCH`` per event), ``loop.connect_accepted_socket`` with the
   protocol factory uvicorn's ``startup`` would use; pausing (HARDENED_MAX_INFLIGHT, the accept
-  policy of :mod:`hardened_worker.spread`, the drain) is removing the reader;
+  policy of :mod:`hardened_worker._spread`, the drain) is removing the reader;
 * ``server_state.connections`` replaced by ``_Connections`` (the protocols ``add`` themselves in
   ``connection_made`` and ``discard`` in ``connection_lost``: the open-connection count the accept
   policy publishes), or by its subclass ``_Accepted`` (HARDENED_MAX_QUEUE_TIME), and
@@ -36,7 +36,9 @@ What it relies on, all exercised by the real-process tests:
   ``writes.OneWrite`` around the transport, so a response's head and body leave in one write)
   (the loop that runs them flushes what is held);
 * ``server_state.total_requests``, counted once per response by the protocols (read for the
-  stats and the accept policy's churn test).
+  stats and the accept policy's churn test);
+* a request task's coroutine is its cycle's ``run_asgi`` (httptools and h11 alike), whose frame's
+  ``self`` is the cycle (:func:`request_cycle`, how a deadline finds the transport to abort).
 
 The phases read top to bottom: ``startup`` (lifespan, then accept), ``main_loop`` (serving; the
 host's ``on_tick`` decides when to stop), ``shutdown`` (the drain). The server knows its worker only
@@ -69,19 +71,17 @@ from uvicorn._compat import asyncio_run
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import Server
 
-from hardened_worker import (
-    config,
-    deadline,
-    diagnostics,
-    drain,
-    flags,
-    overload,
-    readiness,
-    spread,
-    writes,
-)
-from hardened_worker.protocols import descriptors
-from hardened_worker.protocols import http as guarded_http
+from hardened_worker import _deadline as deadline
+from hardened_worker import _diagnostics as diagnostics
+from hardened_worker import _drain as drain
+from hardened_worker import _flags as flags
+from hardened_worker import _overload as overload
+from hardened_worker import _readiness as readiness
+from hardened_worker import _spread as spread
+from hardened_worker import _writes as writes
+from hardened_worker import config
+from hardened_worker._protocols import descriptors
+from hardened_worker._protocols import http as guarded_http
 
 WEBSOCKET_CLOSE_WAIT = 5.0  # seconds a client has to answer our close frame
 NOT_READY_SHUTDOWN = 5.0  # seconds of lifespan shutdown for a worker whose app never got ready
@@ -91,6 +91,14 @@ STREAM_END_WAIT = 0.5  # at the drain deadline: seconds cancelled requests get t
 # worker accepting a run of connections serves none of them meanwhile), 8 gave 1.04-1.06x at the
 # same requests/s; 4 and 1 cost requests/s (0.94x, 0.81x).
 ACCEPT_BATCH = 8
+
+
+def request_cycle(task: asyncio.Task[Any] | None) -> Any:
+    """The uvicorn request cycle running ``task`` (its coroutine is the cycle's ``run_asgi``, in
+    httptools and h11 alike): its ``transport`` and ``disconnected``; None for anything else."""
+    frame = getattr(task.get_coro(), "cr_frame", None) if task is not None else None
+    cycle = frame.f_locals.get("self") if frame is not None else None
+    return cycle if hasattr(cycle, "transport") and hasattr(cycle, "disconnected") else None
 
 
 class Host(Protocol):

@@ -3,9 +3,9 @@
 Each line has ``time`` (UTC, RFC 3339 with milliseconds), ``level``, ``logger``, ``pid`` and
 ``message``; ``exception`` / ``stack`` when the record carries them (multi-line stacks stay inside
 one line, so a collector never splits them). Access records (gunicorn's, written by
-:mod:`hardened_worker.accesslog`) also get ``client`` (after forwarded handling), ``peer`` (the TCP
+:mod:`hardened_worker._accesslog`) also get ``client`` (after forwarded handling), ``peer`` (the TCP
 peer), ``method``, ``path``, ``http_version``, ``status_code``, ``bytes``, ``duration_ms``,
-``user_agent`` and ``request_id`` (:func:`hardened_worker.accesslog.request_id`); the worker's
+``user_agent`` and ``request_id`` (:func:`hardened_worker._accesslog.request_id`); the worker's
 lifecycle lines get their facts as fields (``pid``, ``generation``, ``reason``, ``phase`` and the
 figures of the line: ``requests``, ``up_s``, ...).
 
@@ -32,7 +32,7 @@ _ACCESS_FIELDS = ("client", "method", "path", "http_version", "status_code")
 
 
 def _access_fields(atoms: Mapping) -> dict[str, Any]:
-    """gunicorn's access atoms (``hardened_worker.accesslog``: its record's args) as fields."""
+    """gunicorn's access atoms (``hardened_worker._accesslog``: its record's args) as fields."""
     protocol = str(atoms.get("H") or "")
     status = atoms.get("s")
     return {
@@ -82,7 +82,7 @@ def logconfig_dict(access: bool = False) -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "hardened_worker.presets.jsonlog.JsonFormatter"}},
+        "formatters": {"json": {"()": "hardened_worker.presets._jsonlog.JsonFormatter"}},
         "handlers": {
             "json_stderr": {
                 "class": "logging.StreamHandler",

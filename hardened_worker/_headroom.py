@@ -1,6 +1,6 @@
 """Memory headroom: whether the container can hold a recycling worker's successor (pure).
 
-A surge (:mod:`hardened_worker.recycling`) holds one app more in memory while the successor
+A surge (:mod:`hardened_worker._recycling`) holds one app more in memory while the successor
 starts: the old worker keeps serving until the new one is ready. In a container with a memory
 limit that is when the OOM killer strikes: the successor is forked at the moment the container
 has the least room (its workers are at their limits), and the kernel then kills a process that is
@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from hardened_worker.memory import HARD_LIMIT_FACTOR  # hard = soft x this, as the settings default
+from hardened_worker._memory import HARD_LIMIT_FACTOR  # hard = soft x this, as the settings default
 
 MiB = 1024**2
 # What the margin keeps free beyond the successor: page cache the kernel cannot drop at once, socket

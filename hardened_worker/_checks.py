@@ -12,7 +12,9 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hardened_worker import config, drain, forwarded, presets
+from hardened_worker import _drain as drain
+from hardened_worker import _forwarded as forwarded
+from hardened_worker import config, presets
 
 PRESETS_PACKAGE = "hardened_worker.presets."
 
@@ -154,7 +156,7 @@ TCP_MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
 
 def reuse_port_warning(migrate_req: str | None) -> str | None:
     """--reuse-port gives each worker its own listening socket. A leaving worker takes the
-    connections already queued on it (server.py), but a handshake still in flight when it closes
+    connections already queued on it (_server.py), but a handshake still in flight when it closes
     is reset unless the kernel migrates it to a sibling (``net.ipv4.tcp_migrate_req``, Linux 5.14)."""
     if migrate_req is not None and migrate_req.strip() == "1":
         return None

@@ -78,7 +78,7 @@ class DrainSignal:
     ``event`` (an ``asyncio.Event``, in every request's scope as
     ``scope["extensions"]["hardened_worker"]["draining"]``) is set when the drain starts, so a
     stream can end at once and its client reconnect to a sibling; ``deadline_passed`` turns true
-    when the requests still running are ended (:mod:`hardened_worker.deadline`).
+    when the requests still running are ended (:mod:`hardened_worker._deadline`).
     """
 
     def __init__(self) -> None:

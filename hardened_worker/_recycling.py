@@ -14,10 +14,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from hardened_worker import _gunicorn, cgroup, config, diagnostics, headroom, pool
-from hardened_worker import memory as policy  # not `memory`: the attribute below has that name
-from hardened_worker.lifecycle import Event, Phase, Reason
-from hardened_worker.readiness import State
+from hardened_worker import _cgroup as cgroup
+from hardened_worker import _diagnostics as diagnostics
+from hardened_worker import _gunicorn, config
+from hardened_worker import _headroom as headroom
+from hardened_worker import _memory as policy  # not `memory`: the attribute below has that name
+from hardened_worker import _pool as pool
+from hardened_worker._lifecycle import Event, Phase, Reason
+from hardened_worker._readiness import State
 
 MEMORY = diagnostics.EXIT_REASONS.index("memory")
 

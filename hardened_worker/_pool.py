@@ -6,7 +6,7 @@ starts first, the surge) and then one fewer (itself). Asking the master with SIG
 the pool size drift: ``Arbiter.reload`` resets ``num_workers`` from the configuration, so a TTOU
 queued behind a HUP removed a worker for good, and SIGCONT discards pending TTIN/TTOU.
 
-Here the workers only *publish* their state in the shared table (:mod:`hardened_worker.readiness`)
+Here the workers only *publish* their state in the shared table (:mod:`hardened_worker._readiness`)
 and the master decides from it on every pass of its loop (:func:`plan`, called from the patched
 ``manage_workers`` in :mod:`hardened_worker._gunicorn`). ``num_workers`` stays gunicorn's: the
 configured ``--workers`` plus the operator's TTIN/TTOU, reset on HUP as gunicorn documents. So the
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hardened_worker.readiness import State
+from hardened_worker._readiness import State
 
 # On their way out: stopped first when the pool has one too many (a retiring worker whose successor
 # is ready, a draining worker the master already signalled: gunicorn re-sends SIGTERM, harmless).

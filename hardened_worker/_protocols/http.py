@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hardened_worker import config
-from hardened_worker.protocols.limits import Breach, HeadCounter, Limits
+from hardened_worker._protocols.limits import Breach, HeadCounter, Limits
 
 
 class Throttled:

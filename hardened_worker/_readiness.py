@@ -11,7 +11,7 @@ The layout is declared once, as ``ctypes`` structures: a header (:class:`_Header
 and the pool write), :data:`SLOTS` slots (:class:`_Slot`: ``pid, state, start_time, claims, age,
 generation, started, changed, reason, memory``), a counters row per slot, and two copies of the
 retired row (:class:`_Retired`). ``reason`` (an index into
-:data:`hardened_worker.diagnostics.EXIT_REASONS`, plus one) is how the master's ``child_exit`` hook
+:data:`hardened_worker._diagnostics.EXIT_REASONS`, plus one) is how the master's ``child_exit`` hook
 learns why a worker left; ``memory`` lets the largest worker know it is. ``age`` is gunicorn's spawn
 order; ``generation`` counts the master's configuration loads (1 at start, +1 per HUP).
 
@@ -75,8 +75,8 @@ class State(enum.IntEnum):
     STOPPING = 3  # told to stop; still serving while it waits or delays, then draining
     FAILED = 4  # could not start; about to exit
     WAITING = 5  # rolling reload: forked, waiting for its turn to load the app
-    SURGING = 6  # recycling: serving while the master forks its successor (pool.py)
-    RETIRING = 7  # recycling, successor ready: the master stops it first (pool.py)
+    SURGING = 6  # recycling: serving while the master forks its successor (_pool.py)
+    RETIRING = 7  # recycling, successor ready: the master stops it first (_pool.py)
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ C_REQUESTS, C_INFLIGHT, C_DURATION_US, C_STALLS, C_PHASE, C_MEMORY, C_BUCKET0 = 
 C_BEAT = C_BUCKET0 + len(BUCKETS) + 1  # monotonic_ms() at the worker's last tick
 COUNTERS = 30  # per slot; C_BUCKET0 .. C_BUCKET0 + len(BUCKETS) are the buckets
 C_SHED = C_BEAT + 1  # requests HARDENED_MAX_QUEUE_TIME answered 503
-# The accept policy (hardened_worker/spread.py) and the status: gauges, not folded, written on
+# The accept policy (hardened_worker/_spread.py) and the status: gauges, not folded, written on
 # every change. C_CONNECTIONS: connections open; C_ACCEPT: 0 not accepting (booting, at
 # HARDENED_MAX_INFLIGHT, draining), 1 listening, 2 yielding the accept to a sibling that holds
 # fewer, 3 accepting whatever the counts (churn).
@@ -342,7 +342,7 @@ class Table:
 
     def _reusable(self, index: int) -> bool:
         """Free, or its worker is gone (a surge it left unfinished needs nothing: the master
-        counts surges from live workers only, hardened_worker/pool.py)."""
+        counts surges from live workers only, hardened_worker/_pool.py)."""
         slot = _Slot.from_buffer_copy(self._slots[index])
         return not slot.pid or not self._live(slot)
 

@@ -13,7 +13,7 @@ holding a write, :class:`Flusher`, not one per response). Order is kept, nothing
 every way out flushes first (``close``, ``write_eof``, ``writelines``, ``set_protocol``); ``abort``
 drops what is held, as it drops the transport's own buffer. After ``set_protocol`` (a websocket
 upgrade) writes pass straight through. Everything else is the transport's own (``__getattr__``).
-Plain asyncio: no uvicorn internals here (``server.py`` installs it).
+Plain asyncio: no uvicorn internals here (``_server.py`` installs it).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The shared table lives in the master's anonymous memory, which no other process 
 to see it:
 
 * **The master's status socket** (no setting needed): the master answers one JSON document, the
-  pool (:func:`hardened_worker.metrics.pool`) plus the last reload's verdict (:func:`verdict`), to
+  pool (:func:`hardened_worker._metrics.pool`) plus the last reload's verdict (:func:`verdict`), to
   each connection on the abstract UNIX socket ``@hardened_worker.status.<pid namespace>.<master pid>``
   (:class:`StatusServer`, a thread started in ``Worker.check_config``). Found from the master's
   pid, so it needs no bind address, no health or metrics path, and no file (a read-only root file
@@ -80,8 +80,8 @@ def verdict(
 
 
 def verdict_of(snapshot: Any) -> dict[str, Any]:
-    """:func:`verdict` of a :meth:`hardened_worker.readiness.Table.snapshot`."""
-    from hardened_worker.readiness import R_ACCEPTED_GEN, State
+    """:func:`verdict` of a :meth:`hardened_worker._readiness.Table.snapshot`."""
+    from hardened_worker._readiness import R_ACCEPTED_GEN, State
 
     r = snapshot.reloads
     serving = (
@@ -193,7 +193,7 @@ class StatusServer:
 
 def master_report(table: Any, now: float | None = None) -> dict[str, Any]:
     """What the status socket answers: the pool as the metrics path shows it, and the verdict."""
-    from hardened_worker import metrics
+    from hardened_worker import _metrics as metrics
 
     snapshot = table.snapshot()
     return {

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from hardened_worker.lifecycle import Reason
+from hardened_worker._lifecycle import Reason
 
 # Innermost frames only: the gunicorn and asyncio frames above them are the same in every dump.
 STACK_LIMIT = 20
