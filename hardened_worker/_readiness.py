@@ -257,7 +257,6 @@ class _Header(ctypes.Structure):
         ("rejected_at", ctypes.c_double),  # time.time() of that rejection
         ("abandoned", ctypes.c_int64),  # newest generation stopped while booting
         ("failed_at", ctypes.c_double),  # time.time() of the last failed start
-        ("newest_age", ctypes.c_int64),  # age of the newest worker the master created
         ("folds", ctypes.c_int64),  # fold version: retired copy folds % 2 is the live one
         ("wanted", ctypes.c_int64),  # the master's num_workers, on every pass (record_wanted)
     ]
@@ -470,10 +469,9 @@ class Table:
         h = _Header.from_buffer_copy(self._header)
         return Reloads(h.generation, h.rejected, h.rejected_at, h.abandoned)
 
-    def record_spawn(self, generation: int, age: int) -> None:
-        """Called by the master (the only writer of these two fields) before each fork."""
+    def record_spawn(self, generation: int) -> None:
+        """Called by the master (the only writer of this field) before each fork."""
         self._header.generation = generation
-        self._header.newest_age = age
 
     def record_wanted(self, workers: int) -> None:
         """Called by the master (the only writer) on every pass: its ``num_workers``."""
@@ -482,10 +480,6 @@ class Table:
     def wanted(self) -> int:
         """How many workers the master keeps, surges aside (0 until it has said)."""
         return self._header.wanted
-
-    def newest_age(self) -> int:
-        """Age of the newest worker the master has created so far."""
-        return self._header.newest_age
 
     def reject(self, generation: int) -> bool:
         """Record a rejected generation; True for the first caller, so one line says so."""

@@ -118,7 +118,7 @@ class Worker(Recycling, UvicornWorker):
         # In the master, before the fork: what it forks, for which configuration load.
         self.generation = type(self)._generations.of(self.cfg)
         reloading = self.generation > max(1, self.table.reloads().generation)
-        self.table.record_spawn(self.generation, self.age)
+        self.table.record_spawn(self.generation)
         if reloading:  # the first worker of a HUP's new generation
             systemd.notify_reloading(self.generation, self.log)
         self.settings = self._current_settings()

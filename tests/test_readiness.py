@@ -100,7 +100,7 @@ def test_has_older_live(peers, expected):
 
 def test_table_is_shared_with_forked_children():
     table = Table()
-    table.record_spawn(3, 7)
+    table.record_spawn(3)
     pid = os.fork()
     if pid == 0:  # the child claims a slot and becomes ready, as a worker would
         table.claim(age=7, generation=3)

@@ -155,7 +155,7 @@ def _worker(table, age: int, requests: int, then: Callable[[], None], live: bool
 
 def build_pool() -> Pool:
     table = rd.Table()
-    table.record_spawn(1, 2)
+    table.record_spawn(1)
     departed = _worker(
         table, 0, D1_REQUESTS, lambda: (table.set_reason(2), table.set_state(rd.State.FREE))
     )
@@ -208,7 +208,7 @@ WRITERS = [
     Writer("set_memory", lambda t: t.set_memory(123456), 5, _claimed(5)),
     Writer("take_surge_turn", lambda t: t.take_surge_turn(3), 5, _claimed(5)),
     Writer("try_load", lambda t: t.try_load(2), 5, _claimed(5)),
-    Writer("record_spawn", lambda t: t.record_spawn(2, 9)),
+    Writer("record_spawn", lambda t: t.record_spawn(2)),
     Writer("record_wanted", lambda t: t.record_wanted(3)),
     Writer("reject", lambda t: t.reject(2)),
     Writer("abandon", lambda t: t.abandon(2)),
