@@ -10,9 +10,8 @@ metric's noise band is never a win: the declared ``noise``, or, where the headli
 ``<key>_band`` (the quartiles of per-round ratios), whether that band reaches the peer's value.
 Every row that is not a plain yes gets a note below the table.
 
-Writes ``bench/results/report.md`` (plots beside it), publishes ``bench/REPORT.md`` with the plots
-in ``bench/report/``, ``bench/report/README-section.md`` (a heading level down, paths from the
-repository root) and the same section into the README between its markers.
+Writes ``bench/results/report.md`` (plots beside it) and publishes ``bench/REPORT.md`` with the
+plots in ``bench/report/`` (the documentation site's Benchmarks page includes that file).
 """
 
 from __future__ import annotations
@@ -30,10 +29,6 @@ from bench.common import Metric
 
 NAME = "report"
 PUBLISHED, PUBLISHED_PLOTS = common.ROOT / "bench" / "REPORT.md", common.ROOT / "bench" / "report"
-SECTION = PUBLISHED_PLOTS / "README-section.md"
-README = common.ROOT / "README.md"
-README_START = "<!-- bench:start (bench/report/README-section.md, written by `make bench`) -->"
-README_END = "<!-- bench:end -->"
 
 CLASSES = ("hardened", "uvicorn", "asgi")
 PEERS = ("uvicorn", "asgi")
@@ -356,28 +351,7 @@ def run(publish: bool = True, results: Path = common.RESULTS) -> dict:
         PUBLISHED.write_text(
             render(found, table, made, problems, image_dir="report/", readme="README.md")
         )
-        section = render(
-            found, table, made, problems, image_dir="bench/report/", readme="bench/README.md"
-        )
-        section = re.sub(r"^(#+) ", r"#\1 ", section, flags=re.MULTILINE).replace(
-            "[bench/README.md](bench/README.md)",
-            "[bench/README.md](bench/README.md) (full report: [bench/REPORT.md](bench/REPORT.md))",
-            1,
-        )
-        SECTION.write_text(section)
-        written += [str(p).replace(f"{common.ROOT}/", "") for p in (PUBLISHED, SECTION)]
-        written += [f"bench/report/{name}" for name in made] + (
-            ["README.md"] if embed_in_readme(section) else []
-        )
+        written += [str(PUBLISHED).replace(f"{common.ROOT}/", "")]
+        written += [f"bench/report/{name}" for name in made]
     common.log(f"report: wrote {', '.join(written)}")
     return {"scenario": NAME, "written": written, "plots": sorted(made), "problems": problems}
-
-
-def embed_in_readme(section: str) -> bool:
-    """Replace the README's benchmark section (between its markers) with the latest one."""
-    text = README.read_text()
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start:
-        return False
-    README.write_text(text[:start] + README_START + "\n" + section.rstrip() + "\n" + text[end:])
-    return True

@@ -105,7 +105,7 @@ def test_json_access_records_carry_duration_and_peer_and_lifecycle_lines_their_f
 ):
     conf = tmp_path / "json_conf.py"
     conf.write_text(
-        "from hardened_worker.presets import jsonlog\n"
+        "from hardened_worker.presets import _jsonlog as jsonlog\n"
         "logconfig_dict = jsonlog.logconfig_dict(access=True)\n"
         "accesslog = '-'\n"
     )
@@ -305,7 +305,7 @@ def test_a_logging_configuration_that_discards_access_lines_builds_none(master, 
     # access log off, sends gunicorn.access to a NullHandler.
     conf = tmp_path / "json_off.py"
     conf.write_text(
-        "from hardened_worker.presets import jsonlog\n"
+        "from hardened_worker.presets import _jsonlog as jsonlog\n"
         "logconfig_dict = jsonlog.logconfig_dict(access=False)\n"
     )
     m = master(app="obsapp:app", args=["-c", str(conf)])

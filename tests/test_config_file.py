@@ -289,6 +289,7 @@ def test_a_setting_in_the_file_takes_effect_and_a_hup_rereads_it(master, tmp_pat
     conf.write_text('hardened_health_path = "/healthz"\nhardened_memory_limit = "512"\n')
     m.signal(signal.SIGHUP)
     m.wait_log(r"ready in [\d.]+ s \(generation 2\)")
+    m.wait_log(r"exiting: reason reload")  # generation 1 has left: a draining worker answers 503
     assert m.proc.poll() is None
     assert get(m.port, "/ready")[0] == 200 and get(m.port, "/healthz")[0] == 404
     logged = [line for line in m.log().splitlines() if "hardened_memory_limit" in line]
