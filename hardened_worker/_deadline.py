@@ -159,14 +159,22 @@ def skip_expected(record: logging.LogRecord) -> bool:
     return True
 
 
+def _open_socket(transport: Any) -> Any:
+    """The transport's socket while its descriptor is still open, else None. A transport closed
+    by the server (a 504 sent with ``Connection: close`` and flushed) has given its descriptor
+    back: uvloop's socket then has ``fileno() == -1`` and would raise ValueError, not OSError."""
+    sock = transport.get_extra_info("socket")
+    return sock if sock is not None and sock.fileno() >= 0 else None
+
+
 def reset(transport: Any) -> None:
     """Abort an open connection with a reset: the kernel drops what it has not sent too (a plain
     close leaves it queued in FIN-WAIT-1 for minutes to a peer that never reads)."""
-    sock = transport.get_extra_info("socket")
+    sock = _open_socket(transport)
     if sock is not None:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        except OSError:
+        except (OSError, ValueError):
             pass  # the abort alone still frees the descriptor and our buffer
     transport.abort()
 
@@ -177,12 +185,14 @@ def abort_later(
     """In ``grace`` seconds, unless ``gone()`` (the connection was lost meanwhile): :func:`reset`
     ``transport`` if it was ``closing`` (a close that waits for the client), else only if its
     client has still not taken what was written (a kept-alive connection whose client reads is
-    left alone). ``gone`` is checked first: once lost, the descriptor may already be another's."""
+    left alone). ``gone`` is checked first: once lost, the descriptor may already be another's;
+    a transport whose descriptor is closed already (the client took everything) needs nothing.
+    Nothing here raises: an exception in a loop callback is printed to stderr by asyncio."""
 
     def check() -> None:
-        if gone() or (
-            not closing and (transport.is_closing() or not transport.get_write_buffer_size())
-        ):
+        if gone() or _open_socket(transport) is None:
+            return
+        if not closing and (transport.is_closing() or not transport.get_write_buffer_size()):
             return
         reset(transport)
 

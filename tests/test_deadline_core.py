@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 import pytest
 from hypothesis import given
@@ -333,3 +334,48 @@ def test_stack_starts_at_the_app():
 
     stack = asyncio.run(main())
     assert "in outer" in stack and "in inner" in stack
+
+
+# --- abort_later on real transports (loopback sockets, both event loops) ------------------------
+
+
+def _loops():
+    import uvloop
+
+    return [("asyncio", asyncio.new_event_loop), ("uvloop", uvloop.new_event_loop)]
+
+
+@pytest.mark.parametrize("name,new_loop", _loops(), ids=[n for n, _ in _loops()])
+def test_abort_later_leaves_a_transport_the_server_already_closed_alone(name, new_loop):
+    # A 504 goes out with Connection: close and the client reads it: the server's transport has
+    # closed its descriptor before the check runs, and uvicorn's cycle is not "disconnected"
+    # (the response completed). The check must do nothing, not raise in a loop callback (asyncio
+    # prints that to stderr: under a full pipe it blocked the whole worker).
+    loop = new_loop()
+    raised: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: raised.append(context))
+
+    async def scenario() -> None:
+        # The server's own accept path: accept(), then connect_accepted_socket (uvloop then hands
+        # out a socket object whose descriptor reads -1 once the transport has closed it).
+        listening = socket.create_server(("127.0.0.1", 0))
+        reader, writer = await asyncio.open_connection(*listening.getsockname())
+        conn, _ = listening.accept()
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, conn)
+        # The server reads the socket for TCP_INFO early; uvloop keeps that socket object, whose
+        # descriptor then reads -1 (setsockopt raised ValueError, not OSError).
+        assert transport.get_extra_info("socket") is not None
+        transport.write(b"HTTP/1.1 504 Gateway Timeout\r\nconnection: close\r\n\r\n")
+        transport.close()
+        assert await reader.read() == b"HTTP/1.1 504 Gateway Timeout\r\nconnection: close\r\n\r\n"
+        writer.close()
+        deadline.abort_later(transport, lambda: False, closing=True, grace=0)
+        deadline.abort_later(transport, lambda: False, closing=False, grace=0)
+        await asyncio.sleep(0.05)  # the checks are due at once; give the loop a few turns
+        listening.close()
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert raised == []
