@@ -42,7 +42,7 @@ demo: venv
 		-b $(HOST):$(PORT) --graceful-timeout 20
 
 test: $(VENV)/.test-installed system-deps
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20
 
 # The version matrix (noxfile.py): the pure tests and the real-process set on Python 3.10 (lowest
 # gunicorn/uvicorn), 3.12 and 3.13 (highest), each in its own virtualenv outside the checkout.
