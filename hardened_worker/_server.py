@@ -516,7 +516,7 @@ class HardenedServer(Server):
             info = transport.get_extra_info("socket").getsockopt(
                 socket.IPPROTO_TCP, socket.TCP_INFO, overload.TCP_INFO_SIZE
             )
-        except (OSError, AttributeError):  # not TCP (a UNIX socket bind): from the accept
+        except (OSError, AttributeError, ValueError):  # not TCP (a UNIX socket bind), or closed
             return at
         ago = overload.received_ago(info)
         return at if ago is None else min(at, time.monotonic() - ago)
