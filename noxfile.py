@@ -52,7 +52,7 @@ if _pyenv.is_dir():
 REAL_SET = [
     "tests/test_versions.py",
     "tests/test_drain.py",
-    "tests/test_readiness.py::test_bad_deploy_is_rejected_and_a_good_one_then_succeeds",
+    "tests/test_readiness.py::test_bad_deploy_is_rejected_and_a_good_one_then_succeeds[TESTAPP_STARTUP_FAIL]",
     "tests/test_pool.py::test_max_requests_recycling_and_a_hup_leave_the_configured_size",
     "tests/test_lifecycle.py",
     "tests/test_crash_loop.py",
@@ -68,7 +68,7 @@ INTERPRETER_SET = [
     "tests/test_lifecycle.py",
     "tests/test_crash_loop.py",
     "tests/test_drain.py::test_ttou_ttin_cycles_under_load_lose_nothing",
-    "tests/test_readiness.py::test_bad_deploy_is_rejected_and_a_good_one_then_succeeds",
+    "tests/test_readiness.py::test_bad_deploy_is_rejected_and_a_good_one_then_succeeds[TESTAPP_STARTUP_FAIL]",
 ]
 # Tests about the newest gunicorn of the range only: docs/gunicorn-settings.md is generated from
 # its settings (and says which gunicorn), so an older gunicorn's list differs by design.
