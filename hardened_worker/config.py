@@ -2,9 +2,9 @@
 
 The table is the body of :class:`Settings`: each knob is declared there once, as a typed
 :class:`Setting` attribute (``memory_limit = Setting(parse_optional_size, ...)``), and drives
-parsing, the one-line validation errors, the settings page and what mypy sees of a loaded value, so
-none of them can disagree (the idea of gunicorn's ``config.py``). ``SETTINGS`` lists them in order. Values come from
-:class:`Source` s, strongest first (:func:`hardened_worker._checks.sources` orders them): the
+parsing, the one-line validation errors, the settings page and what mypy sees of a loaded value,
+so none of them can disagree (the idea of gunicorn's ``config.py``); ``SETTINGS`` lists them in
+order. Values come from :class:`Source` s, strongest first (:func:`hardened_worker._checks.sources` orders them): the
 environment as ``HARDENED_X``, a gunicorn configuration file as ``hardened_x = <Python value>``
 (:func:`file_source`, spelled for the same parser by :func:`file_text`), a preset's defaults. Everything here is pure:
 strings in, values or :class:`ConfigError` out. It never imports gunicorn, and no value, however
@@ -175,9 +175,10 @@ parse_optional_duration = _zero_is_off(parse_duration)
 def parse_cpu(text: str) -> float | None:
     """A Kubernetes CPU quantity in cores: ``'2'``, ``'1.5'``, ``'500m'`` (millicores); what the
     downward API's ``requests.cpu`` gives (divisor 1: whole cores, rounded up). 0 is no request."""
-    if not text.strip(_SPACE):
+    value = text.strip(_SPACE)
+    if not value:
         return None
-    match = re.fullmatch(_NUMBER + "(m?)", text.strip(_SPACE))
+    match = re.fullmatch(_NUMBER + "(m?)", value)
     if not match:
         raise ValueError("is not a CPU quantity")
     cores = Decimal(match.group(1)) / (1000 if match.group(2) else 1)
