@@ -115,6 +115,14 @@ class Worker(Recycling, UvicornWorker):
         # In the master, before each fork and so after a HUP's new log handlers: a full log disk
         # must not end the master when logrotate's USR1 makes gunicorn reopen (close) its files.
         diagnostics.tolerate_log_failures(self.log, f"master {os.getpid()}")
+        # asyncio reports an exception in a loop callback, or a task's that nobody retrieved, on
+        # its own logger, which has no handler: logging's last resort printed it bare to stderr (no
+        # time, no pid; a traceback per event, on a pipe that may not be drained). In the error
+        # log it is a line an operator can grep, as uvicorn-worker does for ``uvicorn.error``.
+        loop_log = logging.getLogger("asyncio")
+        loop_log.handlers = self.log.error_log.handlers
+        loop_log.setLevel(logging.WARNING)
+        loop_log.propagate = False
         # In the master, before the fork: what it forks, for which configuration load.
         self.generation = type(self)._generations.of(self.cfg)
         reloading = self.generation > max(1, self.table.reloads().generation)

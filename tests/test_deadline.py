@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import signal
 import threading
 
 import pytest
@@ -47,12 +46,9 @@ def test_a_request_past_its_deadline_gets_504_and_the_worker_serves_on(master):
     [line] = m.wait_log(r"request deadline: GET /wait ended after [^\n]*\n[^\n]*\n[^\n]*")
     assert "no response started: answered 504" in line
     assert f'deadline_app.py", line {WAIT_LINE}, in app' in line  # where it was waiting
+    # The 504's connection closed once the client read it; the abort check 1 s later (ABORT_GRACE,
+    # within wrk's 3 s) leaves it alone: an exception in a loop callback would be in the error log.
     assert "Traceback" not in m.log() and "Exception in ASGI application" not in m.log()
-    # The 504's connection closed once the client read it; the check 1 s later (ABORT_GRACE, during
-    # wrk's 3 s) must leave it alone: an exception in a loop callback goes to stderr.
-    m.signal(signal.SIGTERM)
-    assert m.wait_exit(30) == 0
-    assert "Traceback" not in m.output()
 
 
 def test_a_response_already_streaming_past_its_deadline_is_cut(master):
