@@ -256,6 +256,35 @@ def _clean_environ() -> dict:
     }
 
 
+def run_gunicorn(
+    env: dict, cwd: Path, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """A gunicorn master with the worker on testapp, run to its end (a configuration it refuses
+    stops it at once): what it printed, and its exit status."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "testapp:app",
+        "-k",
+        "hardened_worker.Worker",
+        "--pythonpath",
+        str(APPS),
+        "-b",
+        f"127.0.0.1:{free_port()}",
+        "--no-control-socket",
+        *args,
+    ]
+    return subprocess.run(
+        cmd,
+        env={**_clean_environ(), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 # --- exact per-request outcomes ---------------------------------------------------------------
 
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from rig import APPS, free_port
+from rig import run_gunicorn
 
 from hardened_worker import _checks as checks
 from hardened_worker import config
@@ -304,33 +302,6 @@ BAD = {
 
 def test_bad_table_covers_every_setting():
     assert set(BAD) == {s.name for s in SETTINGS}
-
-
-def run_gunicorn(env: dict, tmp_path, *args) -> subprocess.CompletedProcess:
-    from rig import _clean_environ
-
-    cmd = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "testapp:app",
-        "-k",
-        "hardened_worker.Worker",
-        "--pythonpath",
-        str(APPS),
-        "-b",
-        f"127.0.0.1:{free_port()}",
-        "--no-control-socket",
-        *args,
-    ]
-    return subprocess.run(
-        cmd,
-        env={**_clean_environ(), **env},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 @pytest.mark.parametrize("name", sorted(BAD))

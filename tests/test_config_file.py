@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from rig import APPS, ROOT, _clean_environ, free_port, get, wait_for
+from rig import ROOT, _clean_environ, get, run_gunicorn, wait_for
 
 from hardened_worker import _checks as checks
 from hardened_worker import config
@@ -311,22 +311,7 @@ def test_a_setting_in_the_file_takes_effect_and_a_hup_rereads_it(master, tmp_pat
 
 def test_a_wrong_setting_in_the_file_stops_gunicorn_with_one_line(tmp_path):
     (tmp_path / CONF).write_text('hardened_memory_limit = "512"\n')
-    cmd = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "testapp:app",
-        "-k",
-        "hardened_worker.Worker",
-        "--pythonpath",
-        str(APPS),
-        "-b",
-        f"127.0.0.1:{free_port()}",
-        "--no-control-socket",
-    ]
-    done = subprocess.run(
-        cmd, env=_clean_environ(), cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    done = run_gunicorn({}, tmp_path)
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if "hardened_worker:" in line]
     assert len(lines) == 1 and lines[0].endswith(BAD_SIZE), done.stderr
