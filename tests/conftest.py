@@ -16,7 +16,9 @@ from rig import Master  # noqa: E402
 # its tests `real`; the others are the pure tests the version matrix runs everywhere (noxfile.py:
 # `-m "not real"`). Each `real` test gets a timeout (pytest-timeout) unless it sets its own: a hung
 # master fails its test with the stacks, never the whole run.
-STARTS_PROCESSES = re.compile(r"\bmaster\(|\bMaster\(|\bsubprocess\b|\bPopen\b|\bnginx\b|\bwrk\b")
+STARTS_PROCESSES = re.compile(
+    r"\bmaster\(|\bMaster\(|\brun_gunicorn\(|\bsubprocess\b|\bPopen\b|\bnginx\b|\bwrk\b"
+)
 REAL_TIMEOUT = (
     600  # seconds: several times the slowest real-process test on a loaded 2-core machine
 )
