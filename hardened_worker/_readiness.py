@@ -67,6 +67,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from hardened_worker._diagnostics import EXIT_REASONS
+from hardened_worker._lifecycle import Reason
+
 
 class State(enum.IntEnum):
     FREE = 0
@@ -113,6 +116,20 @@ class Reloads:
 SERVING = (State.READY, State.SURGING, State.STOPPING, State.RETIRING)
 LOADED = (State.BOOTING, *SERVING)  # holding the app's memory
 RECYCLING = (State.SURGING, State.RETIRING)
+# The reasons a surge takes its turn for, as stored in a slot (exit reason index + 1): a worker
+# stopped after its surge still holds the app while it drains.
+_SURGE_REASONS = frozenset(
+    EXIT_REASONS.index(reason.value) + 1
+    for reason in (Reason.MAX_REQUESTS, Reason.MAX_LIFETIME, Reason.MEMORY)
+)
+
+
+def recycling(peer: Peer) -> bool:
+    """Surging, retiring, or draining after its surge: until it exits, the pool holds one app
+    more than its size for it, so no other worker starts a successor meanwhile."""
+    return peer.state in RECYCLING or (
+        peer.state == State.STOPPING and peer.reason in _SURGE_REASONS
+    )
 
 
 def may_load(peers: Iterable[Peer], workers: int) -> bool:
@@ -420,7 +437,7 @@ class Table:
         recycling worker SIGKILLed meanwhile no longer counts (its pid is gone).
         """
         with self._lock:
-            if any(p.state in RECYCLING for p in self.peers()):
+            if any(recycling(p) for p in self.peers()):
                 return False
             self.set_state(State.SURGING)
             self.set_reason(reason)
@@ -428,7 +445,7 @@ class Table:
 
     def recycling(self) -> int:
         """How many other live workers are recycling (lock-free read)."""
-        return sum(1 for p in self.peers() if p.state in RECYCLING)
+        return sum(1 for p in self.peers() if recycling(p))
 
     def state_of(self, pid: int, age: int) -> State:
         """The state worker ``pid`` published, read in the master. A dead worker's slot that

@@ -120,6 +120,41 @@ def test_table_is_shared_with_forked_children():
     assert [p for p in table.peers() if p.pid == pid] == []  # a dead pid frees its slot
 
 
+@pytest.mark.parametrize(
+    "surged,blocks",
+    [(True, True), (False, False)],
+    ids=["draining after its surge", "stopped by the operator"],
+)
+def test_a_worker_draining_after_its_surge_still_holds_the_turn(surged, blocks):
+    # It still holds the app until it exits: a second surge meanwhile put workers + 2 apps in memory.
+    from hardened_worker._diagnostics import EXIT_REASONS
+
+    table = Table()
+    ready = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        table.claim(age=1, generation=1)
+        table.set_state(State.READY)
+        if surged:
+            assert table.take_surge_turn(EXIT_REASONS.index("max-requests"))
+            table.set_state(State.RETIRING)
+        table.set_state(State.STOPPING)  # the master's SIGTERM: the drain
+        os.write(ready[1], b"x")
+        time.sleep(30)
+        os._exit(0)
+    try:
+        os.read(ready[0], 1)
+        table.claim(age=2, generation=1)
+        table.set_state(State.READY)
+        assert table.take_surge_turn(EXIT_REASONS.index("max-requests")) is not blocks
+        assert table.recycling() == (1 if blocks else 0)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    table.set_state(State.READY)
+    assert table.take_surge_turn(EXIT_REASONS.index("max-requests"))  # gone: the turn is free
+
+
 def test_rejection_is_claimed_once():
     table = Table()
     assert table.reject(2) is True
