@@ -85,9 +85,9 @@ class Reason(enum.Enum):
 class Action(enum.Enum):
     ARM_STARTUP_TIMER = "arm the startup timer"
     ANNOUNCE_READY = "stop the startup timer, log ready, notify systemd"
-    START_SUCCESSOR = "ask the master for one more worker (TTIN)"
-    RETIRE = "mark this worker the oldest and ask the master for one fewer (TTOU)"
-    CANCEL_SURGE = "ask the master for one fewer worker (TTOU): the successor cannot start"
+    START_SUCCESSOR = "publish SURGING: the master forks one more worker"
+    RETIRE = "publish RETIRING: the master stops this worker first"
+    CANCEL_SURGE = "stop surging: the master forks no successor for this worker"
     BEGIN_DRAIN = "stop accepting; Connection: close on every response"
     CLOSE_ALL = "close every connection, cancel every request"
     PLAN_DRAIN = "start the drain delay (health answers 503)"
